@@ -1,0 +1,1 @@
+"""Shared core of training and serving: feature schema, bundle format and scoring engine."""

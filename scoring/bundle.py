@@ -1,0 +1,358 @@
+"""The model bundle on disk: the one module that both writes and reads it.
+
+Layout of ``<root>/<version>/``::
+
+    manifest.json          what the bundle is: schema, evidence, metrics, SHA-256 of every file
+    manifest.sig           optional HMAC-SHA256 of manifest.json (key from the environment)
+    imputer.joblib         sklearn SimpleImputer(strategy="median") over the numeric inputs
+    scaler.joblib          sklearn StandardScaler over the (log-transformed) cluster features
+    pca.joblib             sklearn PCA
+    kmeans.joblib          sklearn KMeans
+    segment_names.joblib   list[str], one name per segment id
+    response_model.joblib  lightgbm.Booster (absent for a segmentation-only bundle)
+    response_model.txt     the same model in LightGBM's own text format
+    profiles.json          per-segment profile (size, share, means, medians, response rates, ...)
+    campaigns.json         the campaign pool
+
+``<root>/current`` is a symlink naming the live version; it is switched atomically.
+
+Loading verifies, *before anything is unpickled*: the manifest's format, the optional HMAC
+signature, that every required file is listed, present and has the recorded SHA-256, and that
+the installed scikit-learn, LightGBM and NumPy match the versions the bundle was written with.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+from scoring.features import Campaign, FeatureSchema
+
+FORMAT_NAME = "segment-campaign-bundle"
+FORMAT_VERSION = 1
+CURRENT = "current"
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+
+PICKLES = ("imputer", "scaler", "pca", "kmeans", "segment_names")
+RESPONSE_PICKLE = "response_model.joblib"
+RESPONSE_TEXT = "response_model.txt"
+JSON_FILES = ("profiles.json", "campaigns.json")
+#: libraries whose major.minor must match between writer and reader (pickle compatibility)
+CHECKED_LIBRARIES = ("scikit-learn", "lightgbm", "numpy")
+
+
+class BundleError(Exception):
+    """A bundle cannot be written or loaded; the message says which file and why."""
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a bundle depends on, as installed now."""
+    import lightgbm
+    import sklearn
+
+    return {
+        "scikit-learn": sklearn.__version__,
+        "lightgbm": lightgbm.__version__,
+        "numpy": np.__version__,
+        "joblib": joblib.__version__,
+    }
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle (or one about to be written)."""
+
+    schema: FeatureSchema
+    imputer: Any
+    scaler: Any
+    pca: Any
+    kmeans: Any
+    segment_names: list[str]
+    profiles: list[dict[str, Any]]
+    campaigns: list[Campaign]
+    response_model: Any = None
+    #: manifest fields beyond what the writer fills in (config, evidence, metrics, ...)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    #: True when the manifest carried a signature that was checked against a key
+    signature_verified: bool = False
+
+    @property
+    def version(self) -> str:
+        """The bundle's version name (its folder name)."""
+        return str(self.manifest.get("version", ""))
+
+    @property
+    def n_segments(self) -> int:
+        """Number of segments (k)."""
+        return len(self.segment_names)
+
+
+# ---- writing --------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (dt.datetime, dt.date)):
+        return obj.isoformat()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def dump_json(obj: Any, path: Path) -> None:
+    """Write JSON deterministically (sorted keys, NaN refused: NaN is not JSON)."""
+    path.write_text(
+        json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=False) + "\n"
+    )
+
+
+def sign(manifest_bytes: bytes, key: bytes) -> str:
+    """HMAC-SHA256 of the manifest bytes, hex."""
+    return hmac.new(key, manifest_bytes, hashlib.sha256).hexdigest()
+
+
+def new_version(fingerprint: str = "", now: dt.datetime | None = None) -> str:
+    """A sortable, unique-enough version name: UTC time plus a short data fingerprint."""
+    now = now or dt.datetime.now(dt.UTC)
+    stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{stamp}-{fingerprint[:8]}" if fingerprint else stamp
+
+
+def write_bundle(
+    bundle: Bundle,
+    root: str | os.PathLike,
+    *,
+    version: str | None = None,
+    hmac_key: bytes | None = None,
+    make_current: bool = True,
+) -> Path:
+    """Write ``bundle`` to ``root/<version>/`` atomically and point ``root/current`` at it.
+
+    Everything goes to a temporary folder inside ``root`` first and is renamed into place, so a
+    failure leaves neither a half bundle nor a changed ``current``.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    fingerprint = str(bundle.manifest.get("data_fingerprint", {}).get("sha256", ""))
+    version = version or new_version(fingerprint)
+    final = root / version
+    if final.exists():
+        raise BundleError(f"bundle version {version!r} already exists in {root}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=root))
+    try:
+        for name in PICKLES:
+            joblib.dump(getattr(bundle, name), tmp / f"{name}.joblib")
+        if bundle.response_model is not None:
+            joblib.dump(bundle.response_model, tmp / RESPONSE_PICKLE)
+            bundle.response_model.save_model(str(tmp / RESPONSE_TEXT))
+        dump_json(bundle.profiles, tmp / "profiles.json")
+        dump_json([c.to_dict() for c in bundle.campaigns], tmp / "campaigns.json")
+
+        files = {
+            p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())
+        }
+        manifest = dict(bundle.manifest)
+        manifest.update(
+            format=FORMAT_NAME,
+            format_version=FORMAT_VERSION,
+            version=version,
+            created_at=manifest.get("created_at")
+            or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            library_versions=library_versions(),
+            feature_schema=bundle.schema.to_dict(),
+            segments={"k": bundle.n_segments, "names": list(bundle.segment_names)},
+            has_response_model=bundle.response_model is not None,
+            files=files,
+        )
+        dump_json(manifest, tmp / MANIFEST)
+        if hmac_key:
+            (tmp / SIGNATURE).write_text(sign((tmp / MANIFEST).read_bytes(), hmac_key) + "\n")
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    bundle.manifest = manifest
+    bundle.path = final
+    if make_current:
+        set_current(root, version)
+    return final
+
+
+def set_current(root: str | os.PathLike, version: str) -> None:
+    """Atomically point ``root/current`` at ``root/<version>`` (a relative symlink)."""
+    root = Path(root)
+    if not (root / version / MANIFEST).is_file():
+        raise BundleError(f"no bundle {version!r} in {root}")
+    link = root / f".{CURRENT}.tmp-{os.getpid()}"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink(version, link)
+    os.replace(link, root / CURRENT)
+
+
+def list_versions(root: str | os.PathLike) -> list[str]:
+    """Bundle versions present under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir()
+        and not p.is_symlink()
+        and not p.name.startswith(".")
+        and (p / MANIFEST).is_file()
+    )
+
+
+def resolve(root: str | os.PathLike, version: str | None = None) -> Path:
+    """Path of bundle ``version`` under ``root``, or of the one ``current`` names."""
+    root = Path(root)
+    if version:
+        if "/" in version or version.startswith(".") or version == CURRENT:
+            raise BundleError(f"invalid bundle version {version!r}")
+        path = root / version
+    else:
+        link = root / CURRENT
+        if not link.exists():
+            raise BundleError(f"no current bundle in {root} (train one first)")
+        path = link.resolve()
+    if not (path / MANIFEST).is_file():
+        raise BundleError(f"no bundle at {path} ({MANIFEST} missing)")
+    return path
+
+
+# ---- reading --------------------------------------------------------------------------------
+def _major_minor(v: str) -> tuple[str, ...]:
+    return tuple(v.split(".")[:2])
+
+
+def verify(
+    path: str | os.PathLike, *, hmac_key: bytes | None = None, check_versions: bool = True
+) -> dict[str, Any]:
+    """Check a bundle folder without unpickling anything; return its manifest or raise."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    try:
+        raw = manifest_path.read_bytes()
+        manifest = json.loads(raw)
+    except FileNotFoundError:
+        raise BundleError(f"{manifest_path}: missing") from None
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{manifest_path}: unreadable ({exc.__class__.__name__})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise BundleError(f"{manifest_path}: not a {FORMAT_NAME} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path}: format_version={manifest.get('format_version')!r}, "
+            f"this code reads {FORMAT_VERSION}"
+        )
+
+    sig_path = path / SIGNATURE
+    if hmac_key:
+        if not sig_path.is_file():
+            raise BundleError(f"{path}: unsigned bundle, but a signing key is configured")
+        expected = sign(raw, hmac_key)
+        if not hmac.compare_digest(expected, sig_path.read_text().strip()):
+            raise BundleError(f"{sig_path}: signature does not match the manifest")
+
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise BundleError(f"{manifest_path}: no file list")
+    required = [f"{n}.joblib" for n in PICKLES] + list(JSON_FILES)
+    if manifest.get("has_response_model"):
+        required.append(RESPONSE_PICKLE)
+    for name in required:
+        if name not in files:
+            raise BundleError(f"{manifest_path}: required file {name} is not listed")
+    for name, meta in files.items():
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise BundleError(f"{manifest_path}: invalid file name {name!r}")
+        fpath = path / name
+        if not fpath.is_file():
+            raise BundleError(f"{fpath}: listed in the manifest but missing")
+        digest = _sha256(fpath)
+        if not hmac.compare_digest(digest, str(meta.get("sha256", ""))):
+            raise BundleError(f"{fpath}: SHA-256 {digest[:12]}… does not match the manifest")
+    unlisted = sorted(
+        p.name
+        for p in path.iterdir()
+        if p.suffix in (".joblib", ".pkl", ".pickle") and p.name not in files
+    )
+    if unlisted:
+        raise BundleError(f"{path}: pickle files not in the manifest: {', '.join(unlisted)}")
+
+    if check_versions:
+        written = manifest.get("library_versions", {})
+        installed = library_versions()
+        for lib in CHECKED_LIBRARIES:
+            if _major_minor(str(written.get(lib, "?"))) != _major_minor(installed[lib]):
+                raise BundleError(
+                    f"{path}: written with {lib} {written.get(lib)}, installed is "
+                    f"{installed[lib]}; retrain or install the matching version"
+                )
+    return manifest
+
+
+def load_bundle(
+    path: str | os.PathLike, *, hmac_key: bytes | None = None, check_versions: bool = True
+) -> Bundle:
+    """Verify the bundle at ``path`` (a version folder) and only then unpickle it."""
+    path = Path(path)
+    manifest = verify(path, hmac_key=hmac_key, check_versions=check_versions)
+    try:
+        objs = {name: joblib.load(path / f"{name}.joblib") for name in PICKLES}
+        response_model = (
+            joblib.load(path / RESPONSE_PICKLE) if manifest.get("has_response_model") else None
+        )
+        profiles = json.loads((path / "profiles.json").read_text())
+        campaigns = [Campaign(**c) for c in json.loads((path / "campaigns.json").read_text())]
+        schema = FeatureSchema.from_dict(manifest["feature_schema"])
+    except BundleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- a verified but inconsistent bundle: say so
+        raise BundleError(f"{path}: cannot load ({exc.__class__.__name__}: {exc})") from None
+    if len(objs["segment_names"]) != len(profiles):
+        raise BundleError(
+            f"{path}: {len(profiles)} profiles for {len(objs['segment_names'])} segments"
+        )
+    return Bundle(
+        schema=schema,
+        profiles=profiles,
+        campaigns=campaigns,
+        response_model=response_model,
+        manifest=manifest,
+        path=path,
+        signature_verified=bool(hmac_key),
+        **objs,
+    )
+
+
+def load_current(root: str | os.PathLike, version: str | None = None, **kwargs: Any) -> Bundle:
+    """Load the bundle ``current`` names under ``root`` (or the named version)."""
+    return load_bundle(resolve(root, version), **kwargs)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `make test`: set up the dev environment, make sure Redis answers, run ruff and pytest.
+#
+# Arguments are passed to pytest (`make test ARGS="-x -k recommend"`). A Redis server started
+# here is stopped on exit, whether the checks pass, fail or are interrupted.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh
+# shellcheck source=scripts/redis.sh
+source scripts/redis.sh
+
+trap redis_stop EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+ensure_venv requirements-dev.txt
+redis_ensure
+export REDIS_URL
+
+# Run every check even when an earlier one fails, so one run reports everything; fail at the end.
+failed=()
+echo "==> ruff check"
+"$VENV/bin/ruff" check . || failed+=("ruff check")
+echo "==> ruff format --check"
+"$VENV/bin/ruff" format --check . || failed+=("ruff format")
+echo "==> pytest $*"
+"$VENV/bin/python" -m pytest "$@" || failed+=("pytest")
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "==> FAILED: ${failed[*]}" >&2
+    exit 1
+fi
+echo "==> all checks passed"

@@ -1,0 +1,110 @@
+"""The fused scoring engine agrees with the plain scikit-learn/LightGBM path and ranks correctly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from bundle_builder import build_bundle, synthetic_customers
+
+from scoring.bundle import load_current
+from scoring.engine import NoResponseModelError, ScoringEngine
+from scoring.reference import reference_propensities, reference_segments
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_bundle):
+    return ScoringEngine(tiny_bundle)
+
+
+def test_segments_and_probabilities_equal_reference(engine, tiny_bundle, demo_customers):
+    frame, _ = demo_customers
+    batch = engine.batch_from_frame(frame)
+    a = engine.assign(batch)
+    np.testing.assert_array_equal(a.segment, reference_segments(tiny_bundle, frame))
+    prob = engine.propensities(batch, a.segment)
+    ref = reference_propensities(tiny_bundle, frame, a.segment)
+    np.testing.assert_allclose(prob, ref, rtol=0, atol=1e-12)
+
+
+def test_records_and_frame_give_the_same_batch(engine, demo_customers):
+    frame, _ = demo_customers
+    records = frame.drop(columns="customer_id").to_dict("records")
+    records = [{k: (None if v != v else v) for k, v in r.items()} for r in records]
+    a = engine.batch_from_records(records)
+    b = engine.batch_from_frame(frame)
+    np.testing.assert_array_equal(a.numeric, b.numeric)
+
+
+def test_missing_optional_input_is_imputed_with_training_median(engine, tiny_bundle, demo_request):
+    record = {k: v for k, v in demo_request.items() if k not in ("customer_id", "mobile_usage")}
+    batch = engine.batch_from_records([record])
+    col = tiny_bundle.schema.input_names.index("mobile_usage")
+    assert batch.numeric[0, col] == pytest.approx(tiny_bundle.imputer.statistics_[col])
+
+
+def test_zero_orders_gives_fill_value_not_inf(engine, demo_request):
+    record = dict(demo_request, order_count=0)
+    del record["customer_id"]
+    batch = engine.batch_from_records([record])
+    assert np.isfinite(batch.numeric).all()
+    assert batch.numeric[0, -1] == 0.0
+
+
+def test_recommend_ranks_by_expected_value_and_respects_eligibility(engine, demo_customers):
+    frame, _ = demo_customers
+    batch = engine.batch_from_frame(frame)
+    results = engine.recommend(batch)
+    assert len(results) == len(frame)
+    by_id = {c.id: c for c in engine.campaigns}
+    for res in results:
+        evs = [c["expected_value"] for c in res["campaigns"]]
+        assert evs == sorted(evs, reverse=True)
+        for c in res["campaigns"]:
+            allowed = by_id[c["campaign_id"]].eligible_segments
+            assert allowed is None or res["segment_name"] in allowed
+            assert c["expected_value"] == pytest.approx(c["probability"] * c["value"])
+    # every segment-restricted campaign is returned to its own segment somewhere
+    returned = {(r["segment_name"], c["campaign_id"]) for r in results for c in r["campaigns"]}
+    assert ("Dormant", "win_back") in returned
+    assert not any(cid == "win_back" and seg != "Dormant" for seg, cid in returned)
+
+
+def test_recommend_filters_channel_exclude_and_top_k(engine, demo_customers):
+    frame, _ = demo_customers
+    batch = engine.batch_from_frame(frame.head(50))
+    for res in engine.recommend(batch, channel="push", exclude=["cashback"], top_k=1):
+        assert len(res["campaigns"]) <= 1
+        for c in res["campaigns"]:
+            assert c["channel"] == "push" and c["campaign_id"] != "cashback"
+            assert "channel 'push'" in c["eligibility"]
+
+
+def test_explain_returns_top_contributions(engine, demo_customers):
+    frame, _ = demo_customers
+    res = engine.recommend(engine.batch_from_frame(frame.head(3)), explain=True, top_k=2)
+    for r in res:
+        for c in r["campaigns"]:
+            contribs = c["contributions"]
+            assert 1 <= len(contribs) <= 3
+            mags = [abs(x["contribution"]) for x in contribs]
+            assert mags == sorted(mags, reverse=True)
+
+
+def test_atypical_flag_for_a_customer_unlike_every_segment(engine, demo_request):
+    record = dict(demo_request, total_spend=5e7, order_count=1, unique_products=4000)
+    del record["customer_id"]
+    res = engine.predict_segment(engine.batch_from_records([record]))[0]
+    assert res["atypical"] is True
+    normal = engine.predict_segment(
+        engine.batch_from_records([{k: v for k, v in demo_request.items() if k != "customer_id"}])
+    )[0]
+    assert normal["distance"] < res["distance"]
+
+
+def test_segmentation_only_bundle_refuses_recommend(tmp_path):
+    build_bundle(tmp_path, n=600, with_response_model=False)
+    engine = ScoringEngine(load_current(tmp_path))
+    batch = engine.batch_from_frame(synthetic_customers(5, 1)[0])
+    assert len(engine.predict_segment(batch)) == 5
+    with pytest.raises(NoResponseModelError):
+        engine.recommend(batch)

@@ -1,0 +1,1 @@
+"""Offline training: from a customer table to a verified, versioned model bundle."""

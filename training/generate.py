@@ -1,0 +1,257 @@
+"""Demo data: a digital wallet's customers, its campaign pool and their campaign responses.
+
+The generator plants a known number of segments (:data:`SEGMENTS`) whose feature means are far
+apart in the log-scaled, standardised space the segmentation works in, so that K-Means recovers
+them; the ``true_segment`` column holds the planted label and is never a feature. Responses
+depend on the customer's features, segment and the campaign, so a response model has real signal
+to learn. Everything is drawn from one ``numpy`` generator seeded by ``seed``: the same seed gives
+identical tables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scoring.features import Campaign
+
+logger = logging.getLogger("training")
+
+#: columns of the generated customer table that are features, in order
+FEATURES = (
+    "total_spend",
+    "order_count",
+    "days_since_last_purchase",
+    "unique_products",
+    "discount_usage",
+    "return_rate",
+    "mobile_usage",
+)
+TRUTH_COLUMN = "true_segment"
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """The planted profile of one segment: share and the centre of each feature."""
+
+    name: str
+    share: float
+    #: median total spend over the observation period (lognormal centre)
+    spend: float
+    #: mean number of orders (negative binomial centre)
+    orders: float
+    #: median days since the last purchase (lognormal centre)
+    recency: float
+    #: mean share of orders placed with a discount, return rate and mobile share (beta means)
+    discount: float
+    returns: float
+    mobile: float
+
+
+#: The planted segments. Means differ by several within-segment spreads on the log scale, so
+#: K-Means after log1p, scaling and PCA separates them; the shares are deliberately unequal.
+SEGMENTS: tuple[SegmentSpec, ...] = (
+    SegmentSpec("vip_champions", 0.10, 6500.0, 85.0, 2.0, 0.06, 0.02, 0.90),
+    SegmentSpec("loyal_regulars", 0.24, 750.0, 22.0, 10.0, 0.25, 0.05, 0.45),
+    SegmentSpec("bargain_hunters", 0.22, 260.0, 18.0, 14.0, 0.75, 0.22, 0.80),
+    SegmentSpec("new_occasional", 0.24, 45.0, 2.0, 25.0, 0.30, 0.04, 0.60),
+    SegmentSpec("dormant", 0.20, 180.0, 6.0, 260.0, 0.20, 0.10, 0.15),
+)
+
+#: The campaign pool of the demo wallet; every campaign is open to every segment.
+CAMPAIGNS: tuple[Campaign, ...] = (
+    Campaign("cashback", "Cashback boost", 18.0, "push", "5% cashback on the next ten payments"),
+    Campaign(
+        "bill_payment_discount",
+        "Bill payment discount",
+        12.0,
+        "in_app",
+        "A discount on utility and phone bills paid from the wallet",
+    ),
+    Campaign(
+        "savings_plan", "Savings plan", 45.0, "email", "An automatic monthly savings pocket"
+    ),
+    Campaign("personal_loan", "Personal loan", 90.0, "email", "A pre-approved personal loan"),
+    Campaign(
+        "wealth_management",
+        "Wealth management",
+        120.0,
+        "email",
+        "Managed investment portfolios with a personal adviser",
+    ),
+    Campaign("referral_bonus", "Referral bonus", 25.0, "push", "A bonus for each friend invited"),
+    Campaign("win_back", "Win-back offer", 15.0, "email", "A welcome-back voucher for lapsed users"),
+)
+
+#: Per-campaign logit intercept and weights on standardised signals, plus segment affinities.
+#: Signals: s = log spend, o = log orders, r = log recency, d = discount, m = mobile, x = returns.
+_RESPONSE_WEIGHTS: dict[str, dict[str, float]] = {
+    "cashback": {"b": -2.3, "d": 1.0, "m": 0.4, "o": 0.2},
+    "bill_payment_discount": {"b": -2.6, "m": 1.0, "o": 0.4, "r": -0.3},
+    "savings_plan": {"b": -3.0, "s": 0.8, "r": -0.4, "d": -0.3},
+    "personal_loan": {"b": -3.6, "o": 0.5, "x": 0.4, "s": 0.2},
+    "wealth_management": {"b": -4.2, "s": 1.5, "d": -0.5},
+    "referral_bonus": {"b": -2.9, "m": 0.7, "o": 0.5, "r": -0.5},
+    "win_back": {"b": -3.2, "r": 1.3, "o": -0.2},
+}
+_SEGMENT_AFFINITY: dict[str, dict[str, float]] = {
+    "vip_champions": {"wealth_management": 1.2, "savings_plan": 0.5, "cashback": -0.4},
+    "loyal_regulars": {"savings_plan": 0.6, "referral_bonus": 0.4},
+    "bargain_hunters": {"cashback": 0.9, "bill_payment_discount": 0.5, "wealth_management": -1.0},
+    "new_occasional": {"referral_bonus": 0.3, "personal_loan": -0.4},
+    "dormant": {"win_back": 1.0, "wealth_management": -0.8},
+}
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """Generated customers, the campaign pool and the long-form response history."""
+
+    #: one row per customer: customer_id, the features and ``true_segment``
+    customers: pd.DataFrame
+    campaigns: list[Campaign]
+    #: long form: customer_id, campaign_id, responded (0/1)
+    responses: pd.DataFrame
+
+
+def _beta(rng: np.random.Generator, mean: float, concentration: float, n: int) -> np.ndarray:
+    """Beta draws with the given mean; higher concentration means less spread."""
+    return rng.beta(mean * concentration, (1.0 - mean) * concentration, size=n)
+
+
+def _draw_segment(rng: np.random.Generator, spec: SegmentSpec, n: int) -> dict[str, np.ndarray]:
+    """Feature columns for ``n`` customers of one planted segment."""
+    # Orders: negative binomial around the segment mean (overdispersed like real counts).
+    dispersion = 12.0
+    mean = spec.orders - 1.0
+    orders = 1 + rng.negative_binomial(dispersion, dispersion / (dispersion + mean), size=n)
+    # A few sign-ups never ordered (about 1% of the newest customers).
+    if spec.orders < 3.0:
+        orders = np.where(rng.random(n) < 0.01, 0, orders)
+    # Spend per order follows the segment's typical basket, with a heavy lognormal tail.
+    basket = spec.spend / max(spec.orders, 1.0)
+    spend = np.maximum(orders, 1) * basket * rng.lognormal(0.0, 0.3, size=n)
+    products = np.minimum(orders, 1 + rng.poisson(0.45 * orders))
+    recency = np.ceil(spec.recency * rng.lognormal(0.0, 0.3, size=n))
+    # A customer who never ordered has spent nothing and bought nothing.
+    none = orders == 0
+    spend = np.where(none, 0.0, spend)
+    products = np.where(none, 0, products)
+    return {
+        "total_spend": np.round(spend, 2),
+        "order_count": orders.astype(np.int64),
+        "days_since_last_purchase": recency.astype(np.int64),
+        "unique_products": products.astype(np.int64),
+        "discount_usage": np.round(_beta(rng, spec.discount, 40.0, n), 4),
+        "return_rate": np.round(_beta(rng, spec.returns, 60.0, n), 4),
+        "mobile_usage": np.round(_beta(rng, spec.mobile, 30.0, n), 4),
+    }
+
+
+def _draw_customers(rng: np.random.Generator, n_customers: int) -> pd.DataFrame:
+    """The customer table, rows shuffled so segments are not in blocks."""
+    shares = np.array([s.share for s in SEGMENTS])
+    counts = rng.multinomial(n_customers, shares / shares.sum())
+    parts = []
+    for spec, count in zip(SEGMENTS, counts, strict=True):
+        cols = _draw_segment(rng, spec, int(count))
+        cols[TRUTH_COLUMN] = np.full(int(count), spec.name, dtype=object)
+        parts.append(pd.DataFrame(cols))
+    frame = pd.concat(parts, ignore_index=True)
+    frame = frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
+    # mobile_usage is optional: about 0.5% of customers never opened the app's tracking consent.
+    missing = rng.random(len(frame)) < 0.005
+    frame.loc[missing, "mobile_usage"] = np.nan
+    ids = pd.Series([f"W{i:07d}" for i in range(1, len(frame) + 1)], dtype=object)
+    frame.insert(0, "customer_id", ids)
+    return frame[["customer_id", *FEATURES, TRUTH_COLUMN]]
+
+
+def _standardise(values: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance (NaN ignored and then read as the mean)."""
+    z = (values - np.nanmean(values)) / (np.nanstd(values) or 1.0)
+    return np.nan_to_num(z, nan=0.0)
+
+
+def _draw_responses(rng: np.random.Generator, customers: pd.DataFrame) -> pd.DataFrame:
+    """Each customer receives 3-5 random campaigns and responds with a feature-driven chance."""
+    n = len(customers)
+    signals = {
+        "s": _standardise(np.log1p(customers["total_spend"].to_numpy(float))),
+        "o": _standardise(np.log1p(customers["order_count"].to_numpy(float))),
+        "r": _standardise(np.log1p(customers["days_since_last_purchase"].to_numpy(float))),
+        "d": _standardise(customers["discount_usage"].to_numpy(float)),
+        "m": _standardise(customers["mobile_usage"].to_numpy(float)),
+        "x": _standardise(customers["return_rate"].to_numpy(float)),
+    }
+    segment = customers[TRUTH_COLUMN].to_numpy()
+    n_campaigns = len(CAMPAIGNS)
+    logits = np.empty((n, n_campaigns))
+    for j, campaign in enumerate(CAMPAIGNS):
+        weights = _RESPONSE_WEIGHTS[campaign.id]
+        z = np.full(n, weights["b"])
+        for key, w in weights.items():
+            if key != "b":
+                z += w * signals[key]
+        for name, affinity in _SEGMENT_AFFINITY.items():
+            z += np.where(segment == name, affinity.get(campaign.id, 0.0), 0.0)
+        logits[:, j] = z
+    # A random subset of 3-5 campaigns per customer: rank random keys, keep the first few.
+    offered_count = rng.integers(3, 6, size=n)
+    order = np.argsort(rng.random((n, n_campaigns)), axis=1)
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(n_campaigns)[None, :], axis=1)
+    offered = ranks < offered_count[:, None]
+    prob = 1.0 / (1.0 + np.exp(-logits))
+    responded = rng.random((n, n_campaigns)) < prob
+    rows, cols = np.nonzero(offered)
+    ids = customers["customer_id"].to_numpy()
+    campaign_ids = np.array([c.id for c in CAMPAIGNS], dtype=object)
+    return pd.DataFrame(
+        {
+            "customer_id": ids[rows],
+            "campaign_id": campaign_ids[cols],
+            "responded": responded[rows, cols].astype(np.int8),
+        }
+    )
+
+
+def generate_demo(n_customers: int = 75_000, seed: int = 42) -> DemoData:
+    """Generate the demo wallet: customers with planted segments, campaigns and responses."""
+    if n_customers < len(SEGMENTS):
+        raise ValueError(f"n_customers={n_customers} should be >= {len(SEGMENTS)} (one per segment)")
+    rng = np.random.default_rng(seed)
+    customers = _draw_customers(rng, n_customers)
+    responses = _draw_responses(rng, customers)
+    campaigns = [Campaign(**c.to_dict()) for c in CAMPAIGNS]
+    return DemoData(customers=customers, campaigns=campaigns, responses=responses)
+
+
+def write_demo(out_dir: str | Path, n_customers: int = 75_000, seed: int = 42) -> dict[str, Path]:
+    """Generate the demo data and write it to ``out_dir``; return the written paths by role.
+
+    Files: ``customers.parquet``, ``campaigns.json`` (the pool) and ``responses.parquet``
+    (long form: customer_id, campaign_id, responded).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    logger.info("generating %d demo customers (seed %d)", n_customers, seed)
+    demo = generate_demo(n_customers, seed)
+    paths = {
+        "customers": out / "customers.parquet",
+        "campaigns": out / "campaigns.json",
+        "responses": out / "responses.parquet",
+    }
+    demo.customers.to_parquet(paths["customers"], index=False)
+    demo.responses.to_parquet(paths["responses"], index=False)
+    pool = [c.to_dict() for c in demo.campaigns]
+    paths["campaigns"].write_text(json.dumps(pool, indent=2) + "\n", encoding="utf-8")
+    logger.info(
+        "wrote %d customers and %d responses to %s", len(demo.customers), len(demo.responses), out
+    )
+    return paths

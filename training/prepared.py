@@ -1,0 +1,38 @@
+"""The prepared training data handed from the data stages to the fitting stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from scoring.features import Campaign, FeatureSchema
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A validated customer table, turned into matrices in the bundle's feature order.
+
+    ``customers`` is never modified by later stages.
+    """
+
+    #: index = customer id (str); columns = numeric inputs and categoricals, raw (NaN kept)
+    customers: pd.DataFrame
+    #: medians, kinds, observed ranges, log features and response features decided
+    schema: FeatureSchema
+    #: sklearn SimpleImputer(strategy="median") fitted on the numeric inputs
+    imputer: object
+    #: (n, n_numeric) imputed inputs followed by derived features (features.numeric_matrix)
+    numeric: np.ndarray
+    #: (n, n_categoricals) categorical codes as float, NaN for missing/unknown
+    codes: np.ndarray
+    #: the campaign pool; empty when the table has no response history
+    campaigns: list[Campaign]
+    #: long form with int columns customer_idx (row position), campaign_idx (pool position),
+    #: responded (0/1); None when there is no response history
+    responses: pd.DataFrame | None
+    #: {"sha256": ..., "rows": ..., "columns": [...], "sources": [...]}
+    fingerprint: dict
+    #: planted segment labels (generated data only), else None
+    truth: np.ndarray | None = None

@@ -1,0 +1,357 @@
+"""Segmentation stage: scaling, PCA, the k search, K-Means, stability and outlier thresholds.
+
+Input is the clustering matrix (``scoring.features.cluster_matrix``: cluster features with
+log1p applied). The chain fitted here is exactly what serving applies:
+``StandardScaler -> PCA -> KMeans``; distances are measured in PCA space.
+
+How k is chosen (the rule, recorded with its evidence in the bundle manifest)
+---------------------------------------------------------------------------
+For every k in ``k_min..k_max`` a K-Means is fitted on a fixed random sample of at most
+``search_sample`` rows, and four measures are taken on it:
+
+* inertia (within-cluster sum of squares) -- the elbow curve;
+* silhouette, on a fixed sub-sample of ``silhouette_sample`` rows so its cost does not grow
+  with the table;
+* Calinski-Harabasz (higher is better) and Davies-Bouldin (lower is better) on the sample.
+
+1. The *knee* of the elbow curve is found with the kneedle construction: k and inertia are
+   both scaled to [0, 1] and the knee is the k farthest below the chord joining the first and
+   the last point of the curve.
+2. The candidates are the k within +-1 of the knee; among them the one with the best
+   silhouette wins.
+3. If some other k has a silhouette better by more than ``SILHOUETTE_MARGIN`` (absolute), the
+   elbow is overruled and that k is chosen: well-separated clusters beat a soft knee.
+4. Silhouettes within ``SILHOUETTE_TIE`` of each other count as a tie, broken by the better
+   Calinski-Harabasz rank plus Davies-Bouldin rank, then by the smaller k.
+
+``k`` in the config (``--k``) overrides the rule; the evidence is still computed and saved.
+
+After the choice the final K-Means is fitted on *all* rows, started from the centres the
+search found for that k (so one Lloyd run suffices). Segment ids are then relabelled by size,
+largest first (ties by centroid coordinates), so ids do not depend on K-Means' arbitrary
+cluster order and are stable under reseeding. Stability is the adjusted Rand index between
+the final model and K-Means refits on bootstrap samples, evaluated on a fixed sample of rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import (
+    adjusted_rand_score,
+    calinski_harabasz_score,
+    davies_bouldin_score,
+    silhouette_score,
+)
+from sklearn.preprocessing import StandardScaler
+
+from training.config import SegmentationConfig
+
+log = logging.getLogger(__name__)
+
+#: a silhouette better by more than this overrules the elbow (rule step 3)
+SILHOUETTE_MARGIN = 0.05
+#: silhouettes closer than this are a tie (rule step 4)
+SILHOUETTE_TIE = 0.005
+#: rows on which bootstrap refits are compared with the final model
+STABILITY_EVAL_ROWS = 20_000
+
+
+@dataclass
+class KSelection:
+    """The evidence of the k search and the choice made from it."""
+
+    #: one dict per k: k, inertia, silhouette, calinski_harabasz, davies_bouldin
+    table: list[dict[str, float]]
+    knee: int | None
+    chosen: int
+    reasoning: str
+    overridden: bool = False
+    search_rows: int = 0
+    silhouette_rows: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form for the manifest."""
+        return {
+            "rule": "knee of the elbow (kneedle) +-1, best silhouette; silhouette better by "
+            f">{SILHOUETTE_MARGIN} elsewhere overrules; ties (<{SILHOUETTE_TIE}) by CH+DB rank",
+            "table": self.table,
+            "knee": self.knee,
+            "chosen_k": self.chosen,
+            "reasoning": self.reasoning,
+            "overridden": self.overridden,
+            "search_rows": self.search_rows,
+            "silhouette_rows": self.silhouette_rows,
+        }
+
+
+@dataclass
+class Segmentation:
+    """The fitted clustering chain and what it says about the training rows."""
+
+    scaler: StandardScaler
+    pca: PCA
+    kmeans: KMeans
+    #: (n,) segment id of every training row (after relabelling by size)
+    labels: np.ndarray
+    #: (n,) distance of every training row to its centroid in PCA space
+    distances: np.ndarray
+    #: (k,) per-segment outlier threshold on that distance
+    outlier_thresholds: np.ndarray
+    selection: KSelection
+    stability: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        """Number of segments."""
+        return int(self.kmeans.n_clusters)
+
+
+# ---- the k rule (pure, testable on a table alone) -------------------------------------------
+def knee_point(ks: list[int], inertia: list[float]) -> int | None:
+    """The k of a decreasing, convex elbow curve farthest below its chord (kneedle); or None."""
+    if len(ks) < 3:
+        return None
+    x = np.asarray(ks, dtype=np.float64)
+    y = np.asarray(inertia, dtype=np.float64)
+    span_x, span_y = x[-1] - x[0], y.max() - y.min()
+    if span_x <= 0 or span_y <= 0:
+        return None
+    xn = (x - x[0]) / span_x
+    yn = (y - y.min()) / span_y
+    # chord from (0, yn[0]) to (1, yn[-1]); for a convex decreasing curve the knee is the
+    # point with the largest vertical gap below it
+    chord = yn[0] + (yn[-1] - yn[0]) * xn
+    gap = chord - yn
+    i = int(np.argmax(gap))
+    if gap[i] <= 0:
+        return None
+    return int(ks[i])
+
+
+def choose_k(table: list[dict[str, float]]) -> tuple[int, int | None, str]:
+    """Apply the documented rule to the evidence table; return (k, knee, reasoning)."""
+    ks = [int(r["k"]) for r in table]
+    sil = {int(r["k"]): float(r["silhouette"]) for r in table}
+    ch_rank = _ranks([r["calinski_harabasz"] for r in table], higher_is_better=True)
+    db_rank = _ranks([r["davies_bouldin"] for r in table], higher_is_better=False)
+    combined = {k: ch_rank[i] + db_rank[i] for i, k in enumerate(ks)}
+
+    def best_of(candidates: list[int]) -> int:
+        top = max(sil[k] for k in candidates)
+        tied = [k for k in candidates if sil[k] >= top - SILHOUETTE_TIE]
+        return min(tied, key=lambda k: (combined[k], k))
+
+    knee = knee_point(ks, [r["inertia"] for r in table])
+    if knee is None:
+        k = best_of(ks)
+        return k, None, f"no clear elbow; k={k} has the best silhouette ({sil[k]:.3f})"
+    near = [k for k in ks if abs(k - knee) <= 1]
+    k_near = best_of(near)
+    k_all = best_of(ks)
+    if sil[k_all] > sil[k_near] + SILHOUETTE_MARGIN:
+        return (
+            k_all,
+            knee,
+            f"elbow at k={knee}, but k={k_all} has a clearly better silhouette "
+            f"({sil[k_all]:.3f} vs {sil[k_near]:.3f} at k={k_near})",
+        )
+    others = ", ".join(f"k={k}: {sil[k]:.3f}" for k in near if k != k_near)
+    return (
+        k_near,
+        knee,
+        f"elbow at k={knee}; k={k_near} has the best silhouette near it ({sil[k_near]:.3f}"
+        + (f"; {others}" if others else "")
+        + ")",
+    )
+
+
+def _ranks(values: list[float], *, higher_is_better: bool) -> list[int]:
+    order = np.argsort(-np.asarray(values) if higher_is_better else np.asarray(values), kind="stable")
+    ranks = np.empty(len(values), dtype=int)
+    ranks[order] = np.arange(len(values))
+    return ranks.tolist()
+
+
+# ---- fitting ---------------------------------------------------------------------------------
+def fit_projection(X: np.ndarray, config: SegmentationConfig) -> tuple[StandardScaler, PCA]:
+    """Fit the scaler and the PCA (components for >= ``pca_variance`` unless fixed)."""
+    scaler = StandardScaler().fit(X)
+    Z = scaler.transform(X)
+    n_features = Z.shape[1]
+    if config.pca_components:
+        n_comp = min(int(config.pca_components), n_features)
+    else:
+        full = PCA(svd_solver="covariance_eigh").fit(Z)
+        cum = np.cumsum(full.explained_variance_ratio_)
+        n_comp = int(np.searchsorted(cum, config.pca_variance - 1e-12) + 1)
+        n_comp = max(1, min(n_comp, n_features))
+    pca = PCA(n_components=n_comp, svd_solver="covariance_eigh").fit(Z)
+    return scaler, pca
+
+
+def search_k(
+    P: np.ndarray, config: SegmentationConfig
+) -> tuple[list[dict[str, float]], dict[int, np.ndarray], int, int]:
+    """Fit K-Means for every k on a sample of the PCA rows and measure each fit.
+
+    Returns the evidence table, the centres found for each k, and the sample sizes used.
+    """
+    n = P.shape[0]
+    rng = np.random.default_rng(config.seed)
+    search_idx = _sample(rng, n, config.search_sample)
+    S = P[search_idx] if search_idx is not None else P
+    sil_idx = _sample(rng, S.shape[0], config.silhouette_sample)
+    k_max = min(config.k_max, S.shape[0] - 1)
+    table: list[dict[str, float]] = []
+    centers: dict[int, np.ndarray] = {}
+    for k in range(config.k_min, k_max + 1):
+        km = KMeans(n_clusters=k, n_init=config.n_init, random_state=config.seed).fit(S)
+        labels = km.labels_
+        sil_X, sil_labels = (S, labels) if sil_idx is None else (S[sil_idx], labels[sil_idx])
+        if len(np.unique(sil_labels)) < 2:
+            sil = -1.0
+        else:
+            sil = float(silhouette_score(sil_X, sil_labels))
+        row = {
+            "k": k,
+            "inertia": float(km.inertia_),
+            "silhouette": sil,
+            "calinski_harabasz": float(calinski_harabasz_score(S, labels)),
+            "davies_bouldin": float(davies_bouldin_score(S, labels)),
+        }
+        table.append(row)
+        centers[k] = km.cluster_centers_
+        log.info(
+            "k=%d: inertia %.4g, silhouette %.3f, CH %.1f, DB %.3f",
+            k,
+            row["inertia"],
+            sil,
+            row["calinski_harabasz"],
+            row["davies_bouldin"],
+        )
+    return table, centers, S.shape[0], len(sil_idx) if sil_idx is not None else S.shape[0]
+
+
+def _sample(rng: np.random.Generator, n: int, size: int) -> np.ndarray | None:
+    """Sorted random row positions (without replacement), or None when all rows fit."""
+    if size <= 0 or n <= size:
+        return None
+    return np.sort(rng.choice(n, size=size, replace=False))
+
+
+def relabel_by_size(kmeans: KMeans, labels: np.ndarray) -> np.ndarray:
+    """Renumber segments largest first (ties by centroid); updates ``kmeans`` and returns labels."""
+    k = kmeans.n_clusters
+    sizes = np.bincount(labels, minlength=k)
+    centers = kmeans.cluster_centers_
+    # lexsort: last key is primary -> size descending, then centroid coordinates ascending
+    keys = [centers[:, j] for j in range(centers.shape[1] - 1, -1, -1)] + [-sizes]
+    order = np.lexsort(keys)
+    new_of_old = np.empty(k, dtype=np.int32)
+    new_of_old[order] = np.arange(k, dtype=np.int32)
+    kmeans.cluster_centers_ = np.ascontiguousarray(centers[order])
+    new_labels = new_of_old[labels]
+    kmeans.labels_ = new_labels
+    return new_labels
+
+
+def centroid_distances(P: np.ndarray, centers: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each row to the centre of its segment."""
+    diff = P - centers[labels]
+    return np.sqrt(np.einsum("ij,ij->i", diff, diff))
+
+
+def outlier_thresholds(distances: np.ndarray, labels: np.ndarray, k: int, q: float) -> np.ndarray:
+    """Per segment, the ``q`` quantile of the distance to the centroid (0 for an empty one)."""
+    out = np.zeros(k, dtype=np.float64)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(k + 1))
+    for s in range(k):
+        d = distances[order[bounds[s] : bounds[s + 1]]]
+        if d.size:
+            out[s] = float(np.quantile(d, q))
+    return out
+
+
+def measure_stability(
+    P: np.ndarray, kmeans: KMeans, config: SegmentationConfig
+) -> dict[str, Any]:
+    """ARI between the final model and K-Means refits on bootstrap samples of the rows."""
+    if config.stability_bootstraps <= 0:
+        return {"bootstraps": 0}
+    n = P.shape[0]
+    rng = np.random.default_rng(config.seed + 7919)
+    eval_idx = _sample(rng, n, STABILITY_EVAL_ROWS)
+    E = P if eval_idx is None else P[eval_idx]
+    reference = kmeans.predict(E)
+    size = min(n, config.search_sample) if config.search_sample > 0 else n
+    scores = []
+    for b in range(config.stability_bootstraps):
+        boot = rng.integers(0, n, size=size)
+        refit = KMeans(
+            n_clusters=kmeans.n_clusters, n_init=config.n_init, random_state=config.seed + b + 1
+        ).fit(P[boot])
+        scores.append(float(adjusted_rand_score(reference, refit.predict(E))))
+    log.info("stability: ARI mean %.3f, min %.3f", np.mean(scores), np.min(scores))
+    return {
+        "bootstraps": len(scores),
+        "sample_rows": size,
+        "eval_rows": E.shape[0],
+        "ari": scores,
+        "ari_mean": float(np.mean(scores)),
+        "ari_min": float(np.min(scores)),
+    }
+
+
+def fit_segmentation(X: np.ndarray, config: SegmentationConfig) -> Segmentation:
+    """Fit the whole clustering chain on the cluster matrix ``X`` (not modified)."""
+    n = X.shape[0]
+    if n < max(config.k_min, 2) + 1:
+        raise ValueError(f"n_samples={n} should be > k_min={config.k_min}")
+    if config.k is not None and n <= config.k:
+        raise ValueError(f"n_samples={n} should be > k={config.k}")
+
+    scaler, pca = fit_projection(X, config)
+    P = pca.transform(scaler.transform(X))
+    log.info(
+        "PCA: %d components keep %.1f%% of the variance",
+        pca.n_components_,
+        100 * float(np.sum(pca.explained_variance_ratio_)),
+    )
+
+    table, centers, search_rows, sil_rows = search_k(P, config)
+    k_rule, knee, reasoning = choose_k(table)
+    if config.k is not None:
+        k, overridden = int(config.k), True
+        reasoning = f"k={k} set by configuration (the rule would choose k={k_rule}: {reasoning})"
+    else:
+        k, overridden = k_rule, False
+    log.info("chosen k=%d: %s", k, reasoning)
+    selection = KSelection(table, knee, k, reasoning, overridden, search_rows, sil_rows)
+
+    if k in centers:
+        # start from the sample's solution: one Lloyd run on all rows then converges quickly
+        final = KMeans(n_clusters=k, init=centers[k], n_init=1, random_state=config.seed)
+    else:
+        final = KMeans(n_clusters=k, n_init=config.n_init, random_state=config.seed)
+    final.fit(P)
+    labels = relabel_by_size(final, final.labels_)
+    distances = centroid_distances(P, final.cluster_centers_, labels)
+    thresholds = outlier_thresholds(distances, labels, k, config.outlier_quantile)
+    stability = measure_stability(P, final, config)
+    return Segmentation(
+        scaler=scaler,
+        pca=pca,
+        kmeans=final,
+        labels=labels,
+        distances=distances,
+        outlier_thresholds=thresholds,
+        selection=selection,
+        stability=stability,
+    )
