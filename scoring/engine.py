@@ -18,6 +18,7 @@ import numpy as np
 
 from scoring.bundle import Bundle
 from scoring.features import derive, encode_categoricals, frame_to_raw
+from scoring.propensity import PropensityModel
 
 #: how many feature contributions ``explain`` returns per campaign
 EXPLAIN_TOP = 3
@@ -63,7 +64,11 @@ class ScoringEngine:
         self.campaign_ids = [c.id for c in self.campaigns]
         self.channels = {c.channel for c in self.campaigns}
         self.has_response_model = bundle.response_model is not None
-        self.threads = threads
+        self._model = (
+            PropensityModel(bundle.response_model, threads=threads)
+            if self.has_response_model
+            else None
+        )
 
         self._input_names = schema.input_names
         self._cat_names = schema.categorical_names
@@ -187,11 +192,6 @@ class ScoringEngine:
         rows[:, nr + nc + 1] = campaign
         return rows
 
-    def _predict(self, rows: np.ndarray, **kwargs: Any) -> np.ndarray:
-        if rows.shape[0] == 0:
-            return np.empty(0, dtype=np.float64)
-        return self.bundle.response_model.predict(rows, num_threads=self.threads, **kwargs)
-
     def propensities(
         self, batch: CustomerBatch, segment: np.ndarray, mask: np.ndarray | None = None
     ) -> np.ndarray:
@@ -203,7 +203,9 @@ class ScoringEngine:
             mask = np.ones((n, m), dtype=bool)
         customer, campaign = np.nonzero(mask)
         out = np.full((n, m), np.nan, dtype=np.float64)
-        out[customer, campaign] = self._predict(self.model_rows(batch, segment, customer, campaign))
+        out[customer, campaign] = self._model.predict(
+            self.model_rows(batch, segment, customer, campaign)
+        )
         return out
 
     def eligibility_mask(
@@ -284,9 +286,7 @@ class ScoringEngine:
             return out
         customer = np.array([p[0] for p in pairs])
         campaign = np.array([p[1] for p in pairs])
-        values = self._predict(
-            self.model_rows(batch, segment, customer, campaign), pred_contrib=True
-        )[:, :-1]  # last column is the bias term
+        values = self._model.contributions(self.model_rows(batch, segment, customer, campaign))
         top = np.argsort(-np.abs(values), axis=1)[:, :EXPLAIN_TOP]
         for row, (i, _) in enumerate(pairs):
             out[i].append(

@@ -108,3 +108,29 @@ def test_segmentation_only_bundle_refuses_recommend(tmp_path):
     assert len(engine.predict_segment(batch)) == 5
     with pytest.raises(NoResponseModelError):
         engine.recommend(batch)
+
+
+def test_single_customer_fast_path_equals_reference(engine, tiny_bundle, demo_customers):
+    # one customer -> a few rows -> LightGBM's single-row path; many -> the matrix path
+    frame, _ = demo_customers
+    for i in range(8):
+        one = frame.iloc[[i]]
+        batch = engine.batch_from_frame(one)
+        seg = engine.assign(batch).segment
+        np.testing.assert_allclose(
+            engine.propensities(batch, seg),
+            reference_propensities(tiny_bundle, one, seg),
+            rtol=0,
+            atol=1e-12,
+        )
+
+
+def test_contributions_equal_lightgbm_pred_contrib(engine, tiny_bundle, demo_customers):
+    frame, _ = demo_customers
+    batch = engine.batch_from_frame(frame.head(40))
+    seg = engine.assign(batch).segment
+    customer = np.repeat(np.arange(40), 2)
+    campaign = np.tile([0, 1], 40)
+    rows = engine.model_rows(batch, seg, customer, campaign)
+    expected = tiny_bundle.response_model.predict(rows, pred_contrib=True)[:, :-1]
+    np.testing.assert_allclose(engine._model.contributions(rows), expected, atol=1e-12)
