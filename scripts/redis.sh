@@ -32,7 +32,7 @@ PY
 }
 
 redis_ensure() {
-    local port attempt i
+    local port attempt
     if [ -n "${REDIS_URL:-}" ] && redis_ping "$REDIS_URL"; then
         echo "==> using the Redis server at $REDIS_URL"
         return 0
@@ -49,7 +49,7 @@ redis_ensure() {
         redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
             --daemonize no --dir "$REDIS_DIR" >"$REDIS_DIR/redis.log" 2>&1 &
         REDIS_PID=$!
-        for i in $(seq 1 50); do
+        for _ in $(seq 1 50); do
             if redis_ping "redis://127.0.0.1:$port/0"; then
                 export REDIS_URL="redis://127.0.0.1:$port/0"
                 echo "==> started redis-server (pid $REDIS_PID) at $REDIS_URL"

@@ -1,9 +1,30 @@
-"""Typed training configuration: read from a TOML file, overridden by CLI flags."""
+"""Typed training configuration: read from a TOML file, overridden by CLI flags.
+
+The TOML file has one table per dataclass below (``[data]``, ``[features]``, ``[campaigns]``,
+``[responses]``, ``[segmentation]``, ``[response_model]``, ``[output]``) and a top-level ``name``.
+Unknown keys are refused with a :class:`ConfigError` naming the key. TOML has no null: leave a
+key out for its default, and write ``id_column = ""`` for a table without an id column (rows
+are then numbered).
+
+Relative paths of *input* files (customer table, transactions, campaign pool, responses, names
+file) resolve against the current working directory if the file exists there, otherwise against
+the folder of the config file (``base_dir``); after loading they are absolute. So the example
+configs, which name ``data/demo/...`` and ``../shared/data/...`` relative to the project root,
+work when run from the project root, and a config next to its data works from anywhere. The
+output root stays as written (relative to the working directory).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from scoring.features import KIND_DOMAINS
 
 
 @dataclass(frozen=True)
@@ -153,3 +174,249 @@ class TrainConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     #: folder the config file lives in; relative paths in the config resolve against it
     base_dir: str = "."
+
+
+class ConfigError(ValueError):
+    """The training configuration is unreadable or invalid; the message names the key."""
+
+
+#: override keys accepted by :func:`load_config` (the CLI flags) and what each sets
+OVERRIDE_KEYS = (
+    "data_dir",
+    "output",
+    "k",
+    "k_min",
+    "k_max",
+    "seed",
+    "customers",
+    "name",
+)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check and convert one TOML value to the annotated type ``tp`` (``key`` for messages)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[-1] if errors else f"{key}: invalid value {value!r}")
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return _build(tp, value, key)
+    if origin is tuple:
+        item_type = typing.get_args(tp)[0]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_convert(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        value_type = typing.get_args(tp)[1]
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        if value_type is Any:
+            return dict(value)
+        return {str(k): _convert(v, value_type, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp!r}")  # pragma: no cover - programming error
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from a TOML table, refusing unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "base_dir"]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"unknown key {path!r}; known keys here: {', '.join(names)}")
+        kwargs[key] = _convert(value, hints[key], path)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
+
+
+def _resolve_input(path: str | None, base_dir: Path) -> str | None:
+    """Absolute path of an input file: the working directory first, then the config folder."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return str(p)
+    if p.exists():
+        return str(p.resolve())
+    in_base = base_dir / p
+    if in_base.exists():
+        return str(in_base.resolve())
+    # Neither exists: keep the working-directory reading so the load error names that path.
+    return str(p.resolve())
+
+
+def _move(path: str | None, folder: str) -> str | None:
+    """``path`` with its folder replaced by ``folder`` (the ``data_dir`` override)."""
+    return None if path is None else str(Path(folder) / Path(path).name)
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply CLI overrides to the raw TOML mapping (before type conversion)."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in OVERRIDE_KEYS:
+            raise ConfigError(f"unknown override {key!r}; known: {', '.join(OVERRIDE_KEYS)}")
+        if key == "data_dir":
+            data = raw.setdefault("data", {})
+            data["customers"] = _move(data.get("customers"), value)
+            if isinstance(data.get("transactions"), dict):
+                tx = dict(data["transactions"])
+                tx["path"] = _move(tx.get("path"), value)
+                data["transactions"] = tx
+            campaigns = raw.setdefault("campaigns", {})
+            campaigns["pool"] = _move(campaigns.get("pool"), value)
+            if isinstance(raw.get("responses"), dict):
+                raw["responses"]["path"] = _move(raw["responses"].get("path"), value)
+            for section in ("data", "campaigns"):
+                raw[section] = {k: v for k, v in raw[section].items() if v is not None}
+            if isinstance(raw.get("responses"), dict):
+                raw["responses"] = {k: v for k, v in raw["responses"].items() if v is not None}
+        elif key == "output":
+            raw.setdefault("output", {})["root"] = str(value)
+        elif key in ("k", "k_min", "k_max"):
+            raw.setdefault("segmentation", {})[key] = value
+        elif key == "seed":
+            raw.setdefault("segmentation", {})["seed"] = value
+            raw.setdefault("response_model", {})["seed"] = value
+        elif key == "customers":
+            raw.setdefault("data", {})["customers"] = str(value)
+        elif key == "name":
+            raw["name"] = value
+    return raw
+
+
+def _check(config: TrainConfig) -> None:
+    """Cross-field checks the types alone cannot express."""
+    data, feats, seg = config.data, config.features, config.segmentation
+    if data.customers is None and data.transactions is None:
+        raise ConfigError("data.customers: a customer table (or data.transactions) is required")
+    for column, kind in feats.kinds.items():
+        if kind not in KIND_DOMAINS:
+            raise ConfigError(
+                f"features.kinds.{column}: unknown kind {kind!r}; "
+                f"expected one of {', '.join(KIND_DOMAINS)}"
+            )
+    if isinstance(feats.log, str) and feats.log != "auto":
+        raise ConfigError(f'features.log: expected "auto" or a list, got {feats.log!r}')
+    if seg.k is not None and seg.k < 2:
+        raise ConfigError(f"segmentation.k: k={seg.k} should be >= 2")
+    if seg.k_min < 2:
+        raise ConfigError(f"segmentation.k_min: k_min={seg.k_min} should be >= 2")
+    if seg.k_max < seg.k_min:
+        raise ConfigError(f"segmentation.k_max: k_max={seg.k_max} should be >= k_min={seg.k_min}")
+    if not 0.0 < seg.pca_variance <= 1.0:
+        raise ConfigError(f"segmentation.pca_variance: {seg.pca_variance} should be in (0, 1]")
+    if not 0.0 < config.response_model.validation_fraction < 1.0:
+        raise ConfigError(
+            "response_model.validation_fraction: "
+            f"{config.response_model.validation_fraction} should be in (0, 1)"
+        )
+    if config.responses is not None:
+        if config.responses.format not in ("long", "wide"):
+            raise ConfigError(
+                f'responses.format: expected "long" or "wide", got {config.responses.format!r}'
+            )
+        if config.responses.format == "wide" and not config.responses.columns:
+            raise ConfigError("responses.columns: wide responses need a column -> campaign table")
+        if config.responses.format == "long" and config.responses.path is None:
+            raise ConfigError("responses.path: long responses need a file")
+
+
+def config_from_dict(
+    raw: dict[str, Any], base_dir: str | Path = ".", overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """Build a checked :class:`TrainConfig` from a TOML-like mapping (paths against ``base_dir``)."""
+    raw = _apply_overrides(raw, overrides or {})
+    data = raw.get("data")
+    # TOML has no null: an empty id column means "number the rows".
+    if isinstance(data, dict) and data.get("id_column") == "":
+        raw["data"] = {**data, "id_column": None}
+    config = _build(TrainConfig, raw, "")
+    base = Path(base_dir).resolve()
+
+    def resolve(p: str | None) -> str | None:
+        return _resolve_input(p, base)
+
+    tx = config.data.transactions
+    config = dataclasses.replace(
+        config,
+        base_dir=str(base),
+        data=dataclasses.replace(
+            config.data,
+            customers=resolve(config.data.customers),
+            transactions=None if tx is None else dataclasses.replace(tx, path=resolve(tx.path)),
+        ),
+        campaigns=dataclasses.replace(config.campaigns, pool=resolve(config.campaigns.pool)),
+        responses=None
+        if config.responses is None
+        else dataclasses.replace(config.responses, path=resolve(config.responses.path)),
+        segmentation=dataclasses.replace(
+            config.segmentation, names_file=resolve(config.segmentation.names_file)
+        ),
+    )
+    _check(config)
+    return config
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a TOML config file, apply ``overrides`` (CLI flags) and check it.
+
+    Override keys: ``data_dir`` (folder of the customer table, transactions, campaign pool and
+    responses, file names kept), ``output`` (output.root), ``k``, ``k_min``, ``k_max``
+    (segmentation), ``seed`` (segmentation and response model), ``customers`` (data.customers),
+    ``name``. ``None`` values are ignored, so unset CLI flags can be passed as they are.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    return config_from_dict(raw, base_dir=path.resolve().parent, overrides=overrides)
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """Plain-JSON form of a config (tuples as lists), for the manifest."""
+    return dataclasses.asdict(config)

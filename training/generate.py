@@ -73,9 +73,7 @@ CAMPAIGNS: tuple[Campaign, ...] = (
         "in_app",
         "A discount on utility and phone bills paid from the wallet",
     ),
-    Campaign(
-        "savings_plan", "Savings plan", 45.0, "email", "An automatic monthly savings pocket"
-    ),
+    Campaign("savings_plan", "Savings plan", 45.0, "email", "An automatic monthly savings pocket"),
     Campaign("personal_loan", "Personal loan", 90.0, "email", "A pre-approved personal loan"),
     Campaign(
         "wealth_management",
@@ -85,7 +83,9 @@ CAMPAIGNS: tuple[Campaign, ...] = (
         "Managed investment portfolios with a personal adviser",
     ),
     Campaign("referral_bonus", "Referral bonus", 25.0, "push", "A bonus for each friend invited"),
-    Campaign("win_back", "Win-back offer", 15.0, "email", "A welcome-back voucher for lapsed users"),
+    Campaign(
+        "win_back", "Win-back offer", 15.0, "email", "A welcome-back voucher for lapsed users"
+    ),
 )
 
 #: Per-campaign logit intercept and weights on standardised signals, plus segment affinities.
@@ -130,9 +130,9 @@ def _draw_segment(rng: np.random.Generator, spec: SegmentSpec, n: int) -> dict[s
     dispersion = 12.0
     mean = spec.orders - 1.0
     orders = 1 + rng.negative_binomial(dispersion, dispersion / (dispersion + mean), size=n)
-    # A few sign-ups never ordered (about 1% of the newest customers).
+    # A few sign-ups never ordered (about 0.3% of the newest customers).
     if spec.orders < 3.0:
-        orders = np.where(rng.random(n) < 0.01, 0, orders)
+        orders = np.where(rng.random(n) < 0.003, 0, orders)
     # Spend per order follows the segment's typical basket, with a heavy lognormal tail.
     basket = spec.spend / max(spec.orders, 1.0)
     spend = np.maximum(orders, 1) * basket * rng.lognormal(0.0, 0.3, size=n)
@@ -224,7 +224,9 @@ def _draw_responses(rng: np.random.Generator, customers: pd.DataFrame) -> pd.Dat
 def generate_demo(n_customers: int = 75_000, seed: int = 42) -> DemoData:
     """Generate the demo wallet: customers with planted segments, campaigns and responses."""
     if n_customers < len(SEGMENTS):
-        raise ValueError(f"n_customers={n_customers} should be >= {len(SEGMENTS)} (one per segment)")
+        raise ValueError(
+            f"n_customers={n_customers} should be >= {len(SEGMENTS)} (one per segment)"
+        )
     rng = np.random.default_rng(seed)
     customers = _draw_customers(rng, n_customers)
     responses = _draw_responses(rng, customers)

@@ -46,7 +46,6 @@ from sklearn.metrics import (
     adjusted_rand_score,
     calinski_harabasz_score,
     davies_bouldin_score,
-    silhouette_score,
 )
 from sklearn.preprocessing import StandardScaler
 
@@ -60,6 +59,7 @@ SILHOUETTE_MARGIN = 0.05
 SILHOUETTE_TIE = 0.005
 #: rows on which bootstrap refits are compared with the final model
 STABILITY_EVAL_ROWS = 20_000
+TABLE_COLUMNS = ("k", "inertia", "silhouette", "calinski_harabasz", "davies_bouldin")
 
 
 @dataclass
@@ -172,7 +172,9 @@ def choose_k(table: list[dict[str, float]]) -> tuple[int, int | None, str]:
 
 
 def _ranks(values: list[float], *, higher_is_better: bool) -> list[int]:
-    order = np.argsort(-np.asarray(values) if higher_is_better else np.asarray(values), kind="stable")
+    order = np.argsort(
+        -np.asarray(values) if higher_is_better else np.asarray(values), kind="stable"
+    )
     ranks = np.empty(len(values), dtype=int)
     ranks[order] = np.arange(len(values))
     return ranks.tolist()
@@ -208,34 +210,86 @@ def search_k(
     S = P[search_idx] if search_idx is not None else P
     sil_idx = _sample(rng, S.shape[0], config.silhouette_sample)
     k_max = min(config.k_max, S.shape[0] - 1)
-    table: list[dict[str, float]] = []
+    sil_X = S if sil_idx is None else S[sil_idx]
+    rows: list[dict[str, float]] = []
+    sil_labelings: list[np.ndarray] = []
     centers: dict[int, np.ndarray] = {}
     for k in range(config.k_min, k_max + 1):
         km = KMeans(n_clusters=k, n_init=config.n_init, random_state=config.seed).fit(S)
         labels = km.labels_
-        sil_X, sil_labels = (S, labels) if sil_idx is None else (S[sil_idx], labels[sil_idx])
-        if len(np.unique(sil_labels)) < 2:
-            sil = -1.0
-        else:
-            sil = float(silhouette_score(sil_X, sil_labels))
-        row = {
-            "k": k,
-            "inertia": float(km.inertia_),
-            "silhouette": sil,
-            "calinski_harabasz": float(calinski_harabasz_score(S, labels)),
-            "davies_bouldin": float(davies_bouldin_score(S, labels)),
-        }
-        table.append(row)
+        sil_labelings.append(labels if sil_idx is None else labels[sil_idx])
+        rows.append(
+            {
+                "k": k,
+                "inertia": float(km.inertia_),
+                "calinski_harabasz": float(calinski_harabasz_score(S, labels)),
+                "davies_bouldin": float(davies_bouldin_score(S, labels)),
+            }
+        )
         centers[k] = km.cluster_centers_
+        log.info("k search: fitted k=%d (inertia %.4g)", k, km.inertia_)
+    # one pass over the pairwise distances of the silhouette sample serves every k
+    for row, sil in zip(rows, silhouettes(sil_X, sil_labelings), strict=True):
+        row["silhouette"] = sil
         log.info(
             "k=%d: inertia %.4g, silhouette %.3f, CH %.1f, DB %.3f",
-            k,
+            row["k"],
             row["inertia"],
             sil,
             row["calinski_harabasz"],
             row["davies_bouldin"],
         )
+    table = [{key: r[key] for key in TABLE_COLUMNS} for r in rows]
     return table, centers, S.shape[0], len(sil_idx) if sil_idx is not None else S.shape[0]
+
+
+def silhouettes(X: np.ndarray, labelings: list[np.ndarray], chunk: int = 1024) -> list[float]:
+    """Mean silhouette coefficient of ``X`` under each labelling, sharing one distance pass.
+
+    Same definition as ``sklearn.metrics.silhouette_score`` (a singleton's coefficient is 0),
+    but the pairwise distances are computed once per chunk of rows and reduced for all
+    labellings with one matrix product, instead of once per k.
+    """
+    n = X.shape[0]
+    if n < 2 or not labelings:
+        return [-1.0] * len(labelings)
+    # float32 distances: half the memory traffic, and ample precision for a mean coefficient
+    X = np.asarray(X, dtype=np.float32)
+    ks = [int(lab.max()) + 1 for lab in labelings]
+    offsets = np.concatenate([[0], np.cumsum(ks)])
+    onehot = np.zeros((n, int(offsets[-1])), dtype=np.float32)
+    rows = np.arange(n)
+    for j, lab in enumerate(labelings):
+        onehot[rows, offsets[j] + lab] = 1.0
+    counts = onehot.sum(axis=0, dtype=np.float64)
+    sq = np.einsum("ij,ij->i", X, X)
+    totals = np.zeros(len(labelings), dtype=np.float64)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        d = sq[start:stop, None] + sq[None, :] - 2.0 * (X[start:stop] @ X.T)
+        np.maximum(d, 0.0, out=d)
+        np.sqrt(d, out=d)
+        d[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        sums = (d @ onehot).astype(np.float64)
+        for j, lab in enumerate(labelings):
+            s = sums[:, offsets[j] : offsets[j + 1]]
+            c = counts[offsets[j] : offsets[j + 1]]
+            own = lab[start:stop]
+            r = np.arange(stop - start)
+            own_n = c[own]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                a = np.where(own_n > 1, s[r, own] / (own_n - 1), 0.0)
+                mean_other = np.where(c > 0, s / c, np.inf)
+            mean_other[r, own] = np.inf
+            b = mean_other.min(axis=1)
+            denom = np.maximum(a, b)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                coef = np.where((own_n > 1) & (denom > 0), (b - a) / denom, 0.0)
+            totals[j] += float(coef.sum())
+    return [
+        float(t / n) if len(np.unique(lab)) > 1 else -1.0
+        for t, lab in zip(totals, labelings, strict=True)
+    ]
 
 
 def _sample(rng: np.random.Generator, n: int, size: int) -> np.ndarray | None:
@@ -279,9 +333,7 @@ def outlier_thresholds(distances: np.ndarray, labels: np.ndarray, k: int, q: flo
     return out
 
 
-def measure_stability(
-    P: np.ndarray, kmeans: KMeans, config: SegmentationConfig
-) -> dict[str, Any]:
+def measure_stability(P: np.ndarray, kmeans: KMeans, config: SegmentationConfig) -> dict[str, Any]:
     """ARI between the final model and K-Means refits on bootstrap samples of the rows."""
     if config.stability_bootstraps <= 0:
         return {"bootstraps": 0}

@@ -1,0 +1,145 @@
+"""The HTTP face of the scoring core: ``create_app`` builds a Flask app from settings."""
+
+from __future__ import annotations
+
+import logging
+import time
+import tomllib
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import orjson
+from flask import Flask, Response, request
+from flask.json.provider import JSONProvider
+
+from api import admin, health, views
+from api.auth import KeyRing
+from api.cache import ProfileCache, redis_client
+from api.errors import register_error_handlers
+from api.extensions import EXTENSION, Services, get_services
+from api.metrics import Metrics
+from api.model import ModelState
+from api.settings import Settings
+
+__all__ = ["create_app", "get_services"]
+
+log = logging.getLogger(__name__)
+
+#: ``create_app`` config keys that are objects, not settings (test doubles)
+INJECTED = ("REDIS_CLIENT",)
+
+
+class OrjsonProvider(JSONProvider):
+    """Flask's JSON (``jsonify``, ``request.get_json``) through orjson."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        """Serialise to a str."""
+        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        """Parse JSON text."""
+        return orjson.loads(s)
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        """A JSON response, as ``jsonify`` builds it."""
+        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(
+            orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), mimetype="application/json"
+        )
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the service: settings, logging, metrics, cache, bundle, endpoints, error handlers.
+
+    ``config`` overrides environment variables by name (values checked like the environment)
+    and may inject ``REDIS_CLIENT`` (any object with redis-py's get/set/ping).
+    """
+    config = dict(config or {})
+    injected = {k: config.pop(k) for k in INJECTED if k in config}
+    settings = Settings.load(config)
+    _configure_logging(settings)
+    settings.warn_about(log)
+
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=settings.MAX_BODY_BYTES, JSON_SORT_KEYS=False)
+    app.json = OrjsonProvider(app)
+    app.url_map.strict_slashes = False
+
+    metrics = Metrics(settings.PROMETHEUS_MULTIPROC_DIR)
+    client = injected.get("REDIS_CLIENT")
+    if client is None and settings.REDIS_URL:
+        client = redis_client(settings.REDIS_URL, settings.REDIS_TIMEOUT_MS)
+    cache = ProfileCache(
+        client,
+        metrics,
+        prefix=settings.CACHE_PREFIX,
+        ttl_seconds=settings.CACHE_TTL_SECONDS,
+        memo_seconds=settings.PROFILE_MEMO_SECONDS,
+    )
+    model = ModelState(settings, metrics)
+    model.start()
+
+    app.extensions[EXTENSION] = Services(
+        settings=settings,
+        metrics=metrics,
+        keys=KeyRing(settings.API_KEYS, settings.ADMIN_API_KEYS),
+        cache=cache,
+        model=model,
+        app_version=_app_version(),
+    )
+    app.register_blueprint(views.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(admin.bp)
+    if settings.BENCH_FLOOR:
+        app.register_blueprint(views.bench_bp)
+    register_error_handlers(app)
+    _observe_requests(app, metrics)
+    return app
+
+
+def _configure_logging(settings: Settings) -> None:
+    level = getattr(logging, settings.LOG_LEVEL)
+    logging.getLogger("api").setLevel(level)
+    root = logging.getLogger()
+    if not root.handlers:
+        # Plain process: log to stderr. Under gunicorn its error log handlers are reused.
+        gunicorn_error = logging.getLogger("gunicorn.error")
+        if gunicorn_error.handlers:
+            root.handlers = gunicorn_error.handlers
+        else:
+            logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        root.setLevel(level)
+
+
+def _observe_requests(app: Flask, metrics: Metrics) -> None:
+    """Count every answered request and time it, by endpoint (URL rule) and status."""
+    clock = time.perf_counter
+    key = "segment_service.start"
+
+    @app.before_request
+    def _start() -> None:
+        request.environ[key] = clock()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        start = request.environ.get(key)
+        rule = request.url_rule
+        metrics.observe_request(
+            rule.rule if rule is not None else "unmatched",
+            request.method,
+            response.status_code,
+            clock() - start if start is not None else 0.0,
+        )
+        return response
+
+
+def _app_version() -> str:
+    try:
+        return metadata.version("segment-service")
+    except metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        try:
+            return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"

@@ -1,0 +1,35 @@
+"""Per-app state, kept in ``app.extensions`` and reached through one getter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import current_app
+
+from api.auth import KeyRing
+from api.cache import ProfileCache
+from api.metrics import Metrics
+from api.model import ModelState
+from api.settings import Settings
+
+EXTENSION = "segment_service"
+
+
+@dataclass
+class Services:
+    """Everything the views need, built once by ``create_app``."""
+
+    settings: Settings
+    metrics: Metrics
+    keys: KeyRing
+    cache: ProfileCache
+    model: ModelState
+    app_version: str
+    #: OpenAPI documents already generated, by model version
+    openapi: dict[str, bytes] = field(default_factory=dict)
+
+
+def get_services(app: Any = None) -> Services:
+    """The services of ``app`` (default: the app handling the current request)."""
+    return (app or current_app).extensions[EXTENSION]

@@ -1,0 +1,75 @@
+"""Open operational endpoints: /healthz, /readyz, /version, /metrics and /openapi.json."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from api.errors import NotReady
+from api.extensions import get_services
+from api.openapi import openapi_document
+from api.views import json_response
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process answers (nothing else is checked)."""
+    return json_response({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """200 once a verified bundle is loaded, else 503; Redis is reported but not required."""
+    services = get_services()
+    services.model.poll()
+    loaded = services.model.current
+    body = {
+        "ready": loaded is not None,
+        "model_version": loaded.version if loaded else None,
+        "redis": services.cache.redis_state(),
+    }
+    return json_response(body, 200 if loaded is not None else 503)
+
+
+@bp.get("/version")
+def version() -> Response:
+    """The served model version, when its bundle was made, its segments, and the app version."""
+    services = get_services()
+    services.model.poll()
+    loaded = services.model.current
+    if loaded is None:
+        raise NotReady("no verified model bundle is loaded yet")
+    return json_response(
+        {
+            "model_version": loaded.version,
+            "created_at": loaded.bundle.manifest.get("created_at"),
+            "k": loaded.bundle.n_segments,
+            "segment_names": loaded.engine.segment_names,
+            "has_response_model": loaded.engine.has_response_model,
+            "app_version": services.app_version,
+        }
+    )
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text format, summed over every gunicorn worker (open, like health checks)."""
+    services = get_services()
+    return Response(services.metrics.exposition(), mimetype=None,
+                    content_type=services.metrics.content_type)  # fmt: skip
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3 document of the served model version, generated from the schemas."""
+    services = get_services()
+    services.model.poll()
+    loaded = services.model.current
+    if loaded is None:
+        raise NotReady("no verified model bundle is loaded yet")
+    doc = services.openapi.get(loaded.version)
+    if doc is None:
+        doc = openapi_document(loaded, services)
+        services.openapi[loaded.version] = doc
+    return Response(doc, mimetype="application/json")

@@ -1,0 +1,148 @@
+"""Prometheus metrics of the service, correct across gunicorn workers (multiprocess mode).
+
+When ``PROMETHEUS_MULTIPROC_DIR`` is set (gunicorn.conf.py requires it with several workers),
+prometheus_client keeps every value in per-process files there and ``/metrics`` aggregates them;
+gunicorn's ``child_exit`` hook marks a dead worker's files (see gunicorn.conf.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+#: request latency buckets, seconds: fine-grained below 10 ms where the service should live
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """The service's metrics in one registry per app (tests build many apps in one process)."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "segsvc_http_requests_total",
+            "HTTP requests answered, by endpoint, method and status",
+            ["endpoint", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "segsvc_http_request_duration_seconds",
+            "Time to answer a request inside the app, by endpoint and status",
+            ["endpoint", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.customers = Counter(
+            "segsvc_customers_scored_total",
+            "Customers scored (a batch counts each of its valid items), by endpoint",
+            ["endpoint"],
+            registry=r,
+        )
+        self.segments = Counter(
+            "segsvc_segment_assignments_total",
+            "Customers assigned to each segment, by model version",
+            ["model_version", "segment"],
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "segsvc_profile_cache_hits_total",
+            "Profile look-ups answered from a cache layer (memory or redis)",
+            ["layer"],
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "segsvc_profile_cache_misses_total",
+            "Profile look-ups a cache layer could not answer (memory or redis)",
+            ["layer"],
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "segsvc_redis_errors_total",
+            "Redis calls that failed or timed out, by operation",
+            ["operation"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "segsvc_bundle_reloads_total",
+            "Bundle loads after start-up, by result (loaded or rejected)",
+            ["result"],
+            registry=r,
+        )
+        self.bundle = Gauge(
+            "segsvc_bundle_loaded",
+            "1 for the model version a worker serves (one series per live worker)",
+            ["model_version"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._customer_children: dict[str, Counter] = {}
+        self._segment_children: dict[tuple[str, int], tuple[Counter, str]] = {}
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        key = (endpoint, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            # Label look-ups cost more than the increments: keep the children per label set.
+            children = (
+                self.requests.labels(endpoint, method, str(status)),
+                self.latency.labels(endpoint, str(status)),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def count_customers(self, endpoint: str, n: int) -> None:
+        """Add ``n`` scored customers for ``endpoint``."""
+        child = self._customer_children.get(endpoint)
+        if child is None:
+            child = self._customer_children[endpoint] = self.customers.labels(endpoint)
+        child.inc(n)
+
+    def count_segments(self, version: str, names: list[str], segment_ids: list[int]) -> None:
+        """Add the segment assignments of one answer (one or many customers)."""
+        if len(segment_ids) == 1:
+            self._segment_child(version, names, segment_ids[0]).inc()
+            return
+        counts: dict[int, int] = {}
+        for s in segment_ids:
+            counts[s] = counts.get(s, 0) + 1
+        for s, c in counts.items():
+            self._segment_child(version, names, s).inc(c)
+
+    def _segment_child(self, version: str, names: list[str], segment_id: int) -> Counter:
+        key = (version, segment_id)
+        child = self._segment_children.get(key)
+        if child is None:
+            child = (self.segments.labels(version, names[segment_id]), version)
+            self._segment_children[key] = child
+        return child[0]
+
+    def serving(self, version: str, previous: str | None) -> None:
+        """Record that this worker now serves ``version`` (and no longer ``previous``)."""
+        if previous is not None and previous != version:
+            self.bundle.labels(previous).set(0)
+        self.bundle.labels(version).set(1)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format: this process's registry, or all workers' files."""
+        if self.multiprocess_dir is not None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=str(self.multiprocess_dir))
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,564 @@
+"""Request and response schemas: marshmallow at the edge, built from the bundle's feature schema.
+
+Request schemas depend on the loaded bundle (its inputs, campaign ids and channels), so
+:func:`build_request_schemas` makes them once per model version at load time. Marshmallow is the
+contract: it defines every rule, writes every error message and feeds the OpenAPI document.
+
+For speed, each :class:`RequestSchemas` also holds a *compiled check* derived from the same
+feature schema: plain type/range tests that accept a valid record in about a microsecond, where a
+marshmallow ``load`` of the same record costs tens (a 1,000-customer batch would spend more time
+in validation than in scoring). The check only ever says "certainly valid"; anything it does not
+accept goes through marshmallow, which then rejects it with field-keyed messages (or, should the
+two ever disagree, accepts it: marshmallow has the last word). ``tests/api/test_schemas.py``
+checks on generated valid and invalid records that both reach the same verdict.
+
+Response schemas are static: they document the answers and let tests validate real responses;
+the hot path serialises plain dicts with orjson instead of dumping through them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from scoring.engine import ScoringEngine
+from scoring.features import FeatureSchema
+
+CUSTOMER_ID = "customer_id"
+CUSTOMERS = "customers"
+OPTION_NAMES = ("top_k", "channel", "exclude", "explain")
+CAMPAIGN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_CUSTOMER_ID_LENGTH = 128
+MAX_CATEGORY_LENGTH = 256
+MAX_EXCLUDE = 100
+_INF = math.inf
+_NEG_INF = -math.inf
+
+
+# ---- strict fields: JSON types only, no coercion --------------------------------------------
+class StrictFloat(fields.Float):
+    """A JSON number: integers and floats only; strings such as ``"1.5"`` and booleans fail."""
+
+    default_error_messages = {"invalid": "Not a valid number (send a JSON number, not a string)."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if type(value) not in (int, float):
+            raise self.make_error("invalid", input=value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer: no strings, booleans or floats."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if type(value) is not int:
+            raise self.make_error("invalid", input=value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON boolean: ``true`` or ``false`` only (not 1, "yes", "true")."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if type(value) is not bool:
+            raise self.make_error("invalid", input=value)
+        return value
+
+
+class StrictString(fields.String):
+    """A JSON string (marshmallow's String already refuses numbers; this says so in the name)."""
+
+
+class CustomerId(fields.Field):
+    """The caller's customer id: a string (1-128 characters) or an integer, echoed back."""
+
+    default_error_messages = {
+        "invalid": f"Not a valid customer id (a string of 1-{MAX_CUSTOMER_ID_LENGTH} "
+        "characters or an integer)."
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not _valid_customer_id(value):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
+def _valid_customer_id(value: Any) -> bool:
+    t = type(value)
+    return (t is str and 0 < len(value) <= MAX_CUSTOMER_ID_LENGTH) or t is int
+
+
+class Either(fields.Field):
+    """One of several nested schemas, chosen by the value's shape (documented as ``oneOf``)."""
+
+    def __init__(self, *choices: type[Schema], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.choices = choices
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        errors = {}
+        for choice in self.choices:
+            try:
+                return choice().load(value)
+            except ValidationError as exc:
+                errors[choice.__name__] = exc.messages
+        raise ValidationError(errors)
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+# ---- request schemas built from a bundle ------------------------------------------------------
+def _numeric_field(spec: Any) -> fields.Field:
+    lo, hi = spec.minimum, spec.maximum
+    validators = [validate.Range(min=lo, max=hi)] if lo is not None or hi is not None else []
+    description = spec.description or f"{spec.kind} ({_domain_text(lo, hi)})"
+    if not spec.required:
+        description += "; optional: missing or null is imputed with the training median"
+    return StrictFloat(
+        required=spec.required,
+        allow_none=not spec.required,
+        validate=validators,
+        metadata={"description": description, "example": _example_number(spec)},
+    )
+
+
+def _domain_text(lo: float | None, hi: float | None) -> str:
+    if lo is not None and hi is not None:
+        return f"{lo:g} to {hi:g}"
+    if lo is not None:
+        return f">= {lo:g}"
+    return "any finite number"
+
+
+def _example_number(spec: Any) -> float | int:
+    value = float(spec.median)
+    if spec.kind == "count" or spec.kind == "days":
+        return round(value)
+    return round(value, 4)
+
+
+def _categorical_field(spec: Any) -> fields.Field:
+    description = spec.description or "categorical"
+    description += f"; known values: {', '.join(spec.categories)} (others count as missing)"
+    return StrictString(
+        required=spec.required,
+        allow_none=not spec.required,
+        validate=validate.Length(max=MAX_CATEGORY_LENGTH),
+        metadata={"description": description, "example": spec.categories[0]}
+        if spec.categories
+        else {"description": description},
+    )
+
+
+def customer_fields(schema: FeatureSchema) -> dict[str, fields.Field]:
+    """The fields of one customer record: the bundle's inputs plus an optional customer id."""
+    out: dict[str, fields.Field] = {
+        CUSTOMER_ID: CustomerId(
+            required=False,
+            metadata={
+                "description": "your id for the customer, echoed back",
+                "type": "string",
+                "example": "c-42",
+            },
+        )
+    }
+    for spec in schema.inputs:
+        out[spec.name] = _numeric_field(spec)
+    for spec in schema.categoricals:
+        out[spec.name] = _categorical_field(spec)
+    return out
+
+
+def option_fields(engine: ScoringEngine) -> dict[str, fields.Field]:
+    """The ranking options of /recommend, with domains from the campaign pool."""
+    n = len(engine.campaigns)
+    channels = sorted(engine.channels)
+    return {
+        "top_k": StrictInteger(
+            validate=validate.Range(min=1, max=max(n, 1)),
+            metadata={"description": f"return at most this many campaigns (1-{n})", "example": 3},
+        ),
+        "channel": StrictString(
+            validate=validate.OneOf(channels),
+            metadata={
+                "description": "only campaigns of this channel (campaigns for 'any' channel "
+                f"always qualify); one of: {', '.join(channels)}",
+                "example": channels[0] if channels else "push",
+            },
+        ),
+        "exclude": fields.List(
+            StrictString(validate=validate.Regexp(CAMPAIGN_ID_RE)),
+            validate=validate.Length(max=MAX_EXCLUDE),
+            metadata={
+                "description": "campaign ids never to return; ids not in the current pool are "
+                "ignored (a pool may change between model versions)",
+                "example": [engine.campaign_ids[0]] if engine.campaign_ids else [],
+            },
+        ),
+        "explain": StrictBoolean(
+            metadata={"description": "add each campaign's top feature contributions (log-odds)"}
+        ),
+    }
+
+
+def _schema_class(name: str, field_map: Mapping[str, fields.Field]) -> type[Schema]:
+    return type(name, (_Strict,), dict(field_map))
+
+
+@dataclass(frozen=True)
+class BatchEnvelope:
+    """Top-level parts of a batch body, items not yet validated."""
+
+    customers: list[Any]
+    options: dict[str, Any]
+
+
+class RequestSchemas:
+    """The request schemas of one model version and their compiled fast checks."""
+
+    def __init__(self, engine: ScoringEngine, max_batch_items: int) -> None:
+        self.version = engine.version
+        self.max_batch_items = max_batch_items
+        feature_schema = engine.schema
+        suffix = _class_suffix(engine.version)
+        self.customer_class = _schema_class(f"Customer{suffix}", customer_fields(feature_schema))
+        options = option_fields(engine)
+        self.recommend_class = _schema_class(
+            f"RecommendRequest{suffix}", {**customer_fields(feature_schema), **options}
+        )
+        batch_size = validate.Length(min=1, max=max_batch_items)
+        self.customer_batch_class = _schema_class(
+            f"CustomerBatch{suffix}",
+            {CUSTOMERS: fields.List(fields.Nested(self.customer_class), required=True,
+                                    validate=batch_size)},
+        )  # fmt: skip
+        self.recommend_batch_class = _schema_class(
+            f"RecommendBatch{suffix}",
+            {
+                CUSTOMERS: fields.List(
+                    fields.Nested(self.customer_class), required=True, validate=batch_size
+                ),
+                **option_fields(engine),
+            },
+        )
+        # Runtime checks of a batch's top level: items are checked one by one afterwards.
+        self._envelope_segment = _schema_class(
+            "SegmentBatchEnvelope",
+            {CUSTOMERS: fields.List(fields.Raw(), required=True, validate=batch_size)},
+        )()
+        self._envelope_recommend = _schema_class(
+            "RecommendBatchEnvelope",
+            {
+                CUSTOMERS: fields.List(fields.Raw(), required=True, validate=batch_size),
+                **option_fields(engine),
+            },
+        )()
+        self._customer = self.customer_class()
+        self._recommend = self.recommend_class()
+
+        # ---- compiled checks (must agree with the fields above) ----
+        self._numeric = [
+            (s.name, s.required, _bound(s.minimum, -math.inf), _bound(s.maximum, math.inf))
+            for s in feature_schema.inputs
+        ]
+        self._categorical = [(s.name, s.required) for s in feature_schema.categoricals]
+        names = [CUSTOMER_ID, *feature_schema.input_names, *feature_schema.categorical_names]
+        self._customer_keys = frozenset(names)
+        self._recommend_keys = frozenset([*names, *OPTION_NAMES])
+        self._n_campaigns = len(engine.campaigns)
+        self._channels = frozenset(engine.channels)
+
+    # ---- fast checks --------------------------------------------------------------------------
+    def customer_ok(self, record: Any, allowed: frozenset[str] | None = None) -> bool:
+        """True only if marshmallow would accept ``record`` as one customer."""
+        if type(record) is not dict or not (allowed or self._customer_keys).issuperset(record):
+            return False
+        get = record.get
+        for name, required, lo, hi in self._numeric:
+            v = get(name)
+            t = type(v)
+            if t is float:
+                # NaN fails the comparison; infinities fail it too except for a free numeric kind.
+                if not lo <= v <= hi or v in (_INF, _NEG_INF):
+                    return False
+            elif t is int:
+                if not lo <= v <= hi:
+                    return False
+            elif v is not None or required:
+                return False
+        for name, required in self._categorical:
+            v = get(name)
+            if type(v) is str:
+                if len(v) > MAX_CATEGORY_LENGTH:
+                    return False
+            elif v is not None or required:
+                return False
+        cid = get(CUSTOMER_ID)
+        if cid is None:
+            return CUSTOMER_ID not in record
+        return _valid_customer_id(cid)
+
+    def options_ok(self, body: Mapping[str, Any]) -> bool:
+        """True only if marshmallow would accept the ranking options present in ``body``."""
+        if "top_k" in body:
+            v = body["top_k"]
+            if type(v) is not int or not 1 <= v <= max(self._n_campaigns, 1):
+                return False
+        if "channel" in body and (
+            type(body["channel"]) is not str or body["channel"] not in self._channels
+        ):
+            return False
+        if "exclude" in body:
+            v = body["exclude"]
+            if type(v) is not list or len(v) > MAX_EXCLUDE:
+                return False
+            for cid in v:
+                if type(cid) is not str or not CAMPAIGN_ID_RE.match(cid):
+                    return False
+        return "explain" not in body or type(body["explain"]) is bool
+
+    # ---- loading: fast check first, marshmallow for the verdict and the messages ----------------
+    def load_customer(self, record: Any) -> dict[str, Any]:
+        """One customer record for /predict-segment; raises ValidationError with field messages."""
+        if self.customer_ok(record):
+            return record
+        return self._customer.load(record)
+
+    def load_recommend(self, body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A single /recommend body -> (customer record, ranking options)."""
+        if self.customer_ok(body, self._recommend_keys) and self.options_ok(body):
+            data = body
+        else:
+            data = self._recommend.load(body)
+        return data, {k: data[k] for k in OPTION_NAMES if k in data}
+
+    def load_batch(self, body: Mapping[str, Any], *, recommend: bool) -> BatchEnvelope:
+        """A batch body's top level (size, options); items are checked with :meth:`check_item`."""
+        customers = body.get(CUSTOMERS)
+        allowed = {CUSTOMERS, *OPTION_NAMES} if recommend else {CUSTOMERS}
+        if (
+            type(customers) is list
+            and 0 < len(customers) <= self.max_batch_items
+            and allowed.issuperset(body)
+            and (not recommend or self.options_ok(body))
+        ):
+            data = body
+        else:
+            envelope = self._envelope_recommend if recommend else self._envelope_segment
+            data = envelope.load(body)
+        return BatchEnvelope(
+            customers=data[CUSTOMERS], options={k: data[k] for k in OPTION_NAMES if k in data}
+        )
+
+    def check_items(
+        self, items: list[Any]
+    ) -> tuple[list[dict[str, Any]], list[int], dict[int, dict[str, Any]]]:
+        """Batch items -> (valid records, their positions, field messages by position)."""
+        records: list[dict[str, Any]] = []
+        positions: list[int] = []
+        errors: dict[int, dict[str, Any]] = {}
+        ok = self.customer_ok
+        for i, item in enumerate(items):
+            if ok(item):
+                records.append(item)
+                positions.append(i)
+                continue
+            try:
+                records.append(self._customer.load(item))
+                positions.append(i)
+            except ValidationError as exc:
+                errors[i] = _messages(exc)
+        return records, positions, errors
+
+
+def _bound(value: float | None, default: float) -> float:
+    return default if value is None else float(value)
+
+
+def _class_suffix(version: str) -> str:
+    # Class names only help debugging; keep them identifiers.
+    return "_" + re.sub(r"\W", "_", version) if version else ""
+
+
+def _messages(exc: ValidationError) -> dict[str, Any]:
+    messages = exc.messages
+    return messages if isinstance(messages, dict) else {"_schema": messages}
+
+
+def validation_messages(exc: ValidationError) -> dict[str, Any]:
+    """Field-keyed messages of a marshmallow error (non-dict bodies under ``_schema``)."""
+    return _messages(exc)
+
+
+# ---- response schemas (documentation and tests; the hot path uses orjson) ------------------------
+class SegmentStats(Schema):
+    """What training saw of the customer's segment."""
+
+    size = fields.Integer(required=True, metadata={"description": "customers in the segment"})
+    share = fields.Float(required=True, metadata={"description": "share of all customers"})
+    mean = fields.Dict(
+        keys=fields.String(),
+        values=fields.Float(),
+        required=True,
+        metadata={"description": "mean of each numeric feature (inputs and derived)"},
+    )
+
+
+class _SegmentAnswer(Schema):
+    customer_id = CustomerId(metadata={"description": "echoed from the request", "type": "string"})
+    segment_id = fields.Integer(required=True)
+    segment_name = fields.String(required=True)
+    recommended_campaigns = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": "the segment's default campaigns, best first"},
+    )
+    segment_stats = fields.Nested(SegmentStats, required=True)
+    distance = fields.Float(
+        required=True, metadata={"description": "distance to the segment's centroid (PCA space)"}
+    )
+    atypical = fields.Boolean(
+        required=True,
+        metadata={"description": "true when the customer is farther from the segment than the "
+                  "training threshold: unlike every segment"},
+    )  # fmt: skip
+
+
+class SegmentResult(_SegmentAnswer):
+    """One customer's segment (an item of a batch answer)."""
+
+
+class PredictSegmentResponse(_SegmentAnswer):
+    """Answer of /predict-segment for one customer."""
+
+    model_version = fields.String(required=True)
+
+
+class Contribution(Schema):
+    """A feature's contribution to the response model's log-odds."""
+
+    feature = fields.String(required=True)
+    contribution = fields.Float(required=True)
+
+
+class RankedCampaign(Schema):
+    """A campaign the customer may receive, with its predicted response."""
+
+    campaign_id = fields.String(required=True)
+    name = fields.String(required=True)
+    channel = fields.String(required=True)
+    value = fields.Float(required=True, metadata={"description": "value of one response"})
+    probability = fields.Float(required=True, metadata={"description": "P(response)"})
+    expected_value = fields.Float(required=True, metadata={"description": "probability x value"})
+    eligibility = fields.String(
+        required=True, metadata={"description": "the rule that made the campaign eligible"}
+    )
+    contributions = fields.List(
+        fields.Nested(Contribution), metadata={"description": "only with explain=true"}
+    )
+
+
+class RecommendResult(_SegmentAnswer):
+    """One customer's segment and ranked campaigns (an item of a batch answer)."""
+
+    campaigns = fields.List(
+        fields.Nested(RankedCampaign),
+        required=True,
+        metadata={"description": "eligible campaigns by expected value, best first"},
+    )
+
+
+class RecommendResponse(RecommendResult):
+    """Answer of /recommend for one customer."""
+
+    model_version = fields.String(required=True)
+
+
+class ErrorBody(Schema):
+    """What went wrong."""
+
+    code = fields.String(required=True, metadata={"example": "validation_error"})
+    message = fields.String(required=True)
+    fields_ = fields.Dict(
+        data_key="fields",
+        metadata={"description": "messages keyed by field name (validation errors only)"},
+    )
+
+
+class ErrorEnvelope(Schema):
+    """Every error, and every failed item of a batch."""
+
+    error = fields.Nested(ErrorBody, required=True)
+
+
+class SegmentBatchResponse(Schema):
+    """Answer of a /predict-segment batch: one entry per customer, in order."""
+
+    model_version = fields.String(required=True)
+    results = fields.List(Either(SegmentResult, ErrorEnvelope), required=True)
+
+
+class RecommendBatchResponse(Schema):
+    """Answer of a /recommend batch: one entry per customer, in order."""
+
+    model_version = fields.String(required=True)
+    results = fields.List(Either(RecommendResult, ErrorEnvelope), required=True)
+
+
+class Health(Schema):
+    """The process is alive."""
+
+    status = fields.String(required=True, metadata={"example": "ok"})
+
+
+class Ready(Schema):
+    """A verified bundle is loaded (Redis is reported, not required)."""
+
+    ready = fields.Boolean(required=True)
+    model_version = fields.String(allow_none=True)
+    redis = fields.String(
+        required=True, validate=validate.OneOf(["ok", "down", "disabled"]), metadata={}
+    )
+
+
+class VersionInfo(Schema):
+    """What is being served."""
+
+    model_version = fields.String(required=True)
+    created_at = fields.String(allow_none=True)
+    k = fields.Integer(required=True)
+    segment_names = fields.List(fields.String(), required=True)
+    has_response_model = fields.Boolean(required=True)
+    app_version = fields.String(required=True)
+
+
+class ReloadRequest(_Strict):
+    """Which bundle to load: the one ``current`` names (empty body) or a named version."""
+
+    version = StrictString(
+        validate=validate.Regexp(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"),
+        metadata={"description": "bundle version folder under MODEL_ROOT"},
+    )
+
+
+class ReloadResponse(Schema):
+    """The bundle now served by the worker that answered."""
+
+    model_version = fields.String(required=True)
+    previous_version = fields.String(allow_none=True)
+    scope = fields.String(
+        required=True,
+        metadata={"description": "all_workers when other workers follow within "
+                  "RELOAD_POLL_SECONDS, else this_worker"},
+    )  # fmt: skip

@@ -1,0 +1,204 @@
+"""Scoring endpoints: POST /predict-segment and /recommend (one customer or a batch).
+
+Each view: check the key, take the served model once, load the body with the version's request
+schemas, call the scoring engine, add the cached segment profile and answer with orjson. Batch
+items are validated one by one; a bad item gets its own error entry and the others are scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, request
+from marshmallow import ValidationError
+
+from api.auth import HEADER, SCORING
+from api.errors import BadRequest, NotReady, UnsupportedMedia, ValidationFailed, envelope
+from api.extensions import Services, get_services
+from api.model import LoadedModel
+from api.schemas import CUSTOMER_ID, CUSTOMERS, RequestSchemas, validation_messages
+
+bp = Blueprint("scoring", __name__)
+bench_bp = Blueprint("bench", __name__)
+
+JSON = "application/json"
+_DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+# ---- request plumbing shared by every scoring call (and the benchmark floor) --------------------
+def json_response(payload: Any, status: int = 200) -> Response:
+    """Serialise with orjson (NaN and infinities become null, numpy scalars are accepted)."""
+    return Response(orjson.dumps(payload, option=_DUMP_OPTIONS), status=status, content_type=JSON)
+
+
+def read_json() -> Any:
+    """The request body parsed as JSON: 415 for another Content-Type, 400 for empty or bad JSON."""
+    if request.mimetype != JSON:
+        raise UnsupportedMedia("Content-Type must be application/json")
+    body = request.get_data(cache=False)  # 413 beyond MAX_BODY_BYTES
+    if not body:
+        raise BadRequest("empty body: send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # orjson also refuses NaN/Infinity literals, which are not JSON.
+        raise BadRequest("body is not valid JSON") from None
+
+
+def authorised(services: Services) -> None:
+    """401/403 unless the request carries a scoring key."""
+    services.keys.require(request.headers.get(HEADER), SCORING)
+
+
+def served_model(services: Services) -> LoadedModel:
+    """The model to answer with (following a reload if one is due); 503 when none is loaded."""
+    services.model.poll()
+    loaded = services.model.current
+    if loaded is None:
+        raise NotReady("no verified model bundle is loaded yet")
+    return loaded
+
+
+def _invalid(exc: ValidationError, message: str = "request does not match the schema") -> Any:
+    return ValidationFailed(message, fields=validation_messages(exc))
+
+
+# ---- answers ------------------------------------------------------------------------------------
+def _stats_lookup(services: Services, loaded: LoadedModel) -> Callable[[int], dict[str, Any]]:
+    """segment id -> segment_stats, through the profile cache, at most once per segment."""
+    cache, engine, version = services.cache, loaded.engine, loaded.version
+    seen: dict[int, dict[str, Any]] = {}
+
+    def stats(segment_id: int) -> dict[str, Any]:
+        out = seen.get(segment_id)
+        if out is None:
+            profile = cache.get(version, segment_id, lambda: engine.profile(segment_id))
+            out = {"size": profile["size"], "share": profile["share"], "mean": profile["mean"]}
+            seen[segment_id] = out
+        return out
+
+    return stats
+
+
+def _answer(result: dict[str, Any], record: dict[str, Any], stats: Callable) -> dict[str, Any]:
+    """Engine result + echoed customer id + segment stats, keys in the documented order."""
+    cid = record.get(CUSTOMER_ID)
+    out = {CUSTOMER_ID: cid, **result} if cid is not None else result
+    out["segment_stats"] = stats(result["segment_id"])
+    return out
+
+
+def _count(services: Services, loaded: LoadedModel, endpoint: str, results: list[dict]) -> None:
+    services.metrics.count_customers(endpoint, len(results))
+    services.metrics.count_segments(
+        loaded.version, loaded.engine.segment_names, [r["segment_id"] for r in results]
+    )
+
+
+def _score_batch(
+    services: Services,
+    loaded: LoadedModel,
+    schemas: RequestSchemas,
+    customers: list[Any],
+    score: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+    endpoint: str,
+) -> Response:
+    """Validate items one by one, score the valid ones in one engine call, answer in order."""
+    records, positions, errors = schemas.check_items(customers)
+    results: list[Any] = [None] * len(customers)
+    for i, messages in errors.items():
+        results[i] = envelope(
+            "validation_error", f"customers[{i}] does not match the schema", messages
+        )
+    if records:
+        scored = score(records)
+        stats = _stats_lookup(services, loaded)
+        for i, record, result in zip(positions, records, scored, strict=True):
+            results[i] = _answer(result, record, stats)
+        _count(services, loaded, endpoint, scored)
+    return json_response({"model_version": loaded.version, "results": results})
+
+
+# ---- endpoints ----------------------------------------------------------------------------------
+@bp.post("/predict-segment")
+def predict_segment() -> Response:
+    """One customer (or ``{"customers": [...]}``) -> segment, stats and default campaigns."""
+    services = get_services()
+    authorised(services)
+    loaded = served_model(services)
+    body = read_json()
+    schemas, engine = loaded.schemas, loaded.engine
+    if type(body) is dict and CUSTOMERS in body:
+        try:
+            batch = schemas.load_batch(body, recommend=False)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        return _score_batch(
+            services,
+            loaded,
+            schemas,
+            batch.customers,
+            lambda records: engine.predict_segment(engine.batch_from_records(records)),
+            "predict-segment",
+        )
+    try:
+        record = schemas.load_customer(body)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    result = engine.predict_segment(engine.batch_from_records([record]))[0]
+    out = _answer(result, record, _stats_lookup(services, loaded))
+    out["model_version"] = loaded.version
+    _count(services, loaded, "predict-segment", [result])
+    return json_response(out)
+
+
+@bp.post("/recommend")
+def recommend() -> Response:
+    """One customer (or a batch) -> segment and eligible campaigns ranked by expected value."""
+    services = get_services()
+    authorised(services)
+    loaded = served_model(services)
+    engine = loaded.engine
+    if not engine.has_response_model:
+        # Before reading the body: no body can make this bundle rank campaigns.
+        engine.recommend(engine.batch_from_records([]))  # raises NoResponseModelError
+    body = read_json()
+    schemas = loaded.schemas
+    if type(body) is dict and CUSTOMERS in body:
+        try:
+            batch = schemas.load_batch(body, recommend=True)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        options = batch.options
+        return _score_batch(
+            services,
+            loaded,
+            schemas,
+            batch.customers,
+            lambda records: engine.recommend(engine.batch_from_records(records), **options),
+            "recommend",
+        )
+    try:
+        record, options = schemas.load_recommend(body)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    result = engine.recommend(engine.batch_from_records([record]), **options)[0]
+    out = _answer(result, record, _stats_lookup(services, loaded))
+    out["model_version"] = loaded.version
+    _count(services, loaded, "recommend", [result])
+    return json_response(out)
+
+
+_FLOOR = orjson.dumps({"ok": True})
+
+
+@bench_bp.post("/bench/floor")
+def bench_floor() -> Response:
+    """Benchmark baseline (BENCH_FLOOR=1): same key check and JSON parsing, constant answer."""
+    services = get_services()
+    authorised(services)
+    served_model(services)
+    read_json()
+    return Response(_FLOOR, content_type=JSON)

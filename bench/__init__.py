@@ -1,0 +1,1 @@
+"""Benchmarks for serving, batch scoring and training (run them with ``make bench``)."""

@@ -1,0 +1,124 @@
+"""Tests of the demo data generator: determinism, domains, planted segments, response signal."""
+
+from __future__ import annotations
+
+import json
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_rand_score, roc_auc_score
+from sklearn.preprocessing import StandardScaler
+
+from training.generate import CAMPAIGNS, FEATURES, SEGMENTS, TRUTH_COLUMN, generate_demo, write_demo
+from training.load import read_campaign_pool
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return generate_demo(6000, seed=3)
+
+
+def test_same_seed_gives_identical_tables():
+    a, b = generate_demo(1500, seed=11), generate_demo(1500, seed=11)
+    pd.testing.assert_frame_equal(a.customers, b.customers)
+    pd.testing.assert_frame_equal(a.responses, b.responses)
+    assert a.campaigns == b.campaigns
+
+
+def test_different_seeds_give_different_tables():
+    a, b = generate_demo(1500, seed=11), generate_demo(1500, seed=12)
+    assert not a.customers[list(FEATURES)].equals(b.customers[list(FEATURES)])
+    assert not a.responses.equals(b.responses)
+
+
+def test_customer_table_has_the_contract_columns_and_domains(demo):
+    c = demo.customers
+    assert list(c.columns) == ["customer_id", *FEATURES, TRUTH_COLUMN]
+    assert c["customer_id"].is_unique
+    assert len(c) == 6000
+    for column in ("total_spend", "order_count", "days_since_last_purchase", "unique_products"):
+        assert (c[column] >= 0).all(), column
+    for column in ("discount_usage", "return_rate", "mobile_usage"):
+        observed = c[column].dropna()
+        assert observed.between(0, 1).all(), column
+    # only the optional column has missing values
+    assert c[list(FEATURES)].drop(columns="mobile_usage").notna().all().all()
+    assert c["mobile_usage"].isna().any()
+    # customers without orders spent nothing and bought no product
+    none = c["order_count"] == 0
+    assert (c.loc[none, "total_spend"] == 0).all()
+    assert (c.loc[none, "unique_products"] == 0).all()
+    assert (c["unique_products"] <= c["order_count"]).all()
+
+
+def test_every_planted_segment_is_present_in_roughly_its_share(demo):
+    shares = demo.customers[TRUTH_COLUMN].value_counts(normalize=True)
+    assert set(shares.index) == {s.name for s in SEGMENTS}
+    for spec in SEGMENTS:
+        assert abs(shares[spec.name] - spec.share) < 0.03, spec.name
+
+
+def test_total_spend_is_heavy_tailed(demo):
+    spend = demo.customers["total_spend"]
+    assert spend.mean() > 1.5 * spend.median()
+
+
+def test_planted_segments_are_recovered_by_the_segmentation_recipe(demo):
+    c = demo.customers
+    X = c[list(FEATURES)].to_numpy(dtype=float)
+    X[:, FEATURES.index("mobile_usage")] = np.nan_to_num(
+        X[:, FEATURES.index("mobile_usage")], nan=np.nanmedian(X[:, FEATURES.index("mobile_usage")])
+    )
+    aov = np.divide(X[:, 0], X[:, 1], out=np.zeros(len(X)), where=X[:, 1] > 0)
+    X = np.column_stack([X, aov])
+    heavy = [0, 1, 2, 3, 7]
+    X[:, heavy] = np.log1p(X[:, heavy])
+    Z = PCA(0.9, random_state=0).fit_transform(StandardScaler().fit_transform(X))
+    labels = KMeans(len(SEGMENTS), n_init=3, random_state=0).fit_predict(Z)
+    assert adjusted_rand_score(c[TRUTH_COLUMN], labels) >= 0.9
+
+
+def test_each_customer_gets_three_to_five_distinct_offers(demo):
+    per_customer = demo.responses.groupby("customer_id")["campaign_id"]
+    assert per_customer.size().between(3, 5).all()
+    assert (per_customer.nunique() == per_customer.size()).all()
+    assert set(demo.responses["customer_id"]) <= set(demo.customers["customer_id"])
+    assert set(demo.responses["campaign_id"]) == {c.id for c in CAMPAIGNS}
+
+
+def test_base_response_rates_are_between_two_and_twenty_percent(demo):
+    rates = demo.responses.groupby("campaign_id")["responded"].mean()
+    assert rates.between(0.02, 0.20).all(), rates.to_dict()
+
+
+def test_responses_carry_learnable_signal(demo):
+    rows = demo.responses.merge(demo.customers, on="customer_id")
+    rows["campaign"] = rows["campaign_id"].astype("category")
+    columns = [*FEATURES, "campaign"]
+    held_out = rows["customer_id"].isin(demo.customers["customer_id"].iloc[::5])
+    model = lgb.LGBMClassifier(n_estimators=150, learning_rate=0.05, num_leaves=15, verbose=-1)
+    model.fit(rows.loc[~held_out, columns], rows.loc[~held_out, "responded"])
+    proba = model.predict_proba(rows.loc[held_out, columns])[:, 1]
+    assert roc_auc_score(rows.loc[held_out, "responded"], proba) > 0.75
+
+
+def test_write_demo_writes_readable_files(tmp_path):
+    paths = write_demo(tmp_path / "demo", n_customers=800, seed=5)
+    customers = pd.read_parquet(paths["customers"])
+    responses = pd.read_parquet(paths["responses"])
+    assert len(customers) == 800
+    assert list(responses.columns) == ["customer_id", "campaign_id", "responded"]
+    pool = read_campaign_pool(paths["campaigns"])
+    assert [c.id for c in pool] == [c.id for c in CAMPAIGNS]
+    assert all(c.eligible_segments is None for c in pool)
+    assert all(5 <= c.value <= 120 for c in pool)
+    assert json.loads(paths["campaigns"].read_text())[0]["channel"]
+
+
+def test_too_few_customers_is_refused():
+    with pytest.raises(ValueError, match="n_customers=3 should be >= 5"):
+        generate_demo(3)

@@ -1,0 +1,362 @@
+"""Reading the inputs: customer table (or transactions -> RFM), campaign pool, response history.
+
+Tables are CSV (comma, semicolon, tab or whitespace separated; detected when not configured) or
+Parquet, chosen by extension. Id columns are read as text so that ``00042`` stays ``00042``.
+Response histories come out in long form (customer_id, campaign_id, responded) whatever their
+shape on disk; wide 0/1 columns may sit in the customer table itself, and a missing value in a
+wide column means the campaign was not offered to that customer. Reading raises
+:class:`~training.validate.TableError` for a missing or unreadable file; the content is checked
+by :mod:`training.validate`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from scoring.features import Campaign
+from training.config import TrainConfig, TransactionsConfig
+from training.validate import TableError
+
+logger = logging.getLogger("training")
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+#: the columns :func:`rfm_from_transactions` produces, besides the id
+RFM_COLUMNS = (
+    "recency_days",
+    "frequency",
+    "transaction_count",
+    "monetary_total",
+    "monetary_avg",
+    "tenure_days",
+)
+WHITESPACE = r"\s+"
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """The inputs as read, before validation."""
+
+    #: the customer table as read (plus RFM columns when built from transactions)
+    customers: pd.DataFrame
+    campaigns: list[Campaign]
+    #: long form: customer_id (str), campaign_id (str), responded (raw values); or None
+    responses: pd.DataFrame | None
+    #: absolute paths of every file read
+    sources: list[str]
+
+
+def detect_separator(path: str | Path) -> str:
+    """The CSV separator of a text table: comma, semicolon or tab, else runs of whitespace."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        head = handle.read(64_000)
+    lines = [line for line in head.splitlines() if line.strip()][:20]
+    if not lines:
+        return ","
+    try:
+        return csv.Sniffer().sniff("\n".join(lines), delimiters=",;\t").delimiter
+    except csv.Error:
+        first = lines[0]
+        counts = {sep: first.count(sep) for sep in (",", ";", "\t")}
+        best = max(counts, key=counts.get)
+        if counts[best] > 0:
+            return best
+        # No delimiter at all but several fields: a whitespace-aligned file (like CDNOW).
+        return WHITESPACE if len(first.split()) > 1 else ","
+
+
+def read_table(
+    path: str | Path, separator: str | None = None, text_columns: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """Read a CSV or Parquet table; ``text_columns`` (ids) are read as strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"file not found: {path}")
+    try:
+        if path.suffix.lower() in PARQUET_SUFFIXES:
+            frame = pd.read_parquet(path)
+        else:
+            sep = separator or detect_separator(path)
+            frame = pd.read_csv(
+                path,
+                sep=sep,
+                dtype=dict.fromkeys(text_columns, str),
+                engine="python" if sep == WHITESPACE else "c",
+                skipinitialspace=sep == WHITESPACE,
+            )
+            # A whitespace file whose lines start with a blank gets an unnamed first column.
+            frame.columns = [str(c).strip() for c in frame.columns]
+    except TableError:
+        raise
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise TableError(f"cannot read {path}: {exc}") from None
+    logger.info("read %s: %d rows x %d columns", path, len(frame), frame.shape[1])
+    return frame
+
+
+def rfm_from_transactions(
+    transactions: pd.DataFrame, config: TransactionsConfig, id_column: str = "customer_id"
+) -> pd.DataFrame:
+    """Per-customer RFM features from raw transactions, one row per customer.
+
+    ``recency_days``: days from the last purchase to the reference date; ``frequency``: number of
+    distinct purchase days; ``transaction_count``: number of rows; ``monetary_total``: sum of
+    amounts; ``monetary_avg``: total per purchase day; ``tenure_days``: days from the first
+    purchase to the reference date (``as_of``, default the day after the last transaction).
+    """
+    for column in (config.customer_column, config.date_column, config.amount_column):
+        if column not in transactions.columns:
+            raise TableError(
+                "configured transaction column absent; the transactions have: "
+                + ", ".join(map(str, transactions.columns)),
+                column=column,
+            )
+    raw_dates = transactions[config.date_column]
+    if pd.api.types.is_numeric_dtype(raw_dates) and config.date_format is None:
+        # Dates stored as numbers such as 19970101 are yyyymmdd, not nanoseconds since 1970.
+        dates = pd.to_datetime(
+            raw_dates.astype("Int64").astype("string"), format="%Y%m%d", errors="coerce"
+        )
+    else:
+        dates = pd.to_datetime(raw_dates, format=config.date_format, errors="coerce")
+    bad = dates.isna() & raw_dates.notna()
+    if bad.any():
+        pos = int(np.argmax(bad.to_numpy()))
+        raise TableError(
+            f"unreadable date {raw_dates.iloc[pos]!r} at row {pos}", column=config.date_column
+        )
+    amounts = pd.to_numeric(transactions[config.amount_column], errors="coerce")
+    bad = amounts.isna() & transactions[config.amount_column].notna()
+    if bad.any():
+        pos = int(np.argmax(bad.to_numpy()))
+        raise TableError(
+            f"non-numeric amount {transactions[config.amount_column].iloc[pos]!r} at row {pos}",
+            column=config.amount_column,
+        )
+    days = dates.dt.normalize()
+    as_of = pd.Timestamp(config.as_of) if config.as_of else days.max() + pd.Timedelta(days=1)
+    tx = pd.DataFrame(
+        {"customer": transactions[config.customer_column].astype("string"), "day": days}
+    )
+    tx["amount"] = amounts.fillna(0.0).to_numpy()
+    grouped = tx.groupby("customer", sort=True)
+    first = grouped["day"].min()
+    last = grouped["day"].max()
+    frequency = grouped["day"].nunique()
+    total = grouped["amount"].sum()
+    rfm = pd.DataFrame(
+        {
+            id_column: first.index.astype(str),
+            "recency_days": (as_of - last).dt.days.to_numpy(),
+            "frequency": frequency.to_numpy(),
+            "transaction_count": grouped.size().to_numpy(),
+            "monetary_total": total.to_numpy(),
+            "monetary_avg": (total / frequency).to_numpy(),
+            "tenure_days": (as_of - first).dt.days.to_numpy(),
+        }
+    )
+    logger.info("built RFM features for %d customers from %d transactions", len(rfm), len(tx))
+    return rfm
+
+
+def _campaign_from_entry(entry: Any, where: str) -> Campaign:
+    """One pool entry (a mapping) -> Campaign, refusing unknown fields."""
+    if not isinstance(entry, dict):
+        raise TableError(f"{where}: a campaign entry must be a table, got {entry!r}")
+    known = {f.name for f in fields(Campaign)}
+    cid = str(entry.get("id", "")) or None
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise TableError(
+            f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+            campaign=cid or where,
+        )
+    missing = [k for k in ("id", "name", "value") if entry.get(k) in (None, "")]
+    if missing:
+        raise TableError(f"missing field(s): {', '.join(missing)}", campaign=cid or where)
+    data = dict(entry)
+    data["id"] = str(data["id"])
+    try:
+        data["value"] = float(data["value"])
+    except (TypeError, ValueError):
+        raise TableError(f"value {entry['value']!r} is not a number", campaign=cid) from None
+    eligible = data.get("eligible_segments")
+    if isinstance(eligible, str):
+        # CSV cells list segment names separated by "|" (or ";"); an empty cell means all.
+        eligible = [s.strip() for s in eligible.replace(";", "|").split("|") if s.strip()]
+        data["eligible_segments"] = eligible or None
+    elif eligible is not None:
+        data["eligible_segments"] = [str(s) for s in eligible]
+    for key in ("channel", "description"):
+        if key in data and (data[key] is None or pd.isna(data[key])):
+            del data[key]
+    return Campaign(**data)
+
+
+def read_campaign_pool(path: str | Path) -> list[Campaign]:
+    """A campaign pool file: JSON (a list, or {"campaigns": [...]}), TOML (``[[campaign]]`` or
+    ``[[campaigns]]`` tables) or CSV (columns id, name, value, channel, description,
+    eligible_segments with names separated by ``|``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"campaign pool file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            entries = data.get("campaigns") if isinstance(data, dict) else data
+        elif suffix == ".toml":
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            entries = data.get("campaign", data.get("campaigns"))
+        else:
+            frame = read_table(path, text_columns=("id",))
+            entries = [
+                {
+                    k: v
+                    for k, v in row.items()
+                    if not (v is None or (isinstance(v, float) and np.isnan(v)))
+                }
+                for row in frame.to_dict(orient="records")
+            ]
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TableError(f"cannot read campaign pool {path}: {exc}") from None
+    if not isinstance(entries, list):
+        raise TableError(f"campaign pool {path}: expected a list of campaigns")
+    return [_campaign_from_entry(e, f"{path.name}[{i}]") for i, e in enumerate(entries)]
+
+
+def load_campaigns(config: TrainConfig) -> list[Campaign]:
+    """The campaign pool: the pool file's campaigns followed by the inline ones."""
+    campaigns = read_campaign_pool(config.campaigns.pool) if config.campaigns.pool else []
+    campaigns += [
+        _campaign_from_entry(dict(e), f"campaigns.inline[{i}]")
+        for i, e in enumerate(config.campaigns.inline)
+    ]
+    return campaigns
+
+
+def _wide_to_long(frame: pd.DataFrame, ids: pd.Series, columns: dict[str, str]) -> pd.DataFrame:
+    """Wide response columns (column -> campaign id) to long rows; missing = not offered."""
+    parts = []
+    for column, campaign_id in columns.items():
+        if column not in frame.columns:
+            raise TableError(
+                "configured response column absent; the table has: "
+                + ", ".join(map(str, frame.columns[:40])),
+                column=column,
+            )
+        values = frame[column]
+        offered = values.notna().to_numpy()
+        parts.append(
+            pd.DataFrame(
+                {
+                    "customer_id": ids.to_numpy()[offered],
+                    "campaign_id": campaign_id,
+                    "responded": values.to_numpy()[offered],
+                    "source_column": column,
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def customer_ids(frame: pd.DataFrame, config: TrainConfig) -> pd.Series:
+    """Customer ids as strings: the id column, or row numbers when there is none."""
+    if config.data.id_column is None:
+        return pd.Series(np.arange(len(frame)).astype(str), index=frame.index, dtype=object)
+    return frame[config.data.id_column].astype(str)
+
+
+def load_responses(
+    config: TrainConfig, customers: pd.DataFrame
+) -> tuple[pd.DataFrame | None, list[str]]:
+    """The response history in long form (customer_id, campaign_id, responded) and its sources."""
+    responses = config.responses
+    if responses is None:
+        return None, []
+    if responses.path is None:
+        if responses.format != "wide":
+            raise TableError("long-form responses need a file (responses.path)")
+        if config.data.id_column is not None and config.data.id_column not in customers.columns:
+            return None, []  # reported as an absent column by validation
+        return _wide_to_long(customers, customer_ids(customers, config), responses.columns), []
+    frame = read_table(
+        responses.path, responses.separator, text_columns=(responses.customer_column,)
+    )
+    if responses.customer_column not in frame.columns:
+        raise TableError(
+            "configured response column absent; the response file has: "
+            + ", ".join(map(str, frame.columns)),
+            column=responses.customer_column,
+        )
+    ids = frame[responses.customer_column].astype("string")
+    if responses.format == "wide":
+        return _wide_to_long(frame, ids, responses.columns), [str(responses.path)]
+    for column in (responses.campaign_column, responses.responded_column):
+        if column not in frame.columns:
+            raise TableError(
+                "configured response column absent; the response file has: "
+                + ", ".join(map(str, frame.columns)),
+                column=column,
+            )
+    long = pd.DataFrame(
+        {
+            "customer_id": ids,
+            "campaign_id": frame[responses.campaign_column].astype("string"),
+            "responded": frame[responses.responded_column],
+            "source_column": responses.responded_column,
+        }
+    )
+    return long, [str(responses.path)]
+
+
+def load_tables(config: TrainConfig) -> LoadedData:
+    """Read every input the config names."""
+    data = config.data
+    sources: list[str] = []
+    id_column = data.id_column or "customer_id"
+    customers = None
+    if data.customers is not None:
+        text = (data.id_column,) if data.id_column else ()
+        customers = read_table(data.customers, data.separator, text_columns=text)
+        sources.append(str(data.customers))
+    if data.transactions is not None:
+        tx_config = data.transactions
+        transactions = read_table(
+            tx_config.path, tx_config.separator, text_columns=(tx_config.customer_column,)
+        )
+        sources.append(str(tx_config.path))
+        rfm = rfm_from_transactions(transactions, tx_config, id_column)
+        if customers is None:
+            customers = rfm
+        else:
+            if id_column not in customers.columns:
+                raise TableError(
+                    "the customer table needs its id column to join the transactions",
+                    column=id_column,
+                )
+            # Customers without transactions have bought nothing: zero counts and amounts,
+            # and no recency or tenure (left missing, to be imputed).
+            left = customers.assign(_key=customers[id_column].astype(str))
+            merged = left.merge(
+                rfm.rename(columns={id_column: "_key"}), on="_key", how="left"
+            ).drop(columns="_key")
+            for column in ("frequency", "transaction_count", "monetary_total", "monetary_avg"):
+                merged[column] = merged[column].fillna(0.0)
+            customers = merged
+    campaigns = load_campaigns(config)
+    if config.campaigns.pool:
+        sources.append(str(config.campaigns.pool))
+    responses, response_sources = load_responses(config, customers)
+    sources += response_sources
+    return LoadedData(
+        customers=customers, campaigns=campaigns, responses=responses, sources=sources
+    )

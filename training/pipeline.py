@@ -1,0 +1,219 @@
+"""The training pipeline: prepare -> segment -> name -> profile -> response model -> export.
+
+:func:`train` runs the stages in order, timing each and recording the process's peak memory
+after it, and writes the bundle with :func:`scoring.bundle.write_bundle` (atomic: a run that
+fails at any stage writes nothing and leaves ``current`` unchanged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import adjusted_rand_score
+
+from scoring.bundle import Bundle, write_bundle
+from scoring.features import cluster_matrix
+from training.config import ConfigError, TrainConfig, config_to_dict
+from training.naming import SegmentName, load_names_file, name_segments, segment_zscores
+from training.prepare import prepare
+from training.prepared import PreparedData
+from training.profiles import build_profiles
+from training.response import ResponseModel, fit_response_model
+from training.segmentation import Segmentation, fit_segmentation
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """How long a stage took and the process's peak resident memory once it finished."""
+
+    name: str
+    seconds: float
+    peak_rss_mb: float
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: the written bundle and the evidence behind it."""
+
+    bundle: Bundle
+    path: Path
+    segmentation: Segmentation
+    names: list[SegmentName]
+    response: ResponseModel | None
+    stages: list[StageRecord] = field(default_factory=list)
+    truth_ari: float | None = None
+    report_path: Path | None = None
+
+    @property
+    def total_seconds(self) -> float:
+        """Wall time of all stages."""
+        return sum(s.seconds for s in self.stages)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def code_revision(root: Path = PROJECT_ROOT) -> str | None:
+    """The git commit the code runs from, or None outside a repository (or without commits)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and len(sha) == 40 else None
+
+
+def signing_key(config: TrainConfig, environ: Mapping[str, str]) -> bytes | None:
+    """The HMAC key named by ``output.hmac_key_env``, or None when unset or empty."""
+    value = environ.get(config.output.hmac_key_env, "") if config.output.hmac_key_env else ""
+    return value.encode("utf-8") if value else None
+
+
+def segment_names(
+    X: np.ndarray, segmentation: Segmentation, features: list[str], names_file: str | None
+) -> list[SegmentName]:
+    """Names from the segments' mean z-scores, overridden by the names file if given."""
+    Z = segmentation.scaler.transform(X)
+    zscores = segment_zscores(Z, segmentation.labels, segmentation.k)
+    try:
+        overrides = load_names_file(names_file) if names_file else None
+        return name_segments(features, zscores, overrides)
+    except ValueError as exc:
+        raise ConfigError(f"segmentation.names_file: {exc}") from None
+
+
+def build_manifest(
+    config: TrainConfig,
+    prepared: PreparedData,
+    segmentation: Segmentation,
+    response: ResponseModel | None,
+    stages: list[StageRecord],
+    truth_ari: float | None,
+) -> dict[str, Any]:
+    """The manifest fields training adds to what the bundle writer fills in."""
+    pca = segmentation.pca
+    return {
+        "name": config.name,
+        "data_fingerprint": prepared.fingerprint,
+        "config": config_to_dict(config),
+        "code_revision": code_revision(),
+        "k_selection": segmentation.selection.to_dict(),
+        "stability": segmentation.stability,
+        "metrics": {
+            "segmentation": {
+                "k": segmentation.k,
+                "pca_components": int(pca.n_components_),
+                "pca_explained_variance": float(np.sum(pca.explained_variance_ratio_)),
+                "sizes": np.bincount(segmentation.labels, minlength=segmentation.k).tolist(),
+                "truth_ari": truth_ari,
+            },
+            "response_model": None if response is None else response.metrics,
+        },
+        "timings": {s.name: round(s.seconds, 3) for s in stages},
+        "peak_rss_mb": {s.name: round(s.peak_rss_mb, 1) for s in stages},
+    }
+
+
+def train(
+    config: TrainConfig,
+    *,
+    progress: Callable[[StageRecord], None] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> TrainResult:
+    """Train a bundle from ``config`` and write it under ``config.output.root``.
+
+    ``progress`` is called with each finished stage's record. The signing key is read from
+    ``environ`` (default: the process environment) under ``config.output.hmac_key_env``.
+    """
+    stages: list[StageRecord] = []
+
+    @contextmanager
+    def stage(name: str) -> Iterator[None]:
+        log.info("stage %s ...", name)
+        start = time.perf_counter()
+        yield
+        record = StageRecord(name, time.perf_counter() - start, peak_rss_mb())
+        stages.append(record)
+        log.info("stage %s done in %.1f s (peak RSS %.0f MiB)", name, record.seconds, record.peak_rss_mb)
+        if progress is not None:
+            progress(record)
+
+    key = signing_key(config, os.environ if environ is None else environ)
+
+    with stage("prepare"):
+        prepared = prepare(config)
+    with stage("segmentation"):
+        X = cluster_matrix(prepared.numeric, prepared.schema)
+        segmentation = fit_segmentation(X, config.segmentation)
+    with stage("naming"):
+        names = segment_names(
+            X, segmentation, list(prepared.schema.cluster_features), config.segmentation.names_file
+        )
+        del X
+    with stage("profiles"):
+        profiles = build_profiles(
+            prepared.numeric,
+            prepared.schema.numeric_names,
+            segmentation.labels,
+            names,
+            prepared.campaigns,
+            prepared.responses,
+            segmentation.outlier_thresholds,
+        )
+    with stage("response_model"):
+        response = fit_response_model(prepared, segmentation.labels, config.response_model)
+
+    truth_ari = None
+    if prepared.truth is not None:
+        truth_ari = float(adjusted_rand_score(prepared.truth, segmentation.labels))
+        log.info("adjusted Rand index against the planted segments: %.3f", truth_ari)
+
+    with stage("export"):
+        bundle = Bundle(
+            schema=prepared.schema,
+            imputer=prepared.imputer,
+            scaler=segmentation.scaler,
+            pca=segmentation.pca,
+            kmeans=segmentation.kmeans,
+            segment_names=[n.name for n in names],
+            profiles=profiles,
+            campaigns=list(prepared.campaigns),
+            response_model=None if response is None else response.booster,
+            manifest=build_manifest(
+                config, prepared, segmentation, response, list(stages), truth_ari
+            ),
+        )
+        path = write_bundle(bundle, config.output.root, hmac_key=key)
+    log.info("bundle written to %s", path)
+    return TrainResult(
+        bundle=bundle,
+        path=path,
+        segmentation=segmentation,
+        names=names,
+        response=response,
+        stages=stages,
+        truth_ari=truth_ari,
+    )

@@ -1,0 +1,189 @@
+"""The data stages in order: load, validate, build the feature schema, produce PreparedData."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+
+import numpy as np
+import pandas as pd
+from sklearn.impute import SimpleImputer
+
+from scoring.features import (
+    CategoricalInput,
+    DerivedFeature,
+    FeatureSchema,
+    NumericInput,
+    frame_to_raw,
+    numeric_matrix,
+)
+from training.config import TrainConfig
+from training.load import LoadedData, customer_ids, load_tables
+from training.prepared import PreparedData
+from training.validate import (
+    check_campaigns,
+    check_columns,
+    check_features,
+    check_ids,
+    check_log_values,
+    check_row_count,
+    decide_log_features,
+    locate_responses,
+    response_values,
+)
+
+logger = logging.getLogger("training")
+
+#: most frequent categories kept per categorical column; rarer ones read as unknown
+MAX_CATEGORIES = 100
+
+
+def categories_of(values: pd.Series, limit: int = MAX_CATEGORIES) -> tuple[str, ...]:
+    """Categories of a column as text: most frequent first, ties by name, at most ``limit``."""
+    counts = values.dropna().astype("string").value_counts()
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return tuple(str(name) for name, _ in ordered[:limit])
+
+
+def build_frame(loaded: LoadedData, config: TrainConfig, columns: dict) -> pd.DataFrame:
+    """The customer frame of PreparedData: index = id (str), numeric inputs then categoricals."""
+    ids = customer_ids(loaded.customers, config)
+    frame = pd.DataFrame(columns, index=pd.Index(ids, name="customer_id"))
+    for column in config.features.categorical:
+        frame[column] = loaded.customers[column].astype("string").to_numpy()
+    return frame
+
+
+def build_schema(
+    config: TrainConfig, frame: pd.DataFrame, medians: np.ndarray, numeric_names: list[str]
+) -> FeatureSchema:
+    """The feature schema without log features (decided once the derived values exist)."""
+    feats = config.features
+    inputs = []
+    for column, median in zip(feats.numeric, medians, strict=True):
+        values = frame[column].to_numpy(dtype=np.float64)
+        inputs.append(
+            NumericInput(
+                name=column,
+                kind=feats.kinds.get(column, "numeric"),
+                required=not bool(np.isnan(values).any()),
+                median=float(median),
+                observed_min=float(np.nanmin(values)),
+                observed_max=float(np.nanmax(values)),
+            )
+        )
+    derived = tuple(
+        DerivedFeature(name=d.name, numerator=d.numerator, denominator=d.denominator, fill=d.fill)
+        for d in feats.derived
+    )
+    categoricals = tuple(
+        CategoricalInput(name=column, categories=categories_of(frame[column]))
+        for column in feats.categorical
+    )
+    return FeatureSchema(
+        inputs=tuple(inputs),
+        derived=derived,
+        categoricals=categoricals,
+        cluster_features=tuple(feats.cluster or numeric_names),
+        response_features=tuple(feats.response or numeric_names),
+        id_column=config.data.id_column or "customer_id",
+    )
+
+
+def map_responses(
+    responses: pd.DataFrame, customer_index: pd.Index, campaigns: list, config: TrainConfig
+) -> pd.DataFrame:
+    """Long responses -> int columns customer_idx, campaign_idx, responded (0/1)."""
+    customer_idx, campaign_idx = locate_responses(responses, customer_index, campaigns)
+    responded = np.empty(len(responses), dtype=np.int8)
+    # Value errors name the column they came from (a wide column or the long responded column).
+    for column, rows in responses.groupby("source_column", sort=False).indices.items():
+        responded[rows] = response_values(
+            responses["responded"].iloc[rows].reset_index(drop=True), config, str(column)
+        )
+    return pd.DataFrame(
+        {"customer_idx": customer_idx, "campaign_idx": campaign_idx, "responded": responded}
+    )
+
+
+def fingerprint(loaded: LoadedData, config: TrainConfig) -> dict:
+    """SHA-256 over the bytes of every source file and the inline campaigns, with the table's
+    rows, columns and the source paths."""
+    digest = hashlib.sha256()
+    for source in loaded.sources:
+        with open(source, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    digest.update(repr(config.campaigns.inline).encode())
+    return {
+        "sha256": digest.hexdigest(),
+        "rows": len(loaded.customers),
+        "columns": [str(c) for c in loaded.customers.columns],
+        "sources": list(loaded.sources),
+    }
+
+
+def prepare(config: TrainConfig) -> PreparedData:
+    """Load and validate the inputs and turn them into matrices in the bundle's feature order.
+
+    Raises :class:`~training.validate.TableError` naming the column (or campaign) and the problem
+    when the inputs cannot be trained on.
+    """
+    loaded = load_tables(config)
+    table = loaded.customers
+    logger.info("validating %d customers x %d columns", len(table), table.shape[1])
+    check_columns(table, config)
+    check_ids(table, config)
+    columns = check_features(table, config)
+    check_row_count(len(table), config)
+    check_campaigns(loaded.campaigns)
+
+    frame = build_frame(loaded, config, columns)
+    feats = config.features
+    raw_inputs = frame[list(feats.numeric)].to_numpy(dtype=np.float64)
+    imputer = SimpleImputer(strategy="median").fit(raw_inputs)
+    numeric_names = list(feats.numeric) + [d.name for d in feats.derived]
+    schema = build_schema(config, frame, imputer.statistics_, numeric_names)
+    raw, codes = frame_to_raw(frame, schema)
+    numeric = numeric_matrix(raw, schema)
+
+    # Skew is measured on observed values for inputs and on the derived values themselves.
+    observed = {name: columns[name] for name in feats.numeric}
+    for j, d in enumerate(schema.derived, start=len(schema.inputs)):
+        observed[d.name] = numeric[:, j]
+    log_features = decide_log_features(observed, schema.cluster_features, config)
+    check_log_values(numeric, numeric_names, log_features)
+    schema = dataclasses.replace(schema, log_features=log_features)
+    logger.info(
+        "features: %d numeric (%d derived), %d categorical; log1p on %s",
+        len(numeric_names),
+        len(schema.derived),
+        len(schema.categoricals),
+        ", ".join(log_features) or "none",
+    )
+
+    responses = None
+    campaigns = loaded.campaigns
+    if loaded.responses is not None:
+        responses = map_responses(loaded.responses, frame.index, campaigns, config)
+        logger.info(
+            "responses: %d rows over %d campaigns, %.1f%% positive",
+            len(responses),
+            responses["campaign_idx"].nunique(),
+            100.0 * responses["responded"].mean(),
+        )
+    truth = None
+    if config.data.truth_column is not None:
+        truth = table[config.data.truth_column].to_numpy()
+    return PreparedData(
+        customers=frame,
+        schema=schema,
+        imputer=imputer,
+        numeric=numeric,
+        codes=codes,
+        campaigns=campaigns,
+        responses=responses,
+        fingerprint=fingerprint(loaded, config),
+        truth=truth,
+    )

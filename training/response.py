@@ -1,0 +1,212 @@
+"""Response model stage: LightGBM over (customer features, segment, campaign) rows.
+
+One row per campaign offered to a customer, columns in ``FeatureSchema.response_model_columns``
+order: the response features, the categorical codes, the segment id and the campaign's index in
+the pool; the last three kinds are declared categorical. Customers (never rows) are split into
+training and held-out sets, so no customer is on both sides; early stopping watches the held-out
+log loss, and the model is trimmed to its best iteration. Held-out metrics: pooled and
+per-campaign AUC, log loss, Brier score, a 10-bin calibration table and the base rate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
+
+from training.config import ResponseModelConfig
+from training.prepared import PreparedData
+
+log = logging.getLogger(__name__)
+
+#: log progress every this many boosting rounds
+PROGRESS_EVERY = 50
+#: share of features sampled per tree
+FEATURE_FRACTION = 0.9
+CALIBRATION_BINS = 10
+
+
+@dataclass
+class ResponseModel:
+    """The fitted booster (trimmed to its best iteration) and its held-out metrics."""
+
+    booster: lgb.Booster
+    metrics: dict[str, Any]
+
+
+def response_matrix(
+    prepared: PreparedData, labels: np.ndarray, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs and targets for the response rows (all, or the positions in ``rows``)."""
+    responses = prepared.responses
+    cust = responses["customer_idx"].to_numpy()
+    camp = responses["campaign_idx"].to_numpy()
+    y = responses["responded"].to_numpy()
+    if rows is not None:
+        cust, camp, y = cust[rows], camp[rows], y[rows]
+    schema = prepared.schema
+    n_num = len(schema.response_features)
+    n_cat = len(schema.categoricals)
+    X = np.empty((cust.shape[0], n_num + n_cat + 2), dtype=np.float64)
+    X[:, :n_num] = prepared.numeric[:, schema.response_index()][cust]
+    if n_cat:
+        X[:, n_num : n_num + n_cat] = prepared.codes[cust]
+    X[:, -2] = labels[cust]
+    X[:, -1] = camp
+    return X, y.astype(np.float64)
+
+
+def split_customers(
+    customer_idx: np.ndarray, config: ResponseModelConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions (train, held-out) splitting by customer; capped at ``max_train_rows``."""
+    rng = np.random.default_rng(config.seed)
+    customers = np.unique(customer_idx)
+    n_rows = customer_idx.shape[0]
+    if config.max_train_rows and n_rows > config.max_train_rows:
+        # sample whole customers so the cap never splits a customer's rows
+        keep = int(np.ceil(len(customers) * config.max_train_rows / n_rows))
+        customers = np.sort(rng.choice(customers, size=keep, replace=False))
+        log.info(
+            "response model: sampled %d customers to stay under %d rows",
+            keep,
+            config.max_train_rows,
+        )
+    shuffled = rng.permutation(customers)
+    n_valid = max(1, int(round(len(customers) * config.validation_fraction)))
+    if n_valid >= len(customers):
+        raise ValueError(
+            f"validation_fraction={config.validation_fraction} leaves no training customers "
+            f"out of {len(customers)}"
+        )
+    side = np.full(int(customer_idx.max()) + 1, -1, dtype=np.int8)
+    side[shuffled[n_valid:]] = 0
+    side[shuffled[:n_valid]] = 1
+    row_side = side[customer_idx]
+    return np.flatnonzero(row_side == 0), np.flatnonzero(row_side == 1)
+
+
+def _progress(period: int):
+    def callback(env: lgb.callback.CallbackEnv) -> None:
+        if (env.iteration + 1) % period == 0 and env.evaluation_result_list:
+            _, metric, value, _ = env.evaluation_result_list[-1][:4]
+            log.info("response model: round %d, held-out %s %.5f", env.iteration + 1, metric, value)
+
+    return callback
+
+
+def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> list[dict]:
+    """Mean predicted vs observed rate in ``bins`` equal-count bins of the prediction."""
+    order = np.argsort(p, kind="stable")
+    table = []
+    for part in np.array_split(order, bins):
+        if part.size:
+            table.append(
+                {
+                    "n": int(part.size),
+                    "mean_predicted": float(p[part].mean()),
+                    "observed_rate": float(y[part].mean()),
+                }
+            )
+    return table
+
+
+def evaluate(
+    y: np.ndarray, p: np.ndarray, campaign: np.ndarray, campaign_ids: list[str]
+) -> dict[str, Any]:
+    """Held-out metrics of predictions ``p`` for targets ``y``."""
+    both = len(np.unique(y)) == 2
+    per_campaign = {}
+    for j, cid in enumerate(campaign_ids):
+        mask = campaign == j
+        if mask.any() and len(np.unique(y[mask])) == 2:
+            per_campaign[cid] = float(roc_auc_score(y[mask], p[mask]))
+    return {
+        "auc": float(roc_auc_score(y, p)) if both else None,
+        "auc_per_campaign": per_campaign,
+        "log_loss": float(log_loss(y, p, labels=[0, 1])),
+        "brier": float(brier_score_loss(y, p)),
+        "base_rate": float(y.mean()),
+        "calibration": calibration_table(y, p),
+    }
+
+
+def fit_response_model(
+    prepared: PreparedData, labels: np.ndarray, config: ResponseModelConfig
+) -> ResponseModel | None:
+    """Fit the LightGBM response model; None when disabled or there is no response history."""
+    if not config.enabled or prepared.responses is None or not len(prepared.responses):
+        return None
+    y_all = prepared.responses["responded"].to_numpy()
+    if len(np.unique(y_all)) < 2:
+        log.warning("response model skipped: every recorded response is %d", int(y_all[0]))
+        return None
+    train_rows, valid_rows = split_customers(prepared.responses["customer_idx"].to_numpy(), config)
+    X_train, y_train = response_matrix(prepared, labels, train_rows)
+    X_valid, y_valid = response_matrix(prepared, labels, valid_rows)
+    columns = prepared.schema.response_model_columns
+    categorical = [*prepared.schema.categorical_names, "segment", "campaign"]
+    params = {
+        "objective": "binary",
+        "metric": "binary_logloss",
+        "learning_rate": config.learning_rate,
+        "num_leaves": config.num_leaves,
+        "min_child_samples": config.min_child_samples,
+        "feature_fraction": FEATURE_FRACTION,
+        "num_threads": 2,
+        "deterministic": True,
+        "force_row_wise": True,
+        "seed": config.seed,
+        "verbosity": -1,
+    }
+    train_set = lgb.Dataset(
+        X_train, y_train, feature_name=columns, categorical_feature=categorical, free_raw_data=True
+    )
+    valid_set = lgb.Dataset(X_valid, y_valid, reference=train_set)
+    log.info(
+        "response model: %d training rows, %d held-out rows (%d campaigns)",
+        len(y_train),
+        len(y_valid),
+        len(prepared.campaigns),
+    )
+    booster = lgb.train(
+        params,
+        train_set,
+        num_boost_round=config.max_rounds,
+        valid_sets=[valid_set],
+        valid_names=["held_out"],
+        callbacks=[
+            lgb.early_stopping(config.early_stopping_rounds, verbose=False),
+            _progress(PROGRESS_EVERY),
+        ],
+    )
+    best = booster.best_iteration or booster.current_iteration()
+    # a model holding exactly the best iteration: predict() is then the same everywhere
+    trimmed = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    p_valid = trimmed.predict(X_valid)
+    metrics = evaluate(
+        y_valid, p_valid, X_valid[:, -1].astype(int), [c.id for c in prepared.campaigns]
+    )
+    metrics.update(
+        best_iteration=int(best),
+        n_train_rows=len(y_train),
+        n_valid_rows=len(y_valid),
+        n_train_customers=int(
+            np.unique(prepared.responses["customer_idx"].to_numpy()[train_rows]).size
+        ),
+        n_valid_customers=int(
+            np.unique(prepared.responses["customer_idx"].to_numpy()[valid_rows]).size
+        ),
+        params={k: v for k, v in params.items() if k != "verbosity"},
+    )
+    log.info(
+        "response model: best round %d, held-out AUC %s, log loss %.4f",
+        best,
+        "n/a" if metrics["auc"] is None else f"{metrics['auc']:.3f}",
+        metrics["log_loss"],
+    )
+    return ResponseModel(trimmed, metrics)
