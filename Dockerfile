@@ -47,8 +47,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     BIND=0.0.0.0:8000 \
     WEB_CONCURRENCY=2 \
-    MODEL_ROOT=/app/model_artifacts \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
+    MODEL_ROOT=/app/model_artifacts
 WORKDIR /app
 # code last: it changes most often; owned by root so the app user cannot modify it
 COPY scoring/ /app/scoring/

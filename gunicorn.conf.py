@@ -26,7 +26,6 @@ from gunicorn import glogging
 from api.settings import ServerSettings
 
 _server = ServerSettings.load()
-import sys; print("CONFIG LOADED in", os.getpid(), os.getppid(), file=sys.stderr)
 # Named after the master's pid, which a SIGHUP (config re-read) keeps: the same folder again.
 _runtime = Path(tempfile.gettempdir()) / f"segsvc-{os.getpid()}"
 _metrics_dir = _server.PROMETHEUS_MULTIPROC_DIR or _runtime / "metrics"

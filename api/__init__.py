@@ -7,22 +7,18 @@ import time
 import tomllib
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from flask import Flask, Response, request
 from flask.json.provider import JSONProvider
 
-from api import admin, health, views
-from api.auth import KeyRing
-from api.cache import ProfileCache, redis_client
-from api.errors import register_error_handlers
-from api.extensions import EXTENSION, Services, get_services
-from api.metrics import Metrics
-from api.model import ModelState
 from api.settings import Settings
 
-__all__ = ["create_app", "get_services"]
+if TYPE_CHECKING:
+    from api.metrics import Metrics
+
+__all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +51,17 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     ``config`` overrides environment variables by name (values checked like the environment)
     and may inject ``REDIS_CLIENT`` (any object with redis-py's get/set/ping).
     """
+    # Imported here, not at the top: gunicorn.conf.py imports api.settings in the master, and
+    # prometheus_client must not be imported there before PROMETHEUS_MULTIPROC_DIR is set
+    # (it picks its multiprocess mode once, at import).
+    from api import admin, health, views
+    from api.auth import KeyRing
+    from api.cache import ProfileCache, redis_client
+    from api.errors import register_error_handlers
+    from api.extensions import EXTENSION, Services
+    from api.metrics import Metrics
+    from api.model import ModelState
+
     config = dict(config or {})
     injected = {k: config.pop(k) for k in INJECTED if k in config}
     settings = Settings.load(config)

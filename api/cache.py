@@ -74,8 +74,9 @@ class CircuitBreaker:
     def failure(self) -> None:
         """Record a failed call: skip the dependency for the current back-off, then double it."""
         if not self._failed:
-            log.warning("redis unavailable: serving profiles from memory, retrying in %.0fs",
-                        self._backoff)  # fmt: skip
+            log.warning(
+                "redis unavailable: serving profiles from memory, retrying in %.0fs", self._backoff
+            )
         self._failed = True
         self._open_until = self.clock() + self._backoff
         self._backoff = min(self._backoff * 2, self.maximum)

@@ -56,8 +56,10 @@ def version() -> Response:
 def metrics() -> Response:
     """Prometheus text format, summed over every gunicorn worker (open, like health checks)."""
     services = get_services()
-    return Response(services.metrics.exposition(), mimetype=None,
-                    content_type=services.metrics.content_type)  # fmt: skip
+    services.model.poll()  # an idle worker scraped only for metrics still follows reloads
+    return Response(
+        services.metrics.exposition(), mimetype=None, content_type=services.metrics.content_type
+    )
 
 
 @bp.get("/openapi.json")

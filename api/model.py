@@ -225,8 +225,9 @@ class ModelState:
                 os.replace(tmp, marker)
             st = os.stat(marker)
         except OSError as exc:
-            log.error("cannot write reload marker %s: %s (other workers will not follow)",
-                      marker, exc)  # fmt: skip
+            log.error(
+                "cannot write reload marker %s: %s (other workers will not follow)", marker, exc
+            )
             return
         self._marker_seen = (st.st_ino, st.st_mtime_ns, st.st_size)
         if exclusive:

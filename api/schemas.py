@@ -240,9 +240,12 @@ class RequestSchemas:
         batch_size = validate.Length(min=1, max=max_batch_items)
         self.customer_batch_class = _schema_class(
             f"CustomerBatch{suffix}",
-            {CUSTOMERS: fields.List(fields.Nested(self.customer_class), required=True,
-                                    validate=batch_size)},
-        )  # fmt: skip
+            {
+                CUSTOMERS: fields.List(
+                    fields.Nested(self.customer_class), required=True, validate=batch_size
+                )
+            },
+        )
         self.recommend_batch_class = _schema_class(
             f"RecommendBatch{suffix}",
             {
@@ -393,7 +396,14 @@ def _class_suffix(version: str) -> str:
 
 def _messages(exc: ValidationError) -> dict[str, Any]:
     messages = exc.messages
-    return messages if isinstance(messages, dict) else {"_schema": messages}
+    return _str_keys(messages) if isinstance(messages, dict) else {"_schema": messages}
+
+
+def _str_keys(messages: Any) -> Any:
+    # marshmallow keys list items by int index; JSON object keys are strings.
+    if isinstance(messages, dict):
+        return {str(k): _str_keys(v) for k, v in messages.items()}
+    return messages
 
 
 def validation_messages(exc: ValidationError) -> dict[str, Any]:
@@ -430,9 +440,11 @@ class _SegmentAnswer(Schema):
     )
     atypical = fields.Boolean(
         required=True,
-        metadata={"description": "true when the customer is farther from the segment than the "
-                  "training threshold: unlike every segment"},
-    )  # fmt: skip
+        metadata={
+            "description": "true when the customer is farther from the segment than the "
+            "training threshold: unlike every segment"
+        },
+    )
 
 
 class SegmentResult(_SegmentAnswer):
@@ -559,6 +571,8 @@ class ReloadResponse(Schema):
     previous_version = fields.String(allow_none=True)
     scope = fields.String(
         required=True,
-        metadata={"description": "all_workers when other workers follow within "
-                  "RELOAD_POLL_SECONDS, else this_worker"},
-    )  # fmt: skip
+        metadata={
+            "description": "all_workers when other workers follow within "
+            "RELOAD_POLL_SECONDS, else this_worker"
+        },
+    )

@@ -19,6 +19,7 @@ from api.errors import BadRequest, NotReady, UnsupportedMedia, ValidationFailed,
 from api.extensions import Services, get_services
 from api.model import LoadedModel
 from api.schemas import CUSTOMER_ID, CUSTOMERS, RequestSchemas, validation_messages
+from scoring.engine import NoResponseModelError
 
 bp = Blueprint("scoring", __name__)
 bench_bp = Blueprint("bench", __name__)
@@ -162,8 +163,8 @@ def recommend() -> Response:
     loaded = served_model(services)
     engine = loaded.engine
     if not engine.has_response_model:
-        # Before reading the body: no body can make this bundle rank campaigns.
-        engine.recommend(engine.batch_from_records([]))  # raises NoResponseModelError
+        # Before reading the body: no body can make this bundle rank campaigns (409).
+        raise NoResponseModelError(f"model version {loaded.version} has no response model")
     body = read_json()
     schemas = loaded.schemas
     if type(body) is dict and CUSTOMERS in body:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -62,6 +63,29 @@ def _stage_seconds(timings: Any) -> dict[str, float]:
     return flat
 
 
+_STAGE_LINE = re.compile(r"stage (\S+) done in ([\d.]+) s \(peak RSS ([\d.]+) MiB\)")
+
+
+def logged_stages(log: str) -> list[tuple[str, float, float]]:
+    """(stage, seconds, peak RSS MiB) from the CLI's "stage X done in ..." lines, in run order."""
+    return [(m[1], float(m[2]), float(m[3])) for m in _STAGE_LINE.finditer(log)]
+
+
+def stage_figures(manifest: dict[str, Any], log: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds and peak RSS per stage: the manifest's ``timings`` (the record), in the order the
+    stages ran, plus stages the manifest cannot hold (``export`` writes it) from the log."""
+    seconds = _stage_seconds(manifest.get("timings"))
+    peaks = _stage_seconds(manifest.get("peak_rss_mb"))
+    logged = logged_stages(log)
+    order = [name for name, _, _ in logged]
+    for name, secs, peak in logged:
+        seconds.setdefault(name, secs)
+        peaks.setdefault(name, peak)
+    rank = {name: i for i, name in enumerate(order)}
+    ordered = sorted(seconds, key=lambda n: (rank.get(n.split("/")[0], len(rank)), n))
+    return {n: seconds[n] for n in ordered}, {n: peaks[n] for n in ordered if n in peaks}
+
+
 def bench_size(n: int, rounds: int, scratch: Path) -> dict[str, Any]:
     """Generate ``n`` customers once, train ``rounds`` times, keep the median round."""
     data_dir = scratch / f"data-{n}"
@@ -71,13 +95,15 @@ def bench_size(n: int, rounds: int, scratch: Path) -> dict[str, Any]:
         model_root = scratch / f"models-{n}-{r}"
         run = train_demo_bundle(data_dir, model_root)
         manifest = read_manifest(model_root)
-        stages = _stage_seconds(manifest.get("timings"))
+        stages, peaks = stage_figures(manifest, run.stderr + run.stdout)
+        seg = (manifest.get("metrics") or {}).get("segmentation") or {}
         runs.append(
             {
                 "wall_s": run.wall_s,
                 "max_rss_mb": run.max_rss_mb,
                 "stages_s": stages,
-                "k": len(manifest.get("segments", [])) or None,
+                "stage_peak_rss_mb": peaks,
+                "k": seg.get("k") or (manifest.get("segments") or {}).get("k"),
                 "metrics": _small_metrics(manifest.get("metrics", {})),
             }
         )
@@ -96,6 +122,7 @@ def bench_size(n: int, rounds: int, scratch: Path) -> dict[str, Any]:
         "wall_s": median([x["wall_s"] for x in runs]),
         "max_rss_mb": max(x["max_rss_mb"] for x in runs),
         "stages_s": {s: median([x["stages_s"].get(s, 0.0) for x in runs]) for s in stage_names},
+        "stage_peak_rss_mb": best["stage_peak_rss_mb"],
         "k": best["k"],
         "metrics": best["metrics"],
         "rounds": runs,
@@ -103,10 +130,18 @@ def bench_size(n: int, rounds: int, scratch: Path) -> dict[str, Any]:
 
 
 def _small_metrics(metrics: Any) -> dict[str, Any]:
-    """Top-level scalar metrics only (AUC, log loss, ...), to keep the results file small."""
+    """The headline metrics only (segmentation ARI, response AUC, ...): the file stays small."""
+    out: dict[str, Any] = {}
     if not isinstance(metrics, dict):
-        return {}
-    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
+        return out
+    for group, values in metrics.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    out[f"{group}.{key}"] = value
+        elif isinstance(values, int | float) and not isinstance(values, bool):
+            out[group] = values
+    return out
 
 
 def _top_stages(stages: dict[str, float]) -> dict[str, float]:
@@ -164,6 +199,19 @@ def markdown(result: dict[str, Any]) -> str:
         ["customers", "wall s", "peak MB", "k", *[f"{n} s" for n in stages], "outside stages s"],
         rows,
     )
+    peak_rows = [
+        [fmt(s["customers"]), *[fmt(s.get("stage_peak_rss_mb", {}).get(n)) for n in stages]]
+        for s in sizes
+    ]
+    if any(s.get("stage_peak_rss_mb") for s in sizes):
+        table += "\n\nPeak RSS of the training process at the end of each stage (MB):\n\n"
+        table += markdown_table(["customers", *stages], peak_rows)
+    subs = [n for n in dict.fromkeys(k for s in sizes for k in s["stages_s"]) if "/" in n]
+    if subs:
+        table += "\n\nInside the stages (s):\n\n" + markdown_table(
+            ["customers", *subs],
+            [[fmt(s["customers"]), *[fmt(s["stages_s"].get(n), 2) for n in subs]] for s in sizes],
+        )
     targets = markdown_table(
         ["target", "goal", "measured", "met"],
         [

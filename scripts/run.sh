@@ -56,14 +56,6 @@ HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
 export BIND=${BIND:-$HOST:$PORT}
 
-# Several workers share their Prometheus counters through files in this folder; it must be
-# empty at start-up, so a folder we own is wiped here (one the caller names is left alone).
-if [ -z "${PROMETHEUS_MULTIPROC_DIR:-}" ]; then
-    export PROMETHEUS_MULTIPROC_DIR="$ROOT/.run/prometheus"
-    rm -rf "$PROMETHEUS_MULTIPROC_DIR"
-    mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
-fi
-
 if [ -n "${REDIS_URL:-}" ]; then
     echo "==> profile cache: Redis at $REDIS_URL"
 else

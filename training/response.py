@@ -11,6 +11,7 @@ per-campaign AUC, log loss, Brier score, a 10-bin calibration table and the base
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ PROGRESS_EVERY = 50
 #: share of features sampled per tree
 FEATURE_FRACTION = 0.9
 CALIBRATION_BINS = 10
+#: below this many training rows LightGBM runs on one thread
+SINGLE_THREAD_ROWS = 100_000
 
 
 @dataclass
@@ -60,6 +63,22 @@ def response_matrix(
     return X, y.astype(np.float64)
 
 
+def model_feature_names(columns: list[str]) -> list[str]:
+    """Names LightGBM accepts for ``columns``: JSON-special characters replaced, made unique.
+
+    The names are labels only (serving passes arrays in ``response_model_columns`` order), but
+    LightGBM refuses duplicates -- a table may well have its own ``campaign`` column -- and
+    characters such as ``,`` or ``:``. Later clashes get underscores appended.
+    """
+    names: list[str] = []
+    for column in columns:
+        name = re.sub(r'[",:\[\]{}]', "_", column) or "_"
+        while name in names:
+            name += "_"
+        names.append(name)
+    return names
+
+
 def split_customers(
     customer_idx: np.ndarray, config: ResponseModelConfig
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +96,7 @@ def split_customers(
             config.max_train_rows,
         )
     shuffled = rng.permutation(customers)
-    n_valid = max(1, int(round(len(customers) * config.validation_fraction)))
+    n_valid = max(1, round(len(customers) * config.validation_fraction))
     if n_valid >= len(customers):
         raise ValueError(
             f"validation_fraction={config.validation_fraction} leaves no training customers "
@@ -148,8 +167,9 @@ def fit_response_model(
     train_rows, valid_rows = split_customers(prepared.responses["customer_idx"].to_numpy(), config)
     X_train, y_train = response_matrix(prepared, labels, train_rows)
     X_valid, y_valid = response_matrix(prepared, labels, valid_rows)
-    columns = prepared.schema.response_model_columns
-    categorical = [*prepared.schema.categorical_names, "segment", "campaign"]
+    columns = model_feature_names(prepared.schema.response_model_columns)
+    n_num = len(prepared.schema.response_features)
+    categorical = list(range(n_num, len(columns)))  # categorical codes, segment, campaign
     params = {
         "objective": "binary",
         "metric": "binary_logloss",
@@ -157,7 +177,8 @@ def fit_response_model(
         "num_leaves": config.num_leaves,
         "min_child_samples": config.min_child_samples,
         "feature_fraction": FEATURE_FRACTION,
-        "num_threads": 2,
+        # one thread for small tables: as fast there, and immune to a busy machine
+        "num_threads": 1 if len(y_train) < SINGLE_THREAD_ROWS else 2,
         "deterministic": True,
         "force_row_wise": True,
         "seed": config.seed,

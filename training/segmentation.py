@@ -48,6 +48,7 @@ from sklearn.metrics import (
     davies_bouldin_score,
 )
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from training.config import SegmentationConfig
 
@@ -59,6 +60,8 @@ SILHOUETTE_MARGIN = 0.05
 SILHOUETTE_TIE = 0.005
 #: rows on which bootstrap refits are compared with the final model
 STABILITY_EVAL_ROWS = 20_000
+#: below this many rows the fit runs on one OpenMP thread
+SINGLE_THREAD_ROWS = 50_000
 TABLE_COLUMNS = ("k", "inertia", "silhouette", "calinski_harabasz", "davies_bouldin")
 
 
@@ -129,7 +132,7 @@ def knee_point(ks: list[int], inertia: list[float]) -> int | None:
     chord = yn[0] + (yn[-1] - yn[0]) * xn
     gap = chord - yn
     i = int(np.argmax(gap))
-    if gap[i] <= 0:
+    if gap[i] <= 1e-9:  # a straight line (up to rounding) has no knee
         return None
     return int(ks[i])
 
@@ -363,6 +366,14 @@ def measure_stability(P: np.ndarray, kmeans: KMeans, config: SegmentationConfig)
 
 def fit_segmentation(X: np.ndarray, config: SegmentationConfig) -> Segmentation:
     """Fit the whole clustering chain on the cluster matrix ``X`` (not modified)."""
+    # Small tables run single-threaded: a second OpenMP thread saves little there, and on a
+    # busy machine its barrier waits cost far more than it saves.
+    limit = 1 if X.shape[0] < SINGLE_THREAD_ROWS else None
+    with threadpool_limits(limits=limit, user_api="openmp"):
+        return _fit_segmentation(X, config)
+
+
+def _fit_segmentation(X: np.ndarray, config: SegmentationConfig) -> Segmentation:
     n = X.shape[0]
     if n < max(config.k_min, 2) + 1:
         raise ValueError(f"n_samples={n} should be > k_min={config.k_min}")

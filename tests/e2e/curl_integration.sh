@@ -186,8 +186,10 @@ without_field() {
 
 echo "==> health, version, docs"
 call "GET /healthz" 200 "" "$BASE/healthz"
-call "GET /readyz" 200 "isinstance(b, dict)" "$BASE/readyz"
-call "GET /version names the first bundle" 200 "'$FIRST' in t" "$BASE/version"
+call "GET /readyz reports the bundle and Redis" 200 \
+    "b['ready'] is True and b['model_version'] == '$FIRST' and b['redis'] not in ('disabled', None)" \
+    "$BASE/readyz"
+call "GET /version names the first bundle" 200 "b['model_version'] == '$FIRST'" "$BASE/version"
 call "GET /openapi.json is OpenAPI 3 with both scoring paths" 200 \
     "b['openapi'].startswith('3.') and '/predict-segment' in b['paths'] and '/recommend' in b['paths']" \
     "$BASE/openapi.json"
@@ -200,26 +202,31 @@ call "POST /predict-segment echoes customer_id" 200 "b['customer_id'] == 'c-42'"
     "${JSON[@]}" "${AUTH[@]}" -d "$(with_field customer_id '"c-42"')" "$BASE/predict-segment"
 call "POST /predict-segment with order_count 0" 200 "isinstance(b['segment_id'], int)" \
     "${JSON[@]}" "${AUTH[@]}" -d "$(with_field order_count 0)" "$BASE/predict-segment"
-# the campaign list is the first list of objects carrying expected_value
-CAMPAIGNS="next(v for v in b.values() if isinstance(v, list) and v and isinstance(v[0], dict) and 'expected_value' in v[0])"
+CAMPAIGNS="b['campaigns']"
 call "POST /recommend ranks campaigns by expected value" 200 \
-    "b['model_version'] == '$FIRST' and [c['expected_value'] for c in $CAMPAIGNS] == sorted((c['expected_value'] for c in $CAMPAIGNS), reverse=True) and all(0 <= c['probability'] <= 1 for c in $CAMPAIGNS)" \
+    "b['model_version'] == '$FIRST' and len($CAMPAIGNS) >= 2 and [c['expected_value'] for c in $CAMPAIGNS] == sorted((c['expected_value'] for c in $CAMPAIGNS), reverse=True) and all(0 <= c['probability'] <= 1 and abs(c['expected_value'] - c['probability'] * c['value']) < 1e-9 and c['eligibility'] for c in $CAMPAIGNS)" \
     "${JSON[@]}" "${AUTH[@]}" -d "$CUSTOMER" "$BASE/recommend"
-call "POST /recommend top_k=2" 200 "len($CAMPAIGNS) <= 2" \
+call "POST /recommend top_k=2" 200 "len($CAMPAIGNS) == 2" \
     "${JSON[@]}" "${AUTH[@]}" -d "$(with_field top_k 2)" "$BASE/recommend"
-call "POST /recommend explain=true" 200 "'explain' in t or 'contrib' in t" \
+call "POST /recommend channel=push keeps only push campaigns" 200 \
+    "$CAMPAIGNS and all(c['channel'] in ('push', 'any') for c in $CAMPAIGNS)" \
+    "${JSON[@]}" "${AUTH[@]}" -d "$(with_field channel '"push"')" "$BASE/recommend"
+call "POST /recommend exclude drops the named campaign" 200 \
+    "$CAMPAIGNS and all(c['campaign_id'] != 'savings_plan' for c in $CAMPAIGNS)" \
+    "${JSON[@]}" "${AUTH[@]}" -d "$(with_field exclude '["savings_plan"]')" "$BASE/recommend"
+call "POST /recommend explain=true adds contributions" 200 \
+    "all(c['contributions'] and all('feature' in x for x in c['contributions']) for c in $CAMPAIGNS)" \
     "${JSON[@]}" "${AUTH[@]}" -d "$(with_field explain true)" "$BASE/recommend"
 
 echo "==> batch"
 BAD_ITEM=$(with_field order_count -3)
 BATCH="{\"customers\": [$CUSTOMER, $BAD_ITEM, $CUSTOMER]}"
-# the per-item list is the body's only list
-ITEMS="next(v for v in b.values() if isinstance(v, list))"
+ITEMS="b['results']"
 call "POST /predict-segment batch with one bad item" 200 \
     "len($ITEMS) == 3 and 'error' in ${ITEMS}[1] and 'segment_id' in ${ITEMS}[0] and 'segment_id' in ${ITEMS}[2] and 'error' not in ${ITEMS}[0]" \
     "${JSON[@]}" "${AUTH[@]}" -d "$BATCH" "$BASE/predict-segment"
 call "POST /recommend batch with one bad item" 200 \
-    "len($ITEMS) == 3 and 'error' in ${ITEMS}[1] and 'error' not in ${ITEMS}[2]" \
+    "len($ITEMS) == 3 and 'order_count' in ${ITEMS}[1]['error']['fields'] and ${ITEMS}[0]['campaigns'] and ${ITEMS}[2]['campaigns']" \
     "${JSON[@]}" "${AUTH[@]}" -d "$BATCH" "$BASE/recommend"
 TOO_MANY="{\"customers\": [$CUSTOMER, $CUSTOMER, $CUSTOMER, $CUSTOMER, $CUSTOMER, $CUSTOMER]}"
 call "batch over MAX_BATCH_ITEMS" "4.." "$(envelope)" \
@@ -284,11 +291,13 @@ call "GET /metrics counts requests" 200 \
     "$BASE/metrics"
 
 echo "==> reload"
+call "reload to an unknown version is refused" "4.." "$(envelope)" \
+    "${JSON[@]}" -H "X-API-Key: $ADMIN_KEY" -d '{"version": "no-such-version"}' "$BASE/admin/reload"
 call "reload to a tampered bundle is refused" "4..|5.." "$(envelope)" \
     "${JSON[@]}" -H "X-API-Key: $ADMIN_KEY" -d "{\"version\": \"$TAMPERED\"}" "$BASE/admin/reload"
 call "first bundle still serves after the refusal" 200 "b['model_version'] == '$FIRST'" \
     "${JSON[@]}" "${AUTH[@]}" -d "$CUSTOMER" "$BASE/predict-segment"
-call "reload to the second bundle" 200 "'$SECOND' in t" \
+call "reload to the second bundle" 200 "b['model_version'] == '$SECOND' and b['previous_version'] == '$FIRST'" \
     "${JSON[@]}" -H "X-API-Key: $ADMIN_KEY" -d "{\"version\": \"$SECOND\"}" "$BASE/admin/reload"
 # Workers pick up a reload within RELOAD_POLL_SECONDS (default 1 s): wait for 20 answers in a
 # row naming the second bundle, each on a new connection so both workers answer some of them.

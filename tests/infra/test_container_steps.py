@@ -246,10 +246,11 @@ def test_image_steps_work_in_a_fresh_virtualenv(tmp_path):
     # container paths -> paths of this run
     paths = {"/opt/venv": str(venv), "/app": str(app), "/tmp/": f"{tmp_path}/tmp-"}
 
+    # one pass, and only where a path starts: the replacements themselves live under /tmp
+    container_path = re.compile(r"(?<![\w/.-])(" + "|".join(map(re.escape, paths)) + ")")
+
     def local(text: str) -> str:
-        for container_path, here in paths.items():
-            text = text.replace(container_path, here)
-        return text
+        return container_path.sub(lambda match: paths[match[1]], text)
 
     deps = BY_NAME["deps"]
     for instruction in deps.all("COPY"):
@@ -287,7 +288,6 @@ def test_image_steps_work_in_a_fresh_virtualenv(tmp_path):
         command = local(instruction.args).replace(" generate ", " generate --customers 2000 ", 1)
         subprocess.run(["bash", "-c", command], cwd=app, env=env, check=True, timeout=600)
     assert (app / "model_artifacts" / "current").is_dir()
-    Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
     cmd = _final("CMD")[-1].exec_form()
     health = _final("HEALTHCHECK")[-1].exec_form()

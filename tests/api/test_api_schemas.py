@@ -1,0 +1,164 @@
+"""The compiled request checks agree with marshmallow on generated valid and invalid records."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from marshmallow import ValidationError
+
+from api.schemas import RequestSchemas
+from scoring.engine import ScoringEngine
+from scoring.features import CategoricalInput, FeatureSchema
+
+#: values a field may take in a generated record: valid ones and every way to be wrong
+NUMBER_VALUES = [
+    0,
+    1,
+    0.5,
+    1.0,
+    7,
+    1e12,
+    -0.0,
+    -1,
+    -1e-9,
+    1.0000001,
+    2,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    "1.5",
+    "",
+    True,
+    False,
+    None,
+    [],
+    {},
+    2**62,
+]
+TEXT_VALUES = ["gold", "unknown-tier", "", "x" * 300, 3, None, True, []]
+ID_VALUES = ["c-1", "", "x" * 129, 42, -1, True, None, 1.5, []]
+OPTION_VALUES = {
+    "top_k": [1, 2, 4, 5, 0, -1, 2.0, "2", True, None],
+    "channel": ["push", "email", "fax", "", 1, None],
+    "exclude": [
+        [],
+        ["cashback"],
+        ["unknown_id"],
+        ["bad id"],
+        [1],
+        "cashback",
+        None,
+        ["a"] * 101,
+    ],
+    "explain": [True, False, 1, "true", None],
+}
+
+
+@pytest.fixture(scope="module")
+def features(tiny_bundle) -> FeatureSchema:
+    """The tiny bundle's feature schema plus two categoricals (one required), for coverage."""
+    return dataclasses.replace(
+        tiny_bundle.schema,
+        categoricals=(
+            CategoricalInput("tier", ("gold", "silver")),
+            CategoricalInput("region", ("north",), required=True),
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def schemas(tiny_bundle, features) -> RequestSchemas:
+    """Request schemas built from :func:`features`."""
+    engine = ScoringEngine(dataclasses.replace(tiny_bundle, schema=features))
+    return RequestSchemas(engine, max_batch_items=10)
+
+
+def _records(schema: FeatureSchema, n: int, seed: int, *, options: bool) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        record = {}
+        mostly_valid = rng.random() < 0.5
+        for spec in schema.inputs:
+            if rng.random() < 0.1 and not mostly_valid:
+                continue  # absent
+            if mostly_valid and rng.random() < 0.9:
+                hi = spec.maximum if spec.maximum is not None else 1000.0
+                record[spec.name] = float(rng.uniform(0, hi))
+            else:
+                record[spec.name] = NUMBER_VALUES[rng.integers(len(NUMBER_VALUES))]
+        for spec in schema.categoricals:
+            if rng.random() < 0.8 or spec.required:
+                record[spec.name] = TEXT_VALUES[rng.integers(len(TEXT_VALUES))]
+        if rng.random() < 0.5:
+            record["customer_id"] = ID_VALUES[rng.integers(len(ID_VALUES))]
+        if rng.random() < 0.05:
+            record["surprise"] = 1
+        if options:
+            for name, values in OPTION_VALUES.items():
+                if rng.random() < 0.5:
+                    record[name] = values[rng.integers(len(values))]
+        out.append(record)
+    return out
+
+
+def _accepted(schema_instance, record) -> bool:
+    try:
+        schema_instance.load(record)
+    except ValidationError:
+        return False
+    return True
+
+
+def test_customer_check_agrees_with_marshmallow(schemas, features):
+    records = _records(features, 4000, 0, options=False)
+    verdicts = [(schemas.customer_ok(r), _accepted(schemas._customer, r)) for r in records]
+    fast_yes = sum(f for f, _ in verdicts)
+    slow_yes = sum(s for _, s in verdicts)
+    assert fast_yes > 100 and len(records) - slow_yes > 100  # both verdicts well represented
+    disagreements = [r for r, (f, m) in zip(records, verdicts, strict=True) if f != m]
+    assert disagreements == []
+
+
+def test_recommend_check_agrees_with_marshmallow(schemas, features):
+    records = _records(features, 4000, 1, options=True)
+    for r in records:
+        fast = schemas.customer_ok(r, schemas._recommend_keys) and schemas.options_ok(r)
+        assert fast == _accepted(schemas._recommend, r), r
+
+
+def test_load_returns_the_record_and_options(schemas):
+    record = {
+        "total_spend": 1.0,
+        "order_count": 1,
+        "days_since_last_purchase": 1,
+        "unique_products": 1,
+        "discount_usage": 0.1,
+        "return_rate": 0.0,
+        "region": "north",
+        "top_k": 2,
+        "channel": "push",
+    }
+    data, options = schemas.load_recommend(record)
+    assert data["total_spend"] == 1.0
+    assert options == {"top_k": 2, "channel": "push"}
+
+
+def test_batch_items_are_checked_one_by_one(schemas):
+    good = {
+        "total_spend": 1.0,
+        "order_count": 1,
+        "days_since_last_purchase": 1,
+        "unique_products": 1,
+        "discount_usage": 0.1,
+        "return_rate": 0.0,
+        "region": "north",
+    }
+    records, positions, errors = schemas.check_items([good, {**good, "order_count": -1}, 5, good])
+    assert positions == [0, 3]
+    assert records == [good, good]
+    assert set(errors) == {1, 2}
+    assert "order_count" in errors[1]
+    assert "_schema" in errors[2]

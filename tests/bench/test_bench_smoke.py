@@ -1,0 +1,132 @@
+"""The benchmark scripts run end to end in their tiny --smoke mode (no timing is asserted).
+
+Speed claims come from ``make bench``; these tests only keep the scripts from rotting: each one
+runs against a tiny bundle, writes its JSON to a temporary folder (never bench/results/) and the
+JSON has the shape bench/report.py reads. A few pure helpers are tested directly.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from bench import batch_scoring, common, profile_request, report, serving, training
+
+
+# ---- the scripts, end to end --------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("loadgen", ["python", "wrk"])
+def test_serving_smoke(tiny_bundle_root, tmp_path, loadgen):
+    if loadgen == "wrk" and shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed")
+    args = ["--smoke", "--model-root", str(tiny_bundle_root), "--results", str(tmp_path)]
+    args += ["--loadgen", loadgen, "--batch-size", "20"]
+    if loadgen == "python":
+        args += ["--duration", "0.5"]
+    assert serving.main(args) == 0
+
+    result = json.loads((tmp_path / "serving.json").read_text())
+    assert result["settings"]["load_generator"] == loadgen
+    (config,) = result["configurations"]
+    assert config["workers"] == 1
+    rows = {r["name"]: r for r in config["scenarios"]}
+    assert {"floor", "predict-segment", "recommend", "recommend explain=true"} <= set(rows)
+    for row in rows.values():
+        assert row["requests"] > 0, row["name"]
+        assert row["errors"] == 0, row["name"]
+    assert rows["recommend batch of 20"]["customers_per_request"] == 20
+    assert rows["recommend"]["ratio_to_floor"] > 0
+    assert len(config["worker_rss_mb"]) == 1 and config["worker_rss_mb"][0] > 0
+    assert {t["name"] for t in result["targets"]} >= {"batch recommend customers/s per worker"}
+
+
+@pytest.mark.slow
+def test_batch_scoring_smoke(tiny_bundle_root, tmp_path):
+    args = ["--smoke", "--customers", "500", "--model-root", str(tiny_bundle_root)]
+    assert batch_scoring.main([*args, "--results", str(tmp_path)]) == 0
+
+    result = json.loads((tmp_path / "batch_scoring.json").read_text())
+    assert result["customers"] == 500
+    assert [r["threads"] for r in result["core"]["results"]] == list(batch_scoring.THREADS)
+    assert result["core"]["pairs_scored"] == 500 * result["core"]["campaigns"]
+    if common.training_available():
+        assert result["cli"]["customers_per_s"] > 0
+    else:
+        assert result["cli"] is None
+
+
+@pytest.mark.slow
+def test_profile_request_smoke(tiny_bundle_root, tmp_path):
+    args = ["--smoke", "--model-root", str(tiny_bundle_root), "--results", str(tmp_path)]
+    assert profile_request.main(args) == 0
+
+    result = json.loads((tmp_path / "profile_request.json").read_text())
+    names = [e["name"] for e in result["endpoints"]]
+    assert names == ["floor", "predict-segment", "recommend", "recommend explain=true"]
+    recommend = result["endpoints"][2]
+    assert recommend["by_module"], "no time was attributed inside the app"
+    assert (tmp_path / "profile_recommend.txt").read_text().strip()
+
+
+@pytest.mark.slow
+def test_training_smoke(tmp_path):
+    if not common.training_available():
+        pytest.skip("the training CLI is not there yet")
+    assert training.main(["--smoke", "--results", str(tmp_path)]) == 0
+
+    result = json.loads((tmp_path / "training.json").read_text())
+    (size,) = result["sizes"]
+    assert size["customers"] == training.MODES["smoke"]["sizes"][0]
+    assert size["stages_s"], "the manifest recorded no stage timings"
+    assert size["max_rss_mb"] > 0
+    # the 1,000,000-customer targets are reported as not measured, not as met
+    assert all(t["met"] is None for t in result["targets"])
+
+
+# ---- pure helpers -------------------------------------------------------------------------------
+def test_ratio_to_floor_is_taken_within_each_round():
+    scenarios = [
+        serving.Scenario("floor", "/bench/floor", b"{}", 1, None),
+        serving.Scenario("recommend", "/recommend", b"{}", 1, "floor"),
+    ]
+    per_round = {
+        # the machine got twice as slow in round 1: the per-round ratio stays 0.5
+        "floor": [{"round": 0, "rps": 1000.0}, {"round": 1, "rps": 500.0}],
+        "recommend": [{"round": 0, "rps": 500.0}, {"round": 1, "rps": 250.0}],
+    }
+    for runs in per_round.values():
+        for r in runs:
+            r.update(p50_ms=1.0, p99_ms=2.0, errors=0, requests=10)
+    rows = {r["name"]: r for r in serving.summarise(scenarios, per_round)}
+    assert rows["recommend"]["ratio_to_floor"] == pytest.approx(0.5)
+    assert rows["floor"]["ratio_to_floor"] is None
+
+
+def test_training_targets_are_not_claimed_without_the_million_run():
+    small = [{"customers": 10_000, "wall_s": 1.0, "max_rss_mb": 100.0}]
+    assert all(t["met"] is None for t in training.evaluate_targets(small))
+    big = [{"customers": 1_000_000, "wall_s": 120.0, "max_rss_mb": 1000.0}]
+    wall, peak = training.evaluate_targets(big)
+    assert wall["met"] is False and peak["met"] is True
+
+
+def test_report_keeps_the_hand_written_text(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    out.write_text(
+        f"# Results\n\nnotes before\n\n{report.START}\nold figures\n{report.END}\nafter\n"
+    )
+    report.update(out, tmp_path / "no-results")
+    text = out.read_text()
+    assert "notes before" in text and text.endswith(f"{report.END}\nafter\n")
+    assert "old figures" not in text
+    assert "no results yet" in text
+
+
+def test_run_child_measures_its_own_child():
+    run = common.run_child(
+        [common.PYTHON, "-c", "b = bytearray(80 * 1024 * 1024); print('done')"]
+    ).check("allocating")
+    assert run.stdout.strip() == "done"
+    assert run.max_rss_mb >= 80

@@ -1,0 +1,327 @@
+"""The command line: ``python -m training {train,generate,score,list,verify}``.
+
+Thin by design: each command parses its flags, calls the stages or the scoring core and prints
+the result. Known failures (bad config, bad table, bad bundle, bad input file) print
+``error: <message>`` on stderr and exit with status 2, without a traceback. Progress goes to
+stderr through ``logging``; results go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scoring.bundle import BundleError, list_versions, load_bundle, resolve, verify
+from scoring.engine import ScoringError
+from training.config import ConfigError, load_config
+from training.validate import TableError
+
+log = logging.getLogger("training")
+
+EXIT_ERROR = 2
+DEFAULT_ROOT = "model_artifacts"
+DEFAULT_KEY_ENV = "BUNDLE_HMAC_KEY"
+
+
+class CommandError(Exception):
+    """A command cannot run with the arguments or files it was given."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} should be >= 1")
+    return value
+
+
+def _key_from_env(name: str | None) -> bytes | None:
+    value = os.environ.get(name, "") if name else ""
+    return value.encode("utf-8") if value else None
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a subcommand's unset flag must not reset one given before the command
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="log warnings only"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command, with help for each option."""
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train customer-segmentation and campaign-response bundles, and use them.",
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="log warnings only (default: progress at INFO)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train",
+        help="train a bundle from a config file",
+        description="Train a bundle from a TOML config; flags override the file. Writes "
+        "<output>/<version>/, points <output>/current at it and prints a summary.",
+    )
+    train.add_argument("--config", required=True, help="TOML training config (see examples/)")
+    train.add_argument(
+        "--output", help="bundle root folder (overrides output.root; default model_artifacts)"
+    )
+    train.add_argument(
+        "--data-dir",
+        help="folder holding the input files named in the config (file names are kept)",
+    )
+    train.add_argument(
+        "--k", type=_positive_int, help="number of segments; skips the automatic choice of k"
+    )
+    train.add_argument("--k-min", type=_positive_int, help="smallest k searched (default 2)")
+    train.add_argument("--k-max", type=_positive_int, help="largest k searched (default 10)")
+    train.add_argument(
+        "--seed", type=int, help="random seed of the segmentation and the response model"
+    )
+    train.add_argument("--name", help="name recorded in the manifest and the report")
+    _add_quiet(train)
+
+    gen = sub.add_parser(
+        "generate",
+        help="write the demo data (digital-wallet customers, campaigns, responses)",
+        description="Write customers.parquet, campaigns.json and responses.parquet of the "
+        "demo wallet; deterministic under --seed.",
+    )
+    gen.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
+    gen.add_argument(
+        "--customers", type=_positive_int, default=75_000, help="number of customers (75000)"
+    )
+    gen.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    _add_quiet(gen)
+
+    score = sub.add_parser(
+        "score",
+        help="batch-score a customer file with a bundle",
+        description="Assign every customer of a CSV/Parquet file to a segment and, when the "
+        "bundle has a response model, score every eligible campaign. Output: the id column "
+        "(if present), segment_id, segment_name, distance, atypical, best_campaign, "
+        "best_expected_value and p_<campaign> per campaign (empty where not eligible).",
+    )
+    score.add_argument(
+        "--bundle",
+        default=DEFAULT_ROOT,
+        help="a bundle root (its current bundle is used) or a version folder "
+        "(default model_artifacts)",
+    )
+    score.add_argument("--input", required=True, help="customer file (.csv or .parquet)")
+    score.add_argument("--output", required=True, help="result file (.csv or .parquet)")
+    score.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=100_000,
+        help="customers scored per batch (default 100000)",
+    )
+    score.add_argument(
+        "--hmac-key-env",
+        default=DEFAULT_KEY_ENV,
+        help=f"environment variable with the signing key to verify (default {DEFAULT_KEY_ENV})",
+    )
+    _add_quiet(score)
+
+    lst = sub.add_parser(
+        "list", help="list the bundle versions", description="List bundle versions under a root."
+    )
+    lst.add_argument(
+        "--root", default=DEFAULT_ROOT, help="bundle root folder (default model_artifacts)"
+    )
+    _add_quiet(lst)
+
+    ver = sub.add_parser(
+        "verify",
+        help="verify a bundle without loading it",
+        description="Check a bundle's manifest, signature, file hashes and library versions.",
+    )
+    ver.add_argument("path", help="a bundle root (its current bundle) or a version folder")
+    ver.add_argument(
+        "--hmac-key-env",
+        default=DEFAULT_KEY_ENV,
+        help=f"environment variable with the signing key (default {DEFAULT_KEY_ENV}); when set "
+        "the signature must match",
+    )
+    _add_quiet(ver)
+    return parser
+
+
+# ---- commands -------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a bundle and print its summary."""
+    from training.pipeline import train
+    from training.report import summary
+
+    overrides = {
+        "data_dir": args.data_dir,
+        "output": args.output,
+        "k": args.k,
+        "k_min": args.k_min,
+        "k_max": args.k_max,
+        "seed": args.seed,
+        "name": args.name,
+    }
+    config = load_config(args.config, overrides)
+    result = train(config)
+    print(summary(result))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Write the demo data."""
+    from training.generate import write_demo
+
+    paths = write_demo(args.out, n_customers=args.customers, seed=args.seed)
+    for role, path in paths.items():
+        print(f"{role}: {path}")
+    return 0
+
+
+def bundle_path(location: str | os.PathLike) -> Path:
+    """A version folder as given, or the bundle a root's ``current`` names."""
+    path = Path(location)
+    if (path / "manifest.json").is_file():
+        return path
+    if not path.is_dir():
+        raise BundleError(f"{path}: no such bundle folder")
+    return resolve(path)
+
+
+def read_customers(path: Path) -> pd.DataFrame:
+    """A CSV or Parquet customer file."""
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise CommandError(f"{path}: no such file")
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        if suffix in (".csv", ".txt", ".tsv"):
+            return pd.read_csv(path, sep=None, engine="python")
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"{path}: cannot read ({exc})") from None
+    raise CommandError(f"{path}: unsupported file type {suffix!r} (use .csv or .parquet)")
+
+
+def write_frame(frame: pd.DataFrame, path: Path) -> None:
+    """Write a CSV or Parquet file, by suffix."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise CommandError(f"{path}: unsupported file type {suffix!r} (use .csv or .parquet)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+
+
+def score_frame(engine, frame: pd.DataFrame) -> pd.DataFrame:
+    """Segment and campaign scores of the customers in ``frame`` (one batch)."""
+    batch = engine.batch_from_frame(frame)
+    a = engine.assign(batch)
+    out = {
+        "segment_id": a.segment.astype(np.int64),
+        "segment_name": np.asarray(engine.segment_names, dtype=object)[a.segment],
+        "distance": a.distance,
+        "atypical": a.atypical,
+    }
+    if engine.has_response_model:
+        mask = engine.eligibility_mask(a.segment)
+        prob = engine.propensities(batch, a.segment, mask)
+        values = np.array([c.value for c in engine.campaigns], dtype=np.float64)
+        ev = np.where(mask, prob * values, -np.inf)
+        best = np.argmax(ev, axis=1)
+        has_any = mask.any(axis=1)
+        ids = np.array([c.id for c in engine.campaigns], dtype=object)
+        out["best_campaign"] = np.where(has_any, ids[best], None)
+        out["best_expected_value"] = np.where(has_any, ev[np.arange(len(best)), best], np.nan)
+        for j, c in enumerate(engine.campaigns):
+            out[f"p_{c.id}"] = prob[:, j]
+    return pd.DataFrame(out)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Batch-score a customer file."""
+    from scoring.engine import ScoringEngine
+
+    bundle = load_bundle(bundle_path(args.bundle), hmac_key=_key_from_env(args.hmac_key_env))
+    schema = bundle.schema
+    frame = read_customers(Path(args.input))
+    missing = [c for c in schema.input_names + schema.categorical_names if c not in frame.columns]
+    if missing:
+        raise CommandError(f"{args.input}: missing columns {', '.join(missing)}")
+    engine = ScoringEngine(bundle)
+    parts = []
+    for start in range(0, len(frame), args.batch_size):
+        chunk = frame.iloc[start : start + args.batch_size]
+        scored = score_frame(engine, chunk)
+        if schema.id_column in chunk.columns:
+            scored.insert(0, schema.id_column, chunk[schema.id_column].to_numpy())
+        parts.append(scored)
+        log.info("scored %d of %d customers", min(start + args.batch_size, len(frame)), len(frame))
+    result = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    write_frame(result, Path(args.output))
+    print(f"scored {len(result)} customers with bundle {bundle.version} -> {args.output}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """List bundle versions, marking the current one."""
+    root = Path(args.root)
+    versions = list_versions(root)
+    if not versions:
+        print(f"no bundles in {root}")
+        return 0
+    current = (root / "current").resolve().name if (root / "current").exists() else None
+    for v in versions:
+        print(f"{'*' if v == current else ' '} {v}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify a bundle's manifest, signature, hashes and library versions."""
+    path = bundle_path(args.path)
+    key = _key_from_env(args.hmac_key_env)
+    manifest = verify(path, hmac_key=key)
+    signed = "signature verified" if key else "signature not checked (no key set)"
+    print(
+        f"ok: {path} (version {manifest.get('version')}, k={manifest.get('segments', {}).get('k')}, "
+        f"{len(manifest.get('files', {}))} files, {signed})"
+    )
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "generate": cmd_generate,
+    "score": cmd_score,
+    "list": cmd_list,
+    "verify": cmd_verify,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; return the exit status (2 on a known error, printed without traceback)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, TableError, BundleError, ScoringError, CommandError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,156 @@
+"""The training report: a Markdown file beside the bundle and the terminal summary.
+
+The report lives at ``<root>/reports/<version>.md``, outside the bundle folder, because every
+file inside a bundle must be listed (and hashed) in its manifest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the pipeline imports this module to write the report
+    from training.pipeline import TrainResult
+
+REPORTS_DIR = "reports"
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def render_report(result: TrainResult) -> str:
+    """The Markdown report of a training run."""
+    manifest = result.bundle.manifest
+    selection = result.segmentation.selection
+    stability = result.segmentation.stability
+    seg_metrics = manifest.get("metrics", {}).get("segmentation", {})
+    fp = manifest.get("data_fingerprint", {})
+    out = [
+        f"# Training report: {manifest.get('name', '')} `{result.bundle.version}`",
+        "",
+        f"- bundle: `{result.path}`",
+        f"- created: {manifest.get('created_at')}",
+        f"- data: {fp.get('rows')} rows, SHA-256 `{str(fp.get('sha256', ''))[:16]}…`",
+        f"- code revision: {manifest.get('code_revision') or 'unknown'}",
+        "",
+        "## Segmentation",
+        "",
+        f"**k = {selection.chosen}**: {selection.reasoning}.",
+        "",
+        f"PCA keeps {seg_metrics.get('pca_components')} components "
+        f"({100 * float(seg_metrics.get('pca_explained_variance', 0.0)):.1f}% of the variance). "
+        f"k search on {selection.search_rows} rows, silhouette on {selection.silhouette_rows}.",
+        "",
+    ]
+    rows = [
+        [
+            f"**{r['k']}**" if r["k"] == selection.chosen else r["k"],
+            f"{r['inertia']:.4g}",
+            r["silhouette"],
+            f"{r['calinski_harabasz']:.1f}",
+            r["davies_bouldin"],
+        ]
+        for r in selection.table
+    ]
+    out += _table(["k", "inertia", "silhouette", "Calinski-Harabasz", "Davies-Bouldin"], rows)
+    out.append("")
+    if stability.get("bootstraps"):
+        out.append(
+            f"Stability: adjusted Rand index between the final model and {stability['bootstraps']} "
+            f"bootstrap refits: mean {stability['ari_mean']:.3f}, min {stability['ari_min']:.3f}."
+        )
+    if result.truth_ari is not None:
+        out.append(f"Agreement with the planted segments: ARI {result.truth_ari:.3f}.")
+    out += ["", "## Segments", ""]
+    seg_rows = [
+        [
+            p["segment_id"],
+            p["name"],
+            p["size"],
+            f"{100 * p['share']:.1f}%",
+            p["description"],
+            ", ".join(p["default_campaigns"]),
+            p["outlier_threshold"],
+        ]
+        for p in result.bundle.profiles
+    ]
+    out += _table(
+        ["id", "name", "size", "share", "description", "default campaigns", "outlier threshold"],
+        seg_rows,
+    )
+    out += ["", "## Response model", ""]
+    if result.response is None:
+        out.append("No response model (no response history, or disabled).")
+    else:
+        m = result.response.metrics
+        out += [
+            f"Held-out customers: {m['n_valid_customers']} ({m['n_valid_rows']} rows); "
+            f"trained on {m['n_train_customers']} customers ({m['n_train_rows']} rows); "
+            f"best round {m['best_iteration']}.",
+            "",
+            f"- AUC (all campaigns pooled): {_fmt(m['auc'])}",
+            f"- log loss: {_fmt(m['log_loss'], 4)}",
+            f"- Brier score: {_fmt(m['brier'], 4)}",
+            f"- base rate: {_fmt(m['base_rate'], 4)}",
+            "",
+        ]
+        out += _table(["campaign", "AUC"], [[c, a] for c, a in m["auc_per_campaign"].items()])
+        out += ["", "Calibration (held-out rows in 10 equal-count bins of the prediction):", ""]
+        out += _table(
+            ["rows", "mean predicted", "observed rate"],
+            [[b["n"], b["mean_predicted"], b["observed_rate"]] for b in m["calibration"]],
+        )
+    out += ["", "## Stages", ""]
+    out += _table(
+        ["stage", "seconds", "peak RSS (MiB)"],
+        [[s.name, f"{s.seconds:.2f}", f"{s.peak_rss_mb:.0f}"] for s in result.stages],
+    )
+    return "\n".join(out) + "\n"
+
+
+def write_report(result: TrainResult, root: str | Path) -> Path:
+    """Write the report to ``<root>/reports/<version>.md`` and return its path."""
+    folder = Path(root) / REPORTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{result.bundle.version}.md"
+    path.write_text(render_report(result), encoding="utf-8")
+    return path
+
+
+def summary(result: TrainResult) -> str:
+    """The few lines printed on the terminal after training."""
+    selection = result.segmentation.selection
+    lines = [f"k = {selection.chosen}: {selection.reasoning}"]
+    if result.truth_ari is not None:
+        lines.append(f"agreement with planted segments: ARI {result.truth_ari:.3f}")
+    lines.append("segments:")
+    width = max(len(p["name"]) for p in result.bundle.profiles)
+    for p in result.bundle.profiles:
+        lines.append(
+            f"  {p['segment_id']:>2}  {p['name']:<{width}}  {p['size']:>9,}  "
+            f"{100 * p['share']:5.1f}%  {p['description']}"
+        )
+    if result.response is None:
+        lines.append("response model: none (no response history)")
+    else:
+        m = result.response.metrics
+        lines.append(
+            f"response model: held-out AUC {_fmt(m['auc'])}, log loss {_fmt(m['log_loss'], 4)}, "
+            f"{m['n_valid_customers']:,} held-out customers, best round {m['best_iteration']}"
+        )
+    lines.append(f"bundle: {result.path}")
+    if result.report_path is not None:
+        lines.append(f"report: {result.report_path}")
+    lines.append(f"total time: {result.total_seconds:.1f} s")
+    return "\n".join(lines)
