@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from scoring.bundle import Bundle
-from scoring.features import derive, encode_categoricals, frame_to_raw
+from scoring.features import encode_categoricals, frame_to_raw
 from scoring.propensity import PropensityModel
 
 #: how many feature contributions ``explain`` returns per campaign
@@ -77,6 +77,12 @@ class ScoringEngine:
         self._cluster_idx = schema.cluster_index()
         self._log_mask = schema.log_mask()
         self._any_log = bool(self._log_mask.any())
+        self._log_idx = np.flatnonzero(self._log_mask)
+        self._n_numeric = len(schema.numeric_names)
+        self._derived = [
+            (self._input_names.index(d.numerator), self._input_names.index(d.denominator), d.fill)
+            for d in schema.derived
+        ]
         # scaler then PCA is affine: p = (c - mu) / sigma @ V.T - m @ V.T == c @ W + b
         scale = np.asarray(bundle.scaler.scale_, dtype=np.float64)
         mean = np.asarray(bundle.scaler.mean_, dtype=np.float64)
@@ -117,16 +123,26 @@ class ScoringEngine:
 
     # ---- building batches -----------------------------------------------------------------
     def _batch(self, raw: np.ndarray, codes: np.ndarray) -> CustomerBatch:
+        # One allocation for inputs and derived features: this runs on every request, and a
+        # request is a single row, so the count of numpy calls matters more than their size.
+        n, n_in = raw.shape
+        numeric = np.empty((n, self._n_numeric), dtype=np.float64)
+        numeric[:, :n_in] = raw
         nan = np.isnan(raw)
         if nan.any():
-            raw = np.where(nan, self._medians, raw)
-        return CustomerBatch(numeric=derive(raw, self.schema), codes=codes)
+            np.copyto(numeric[:, :n_in], self._medians, where=nan)
+        for j, (num, den, fill) in enumerate(self._derived, start=n_in):
+            col = numeric[:, j]
+            col.fill(fill)
+            np.divide(numeric[:, num], numeric[:, den], out=col, where=numeric[:, den] > 0)
+        return CustomerBatch(numeric=numeric, codes=codes)
 
     def batch_from_records(self, records: Sequence[Mapping[str, Any]]) -> CustomerBatch:
         """Validated records (dicts keyed by feature name; optional ones None/absent) -> batch."""
+        names = self._input_names
         raw = np.array(
-            [[r.get(name) for name in self._input_names] for r in records], dtype=np.float64
-        ).reshape(len(records), len(self._input_names))
+            [[r.get(name) for name in names] for r in records], dtype=np.float64
+        ).reshape(len(records), len(names))
         if self._cat_names:
             codes = encode_categoricals(
                 [[r.get(name) for name in self._cat_names] for r in records], self.schema
@@ -143,10 +159,10 @@ class ScoringEngine:
     # ---- segments -------------------------------------------------------------------------
     def project(self, batch: CustomerBatch) -> np.ndarray:
         """Customers in PCA space (scaled, log-transformed cluster features)."""
-        c = batch.numeric[:, self._cluster_idx]
+        c = batch.numeric[:, self._cluster_idx]  # fancy indexing: already a copy
         if self._any_log:
-            c = c.copy()
-            c[:, self._log_mask] = np.log1p(np.clip(c[:, self._log_mask], 0.0, None))
+            # clip: a negative value of an auto-logged "numeric" feature must not become NaN
+            c[:, self._log_idx] = np.log1p(np.maximum(c[:, self._log_idx], 0.0))
         return c @ self._w + self._b
 
     def assign(self, batch: CustomerBatch) -> Assignment:

@@ -14,14 +14,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from scoring.bundle import BundleError, list_versions, load_bundle, resolve, verify
-from scoring.engine import ScoringError
 from training.config import ConfigError, load_config
-from training.validate import TableError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas, LightGBM and the stages are imported inside the commands that use them, so that
+# ``--help`` and ``list`` answer at once.
 
 log = logging.getLogger("training")
 
@@ -201,6 +203,8 @@ def bundle_path(location: str | os.PathLike) -> Path:
 
 def read_customers(path: Path) -> pd.DataFrame:
     """A CSV or Parquet customer file."""
+    import pandas as pd
+
     suffix = path.suffix.lower()
     if not path.is_file():
         raise CommandError(f"{path}: no such file")
@@ -228,6 +232,9 @@ def write_frame(frame: pd.DataFrame, path: Path) -> None:
 
 def score_frame(engine, frame: pd.DataFrame) -> pd.DataFrame:
     """Segment and campaign scores of the customers in ``frame`` (one batch)."""
+    import numpy as np
+    import pandas as pd
+
     batch = engine.batch_from_frame(frame)
     a = engine.assign(batch)
     out = {
@@ -253,6 +260,8 @@ def score_frame(engine, frame: pd.DataFrame) -> pd.DataFrame:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Batch-score a customer file."""
+    import pandas as pd
+
     from scoring.engine import ScoringEngine
 
     bundle = load_bundle(bundle_path(args.bundle), hmac_key=_key_from_env(args.hmac_key_env))
@@ -320,6 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    from scoring.engine import ScoringError
+    from training.validate import TableError
+
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, TableError, BundleError, ScoringError, CommandError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from scoring.bundle import load_current
+from scoring.bundle import load_bundle, load_current
 from training.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,8 +57,6 @@ def test_train_prints_the_summary(workspace, capsys):
 def test_flags_reach_the_manifest(workspace):
     _, out = workspace
     versions = sorted(p for p in out.iterdir() if (p / "manifest.json").is_file())
-    from scoring.bundle import load_bundle
-
     first = load_bundle(versions[0])
     assert first.manifest["name"] == "cli-test"
     assert first.manifest["config"]["segmentation"]["k_max"] == 7
@@ -74,8 +73,6 @@ def test_list_marks_the_current_version(workspace, capsys):
 
 
 def test_verify_accepts_a_good_bundle_and_refuses_a_tampered_one(workspace, tmp_path, capsys):
-    import shutil
-
     _, out = workspace
     assert main(["verify", str(out)]) == 0
     assert capsys.readouterr().out.startswith("ok:")
