@@ -6,7 +6,7 @@ ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-run:  ## create .venv, train the demo bundle if none, serve on 127.0.0.1:$${PORT:-8000}
+run:  ## create .venv, train the demo bundle if none, serve on 127.0.0.1:8000 (PORT=...)
 	@scripts/run.sh
 
 test:  ## create .venv (dev), ensure Redis, run ruff and pytest (ARGS="-x" passes to pytest)

@@ -178,6 +178,9 @@ def gunicorn_server(
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         # the access log is part of the server settings; keep it, but away from the terminal
         LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        # Recycling a worker after N requests reloads the bundle (a second or two with no
+        # answers from a single worker): it would land inside some measurements and not others.
+        GUNICORN_MAX_REQUESTS="0",
     )
     # measure the configured server: the benchmark must not inherit a caller's overrides
     for name in ("REDIS_URL", "GUNICORN_THREADS", "MODEL_VERSION", "BUNDLE_HMAC_KEY"):
@@ -432,6 +435,8 @@ def run_configuration(
         "load_generator_cores": load_cores or "all",
         "scenarios": summarise(scenarios, per_round),
         "worker_rss_mb": [round(max(v), 1) for _, v in sorted(rss.items())],
+        # more pids than workers means a worker was replaced during the run
+        "worker_pids_seen": len(rss),
         "rounds": per_round,
     }
 
@@ -526,6 +531,9 @@ def markdown(result: dict[str, Any]) -> str:
             for r in config["scenarios"]
         ]
         rss = ", ".join(f"{v:,.0f}" for v in config["worker_rss_mb"]) or "-"
+        replaced = config.get("worker_pids_seen", config["workers"]) - config["workers"]
+        if replaced > 0:
+            rss += f"; {replaced} worker(s) replaced during the run"
         parts.append(
             f"**{config['workers']} worker(s)** (server cores: {config['server_cores']}, "
             f"load generator cores: {config['load_generator_cores']}; RSS per worker MB: {rss})\n\n"
@@ -601,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
                 "connections": args.connections,
                 "load_generator": loadgen,
                 "gunicorn_threads": args.threads or "gunicorn.conf.py default",
+                "gunicorn_max_requests": "0 (worker recycling off while measuring)",
                 "gunicorn_config": "gunicorn.conf.py"
                 if (ROOT / "gunicorn.conf.py").is_file()
                 else "command-line flags (gunicorn.conf.py absent), gthread",

@@ -29,6 +29,10 @@ PROGRESS_EVERY = 50
 #: share of features sampled per tree
 FEATURE_FRACTION = 0.9
 CALIBRATION_BINS = 10
+#: held-out log-loss gain that counts as progress for early stopping. On a million demo customers
+#: the last ~170 of 390 rounds gained 8e-5 in log loss and nothing in AUC (0.880 either way),
+#: while costing 40% of the training time; the real tables stop at the same round either way.
+EARLY_STOPPING_MIN_DELTA = 2e-5
 #: below this many training rows LightGBM runs on one thread
 SINGLE_THREAD_ROWS = 100_000
 
@@ -201,7 +205,9 @@ def fit_response_model(
         valid_sets=[valid_set],
         valid_names=["held_out"],
         callbacks=[
-            lgb.early_stopping(config.early_stopping_rounds, verbose=False),
+            lgb.early_stopping(
+                config.early_stopping_rounds, verbose=False, min_delta=EARLY_STOPPING_MIN_DELTA
+            ),
             _progress(PROGRESS_EVERY),
         ],
     )
