@@ -126,8 +126,18 @@ class FeatureSchema:
 
     @property
     def response_model_columns(self) -> list[str]:
-        """Column order of the LightGBM model: numeric, categorical codes, segment, campaign."""
-        return list(self.response_features) + self.categorical_names + ["segment", "campaign"]
+        """Column order of the LightGBM model: numeric, categorical codes, segment, campaign.
+
+        The last two are the model's own columns; a table may have a feature of the same name
+        (bank telemarketing has ``campaign``), so ours get underscores appended until unique.
+        """
+        columns = list(self.response_features) + self.categorical_names
+        for base in ("segment", "campaign"):
+            name = base
+            while name in columns:
+                name += "_"
+            columns.append(name)
+        return columns
 
     # ---- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -134,3 +134,11 @@ def test_contributions_equal_lightgbm_pred_contrib(engine, tiny_bundle, demo_cus
     rows = engine.model_rows(batch, seg, customer, campaign)
     expected = tiny_bundle.response_model.predict(rows, pred_contrib=True)[:, :-1]
     np.testing.assert_allclose(engine._model.contributions(rows), expected, atol=1e-12)
+
+
+def test_model_columns_stay_unique_when_a_feature_is_called_campaign(tiny_bundle):
+    from dataclasses import replace
+
+    schema = replace(tiny_bundle.schema, response_features=("campaign", "segment", "x"))
+    cols = schema.response_model_columns
+    assert cols == ["campaign", "segment", "x", "segment_", "campaign_"]
