@@ -42,6 +42,9 @@ keepalive = 5
 max_requests = _server.GUNICORN_MAX_REQUESTS
 max_requests_jitter = max_requests // 10
 preload_app = False
+# gunicorn's control socket lives at one path per user ($HOME/.gunicorn), shared by every server
+# on the machine, and HOME is read-only in the image; nothing here uses it.
+control_socket_disable = True
 raw_env = [f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir}", f"RELOAD_MARKER={_reload_marker}"]
 if Path("/dev/shm").is_dir():
     # Worker heartbeats on tmpfs: a slow container disk must not make the master kill workers.
