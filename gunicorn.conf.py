@@ -15,6 +15,7 @@ the environment names them.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import os
 import shutil
@@ -94,6 +95,16 @@ def on_starting(server) -> None:
 def on_reload(server) -> None:
     """SIGHUP: forget the version workers agreed on; new workers load what settings select."""
     _reload_marker.unlink(missing_ok=True)
+
+
+def post_worker_init(worker) -> None:
+    """Move everything the worker loaded (app, bundle, libraries) out of the garbage collector.
+
+    A scoring request allocates thousands of small objects (a 1,000-customer batch: ~10,000
+    dicts); each full collection would otherwise walk every module and model object loaded at
+    start-up. Freezing them cuts a batch request by about a quarter (bench/RESULTS.md).
+    """
+    gc.freeze()
 
 
 def child_exit(server, worker) -> None:
