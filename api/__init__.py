@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 #: ``create_app`` config keys that are objects, not settings (test doubles)
 INJECTED = ("REDIS_CLIENT",)
+#: request methods counted by name in metrics; any other token a client sends counts as "other"
+#: (each distinct label value is a new series: a client must not be able to add them at will)
+METRIC_METHODS = frozenset(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
 
 
 class OrjsonProvider(JSONProvider):
@@ -132,9 +135,10 @@ def _observe_requests(app: Flask, metrics: Metrics) -> None:
     def _observe(response: Response) -> Response:
         start = request.environ.get(key)
         rule = request.url_rule
+        method = request.method
         metrics.observe_request(
             rule.rule if rule is not None else "unmatched",
-            request.method,
+            method if method in METRIC_METHODS else "other",
             response.status_code,
             clock() - start if start is not None else 0.0,
         )

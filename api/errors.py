@@ -15,12 +15,15 @@ The service's own errors form a small tree; each carries its HTTP status and cod
 Errors from elsewhere are mapped here too: werkzeug's HTTP errors (404, 405, 413, ...) keep their
 status with a code from :data:`HTTP_CODES`; the scoring core's ``NoResponseModelError`` becomes
 409 ``no_response_model``; anything else is 500 ``internal_error``, logged with its traceback and
-answered without it and without any echo of the input.
+answered without it and without any echo of the input. Requests too malformed to reach the app
+(a bad request line or header, headers over gunicorn's limits) are answered by gunicorn with
+:func:`protocol_error_response`, in the same envelope (gunicorn.conf.py installs it).
 """
 
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -44,6 +47,7 @@ HTTP_CODES = {
     413: "payload_too_large",
     414: "uri_too_long",
     415: "unsupported_media_type",
+    417: "expectation_failed",
     422: "validation_error",
     429: "too_many_requests",
     431: "headers_too_large",
@@ -58,6 +62,17 @@ HTTP_MESSAGES = {
     405: "method not allowed on this endpoint",
     413: "request body too large",
     415: "Content-Type must be application/json",
+}
+
+
+#: what a client sees when gunicorn refuses a request before the app: fixed text, because
+#: gunicorn's own message quotes the offending request line or header
+PROTOCOL_MESSAGES = {
+    400: "malformed HTTP request (request line, header or chunked body)",
+    414: "request line too long",
+    431: "request headers too large",
+    500: "internal error",
+    501: "transfer coding not supported",
 }
 
 
@@ -136,6 +151,21 @@ def error_response(
     return Response(
         orjson.dumps(envelope(code, message, fields)), status=status, mimetype="application/json"
     )
+
+
+def protocol_error_response(status: int) -> bytes:
+    """A whole HTTP/1.1 response with the envelope, for errors answered before the app runs."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Error"
+    message = PROTOCOL_MESSAGES.get(status) or reason.lower()
+    body = orjson.dumps(envelope(HTTP_CODES.get(status, "http_error"), message))
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
 
 
 def _api_error(exc: ApiError) -> Response:

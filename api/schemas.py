@@ -18,14 +18,14 @@ the hot path serialises plain dicts with orjson instead of dumping through them.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from scoring.bundle import CURRENT
 from scoring.engine import ScoringEngine
 from scoring.features import FeatureSchema
 
@@ -36,8 +36,10 @@ CAMPAIGN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_CUSTOMER_ID_LENGTH = 128
 MAX_CATEGORY_LENGTH = 256
 MAX_EXCLUDE = 100
-_INF = math.inf
-_NEG_INF = -math.inf
+#: largest magnitude of any numeric feature, sent or derived: far beyond real amounts, counts or
+#: days, and small enough that scaling, PCA and distances stay finite (1e308 would overflow them
+#: into NaN, which a JSON answer can only carry as null)
+MAX_MAGNITUDE = 1e15
 
 
 # ---- strict fields: JSON types only, no coercion --------------------------------------------
@@ -91,6 +93,15 @@ class CustomerId(fields.Field):
         return value
 
 
+#: how OpenAPI documents a customer id (what :class:`CustomerId` accepts)
+CUSTOMER_ID_JSON_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "minLength": 1, "maxLength": MAX_CUSTOMER_ID_LENGTH},
+        {"type": "integer"},
+    ]
+}
+
+
 def _valid_customer_id(value: Any) -> bool:
     t = type(value)
     return (t is str and 0 < len(value) <= MAX_CUSTOMER_ID_LENGTH) or t is int
@@ -119,12 +130,28 @@ class _Strict(Schema):
 
 
 # ---- request schemas built from a bundle ------------------------------------------------------
-def _numeric_field(spec: Any) -> fields.Field:
+def _numeric_field(spec: Any, ratios_over: tuple[Any, ...] = ()) -> fields.Field:
     lo, hi = spec.minimum, spec.maximum
     validators = [validate.Range(min=lo, max=hi)] if lo is not None or hi is not None else []
-    description = spec.description or f"{spec.kind} ({_domain_text(lo, hi)})"
+    if lo is None or hi is None:
+        validators.append(
+            validate.Range(
+                min=-MAX_MAGNITUDE,
+                max=MAX_MAGNITUDE,
+                error=f"Must be at most {MAX_MAGNITUDE:g} in absolute value.",
+            )
+        )
+    lo_text = -MAX_MAGNITUDE if lo is None else lo
+    hi_text = MAX_MAGNITUDE if hi is None else hi
+    description = spec.description or f"{spec.kind} ({_domain_text(lo_text, hi_text)})"
     if not spec.required:
         description += "; optional: missing or null is imputed with the training median"
+    for d in ratios_over:
+        # A rule across fields that JSON Schema cannot state: say it in words.
+        description += (
+            f"; {d.numerator} / {spec.name} ({d.name}) must be at most {MAX_MAGNITUDE:g} "
+            "in absolute value"
+        )
     return StrictFloat(
         required=spec.required,
         allow_none=not spec.required,
@@ -168,13 +195,14 @@ def customer_fields(schema: FeatureSchema) -> dict[str, fields.Field]:
             required=False,
             metadata={
                 "description": "your id for the customer, echoed back",
-                "type": "string",
+                **CUSTOMER_ID_JSON_SCHEMA,
                 "example": "c-42",
             },
         )
     }
     for spec in schema.inputs:
-        out[spec.name] = _numeric_field(spec)
+        over = tuple(d for d in schema.derived if d.denominator == spec.name)
+        out[spec.name] = _numeric_field(spec, over)
     for spec in schema.categoricals:
         out[spec.name] = _categorical_field(spec)
     return out
@@ -212,8 +240,72 @@ def option_fields(engine: ScoringEngine) -> dict[str, fields.Field]:
     }
 
 
-def _schema_class(name: str, field_map: Mapping[str, fields.Field]) -> type[Schema]:
-    return type(name, (_Strict,), dict(field_map))
+@dataclass(frozen=True)
+class Ratio:
+    """A derived ``numerator / denominator`` feature, as the request check needs it."""
+
+    name: str
+    numerator: str
+    denominator: str
+    #: what the engine uses when an optional input is missing or null
+    numerator_median: float
+    denominator_median: float
+
+    def in_range(self, record: Mapping[str, Any]) -> bool:
+        """True when the ratio the engine will compute for ``record`` is within MAX_MAGNITUDE.
+
+        ``record``'s numbers are already valid (each within MAX_MAGNITUDE). A denominator <= 0
+        gives the feature's fill value, so only a positive, tiny denominator can overflow.
+        """
+        den = record.get(self.denominator)
+        if den is None:
+            den = self.denominator_median
+        if not den > 0:
+            return True
+        num = record.get(self.numerator)
+        if num is None:
+            num = self.numerator_median
+        try:
+            return abs(num / den) <= MAX_MAGNITUDE
+        except OverflowError:
+            return False
+
+    def message(self) -> str:
+        """The error for the denominator field when :meth:`in_range` is false."""
+        return (
+            f"Too small for {self.numerator}: {self.name} = {self.numerator} / "
+            f"{self.denominator} must be at most {MAX_MAGNITUDE:g} in absolute value."
+        )
+
+
+def ratios(schema: FeatureSchema) -> tuple[Ratio, ...]:
+    """The derived ratio features of a bundle, with the medians used for missing inputs."""
+    medians = {spec.name: float(spec.median) for spec in schema.inputs}
+    return tuple(
+        Ratio(d.name, d.numerator, d.denominator, medians[d.numerator], medians[d.denominator])
+        for d in schema.derived
+    )
+
+
+def _ratio_validator(rules: tuple[Ratio, ...]) -> Any:
+    """A schema-level check that every derived ratio stays within MAX_MAGNITUDE."""
+
+    @validates_schema
+    def check_ratios(self: Schema, data: dict[str, Any], **kwargs: Any) -> None:
+        errors = {r.denominator: [r.message()] for r in rules if not r.in_range(data)}
+        if errors:
+            raise ValidationError(errors)
+
+    return check_ratios
+
+
+def _schema_class(
+    name: str, field_map: Mapping[str, fields.Field], rules: tuple[Ratio, ...] = ()
+) -> type[Schema]:
+    members: dict[str, Any] = dict(field_map)
+    if rules:
+        members["_check_ratios"] = _ratio_validator(rules)
+    return type(name, (_Strict,), members)
 
 
 @dataclass(frozen=True)
@@ -232,10 +324,15 @@ class RequestSchemas:
         self.max_batch_items = max_batch_items
         feature_schema = engine.schema
         suffix = _class_suffix(engine.version)
-        self.customer_class = _schema_class(f"Customer{suffix}", customer_fields(feature_schema))
+        self._ratios = ratios(feature_schema)
+        self.customer_class = _schema_class(
+            f"Customer{suffix}", customer_fields(feature_schema), self._ratios
+        )
         options = option_fields(engine)
         self.recommend_class = _schema_class(
-            f"RecommendRequest{suffix}", {**customer_fields(feature_schema), **options}
+            f"RecommendRequest{suffix}",
+            {**customer_fields(feature_schema), **options},
+            self._ratios,
         )
         batch_size = validate.Length(min=1, max=max_batch_items)
         self.customer_batch_class = _schema_class(
@@ -272,7 +369,12 @@ class RequestSchemas:
 
         # ---- compiled checks (must agree with the fields above) ----
         self._numeric = [
-            (s.name, s.required, _bound(s.minimum, -math.inf), _bound(s.maximum, math.inf))
+            (
+                s.name,
+                s.required,
+                _bound(s.minimum, -MAX_MAGNITUDE),
+                _bound(s.maximum, MAX_MAGNITUDE),
+            )
             for s in feature_schema.inputs
         ]
         self._categorical = [(s.name, s.required) for s in feature_schema.categoricals]
@@ -292,8 +394,8 @@ class RequestSchemas:
             v = get(name)
             t = type(v)
             if t is float:
-                # NaN fails the comparison; infinities fail it too except for a free numeric kind.
-                if not lo <= v <= hi or v in (_INF, _NEG_INF):
+                # NaN fails the comparison; so do infinities (every bound is finite).
+                if not lo <= v <= hi:
                     return False
             elif t is int:
                 if not lo <= v <= hi:
@@ -306,6 +408,9 @@ class RequestSchemas:
                 if len(v) > MAX_CATEGORY_LENGTH:
                     return False
             elif v is not None or required:
+                return False
+        for ratio in self._ratios:
+            if not ratio.in_range(record):
                 return False
         cid = get(CUSTOMER_ID)
         if cid is None:
@@ -386,6 +491,7 @@ class RequestSchemas:
 
 
 def _bound(value: float | None, default: float) -> float:
+    # Every bound is finite: MAX_MAGNITUDE where the kind sets none.
     return default if value is None else float(value)
 
 
@@ -426,7 +532,9 @@ class SegmentStats(Schema):
 
 
 class _SegmentAnswer(Schema):
-    customer_id = CustomerId(metadata={"description": "echoed from the request", "type": "string"})
+    customer_id = CustomerId(
+        metadata={"description": "echoed from the request", **CUSTOMER_ID_JSON_SCHEMA}
+    )
     segment_id = fields.Integer(required=True)
     segment_name = fields.String(required=True)
     recommended_campaigns = fields.List(
@@ -559,7 +667,13 @@ class ReloadRequest(_Strict):
     """Which bundle to load: the one ``current`` names (empty body) or a named version."""
 
     version = StrictString(
-        validate=validate.Regexp(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"),
+        validate=[
+            validate.Regexp(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"),
+            # `current` is the link, not a version: send {} to load the bundle it names.
+            validate.NoneOf(
+                [CURRENT], error="Name a version folder; send {{}} to load the one 'current' names."
+            ),
+        ],
         metadata={"description": "bundle version folder under MODEL_ROOT"},
     )
 

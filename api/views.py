@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 from marshmallow import ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.auth import HEADER, SCORING
 from api.errors import BadRequest, NotReady, UnsupportedMedia, ValidationFailed, envelope
@@ -25,6 +26,8 @@ bp = Blueprint("scoring", __name__)
 bench_bp = Blueprint("bench", __name__)
 
 JSON = "application/json"
+#: Content-Encoding values that leave the body as sent (anything else, e.g. gzip: 415)
+IDENTITY = frozenset(["", "identity"])
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -35,17 +38,39 @@ def json_response(payload: Any, status: int = 200) -> Response:
 
 
 def read_json() -> Any:
-    """The request body parsed as JSON: 415 for another Content-Type, 400 for empty or bad JSON."""
+    """The request body parsed as JSON, or the error that says why it cannot be.
+
+    415 for another Content-Type or a compressed body, 413 beyond MAX_BODY_BYTES (with or without
+    Content-Length), 400 for an empty body or bad JSON.
+    """
     if request.mimetype != JSON:
         raise UnsupportedMedia("Content-Type must be application/json")
-    body = request.get_data(cache=False)  # 413 beyond MAX_BODY_BYTES
+    if (request.content_encoding or "").strip().lower() not in IDENTITY:
+        # RFC 9110 15.5.16: 415 for a content coding the server does not accept.
+        raise UnsupportedMedia("Content-Encoding is not supported: send the JSON uncompressed")
+    body = request.get_data(cache=False)  # 413 when Content-Length exceeds MAX_BODY_BYTES
+    if request.content_length is None and _over_limit(body):
+        raise RequestEntityTooLarge()
     if not body:
         raise BadRequest("empty body: send a JSON object")
     try:
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        # orjson also refuses NaN/Infinity literals, which are not JSON.
-        raise BadRequest("body is not valid JSON") from None
+    except orjson.JSONDecodeError as exc:
+        # orjson also refuses NaN/Infinity literals (not JSON), numbers beyond a double, and
+        # nesting deeper than 1,024. Its messages are fixed texts with a position, never a
+        # quote of the body, so the client may see them.
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+
+
+def _over_limit(body: bytes) -> bool:
+    """True when a body sent without Content-Length (chunked) went on past MAX_BODY_BYTES.
+
+    werkzeug stops reading such a stream at the limit and returns what it read, without an
+    error: a truncated body would then be answered 400 "not valid JSON" (or, padded with
+    whitespace, even be scored). One more byte from the server's stream tells the two apart.
+    """
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    return limit is not None and len(body) >= limit and bool(request.environ["wsgi.input"].read(1))
 
 
 def authorised(services: Services) -> None:
@@ -148,7 +173,7 @@ def predict_segment() -> Response:
         record = schemas.load_customer(body)
     except ValidationError as exc:
         raise _invalid(exc) from None
-    result = engine.predict_segment(engine.batch_from_records([record]))[0]
+    result = engine.predict_segment_one(record)
     out = _answer(result, record, _stats_lookup(services, loaded))
     out["model_version"] = loaded.version
     _count(services, loaded, "predict-segment", [result])
@@ -185,7 +210,7 @@ def recommend() -> Response:
         record, options = schemas.load_recommend(body)
     except ValidationError as exc:
         raise _invalid(exc) from None
-    result = engine.recommend(engine.batch_from_records([record]), **options)[0]
+    result = engine.recommend_one(record, **options)
     out = _answer(result, record, _stats_lookup(services, loaded))
     out["model_version"] = loaded.version
     _count(services, loaded, "recommend", [result])

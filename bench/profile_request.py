@@ -36,6 +36,7 @@ from bench.common import (
     prepare_bundle,
     write_results,
 )
+from bench.serving import BATCH_SIZE, customer_records
 
 MODES = {
     "smoke": {"requests": 50, "timed": 50},
@@ -116,6 +117,7 @@ def profile_endpoint(
     n_timed: int,
     n_profiled: int,
     directory: Path = RESULTS_DIR,
+    warmup: int = 200,
 ) -> dict[str, Any]:
     """Time, then profile, ``POST path`` with ``body``; save the tree and the flat list."""
     from pyinstrument import Profiler
@@ -128,7 +130,7 @@ def profile_endpoint(
         if resp.status_code != 200:
             raise RuntimeError(f"{path} answered {resp.status_code}: {resp.get_data()[:300]!r}")
 
-    for _ in range(200):  # warm-up: lazy imports, caches, LightGBM's per-thread set-up
+    for _ in range(warmup):  # warm-up: lazy imports, caches, LightGBM's per-thread set-up
         call()
     start = time.perf_counter()
     for _ in range(n_timed):
@@ -250,11 +252,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         client = app.test_client()
         body = single_body(model_root)
+        batch = {"customers": customer_records(model_root, BATCH_SIZE)}
+        # (name, path, body, divisor of the request counts: a batch costs ~100 single requests)
         endpoints = [
-            ("floor", "/bench/floor", body),
-            ("predict-segment", "/predict-segment", body),
-            ("recommend", "/recommend", body),
-            ("recommend explain=true", "/recommend", {**body, "explain": True}),
+            ("floor", "/bench/floor", body, 1),
+            ("predict-segment", "/predict-segment", body, 1),
+            ("recommend", "/recommend", body, 1),
+            ("recommend explain=true", "/recommend", {**body, "explain": True}, 1),
+            (f"recommend batch of {BATCH_SIZE}", "/recommend", batch, 100),
         ]
         result: dict[str, Any] = {
             "benchmark": "profile_request",
@@ -262,9 +267,16 @@ def main(argv: list[str] | None = None) -> int:
             "bundle": source,
             "endpoints": [
                 profile_endpoint(
-                    client, name, path, b, mode["timed"], mode["requests"], results_dir
+                    client,
+                    name,
+                    path,
+                    b,
+                    max(5, mode["timed"] // div),
+                    max(5, mode["requests"] // div),
+                    results_dir,
+                    warmup=max(2, 200 // div),
                 )
-                for name, path, b in endpoints
+                for name, path, b, div in endpoints
             ],
         }
         path = write_results("profile_request", result, results_dir)

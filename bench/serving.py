@@ -86,7 +86,7 @@ class Scenario:
         return self.name
 
 
-def _customer_records(model_root: Path, n: int) -> list[dict[str, Any]]:
+def customer_records(model_root: Path, n: int) -> list[dict[str, Any]]:
     """``n`` generated customers as request records with the bundle's input names."""
     from scoring.bundle import load_current
 
@@ -104,7 +104,7 @@ def _customer_records(model_root: Path, n: int) -> list[dict[str, Any]]:
 
 def build_scenarios(model_root: Path, batch_size: int = BATCH_SIZE) -> list[Scenario]:
     """The measured scenarios in their base order, with their floors."""
-    records = _customer_records(model_root, batch_size)
+    records = customer_records(model_root, batch_size)
     # the single-customer body: the first customer with every input present
     single = max(records[:50], key=len)
     one = json.dumps(single).encode()

@@ -19,6 +19,7 @@ import numpy as np
 from scoring.bundle import Bundle
 from scoring.features import encode_categoricals, frame_to_raw
 from scoring.propensity import PropensityModel
+from scoring.single import SingleCustomerScorer
 
 #: how many feature contributions ``explain`` returns per campaign
 EXPLAIN_TOP = 3
@@ -103,6 +104,7 @@ class ScoringEngine:
         self._eligible, self._rules = self._eligibility()
         self._campaign_index = {c.id: j for j, c in enumerate(self.campaigns)}
         self._model_columns = schema.response_model_columns
+        self._single = SingleCustomerScorer(self)
 
     # ---- load-time tables -----------------------------------------------------------------
     def _eligibility(self) -> tuple[np.ndarray, list[list[str]]]:
@@ -192,6 +194,29 @@ class ScoringEngine:
             "atypical": atypical,
             "recommended_campaigns": self._defaults[s],
         }
+
+    def predict_segment_one(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """``predict_segment`` for one validated record, on the plain-Python request path."""
+        return self._single.predict_segment(record)
+
+    def recommend_one(
+        self,
+        record: Mapping[str, Any],
+        *,
+        top_k: int | None = None,
+        channel: str | None = None,
+        exclude: Collection[str] = (),
+        explain: bool = False,
+    ) -> dict[str, Any]:
+        """``recommend`` for one validated record (explain goes through the batch path)."""
+        if not self.has_response_model:
+            raise NoResponseModelError("this bundle has no response model (no response history)")
+        if explain:
+            batch = self.batch_from_records([record])
+            return self.recommend(
+                batch, top_k=top_k, channel=channel, exclude=exclude, explain=True
+            )[0]
+        return self._single.recommend(record, top_k=top_k, channel=channel, exclude=exclude)
 
     def profile(self, segment_id: int) -> dict[str, Any]:
         """The training-time profile of a segment."""

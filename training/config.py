@@ -49,6 +49,10 @@ class TransactionsConfig:
     #: reference date for recency; default: the day after the last transaction
     as_of: str | None = None
     separator: str | None = None
+    #: decimal mark of the amounts in a CSV ("," for 12,50)
+    decimal: str = "."
+    #: thousands separator of the amounts in a CSV ("," for 1,234.50); None: none
+    thousands: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,12 @@ class DataConfig:
 
     #: CSV or Parquet, one row per customer (or None when ``transactions`` is given)
     customers: str | None = None
-    #: CSV delimiter; None detects it (comma, semicolon, tab)
+    #: CSV delimiter; None detects it (comma, semicolon, tab, else runs of whitespace)
     separator: str | None = None
+    #: decimal mark of numbers in a CSV ("," for 12,50)
+    decimal: str = "."
+    #: thousands separator of numbers in a CSV ("," for 1,234.50, "." for 1.234,50); None: none
+    thousands: str | None = None
     #: id column; None numbers the rows (a table without ids, like bank-full.csv)
     id_column: str | None = "customer_id"
     #: column holding planted segment labels (generated data only); never a feature
@@ -334,6 +342,18 @@ def _check(config: TrainConfig) -> None:
             raise ConfigError(
                 f"features.kinds.{column}: unknown kind {kind!r}; "
                 f"expected one of {', '.join(KIND_DOMAINS)}"
+            )
+    for where, marks in (("data", data), ("data.transactions", data.transactions)):
+        if marks is None:
+            continue
+        if len(marks.decimal) != 1:
+            raise ConfigError(f"{where}.decimal: expected one character, got {marks.decimal!r}")
+        if marks.thousands is not None and (
+            len(marks.thousands) != 1 or marks.thousands == marks.decimal
+        ):
+            raise ConfigError(
+                f"{where}.thousands: expected one character other than the decimal mark "
+                f"{marks.decimal!r}, got {marks.thousands!r}"
             )
     if isinstance(feats.log, str) and feats.log != "auto":
         raise ConfigError(f'features.log: expected "auto" or a list, got {feats.log!r}')

@@ -73,31 +73,82 @@ def detect_separator(path: str | Path) -> str:
         return WHITESPACE if len(first.split()) > 1 else ","
 
 
+PARQUET_MAGIC = b"PAR1"
+
+
+def _looks_like_parquet(path: Path) -> bool:
+    """True when the file starts with Parquet's magic bytes, whatever its name says."""
+    with open(path, "rb") as handle:
+        return handle.read(4) == PARQUET_MAGIC
+
+
+def strip_text(values: pd.Series) -> pd.Series:
+    """Ids as text without surrounding whitespace: ``" 42 "`` and ``"42"`` are one customer.
+
+    Integer columns (Parquet) become their digits; text such as ``"007"`` is kept as written.
+    """
+    # float ids (an integer column that once held a missing value) read 42.0 -> "42"
+    if pd.api.types.is_float_dtype(values) and bool((values.isna() | (values % 1 == 0)).all()):
+        return values.astype("Int64").astype("string")
+    return values.astype("string").str.strip()
+
+
 def read_table(
-    path: str | Path, separator: str | None = None, text_columns: tuple[str, ...] = ()
+    path: str | Path,
+    separator: str | None = None,
+    text_columns: tuple[str, ...] = (),
+    decimal: str = ".",
+    thousands: str | None = None,
 ) -> pd.DataFrame:
-    """Read a CSV or Parquet table; ``text_columns`` (ids) are read as strings."""
+    """Read a CSV or Parquet table; ``text_columns`` (ids) are read as stripped strings.
+
+    Parquet is recognised by its magic bytes, so a misnamed file still reads (and a ``.parquet``
+    file that holds text is reported as such). ``decimal`` and ``thousands`` are the number
+    marks of a CSV (``1.234,50`` reads with ``decimal=","``, ``thousands="."``).
+    """
     path = Path(path)
     if not path.is_file():
         raise TableError(f"file not found: {path}")
+    is_parquet = _looks_like_parquet(path)
+    if path.suffix.lower() in PARQUET_SUFFIXES and not is_parquet:
+        raise TableError(
+            f"cannot read {path}: it is not a Parquet file (no Parquet magic bytes; "
+            "a CSV file should be named .csv)"
+        )
     try:
-        if path.suffix.lower() in PARQUET_SUFFIXES:
+        if is_parquet:
             frame = pd.read_parquet(path)
         else:
             sep = separator or detect_separator(path)
+            if sep.strip() == "" and sep != "\t":
+                sep = WHITESPACE  # " " means aligned columns: runs of blanks, leading ones too
             frame = pd.read_csv(
                 path,
                 sep=sep,
                 dtype=dict.fromkeys(text_columns, str),
                 engine="python" if sep == WHITESPACE else "c",
                 skipinitialspace=sep == WHITESPACE,
+                decimal=decimal,
+                thousands=thousands,
+                encoding="utf-8-sig",
             )
             # A whitespace file whose lines start with a blank gets an unnamed first column.
             frame.columns = [str(c).strip() for c in frame.columns]
     except TableError:
         raise
+    except UnicodeDecodeError as exc:
+        raise TableError(
+            f"cannot read {path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise TableError(f"cannot read {path}: the file is empty") from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise TableError(f"cannot read {path}: {exc}") from None
+        message = " ".join(str(exc).split())  # one line, whatever the reader said
+        raise TableError(f"cannot read {path}: {message}") from None
+    for column in text_columns:
+        if column in frame.columns:
+            frame[column] = strip_text(frame[column])
     logger.info("read %s: %d rows x %d columns", path, len(frame), frame.shape[1])
     return frame
 
@@ -120,10 +171,14 @@ def rfm_from_transactions(
                 column=column,
             )
     raw_dates = transactions[config.date_column]
-    if pd.api.types.is_numeric_dtype(raw_dates) and config.date_format is None:
-        # Dates stored as numbers such as 19970101 are yyyymmdd, not nanoseconds since 1970.
+    if pd.api.types.is_numeric_dtype(raw_dates) and not pd.api.types.is_bool_dtype(raw_dates):
+        # Dates stored as numbers such as 19970101 are yyyymmdd (or the configured format) read
+        # as text, never nanoseconds or epochs (pandas reads numbers with a format as epochs).
+        whole = raw_dates.where(raw_dates.isna() | (raw_dates % 1 == 0))
         dates = pd.to_datetime(
-            raw_dates.astype("Int64").astype("string"), format="%Y%m%d", errors="coerce"
+            whole.astype("Int64").astype("string"),
+            format=config.date_format or "%Y%m%d",
+            errors="coerce",
         )
     else:
         dates = pd.to_datetime(raw_dates, format=config.date_format, errors="coerce")
@@ -289,7 +344,9 @@ def load_responses(
             return None, []  # reported as an absent column by validation
         return _wide_to_long(customers, customer_ids(customers, config), responses.columns), []
     frame = read_table(
-        responses.path, responses.separator, text_columns=(responses.customer_column,)
+        responses.path,
+        responses.separator,
+        text_columns=(responses.customer_column, responses.campaign_column),
     )
     if responses.customer_column not in frame.columns:
         raise TableError(
@@ -326,12 +383,22 @@ def load_tables(config: TrainConfig) -> LoadedData:
     customers = None
     if data.customers is not None:
         text = (data.id_column,) if data.id_column else ()
-        customers = read_table(data.customers, data.separator, text_columns=text)
+        customers = read_table(
+            data.customers,
+            data.separator,
+            text_columns=text,
+            decimal=data.decimal,
+            thousands=data.thousands,
+        )
         sources.append(str(data.customers))
     if data.transactions is not None:
         tx_config = data.transactions
         transactions = read_table(
-            tx_config.path, tx_config.separator, text_columns=(tx_config.customer_column,)
+            tx_config.path,
+            tx_config.separator,
+            text_columns=(tx_config.customer_column,),
+            decimal=tx_config.decimal,
+            thousands=tx_config.thousands,
         )
         sources.append(str(tx_config.path))
         rfm = rfm_from_transactions(transactions, tx_config, id_column)

@@ -30,8 +30,9 @@ from training.prepare import prepare
 from training.prepared import PreparedData
 from training.profiles import build_profiles
 from training.report import write_report
-from training.response import ResponseModel, fit_response_model
+from training.response import ResponseModel, fit_response_model, skip_reason
 from training.segmentation import Segmentation, fit_segmentation
+from training.validate import eligibility_warnings
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ def build_manifest(
     response: ResponseModel | None,
     stages: list[StageRecord],
     truth_ari: float | None,
+    warnings: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any]:
     """The manifest fields training adds to what the bundle writer fills in."""
     pca = segmentation.pca
@@ -133,7 +135,11 @@ def build_manifest(
                 "truth_ari": truth_ari,
             },
             "response_model": None if response is None else response.metrics,
+            "response_model_skipped": None
+            if response is not None
+            else skip_reason(prepared, config.response_model),
         },
+        "warnings": list(warnings),
         "timings": {s.name: round(s.seconds, 3) for s in stages},
         "peak_rss_mb": {s.name: round(s.peak_rss_mb, 1) for s in stages},
     }
@@ -177,6 +183,10 @@ def train(
             X, segmentation, list(prepared.schema.cluster_features), config.segmentation.names_file
         )
         del X
+        warnings = list(prepared.warnings)
+        for warning in eligibility_warnings(prepared.campaigns, [n.name for n in names]):
+            log.warning("%s", warning)
+            warnings.append(warning)
     with stage("profiles"):
         profiles = build_profiles(
             prepared.numeric,
@@ -209,7 +219,7 @@ def train(
             campaigns=list(prepared.campaigns),
             response_model=None if response is None else response.booster,
             manifest=build_manifest(
-                config, prepared, segmentation, response, list(stages), truth_ari
+                config, prepared, segmentation, response, list(stages), truth_ari, warnings
             ),
         )
         path = write_bundle(bundle, config.output.root, hmac_key=key)

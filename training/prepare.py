@@ -28,6 +28,7 @@ from training.validate import (
     check_ids,
     check_log_values,
     check_row_count,
+    collapse_duplicate_responses,
     decide_log_features,
     locate_responses,
     response_values,
@@ -95,6 +96,13 @@ def map_responses(
     responses: pd.DataFrame, customer_index: pd.Index, campaigns: list, config: TrainConfig
 ) -> pd.DataFrame:
     """Long responses -> int columns customer_idx, campaign_idx, responded (0/1)."""
+    return map_responses_with_warnings(responses, customer_index, campaigns, config)[0]
+
+
+def map_responses_with_warnings(
+    responses: pd.DataFrame, customer_index: pd.Index, campaigns: list, config: TrainConfig
+) -> tuple[pd.DataFrame, list[str]]:
+    """:func:`map_responses`, also returning the warnings (duplicate pairs collapsed)."""
     customer_idx, campaign_idx = locate_responses(responses, customer_index, campaigns)
     responded = np.empty(len(responses), dtype=np.int8)
     # Value errors name the column they came from (a wide column or the long responded column).
@@ -102,9 +110,21 @@ def map_responses(
         responded[rows] = response_values(
             responses["responded"].iloc[rows].reset_index(drop=True), config, str(column)
         )
-    return pd.DataFrame(
-        {"customer_idx": customer_idx, "campaign_idx": campaign_idx, "responded": responded}
+    mapped, dropped = collapse_duplicate_responses(
+        pd.DataFrame(
+            {"customer_idx": customer_idx, "campaign_idx": campaign_idx, "responded": responded}
+        )
     )
+    warnings = []
+    if dropped:
+        first = responses.duplicated(["customer_id", "campaign_id"]).to_numpy()
+        pos = int(np.argmax(first))
+        warnings.append(
+            f"responses: {dropped} duplicate (customer, campaign) record(s) collapsed, keeping "
+            f"the maximum (responded if any record says so); e.g. customer "
+            f"{responses['customer_id'].iloc[pos]!s}, campaign {responses['campaign_id'].iloc[pos]!s}"
+        )
+    return mapped, warnings
 
 
 def fingerprint(loaded: LoadedData, config: TrainConfig) -> dict:
@@ -134,9 +154,10 @@ def prepare(config: TrainConfig) -> PreparedData:
     table = loaded.customers
     logger.info("validating %d customers x %d columns", len(table), table.shape[1])
     check_columns(table, config)
+    # before the column checks: with one row every column is "constant", which misleads
+    check_row_count(len(table), config)
     check_ids(table, config)
     columns = check_features(table, config)
-    check_row_count(len(table), config)
     check_campaigns(loaded.campaigns)
 
     frame = build_frame(loaded, config, columns)
@@ -165,8 +186,13 @@ def prepare(config: TrainConfig) -> PreparedData:
 
     responses = None
     campaigns = loaded.campaigns
+    warnings: list[str] = []
     if loaded.responses is not None:
-        responses = map_responses(loaded.responses, frame.index, campaigns, config)
+        responses, warnings = map_responses_with_warnings(
+            loaded.responses, frame.index, campaigns, config
+        )
+        for warning in warnings:
+            logger.warning("%s", warning)
         logger.info(
             "responses: %d rows over %d campaigns, %.1f%% positive",
             len(responses),
@@ -186,4 +212,5 @@ def prepare(config: TrainConfig) -> PreparedData:
         responses=responses,
         fingerprint=fingerprint(loaded, config),
         truth=truth,
+        warnings=tuple(warnings),
     )

@@ -36,3 +36,5 @@ class PreparedData:
     fingerprint: dict
     #: planted segment labels (generated data only), else None
     truth: np.ndarray | None = None
+    #: problems found in the inputs that did not stop training (also logged), for the manifest
+    warnings: tuple[str, ...] = ()

@@ -91,7 +91,8 @@ def render_report(result: TrainResult) -> str:
     )
     out += ["", "## Response model", ""]
     if result.response is None:
-        out.append("No response model (no response history, or disabled).")
+        skipped = manifest.get("metrics", {}).get("response_model_skipped")
+        out.append(f"No response model: {skipped or 'no response history, or disabled'}.")
     else:
         m = result.response.metrics
         out += [
@@ -105,7 +106,13 @@ def render_report(result: TrainResult) -> str:
             f"- base rate: {_fmt(m['base_rate'], 4)}",
             "",
         ]
-        out += _table(["campaign", "AUC"], [[c, a] for c, a in m["auc_per_campaign"].items()])
+        undefined = m.get("auc_undefined", {})
+        if "*" in undefined:
+            out += [f"Pooled AUC undefined: {undefined['*']}.", ""]
+        out += _table(
+            ["campaign", "AUC", "note"],
+            [[c, a, undefined.get(c, "")] for c, a in m["auc_per_campaign"].items()],
+        )
         out += ["", "Calibration (held-out rows in 10 equal-count bins of the prediction):", ""]
         out += _table(
             ["rows", "mean predicted", "observed rate"],
@@ -142,13 +149,16 @@ def summary(result: TrainResult) -> str:
             f"{100 * p['share']:5.1f}%  {p['description']}"
         )
     if result.response is None:
-        lines.append("response model: none (no response history)")
+        skipped = result.bundle.manifest.get("metrics", {}).get("response_model_skipped")
+        lines.append(f"response model: none ({skipped or 'no response history'})")
     else:
         m = result.response.metrics
         lines.append(
             f"response model: held-out AUC {_fmt(m['auc'])}, log loss {_fmt(m['log_loss'], 4)}, "
             f"{m['n_valid_customers']:,} held-out customers, best round {m['best_iteration']}"
         )
+    for warning in result.bundle.manifest.get("warnings", []):
+        lines.append(f"warning: {warning}")
     lines.append(f"bundle: {result.path}")
     if result.report_path is not None:
         lines.append(f"report: {result.report_path}")

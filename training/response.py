@@ -138,19 +138,55 @@ def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS
     return table
 
 
+def auc_undefined_reason(y: np.ndarray) -> str | None:
+    """Why an AUC cannot be computed on targets ``y`` (None when it can)."""
+    if y.size == 0:
+        return "no held-out responses"
+    if np.all(y == y[0]):
+        return f"every held-out response is {int(y[0])}"
+    return None
+
+
+def skip_reason(prepared: PreparedData, config: ResponseModelConfig) -> str | None:
+    """Why no response model is fitted (None when one is)."""
+    if not config.enabled:
+        return "disabled by configuration (response_model.enabled = false)"
+    if prepared.responses is None or not len(prepared.responses):
+        return "no response history"
+    y = prepared.responses["responded"].to_numpy()
+    if np.all(y == y[0]):
+        return f"every recorded response is {int(y[0])}: there is nothing to learn"
+    if np.unique(prepared.responses["customer_idx"].to_numpy()).size < 2:
+        return "responses from a single customer cannot be split into training and held-out"
+    return None
+
+
 def evaluate(
     y: np.ndarray, p: np.ndarray, campaign: np.ndarray, campaign_ids: list[str]
 ) -> dict[str, Any]:
-    """Held-out metrics of predictions ``p`` for targets ``y``."""
-    both = len(np.unique(y)) == 2
-    per_campaign = {}
+    """Held-out metrics of predictions ``p`` for targets ``y``.
+
+    An AUC needs both outcomes: where the held-out rows of a campaign (or all of them) are all
+    0 or all 1, or there are none, the AUC is None and ``auc_undefined`` says why, keyed by
+    campaign id (``"*"`` for the pooled AUC).
+    """
+    undefined: dict[str, str] = {}
+    per_campaign: dict[str, float | None] = {}
     for j, cid in enumerate(campaign_ids):
         mask = campaign == j
-        if mask.any() and len(np.unique(y[mask])) == 2:
+        reason = auc_undefined_reason(y[mask])
+        if reason is None:
             per_campaign[cid] = float(roc_auc_score(y[mask], p[mask]))
+        else:
+            per_campaign[cid] = None
+            undefined[cid] = reason
+    pooled = auc_undefined_reason(y)
+    if pooled is not None:
+        undefined["*"] = pooled
     return {
-        "auc": float(roc_auc_score(y, p)) if both else None,
+        "auc": float(roc_auc_score(y, p)) if pooled is None else None,
         "auc_per_campaign": per_campaign,
+        "auc_undefined": undefined,
         "log_loss": float(log_loss(y, p, labels=[0, 1])),
         "brier": float(brier_score_loss(y, p)),
         "base_rate": float(y.mean()),
@@ -162,11 +198,10 @@ def fit_response_model(
     prepared: PreparedData, labels: np.ndarray, config: ResponseModelConfig
 ) -> ResponseModel | None:
     """Fit the LightGBM response model; None when disabled or there is no response history."""
-    if not config.enabled or prepared.responses is None or not len(prepared.responses):
-        return None
-    y_all = prepared.responses["responded"].to_numpy()
-    if len(np.unique(y_all)) < 2:
-        log.warning("response model skipped: every recorded response is %d", int(y_all[0]))
+    reason = skip_reason(prepared, config)
+    if reason is not None:
+        if config.enabled and prepared.responses is not None:
+            log.warning("response model skipped: %s", reason)
         return None
     train_rows, valid_rows = split_customers(prepared.responses["customer_idx"].to_numpy(), config)
     X_train, y_train = response_matrix(prepared, labels, train_rows)

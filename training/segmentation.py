@@ -36,12 +36,14 @@ the final model and K-Means refits on bootstrap samples, evaluated on a fixed sa
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import (
     adjusted_rand_score,
     calinski_harabasz_score,
@@ -51,6 +53,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from training.config import SegmentationConfig
+from training.validate import TableError
 
 log = logging.getLogger(__name__)
 
@@ -201,18 +204,27 @@ def fit_projection(X: np.ndarray, config: SegmentationConfig) -> tuple[StandardS
 
 
 def search_k(
-    P: np.ndarray, config: SegmentationConfig
+    P: np.ndarray, config: SegmentationConfig, n_distinct: int | None = None
 ) -> tuple[list[dict[str, float]], dict[int, np.ndarray], int, int]:
     """Fit K-Means for every k on a sample of the PCA rows and measure each fit.
 
-    Returns the evidence table, the centres found for each k, and the sample sizes used.
+    ``n_distinct`` (distinct customers, when known) caps k: more clusters than distinct points
+    only split duplicates (K-Means warns, and the measures are meaningless). Returns the evidence table, the centres found for each k, and the sample sizes used.
     """
     n = P.shape[0]
     rng = np.random.default_rng(config.seed)
     search_idx = _sample(rng, n, config.search_sample)
     S = P[search_idx] if search_idx is not None else P
     sil_idx = _sample(rng, S.shape[0], config.silhouette_sample)
-    k_max = min(config.k_max, S.shape[0] - 1)
+    k_max = min(config.k_max, S.shape[0] - 1, n_distinct or S.shape[0])
+    if k_max < config.k_max:
+        log.info(
+            "k search: k_max lowered from %d to %d (%d rows searched, %s distinct)",
+            config.k_max,
+            k_max,
+            S.shape[0],
+            n_distinct,
+        )
     sil_X = S if sil_idx is None else S[sil_idx]
     rows: list[dict[str, float]] = []
     sil_labelings: list[np.ndarray] = []
@@ -295,6 +307,22 @@ def silhouettes(X: np.ndarray, labelings: list[np.ndarray], chunk: int = 1024) -
     ]
 
 
+def distinct_rows(X: np.ndarray, enough: int | None = None, probe: int = 10_000) -> int:
+    """Number of distinct rows of ``X`` (duplicated customers count once).
+
+    With ``enough``, the first ``probe`` rows are counted first and, when they already hold
+    more than ``enough`` distinct rows, that count is returned (a lower bound that spares
+    sorting millions of rows).
+    """
+    if X.shape[0] == 0:
+        return 0
+    if enough is not None and X.shape[0] > probe:
+        head = int(np.unique(np.ascontiguousarray(X[:probe]), axis=0).shape[0])
+        if head > enough:
+            return head
+    return int(np.unique(np.ascontiguousarray(X), axis=0).shape[0])
+
+
 def _sample(rng: np.random.Generator, n: int, size: int) -> np.ndarray | None:
     """Sorted random row positions (without replacement), or None when all rows fit."""
     if size <= 0 or n <= size:
@@ -349,9 +377,15 @@ def measure_stability(P: np.ndarray, kmeans: KMeans, config: SegmentationConfig)
     scores = []
     for b in range(config.stability_bootstraps):
         boot = rng.integers(0, n, size=size)
-        refit = KMeans(
-            n_clusters=kmeans.n_clusters, n_init=config.n_init, random_state=config.seed + b + 1
-        ).fit(P[boot])
+        with warnings.catch_warnings():
+            # a bootstrap sample repeats rows, so on small tables it may hold fewer distinct
+            # points than k; the refit is still a fair (if pessimistic) stability probe
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            refit = KMeans(
+                n_clusters=kmeans.n_clusters,
+                n_init=config.n_init,
+                random_state=config.seed + b + 1,
+            ).fit(P[boot])
         scores.append(float(adjusted_rand_score(reference, refit.predict(E))))
     log.info("stability: ARI mean %.3f, min %.3f", np.mean(scores), np.min(scores))
     return {
@@ -376,9 +410,9 @@ def fit_segmentation(X: np.ndarray, config: SegmentationConfig) -> Segmentation:
 def _fit_segmentation(X: np.ndarray, config: SegmentationConfig) -> Segmentation:
     n = X.shape[0]
     if n < max(config.k_min, 2) + 1:
-        raise ValueError(f"n_samples={n} should be > k_min={config.k_min}")
+        raise TableError(f"n_samples={n} should be > k_min={config.k_min}")
     if config.k is not None and n <= config.k:
-        raise ValueError(f"n_samples={n} should be > k={config.k}")
+        raise TableError(f"n_samples={n} should be > k={config.k}")
 
     scaler, pca = fit_projection(X, config)
     P = pca.transform(scaler.transform(X))
@@ -388,7 +422,15 @@ def _fit_segmentation(X: np.ndarray, config: SegmentationConfig) -> Segmentation
         100 * float(np.sum(pca.explained_variance_ratio_)),
     )
 
-    table, centers, search_rows, sil_rows = search_k(P, config)
+    needed = config.k if config.k is not None else config.k_min
+    # counted on the cluster matrix itself: identical customers stay bit-identical there
+    n_distinct = distinct_rows(X, enough=max(needed, config.k_max))
+    if n_distinct < needed:
+        raise TableError(
+            f"the cluster features have only {n_distinct} distinct row(s) among {n} customers; "
+            f"{'k' if config.k is not None else 'k_min'}={needed} needs at least {needed}"
+        )
+    table, centers, search_rows, sil_rows = search_k(P, config, n_distinct)
     k_rule, knee, reasoning = choose_k(table)
     if config.k is not None:
         k, overridden = int(config.k), True

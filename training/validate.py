@@ -124,18 +124,48 @@ def check_ids(frame: pd.DataFrame, config: TrainConfig) -> None:
         )
 
 
+#: text that is a number written with thousands separators (1,234.50) or a decimal comma (12,5)
+THOUSANDS_PATTERN = re.compile(r"^[-+]?\d{1,3}([,.' ]\d{3})+([.,]\d+)?$")
+DECIMAL_COMMA_PATTERN = re.compile(r"^[-+]?\d+,\d+$")
+
+
+def _number_hint(text: str) -> str:
+    """How to read ``text`` when it is a number in a local format, else ''."""
+    text = text.strip()
+    if THOUSANDS_PATTERN.match(text):
+        return (
+            "; it looks like a number with thousands separators: set data.thousands "
+            '(and data.decimal = "," if the decimal mark is a comma)'
+        )
+    if DECIMAL_COMMA_PATTERN.match(text):
+        return '; it looks like a number with a decimal comma: set data.decimal = ","'
+    return ""
+
+
 def numeric_values(frame: pd.DataFrame, column: str, ids: pd.Series) -> np.ndarray:
-    """The column as float (NaN for missing); a non-numeric or infinite value raises."""
+    """The column as float (NaN for missing); a non-numeric, date or infinite value raises.
+
+    Booleans read as 0/1. Dates and durations are refused rather than read as nanoseconds:
+    derive a number from them (days since, age in years) before training.
+    """
     series = frame[column]
     if pd.api.types.is_bool_dtype(series):
         return series.astype("float64").to_numpy()
+    if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series):
+        raise TableError(
+            f"holds dates or durations ({series.dtype}), not numbers; derive a number from "
+            "it (such as days since) or leave it out",
+            column=column,
+        )
     values = pd.to_numeric(series, errors="coerce")
     bad = (values.isna() & series.notna()).to_numpy()
     if bad.any():
         pos = int(np.argmax(bad))
+        example = series.iloc[pos]
+        hint = _number_hint(example) if isinstance(example, str) else ""
         raise TableError(
-            f"non-numeric value {series.iloc[pos]!r} at {_row_label(ids, pos)} "
-            f"({int(bad.sum())} such value(s))",
+            f"non-numeric value {example!r} at {_row_label(ids, pos)} "
+            f"({int(bad.sum())} such value(s)){hint}",
             column=column,
         )
     out = values.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -203,7 +233,8 @@ def check_row_count(n_rows: int, config: TrainConfig) -> None:
     """Enough customers for the segmentation: k clusters, or k_max + 1 for the k search."""
     seg = config.segmentation
     if seg.k is not None:
-        needed, why = seg.k, f"k={seg.k}"
+        # the k search still records its evidence, and K-Means needs more rows than clusters
+        needed, why = seg.k + 1, f"k={seg.k} + 1"
     else:
         # The silhouette needs fewer clusters than samples, so the largest k needs one more row.
         needed, why = seg.k_max + 1, f"k_max={seg.k_max} + 1 (the silhouette needs k < n)"
@@ -281,7 +312,7 @@ def response_values(values: pd.Series, config: TrainConfig, column: str) -> np.n
             return (numbers == 1).astype(np.int8)
         pos = int(np.argmax(bad))
         raise TableError(
-            f"response value {values.iloc[pos]!r} at row {pos} is not 0 or 1 "
+            f"response value {numbers[pos]:g} at row {pos} is not 0 or 1 "
             f"({int(bad.sum())} such value(s))",
             column=column,
         )
@@ -297,7 +328,7 @@ def response_values(values: pd.Series, config: TrainConfig, column: str) -> np.n
     if bad.any():
         pos = int(np.argmax(bad))
         raise TableError(
-            f"response value {values.iloc[pos]!r} at row {pos} is not 0/1 or one of "
+            f"response value {str(values.iloc[pos])!r} at row {pos} is not 0/1 or one of "
             f"{sorted(positive | negative)} ({int(bad.sum())} such value(s))",
             column=column,
         )
@@ -354,3 +385,45 @@ def locate_responses(
             column="customer_id",
         )
     return customer_idx, campaign_idx
+
+
+def collapse_duplicate_responses(responses: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One row per (customer_idx, campaign_idx): a customer who responded to any of several
+    records of the same campaign counts as having responded (the maximum is kept).
+
+    Repeated rows would weigh a customer several times, and the model answers "will this
+    customer respond to this campaign", not "to this send". Returns the rows and how many
+    duplicates were dropped; the first occurrence's position decides the order.
+    """
+    key = ["customer_idx", "campaign_idx"]
+    duplicated = responses.duplicated(key, keep=False).to_numpy()
+    if not duplicated.any():
+        return responses, 0
+    best = responses.groupby(key, sort=False)["responded"].transform("max")
+    kept = responses.assign(responded=best.astype(np.int8)).drop_duplicates(key, keep="first")
+    return kept.reset_index(drop=True), len(responses) - len(kept)
+
+
+def eligibility_warnings(campaigns: Sequence[Campaign], segment_names: Sequence[str]) -> list[str]:
+    """Problems of the pool's ``eligible_segments`` once the segments are known.
+
+    An entry that names no segment (by name or id) is reported; a campaign left eligible for
+    no segment at all is reported as never recommended. These are warnings, not refusals: a
+    pool is often written before the segments are named and reused across retrainings.
+    """
+    known = set(segment_names) | {str(s) for s in range(len(segment_names))}
+    out = []
+    for campaign in campaigns:
+        if campaign.eligible_segments is None:
+            continue
+        unknown = [s for s in campaign.eligible_segments if str(s) not in known]
+        if unknown:
+            out.append(
+                f"campaign {campaign.id!r}: eligible_segments names no segment: "
+                f"{', '.join(map(repr, unknown))} (segments: {', '.join(segment_names)})"
+            )
+        if len(unknown) == len(campaign.eligible_segments):
+            out.append(
+                f"campaign {campaign.id!r}: eligible for no segment, it will never be recommended"
+            )
+    return out

@@ -196,10 +196,10 @@ def test_unexpected_error_is_500_without_detail_or_echo(
 
     engine = get_services(app).model.current.engine
 
-    def broken(batch):
+    def broken(record):
         raise RuntimeError("secret internal detail")
 
-    engine.predict_segment = broken  # an instance attribute: only this app's engine breaks
+    engine.predict_segment_one = broken  # an instance attribute: only this app's engine breaks
     r = app.test_client().post("/predict-segment", json=demo_request, headers=scoring_headers)
     error = _check_envelope(r, 500, "internal_error")
     text = r.get_data(as_text=True)

@@ -20,6 +20,10 @@ NUMBER_VALUES = [
     1.0,
     7,
     1e12,
+    1e15,
+    1e16,  # past the magnitude cap
+    5e-324,  # as a denominator: an overflowing ratio
+    1e-12,
     -0.0,
     -1,
     -1e-9,

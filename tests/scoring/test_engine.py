@@ -142,3 +142,41 @@ def test_model_columns_stay_unique_when_a_feature_is_called_campaign(tiny_bundle
     schema = replace(tiny_bundle.schema, response_features=("campaign", "segment", "x"))
     cols = schema.response_model_columns
     assert cols == ["campaign", "segment", "x", "segment_", "campaign_"]
+
+
+def _records(frame):
+    return [
+        {k: (None if v != v else v) for k, v in r.items()}
+        for r in frame.drop(columns="customer_id").to_dict("records")
+    ]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"top_k": 2}, {"channel": "push"}, {"exclude": ["cashback", "wealth"], "top_k": 1}],
+)
+def test_one_customer_path_equals_batch_path(engine, demo_customers, options):
+    frame, _ = demo_customers
+    frame = frame.head(300).copy()
+    frame.loc[frame.index[:20], "order_count"] = 0  # derived feature's fill value
+    records = _records(frame)
+    batch_results = engine.recommend(engine.batch_from_records(records), **options)
+    for record, expected in zip(records, batch_results, strict=True):
+        got = engine.recommend_one(record, **options)
+        assert got["segment_id"] == expected["segment_id"]
+        assert got["atypical"] == expected["atypical"]
+        assert got["distance"] == pytest.approx(expected["distance"], rel=1e-9)
+        assert [c["campaign_id"] for c in got["campaigns"]] == [
+            c["campaign_id"] for c in expected["campaigns"]
+        ]
+        for a, b in zip(got["campaigns"], expected["campaigns"], strict=True):
+            assert a["probability"] == pytest.approx(b["probability"], abs=1e-12)
+            assert a["eligibility"] == b["eligibility"]
+        seg = engine.predict_segment_one(record)
+        assert seg == {k: v for k, v in got.items() if k != "campaigns"}
+
+
+def test_one_customer_explain_goes_through_batch_path(engine, demo_request):
+    record = {k: v for k, v in demo_request.items() if k != "customer_id"}
+    res = engine.recommend_one(record, explain=True, top_k=1)
+    assert len(res["campaigns"]) == 1 and res["campaigns"][0]["contributions"]

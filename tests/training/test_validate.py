@@ -138,7 +138,7 @@ def test_fewer_rows_than_the_k_search_needs(tmp_path):
 
 def test_fewer_rows_than_a_fixed_k(tmp_path):
     err = refused(tmp_path, good_table(5), segmentation={"k": 6})
-    assert "n_samples=5 should be >= 6" in err.problem
+    assert "n_samples=5 should be >= 7" in err.problem
 
 
 def test_unknown_feature_in_a_feature_list(tmp_path):
