@@ -1,7 +1,7 @@
 """gunicorn settings for the scoring service: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
 Environment (parsed and checked by ``api.settings.ServerSettings``): BIND (or HOST/PORT, default
-127.0.0.1:8000), WEB_CONCURRENCY (workers, 2), GUNICORN_THREADS (4), GUNICORN_TIMEOUT (30),
+127.0.0.1:8000), WEB_CONCURRENCY (workers, 2), GUNICORN_THREADS (1), GUNICORN_TIMEOUT (30),
 GUNICORN_GRACEFUL_TIMEOUT (20), GUNICORN_MAX_REQUESTS (20000, plus up to 10% jitter),
 PROMETHEUS_MULTIPROC_DIR, RELOAD_MARKER, LOG_LEVEL.
 

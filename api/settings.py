@@ -260,7 +260,7 @@ class ServerSettings(_FromEnvironment):
     HOST: str = field(default="127.0.0.1", metadata=_meta(_host))
     PORT: int = field(default=8000, metadata=_meta(_int(1, 65535)))
     WEB_CONCURRENCY: int = field(default=2, metadata=_meta(_int(1, 256)))
-    GUNICORN_THREADS: int = field(default=4, metadata=_meta(_int(1, 256)))
+    GUNICORN_THREADS: int = field(default=1, metadata=_meta(_int(1, 256)))
     GUNICORN_TIMEOUT: int = field(default=30, metadata=_meta(_int(1, 3600)))
     GUNICORN_GRACEFUL_TIMEOUT: int = field(default=20, metadata=_meta(_int(1, 3600)))
     #: restart a worker after this many requests (plus jitter); 0 disables

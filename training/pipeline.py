@@ -140,7 +140,9 @@ def build_manifest(
             else skip_reason(prepared, config.response_model),
         },
         "warnings": list(warnings),
-        "timings": {s.name: round(s.seconds, 3) for s in stages},
+        # stage seconds, with the segmentation stage broken down as "segmentation/<part>"
+        "timings": {s.name: round(s.seconds, 3) for s in stages}
+        | {f"segmentation/{k}": v for k, v in segmentation.timings.items()},
         "peak_rss_mb": {s.name: round(s.peak_rss_mb, 1) for s in stages},
     }
 

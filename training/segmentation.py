@@ -36,6 +36,7 @@ the final model and K-Means refits on bootstrap samples, evaluated on a fixed sa
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,6 +112,8 @@ class Segmentation:
     outlier_thresholds: np.ndarray
     selection: KSelection
     stability: dict[str, Any] = field(default_factory=dict)
+    #: seconds per sub-stage: pca, k_search, final_fit, stability
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -414,8 +417,18 @@ def _fit_segmentation(X: np.ndarray, config: SegmentationConfig) -> Segmentation
     if config.k is not None and n <= config.k:
         raise TableError(f"n_samples={n} should be > k={config.k}")
 
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
     scaler, pca = fit_projection(X, config)
     P = pca.transform(scaler.transform(X))
+    lap("pca")
     log.info(
         "PCA: %d components keep %.1f%% of the variance",
         pca.n_components_,
@@ -431,6 +444,7 @@ def _fit_segmentation(X: np.ndarray, config: SegmentationConfig) -> Segmentation
             f"{'k' if config.k is not None else 'k_min'}={needed} needs at least {needed}"
         )
     table, centers, search_rows, sil_rows = search_k(P, config, n_distinct)
+    lap("k_search")
     k_rule, knee, reasoning = choose_k(table)
     if config.k is not None:
         k, overridden = int(config.k), True
@@ -449,7 +463,9 @@ def _fit_segmentation(X: np.ndarray, config: SegmentationConfig) -> Segmentation
     labels = relabel_by_size(final, final.labels_)
     distances = centroid_distances(P, final.cluster_centers_, labels)
     thresholds = outlier_thresholds(distances, labels, k, config.outlier_quantile)
+    lap("final_fit")
     stability = measure_stability(P, final, config)
+    lap("stability")
     return Segmentation(
         scaler=scaler,
         pca=pca,
@@ -459,4 +475,5 @@ def _fit_segmentation(X: np.ndarray, config: SegmentationConfig) -> Segmentation
         outlier_thresholds=thresholds,
         selection=selection,
         stability=stability,
+        timings=timings,
     )
