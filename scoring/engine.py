@@ -104,6 +104,7 @@ class ScoringEngine:
         self._eligible, self._rules = self._eligibility()
         self._campaign_index = {c.id: j for j, c in enumerate(self.campaigns)}
         self._model_columns = schema.response_model_columns
+        self._items = self._static_items()
         self._single = SingleCustomerScorer(self)
 
     # ---- load-time tables -----------------------------------------------------------------
@@ -122,6 +123,31 @@ class ScoringEngine:
                     mask[s, j] = True
                     rules[s][j] = f"segment '{name}' is eligible"
         return mask, rules
+
+    def _static_items(self) -> dict[bool, list[list[dict[str, Any]]]]:
+        """The fixed part of every answer item, per (segment, campaign), built once.
+
+        Keyed by whether a channel was asked for (the rule text then names the channel). An
+        answer item is this dict plus probability and expected value.
+        """
+        items: dict[bool, list[list[dict[str, Any]]]] = {}
+        for with_channel in (False, True):
+            items[with_channel] = [
+                [
+                    {
+                        "campaign_id": camp.id,
+                        "name": camp.name,
+                        "channel": camp.channel,
+                        "value": camp.value,
+                        "eligibility": f"{rule}; channel '{camp.channel}'"
+                        if with_channel
+                        else rule,
+                    }
+                    for camp, rule in zip(self.campaigns, rules, strict=True)
+                ]
+                for rules in self._rules
+            ]
+        return items
 
     # ---- building batches -----------------------------------------------------------------
     def _batch(self, raw: np.ndarray, codes: np.ndarray) -> CustomerBatch:
@@ -299,26 +325,18 @@ class ScoringEngine:
             a.distance.tolist(),
             a.atypical.tolist(),
         )
+        static = self._items[channel is not None]
         results = []
         for i in range(len(batch)):
             s = segment_l[i]
-            rules, p_i, ev_i = self._rules[s], prob_l[i], ev_l[i]
-            ranked = []
-            for r, j in enumerate(order_l[i][: counts_l[i]]):
-                camp = self.campaigns[j]
-                rule = rules[j] if channel is None else f"{rules[j]}; channel '{camp.channel}'"
-                item = {
-                    "campaign_id": camp.id,
-                    "name": camp.name,
-                    "channel": camp.channel,
-                    "value": camp.value,
-                    "probability": p_i[j],
-                    "expected_value": ev_i[j],
-                    "eligibility": rule,
-                }
-                if contrib is not None:
+            items, p_i, ev_i = static[s], prob_l[i], ev_l[i]
+            ranked = [
+                {**items[j], "probability": p_i[j], "expected_value": ev_i[j]}
+                for j in order_l[i][: counts_l[i]]
+            ]
+            if contrib is not None:
+                for r, item in enumerate(ranked):
                     item["contributions"] = contrib[i][r]
-                ranked.append(item)
             res = self._segment_result(s, distance_l[i], atypical_l[i])
             res["campaigns"] = ranked
             results.append(res)

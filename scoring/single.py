@@ -109,23 +109,8 @@ class SingleCustomerScorer:
         )  # stable: ties keep campaign order, as the batch path's stable argsort does
         if top_k is not None:
             scored = scored[:top_k]
-        rules = engine._rules[s]
-        ranked = []
-        for ev, p, j in scored:
-            camp = camps[j]
-            ranked.append(
-                {
-                    "campaign_id": camp.id,
-                    "name": camp.name,
-                    "channel": camp.channel,
-                    "value": camp.value,
-                    "probability": p,
-                    "expected_value": ev,
-                    "eligibility": rules[j]
-                    if channel is None
-                    else f"{rules[j]}; channel '{camp.channel}'",
-                }
-            )
+        items = engine._items[channel is not None][s]
+        ranked = [{**items[j], "probability": p, "expected_value": ev} for ev, p, j in scored]
         res = engine._segment_result(s, distance, atypical)
         res["campaigns"] = ranked
         return res
