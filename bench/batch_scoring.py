@@ -12,7 +12,6 @@ its wall time and peak memory.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -22,7 +21,6 @@ from typing import Any
 
 from bench.common import (
     PYTHON,
-    ROOT,
     bundle_source,
     child_env,
     demo_customers,
@@ -30,10 +28,11 @@ from bench.common import (
     machine_info,
     markdown_table,
     median,
+    mode_parser,
     prepare_bundle,
+    publish,
     run_child,
     training_available,
-    write_results,
 )
 
 MODES = {
@@ -171,10 +170,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the batch-scoring benchmark and write bench/results/batch_scoring.json."""
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    size = ap.add_mutually_exclusive_group()
-    for mode in MODES:
-        size.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode)
+    ap = mode_parser(__doc__, MODES)
     ap.add_argument("--customers", type=int, help="customers to score")
     ap.add_argument("--rounds", type=int, help="rounds of the core")
     ap.add_argument("--cli-rounds", type=int, help="rounds of the CLI")
@@ -203,11 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             "core": bench_core(model_root, frame, args.rounds or mode["rounds"]),
             "cli": bench_cli(model_root, frame, args.cli_rounds or mode["cli_rounds"], scratch),
         }
-        kwargs = {"directory": args.results} if args.results else {}
-        path = write_results("batch_scoring", result, **kwargs)
-        print()
-        print(markdown(result))
-        print(f"\nwrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+        publish("batch_scoring", result, markdown(result), args.results)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0

@@ -7,6 +7,7 @@ git revision and the command that produced it.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -320,4 +321,22 @@ def write_results(name: str, payload: dict[str, Any], directory: Path = RESULTS_
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.json"
     path.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    return path
+
+
+def mode_parser(doc: str, modes: Sequence[str]) -> argparse.ArgumentParser:
+    """An argument parser whose size flags (``--smoke``, ``--quick``, ``--full``) exclude each other."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    size = ap.add_mutually_exclusive_group()
+    for mode in modes:
+        size.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode)
+    return ap
+
+
+def publish(name: str, result: dict[str, Any], table: str, directory: Path | None = None) -> Path:
+    """Write the results JSON, print the Markdown table and where the JSON went."""
+    path = write_results(name, result, directory or RESULTS_DIR)
+    print()
+    print(table)
+    print(f"\nwrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return path

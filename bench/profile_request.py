@@ -13,7 +13,6 @@ lightgbm, ...). C calls count for the Python module that made them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -33,8 +32,9 @@ from bench.common import (
     fmt,
     machine_info,
     markdown_table,
+    mode_parser,
     prepare_bundle,
-    write_results,
+    publish,
 )
 from bench.serving import BATCH_SIZE, customer_records
 
@@ -221,10 +221,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Profile the endpoints and write bench/results/profile_request.json and the text trees."""
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    size = ap.add_mutually_exclusive_group()
-    for mode in MODES:
-        size.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode)
+    ap = mode_parser(__doc__, MODES)
     ap.add_argument("--model-root", type=Path, help="profile with this bundle root")
     ap.add_argument("--results", type=Path, help="results folder (default bench/results)")
     args = ap.parse_args(argv)
@@ -279,9 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, path, b, div in endpoints
             ],
         }
-        path = write_results("profile_request", result, results_dir)
-        print(markdown(result))
-        print(f"\nwrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+        publish("profile_request", result, markdown(result), results_dir)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0

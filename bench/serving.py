@@ -17,7 +17,6 @@ medians over rounds of requests/s, customers/s, p50, p99, the ratio to the floor
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import http.client
 import json
@@ -48,9 +47,10 @@ from bench.common import (
     machine_info,
     markdown_table,
     median,
+    mode_parser,
     prepare_bundle,
+    publish,
     taskset,
-    write_results,
 )
 
 HOST = "127.0.0.1"
@@ -561,10 +561,7 @@ def _met(met: bool | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the serving benchmark and write bench/results/serving.json."""
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    size = ap.add_mutually_exclusive_group()
-    for mode in MODES:
-        size.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode)
+    ap = mode_parser(__doc__, MODES)
     ap.add_argument("--rounds", type=int, help="rounds (each runs every scenario once)")
     ap.add_argument("--duration", type=float, help="seconds per measurement")
     ap.add_argument("--workers", help="comma-separated worker counts, e.g. 1,2")
@@ -634,11 +631,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         one = next((c for c in result["configurations"] if c["workers"] == 1), None)
         result["targets"] = evaluate_targets(one) if one else []
-        kwargs = {"directory": args.results} if args.results else {}
-        path = write_results("serving", result, **kwargs)
-        print()
-        print(markdown(result))
-        print(f"\nwrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+        publish("serving", result, markdown(result), args.results)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0

@@ -11,7 +11,6 @@ covered by any stage (interpreter start-up, imports, ...) is shown as "outside s
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -21,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    ROOT,
     fmt,
     generate_demo_data,
     machine_info,
     markdown_table,
     median,
+    mode_parser,
+    publish,
     train_demo_bundle,
     training_available,
-    write_results,
 )
 
 MODES = {
@@ -230,10 +229,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the training benchmark and write bench/results/training.json."""
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    size = ap.add_mutually_exclusive_group()
-    for mode in MODES:
-        size.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode)
+    ap = mode_parser(__doc__, MODES)
     ap.add_argument("--sizes", help="comma-separated customer counts, e.g. 10000,100000")
     ap.add_argument("--rounds", type=int, help="training runs per size (median reported)")
     ap.add_argument("--results", type=Path, help="results folder (default bench/results)")
@@ -258,11 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     result["targets"] = evaluate_targets(result["sizes"])
-    kwargs = {"directory": args.results} if args.results else {}
-    path = write_results("training", result, **kwargs)
-    print()
-    print(markdown(result))
-    print(f"\nwrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    publish("training", result, markdown(result), args.results)
     return 0
 
 
