@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.common import (
     PYTHON,
-    bundle_source,
+    bundle_for,
     child_env,
     demo_customers,
     fmt,
@@ -29,7 +29,6 @@ from bench.common import (
     markdown_table,
     median,
     mode_parser,
-    prepare_bundle,
     publish,
     run_child,
     training_available,
@@ -182,13 +181,8 @@ def main(argv: list[str] | None = None) -> int:
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     try:
-        model_root = args.model_root
-        source = bundle_source(model_root) if model_root else ""
-        if model_root is None:
-            model_root = scratch / "model_artifacts"
-            print("preparing a bundle ...", flush=True)
-            # the demo bundle's size (75,000) unless a smoke run asks for less
-            source = prepare_bundle(model_root, customers=max(5_000, min(n, 75_000)))
+        # the demo bundle's size (75,000) unless a smoke run asks for less
+        model_root, source = bundle_for(args.model_root, scratch, max(5_000, min(n, 75_000)))
         print(f"generating {n:,} customers ...", flush=True)
         frame = demo_customers(n, seed=23)
         result: dict[str, Any] = {

@@ -83,25 +83,17 @@ def library_versions() -> dict[str, str]:
     return found
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
+    ).stdout.strip()
+
+
 def git_revision() -> str | None:
     """The checked-out commit (with ``-dirty`` when the tree has changes), or None."""
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        sha = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{sha}-dirty" if dirty else sha
@@ -265,6 +257,15 @@ def prepare_bundle(model_root: Path, *, customers: int = 75_000, seed: int = 42)
         source = "test bundle from tests/bundle_builder.py (training package not available)"
     _source_note(model_root).write_text(source + "\n", encoding="utf-8")
     return source
+
+
+def bundle_for(model_root: Path | None, scratch: Path, customers: int) -> tuple[Path, str]:
+    """The bundle root to benchmark and where it came from: the given one, or a new one."""
+    if model_root is not None:
+        return model_root, bundle_source(model_root)
+    model_root = scratch / "model_artifacts"
+    print(f"preparing a bundle ({customers:,} demo customers) ...", flush=True)
+    return model_root, prepare_bundle(model_root, customers=customers)
 
 
 def demo_customers(n: int, seed: int = 7) -> Any:

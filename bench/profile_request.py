@@ -27,13 +27,12 @@ from bench.common import (
     BENCH_API_KEY,
     RESULTS_DIR,
     ROOT,
-    bundle_source,
+    bundle_for,
     demo_customers,
     fmt,
     machine_info,
     markdown_table,
     mode_parser,
-    prepare_bundle,
     publish,
 )
 from bench.serving import BATCH_SIZE, customer_records
@@ -230,13 +229,8 @@ def main(argv: list[str] | None = None) -> int:
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     try:
-        model_root = args.model_root
-        source = bundle_source(model_root) if model_root else ""
-        if model_root is None:
-            model_root = scratch / "model_artifacts"
-            print("preparing a bundle ...", flush=True)
-            customers = 5_000 if args.mode == "smoke" else 75_000
-            source = prepare_bundle(model_root, customers=customers)
+        customers = 5_000 if args.mode == "smoke" else 75_000
+        model_root, source = bundle_for(args.model_root, scratch, customers)
         from api import create_app
 
         app = create_app(

@@ -37,10 +37,9 @@ from typing import Any
 
 from bench.common import (
     BENCH_API_KEY,
-    OUT_DIR,
     PYTHON,
     ROOT,
-    bundle_source,
+    bundle_for,
     child_env,
     demo_customers,
     fmt,
@@ -48,7 +47,6 @@ from bench.common import (
     markdown_table,
     median,
     mode_parser,
-    prepare_bundle,
     publish,
     taskset,
 )
@@ -583,13 +581,7 @@ def main(argv: list[str] | None = None) -> int:
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     try:
-        model_root = args.model_root
-        source = bundle_source(model_root) if model_root else ""
-        if model_root is None:
-            OUT_DIR.mkdir(parents=True, exist_ok=True)
-            model_root = scratch / "model_artifacts"
-            print(f"preparing a bundle ({args.customers:,} demo customers) ...", flush=True)
-            source = prepare_bundle(model_root, customers=args.customers)
+        model_root, source = bundle_for(args.model_root, scratch, args.customers)
         scenarios = build_scenarios(model_root, args.batch_size)
         print(
             f"serving benchmark: {loadgen}, {args.connections} connections, {rounds} rounds x "
