@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from api.errors import NotReady
 from api.extensions import get_services
 from api.openapi import openapi_document
 from api.views import json_response
@@ -36,10 +35,7 @@ def readyz() -> Response:
 def version() -> Response:
     """The served model version, when its bundle was made, its segments, and the app version."""
     services = get_services()
-    services.model.poll()
-    loaded = services.model.current
-    if loaded is None:
-        raise NotReady("no verified model bundle is loaded yet")
+    loaded = services.model.serving()
     return json_response(
         {
             "model_version": loaded.version,
@@ -66,10 +62,7 @@ def metrics() -> Response:
 def openapi() -> Response:
     """The OpenAPI 3 document of the served model version, generated from the schemas."""
     services = get_services()
-    services.model.poll()
-    loaded = services.model.current
-    if loaded is None:
-        raise NotReady("no verified model bundle is loaded yet")
+    loaded = services.model.serving()
     doc = services.openapi.get(loaded.version)
     if doc is None:
         doc = openapi_document(loaded, services)

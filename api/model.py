@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from api.errors import NotReady
 from api.metrics import Metrics
 from api.schemas import RequestSchemas
 from api.settings import Settings
@@ -110,6 +111,14 @@ class ModelState:
             self._write_marker(loaded.version, exclusive=True)
 
     # ---- per request -----------------------------------------------------------------------
+    def serving(self) -> LoadedModel:
+        """The model to answer with (following a reload if one is due); 503 when none is loaded."""
+        self.poll()
+        loaded = self.current
+        if loaded is None:
+            raise NotReady("no verified model bundle is loaded yet")
+        return loaded
+
     def poll(self) -> None:
         """Follow the reload marker (cheap: a clock read unless the poll interval has passed)."""
         now = self.clock()

@@ -16,7 +16,7 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.auth import HEADER, SCORING
-from api.errors import BadRequest, NotReady, UnsupportedMedia, ValidationFailed, envelope
+from api.errors import BadRequest, UnsupportedMedia, ValidationFailed, envelope
 from api.extensions import Services, get_services
 from api.model import LoadedModel
 from api.schemas import CUSTOMER_ID, CUSTOMERS, RequestSchemas, validation_messages
@@ -76,15 +76,6 @@ def _over_limit(body: bytes) -> bool:
 def authorised(services: Services) -> None:
     """401/403 unless the request carries a scoring key."""
     services.keys.require(request.headers.get(HEADER), SCORING)
-
-
-def served_model(services: Services) -> LoadedModel:
-    """The model to answer with (following a reload if one is due); 503 when none is loaded."""
-    services.model.poll()
-    loaded = services.model.current
-    if loaded is None:
-        raise NotReady("no verified model bundle is loaded yet")
-    return loaded
 
 
 def _invalid(exc: ValidationError, message: str = "request does not match the schema") -> Any:
@@ -153,7 +144,7 @@ def predict_segment() -> Response:
     """One customer (or ``{"customers": [...]}``) -> segment, stats and default campaigns."""
     services = get_services()
     authorised(services)
-    loaded = served_model(services)
+    loaded = services.model.serving()
     body = read_json()
     schemas, engine = loaded.schemas, loaded.engine
     if type(body) is dict and CUSTOMERS in body:
@@ -185,7 +176,7 @@ def recommend() -> Response:
     """One customer (or a batch) -> segment and eligible campaigns ranked by expected value."""
     services = get_services()
     authorised(services)
-    loaded = served_model(services)
+    loaded = services.model.serving()
     engine = loaded.engine
     if not engine.has_response_model:
         # Before reading the body: no body can make this bundle rank campaigns (409).
@@ -225,6 +216,6 @@ def bench_floor() -> Response:
     """Benchmark baseline (BENCH_FLOOR=1): same key check and JSON parsing, constant answer."""
     services = get_services()
     authorised(services)
-    served_model(services)
+    services.model.serving()
     read_json()
     return Response(_FLOOR, content_type=JSON)
