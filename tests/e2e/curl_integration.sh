@@ -299,8 +299,10 @@ call "first bundle still serves after the refusal" 200 "b['model_version'] == '$
     "${JSON[@]}" "${AUTH[@]}" -d "$CUSTOMER" "$BASE/predict-segment"
 call "reload to the second bundle" 200 "b['model_version'] == '$SECOND' and b['previous_version'] == '$FIRST'" \
     "${JSON[@]}" -H "X-API-Key: $ADMIN_KEY" -d "{\"version\": \"$SECOND\"}" "$BASE/admin/reload"
-# Workers pick up a reload within RELOAD_POLL_SECONDS (default 1 s): wait for 20 answers in a
-# row naming the second bundle, each on a new connection so both workers answer some of them.
+# Workers pick up a reload within RELOAD_POLL_SECONDS (default 1 s), on their next request after
+# that: wait out the window, then ask for 20 answers in a row naming the second bundle, each on a
+# new connection so both workers answer some of them.
+sleep 1.2
 in_a_row=0
 for _ in $(seq 1 200); do
     body=$(curl -sS --max-time 10 "$BASE/version" || true)

@@ -50,8 +50,10 @@ def test_curl_integration() -> None:
         check=False,
     )
     summary = [line for line in proc.stdout.splitlines() if line.endswith(" failed")]
+    # the failed checks first: the server log printed after them can be long
+    failures = "\n".join(line for line in proc.stdout.splitlines() if "FAIL " in line)
     assert proc.returncode == 0, (
-        f"curl integration failed ({summary[-1] if summary else 'no summary'}):\n"
+        f"curl integration failed ({summary[-1] if summary else 'no summary'}):\n{failures}\n"
         f"{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
     )
     assert summary and summary[-1].endswith(" 0 failed"), proc.stdout[-3000:]
