@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scoring.bundle import BundleError, list_versions, load_bundle, resolve, verify
-from training.config import ConfigError, load_config
+from training.config import TRANSACTION_FEATURES, ConfigError, load_config
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,6 +58,17 @@ def _add_quiet(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def transaction_features_help() -> str:
+    """The features a ``[data.transactions]`` config builds, one per line, for ``--help``."""
+    lines = [
+        "features built per customer from [data.transactions] (list them in features.numeric):"
+    ]
+    lines += [
+        f"  {name:<18} {kind:<7} {text}" for name, (kind, text) in TRANSACTION_FEATURES.items()
+    ]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command, with help for each option."""
     parser = argparse.ArgumentParser(
@@ -74,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a bundle from a config file",
         description="Train a bundle from a TOML config; flags override the file. Writes "
         "<output>/<version>/, points <output>/current at it and prints a summary.",
+        epilog=transaction_features_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--config", required=True, help="TOML training config (see examples/)")
     train.add_argument(

@@ -17,6 +17,8 @@ output root stays as written (relative to the working directory).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import re
 import tomllib
 import types
 import typing
@@ -37,6 +39,26 @@ class DerivedSpec:
     fill: float = 0.0
 
 
+#: the per-customer features built from ``[data.transactions]``: name -> (kind, meaning)
+TRANSACTION_FEATURES = {
+    "recency_days": ("days", "days from the last purchase day to the snapshot date"),
+    "frequency": ("count", "distinct purchase days"),
+    "transaction_count": (
+        "count",
+        "purchases (distinct invoices when an invoice column is set, else rows)",
+    ),
+    "monetary_total": ("amount", "value bought (net of returns when returns = net)"),
+    "monetary_avg": ("amount", "monetary_total per purchase day"),
+    "tenure_days": ("days", "days from the first purchase day to the snapshot date"),
+    "avg_days_between": (
+        "days",
+        "mean days between purchase days (one-day customers: days since that day)",
+    ),
+    "return_count": ("count", "returns and cancellations (distinct invoices, else rows)"),
+    "return_share": ("ratio", "value returned / value bought, in [0, 1]"),
+}
+
+
 @dataclass(frozen=True)
 class TransactionsConfig:
     """Raw transactions from which RFM features are derived (instead of a customer table)."""
@@ -44,7 +66,22 @@ class TransactionsConfig:
     path: str
     customer_column: str = "customer_id"
     date_column: str = "date"
+    #: the amount of each row; ignored when quantity_column and price_column are set
     amount_column: str = "amount"
+    #: amount = quantity x price when both are set (a line-item invoice table)
+    quantity_column: str | None = None
+    price_column: str | None = None
+    #: invoice id: purchases and returns are counted as distinct invoices
+    invoice_column: str | None = None
+    #: regular expression on the invoice id marking a return or cancellation (e.g. "^C");
+    #: rows with a negative amount or quantity are returns in any case
+    return_invoice_pattern: str | None = None
+    #: "net" (subtract returns from spend), "drop" (remove them) or "own" (spend stays gross);
+    #: returns never count as purchase days
+    returns: str = "net"
+    #: rows whose amount is 0 (a zero price, a free item): "drop" (counted) or "keep" (a purchase
+    #: day with no value, as CDNOW's free CDs)
+    zero_amounts: str = "drop"
     date_format: str | None = None
     #: reference date for recency; default: the day after the last transaction
     as_of: str | None = None
@@ -355,6 +392,38 @@ def _check(config: TrainConfig) -> None:
                 f"{where}.thousands: expected one character other than the decimal mark "
                 f"{marks.decimal!r}, got {marks.thousands!r}"
             )
+    tx = data.transactions
+    if tx is not None:
+        if tx.returns not in ("net", "drop", "own"):
+            raise ConfigError(
+                f'data.transactions.returns: expected "net", "drop" or "own", got {tx.returns!r}'
+            )
+        if tx.zero_amounts not in ("drop", "keep"):
+            raise ConfigError(
+                f'data.transactions.zero_amounts: expected "drop" or "keep", got {tx.zero_amounts!r}'
+            )
+        if (tx.quantity_column is None) != (tx.price_column is None):
+            raise ConfigError(
+                "data.transactions.quantity_column and price_column: set both (amount = "
+                "quantity x price) or neither (amount_column)"
+            )
+        if tx.return_invoice_pattern is not None:
+            if tx.invoice_column is None:
+                raise ConfigError("data.transactions.return_invoice_pattern: needs invoice_column")
+            try:
+                re.compile(tx.return_invoice_pattern)
+            except re.error as exc:
+                raise ConfigError(
+                    f"data.transactions.return_invoice_pattern: {tx.return_invoice_pattern!r} "
+                    f"is not a regular expression ({exc})"
+                ) from None
+        if tx.as_of is not None:
+            try:
+                dt.date.fromisoformat(tx.as_of)
+            except ValueError:
+                raise ConfigError(
+                    f"data.transactions.as_of: {tx.as_of!r} is not a date (yyyy-mm-dd)"
+                ) from None
     if isinstance(feats.log, str) and feats.log != "auto":
         raise ConfigError(f'features.log: expected "auto" or a list, got {feats.log!r}')
     if seg.k is not None and seg.k < 2:

@@ -24,20 +24,14 @@ import pandas as pd
 
 from scoring.features import Campaign
 from training.config import TrainConfig, TransactionsConfig
+from training.transactions import FEATURE_COLUMNS, features_from_transactions
 from training.validate import TableError
 
 logger = logging.getLogger("training")
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 #: the columns :func:`rfm_from_transactions` produces, besides the id
-RFM_COLUMNS = (
-    "recency_days",
-    "frequency",
-    "transaction_count",
-    "monetary_total",
-    "monetary_avg",
-    "tenure_days",
-)
+RFM_COLUMNS = FEATURE_COLUMNS
 WHITESPACE = r"\s+"
 
 
@@ -52,6 +46,10 @@ class LoadedData:
     responses: pd.DataFrame | None
     #: absolute paths of every file read
     sources: list[str]
+    #: problems that did not stop loading (rows dropped from transactions), for the manifest
+    warnings: tuple[str, ...] = ()
+    #: what building features from transactions did (``CleaningSummary.to_dict``), or None
+    transactions: dict[str, Any] | None = None
 
 
 def detect_separator(path: str | Path) -> str:
@@ -156,70 +154,13 @@ def read_table(
 def rfm_from_transactions(
     transactions: pd.DataFrame, config: TransactionsConfig, id_column: str = "customer_id"
 ) -> pd.DataFrame:
-    """Per-customer RFM features from raw transactions, one row per customer.
+    """Per-customer features (:data:`RFM_COLUMNS`) from raw transactions, one row per customer.
 
-    ``recency_days``: days from the last purchase to the reference date; ``frequency``: number of
-    distinct purchase days; ``transaction_count``: number of rows; ``monetary_total``: sum of
-    amounts; ``monetary_avg``: total per purchase day; ``tenure_days``: days from the first
-    purchase to the reference date (``as_of``, default the day after the last transaction).
+    See :mod:`training.transactions` for the cleaning, the returns and each feature; this keeps
+    only the features (:func:`~training.transactions.features_from_transactions` also returns
+    what was dropped).
     """
-    for column in (config.customer_column, config.date_column, config.amount_column):
-        if column not in transactions.columns:
-            raise TableError(
-                "configured transaction column absent; the transactions have: "
-                + ", ".join(map(str, transactions.columns)),
-                column=column,
-            )
-    raw_dates = transactions[config.date_column]
-    if pd.api.types.is_numeric_dtype(raw_dates) and not pd.api.types.is_bool_dtype(raw_dates):
-        # Dates stored as numbers such as 19970101 are yyyymmdd (or the configured format) read
-        # as text, never nanoseconds or epochs (pandas reads numbers with a format as epochs).
-        whole = raw_dates.where(raw_dates.isna() | (raw_dates % 1 == 0))
-        dates = pd.to_datetime(
-            whole.astype("Int64").astype("string"),
-            format=config.date_format or "%Y%m%d",
-            errors="coerce",
-        )
-    else:
-        dates = pd.to_datetime(raw_dates, format=config.date_format, errors="coerce")
-    bad = dates.isna() & raw_dates.notna()
-    if bad.any():
-        pos = int(np.argmax(bad.to_numpy()))
-        raise TableError(
-            f"unreadable date {raw_dates.iloc[pos]!r} at row {pos}", column=config.date_column
-        )
-    amounts = pd.to_numeric(transactions[config.amount_column], errors="coerce")
-    bad = amounts.isna() & transactions[config.amount_column].notna()
-    if bad.any():
-        pos = int(np.argmax(bad.to_numpy()))
-        raise TableError(
-            f"non-numeric amount {transactions[config.amount_column].iloc[pos]!r} at row {pos}",
-            column=config.amount_column,
-        )
-    days = dates.dt.normalize()
-    as_of = pd.Timestamp(config.as_of) if config.as_of else days.max() + pd.Timedelta(days=1)
-    tx = pd.DataFrame(
-        {"customer": transactions[config.customer_column].astype("string"), "day": days}
-    )
-    tx["amount"] = amounts.fillna(0.0).to_numpy()
-    grouped = tx.groupby("customer", sort=True)
-    first = grouped["day"].min()
-    last = grouped["day"].max()
-    frequency = grouped["day"].nunique()
-    total = grouped["amount"].sum()
-    rfm = pd.DataFrame(
-        {
-            id_column: first.index.astype(str),
-            "recency_days": (as_of - last).dt.days.to_numpy(),
-            "frequency": frequency.to_numpy(),
-            "transaction_count": grouped.size().to_numpy(),
-            "monetary_total": total.to_numpy(),
-            "monetary_avg": (total / frequency).to_numpy(),
-            "tenure_days": (as_of - first).dt.days.to_numpy(),
-        }
-    )
-    logger.info("built RFM features for %d customers from %d transactions", len(rfm), len(tx))
-    return rfm
+    return features_from_transactions(transactions, config, id_column).features
 
 
 def _campaign_from_entry(entry: Any, where: str) -> Campaign:
@@ -381,6 +322,8 @@ def load_tables(config: TrainConfig) -> LoadedData:
     sources: list[str] = []
     id_column = data.id_column or "customer_id"
     customers = None
+    warnings: tuple[str, ...] = ()
+    summary = None
     if data.customers is not None:
         text = (data.id_column,) if data.id_column else ()
         customers = read_table(
@@ -401,7 +344,10 @@ def load_tables(config: TrainConfig) -> LoadedData:
             thousands=tx_config.thousands,
         )
         sources.append(str(tx_config.path))
-        rfm = rfm_from_transactions(transactions, tx_config, id_column)
+        built = features_from_transactions(transactions, tx_config, id_column)
+        rfm = built.features
+        warnings = tuple(built.summary.warnings())
+        summary = built.summary.to_dict()
         if customers is None:
             customers = rfm
         else:
@@ -411,12 +357,20 @@ def load_tables(config: TrainConfig) -> LoadedData:
                     column=id_column,
                 )
             # Customers without transactions have bought nothing: zero counts and amounts,
-            # and no recency or tenure (left missing, to be imputed).
+            # and no recency, tenure or purchase gap (left missing, to be imputed).
             left = customers.assign(_key=customers[id_column].astype(str))
             merged = left.merge(
                 rfm.rename(columns={id_column: "_key"}), on="_key", how="left"
             ).drop(columns="_key")
-            for column in ("frequency", "transaction_count", "monetary_total", "monetary_avg"):
+            zero_when_absent = (
+                "frequency",
+                "transaction_count",
+                "monetary_total",
+                "monetary_avg",
+                "return_count",
+                "return_share",
+            )
+            for column in zero_when_absent:
                 merged[column] = merged[column].fillna(0.0)
             customers = merged
     campaigns = load_campaigns(config)
@@ -425,5 +379,10 @@ def load_tables(config: TrainConfig) -> LoadedData:
     responses, response_sources = load_responses(config, customers)
     sources += response_sources
     return LoadedData(
-        customers=customers, campaigns=campaigns, responses=responses, sources=sources
+        customers=customers,
+        campaigns=campaigns,
+        responses=responses,
+        sources=sources,
+        warnings=warnings,
+        transactions=summary,
     )

@@ -140,6 +140,7 @@ def build_manifest(
             else skip_reason(prepared, config.response_model),
         },
         "warnings": list(warnings),
+        "transactions": prepared.transactions,
         # stage seconds, with the segmentation stage broken down as "segmentation/<part>"
         "timings": {s.name: round(s.seconds, 3) for s in stages}
         | {f"segmentation/{k}": v for k, v in segmentation.timings.items()},

@@ -186,12 +186,13 @@ def prepare(config: TrainConfig) -> PreparedData:
 
     responses = None
     campaigns = loaded.campaigns
-    warnings: list[str] = []
+    warnings: list[str] = list(loaded.warnings)
     if loaded.responses is not None:
-        responses, warnings = map_responses_with_warnings(
+        responses, response_warnings = map_responses_with_warnings(
             loaded.responses, frame.index, campaigns, config
         )
-        for warning in warnings:
+        warnings += response_warnings
+        for warning in response_warnings:
             logger.warning("%s", warning)
         logger.info(
             "responses: %d rows over %d campaigns, %.1f%% positive",
@@ -213,4 +214,5 @@ def prepare(config: TrainConfig) -> PreparedData:
         fingerprint=fingerprint(loaded, config),
         truth=truth,
         warnings=tuple(warnings),
+        transactions=loaded.transactions,
     )

@@ -38,3 +38,5 @@ class PreparedData:
     truth: np.ndarray | None = None
     #: problems found in the inputs that did not stop training (also logged), for the manifest
     warnings: tuple[str, ...] = ()
+    #: what building features from transactions did (rows in, kept, dropped by reason, as_of)
+    transactions: dict | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -17,6 +18,7 @@ from training.load import (
     read_table,
     rfm_from_transactions,
 )
+from training.transactions import features_from_transactions
 from training.validate import TableError
 
 
@@ -89,14 +91,13 @@ def test_rfm_with_explicit_reference_date_and_numeric_dates():
     assert rfm.loc["1", "tenure_days"] == 9
 
 
-def test_rfm_refuses_unreadable_dates_and_absent_columns():
+def test_rfm_drops_an_unreadable_date_and_refuses_absent_columns():
     bad = TRANSACTIONS.assign(when=["2024-01-01", "yesterday", "2024-01-02", "2024-01-03"])
     config = TransactionsConfig(
         path="unused", customer_column="cust", date_column="when", amount_column="amount"
     )
-    with pytest.raises(TableError, match="unreadable date 'yesterday'") as err:
-        rfm_from_transactions(bad, config)
-    assert err.value.column == "when"
+    rfm = rfm_from_transactions(bad, config).set_index("customer_id")
+    assert rfm.loc["a", "transaction_count"] == 2  # the 'yesterday' row is dropped (and counted)
     with pytest.raises(TableError) as err:
         rfm_from_transactions(TRANSACTIONS.drop(columns="amount"), config)
     assert err.value.column == "amount"
@@ -127,7 +128,7 @@ def test_cdnow_master_transactions_to_rfm(shared_data):
     path = shared_data / "cdnow_lifetimes" / "CDNOW_master.txt"
     tx = read_table(path, text_columns=("customer_id",))
     assert list(tx.columns) == ["customer_id", "date", "number_of_cds", "dollar_value"]
-    config = TransactionsConfig(path=str(path), amount_column="dollar_value")
+    config = TransactionsConfig(path=str(path), amount_column="dollar_value", zero_amounts="keep")
     rfm = rfm_from_transactions(tx, config)
     assert len(rfm) == tx["customer_id"].nunique()
     assert rfm["customer_id"].is_unique
@@ -135,6 +136,10 @@ def test_cdnow_master_transactions_to_rfm(shared_data):
     assert (rfm["recency_days"] >= 1).all()
     assert (rfm["tenure_days"] >= rfm["recency_days"]).all()
     assert rfm["monetary_total"].sum() == pytest.approx(tx["dollar_value"].sum())
+    # CDNOW has 80 free ($0) purchases; dropped by default, and counted
+    dropped = features_from_transactions(tx, dataclasses.replace(config, zero_amounts="drop"))
+    assert dropped.summary.dropped == {"zero amount in dollar_value": 80}
+    assert len(dropped.features) == len(rfm) - 68  # customers whose only purchases were free
 
 
 POOL = [

@@ -1,0 +1,379 @@
+"""Raw transactions -> one row of RFM features per customer, as of a snapshot date.
+
+Two steps, both pure functions of a DataFrame:
+
+1. :func:`clean_transactions` reads the configured columns into a normal form (``customer``,
+   ``day``, ``amount``, ``is_return``, ``invoice``) and counts every row it drops or changes, by
+   reason (no customer id, unreadable or missing date, non-numeric or missing amount, zero
+   amount such as a zero price, a return under ``returns = "drop"``, a date after the snapshot).
+   A column that is mostly unreadable is a configuration mistake (wrong date format, wrong
+   column) and is refused with :class:`~training.validate.TableError` instead.
+2. :func:`customer_features` aggregates the normal form per customer with one pandas groupby
+   (the Dask engine reuses it on partitions of the same normal form).
+
+Returns and cancellations are rows with a negative amount (or quantity), or whose invoice id
+matches ``return_invoice_pattern`` (``"^C"`` for the usual cancelled invoices). They never count
+as a purchase day. ``returns = "net"`` subtracts their value from spend (a customer's spend is
+clipped at 0 when returns exceed the purchases in the window, and counted), ``"own"`` keeps spend
+gross, and both fill the return features; ``"drop"`` removes them (return features are then 0).
+A customer with returns but no purchase is dropped and counted.
+
+The features (:data:`FEATURE_COLUMNS`), all as of ``as_of`` (default: the day after the last
+kept transaction):
+
+- ``recency_days``: days from the last purchase day to ``as_of``
+- ``frequency``: distinct purchase days
+- ``transaction_count``: purchases: distinct invoices with an invoice column, else rows
+- ``monetary_total``: purchase value (net of returns with ``returns = "net"``)
+- ``monetary_avg``: ``monetary_total`` per purchase day
+- ``tenure_days``: days from the first purchase day to ``as_of``
+- ``avg_days_between``: mean days between purchase days; for a one-day customer, the days since
+  that purchase (the gap so far is at least that long, so it never reads as a frequent buyer)
+- ``return_count``: returns (distinct return invoices, else rows)
+- ``return_share``: value returned / value bought, in [0, 1]
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.config import TRANSACTION_FEATURES, TransactionsConfig
+from training.validate import TableError
+
+logger = logging.getLogger("training")
+
+#: the per-customer features, besides the id column, in this order (named and described with
+#: their kinds in training.config, which ``--help`` reads without importing pandas)
+FEATURE_COLUMNS = tuple(TRANSACTION_FEATURES)
+FEATURE_KINDS = {name: kind for name, (kind, _) in TRANSACTION_FEATURES.items()}
+RETURN_MODES = ("net", "drop", "own")
+#: a column more unreadable than this is refused as misconfigured rather than cleaned
+UNREADABLE_LIMIT = 0.5
+#: the normal form :func:`clean_transactions` returns and :func:`customer_features` reads
+NORMAL_COLUMNS = ("customer", "day", "amount", "is_return", "invoice")
+
+
+@dataclass
+class CleaningSummary:
+    """What cleaning did to the transaction rows: counts by reason, with an example each."""
+
+    rows_in: int = 0
+    rows_kept: int = 0
+    #: reason -> rows dropped
+    dropped: dict[str, int] = field(default_factory=dict)
+    #: reason -> rows (or customers) changed but kept
+    changed: dict[str, int] = field(default_factory=dict)
+    #: reason -> an example value (as text)
+    examples: dict[str, str] = field(default_factory=dict)
+    returns: int = 0
+    customers: int = 0
+    as_of: str | None = None
+
+    def drop(self, reason: str, mask: pd.Series | np.ndarray, values: Any = None) -> None:
+        """Count the rows of ``mask`` as dropped for ``reason`` (with an example value)."""
+        count = int(np.count_nonzero(mask))
+        if count:
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
+            if values is not None and reason not in self.examples:
+                pos = int(np.argmax(np.asarray(mask)))
+                self.examples[reason] = repr(_item(values, pos))
+
+    def change(self, reason: str, count: int) -> None:
+        """Count ``count`` rows or customers as changed for ``reason``."""
+        if count:
+            self.changed[reason] = self.changed.get(reason, 0) + int(count)
+
+    def warnings(self) -> list[str]:
+        """One line per reason, for the summary and the manifest's warnings."""
+        out = []
+        for reason, count in self.dropped.items():
+            example = self.examples.get(reason)
+            out.append(
+                f"transactions: {count:,} of {self.rows_in:,} rows dropped: {reason}"
+                + (f" (e.g. {example})" if example else "")
+            )
+        for reason, count in self.changed.items():
+            out.append(f"transactions: {count:,} {reason}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form for the manifest."""
+        return {
+            "rows_in": self.rows_in,
+            "rows_kept": self.rows_kept,
+            "dropped": dict(self.dropped),
+            "changed": dict(self.changed),
+            "returns": self.returns,
+            "customers": self.customers,
+            "as_of": self.as_of,
+        }
+
+
+@dataclass(frozen=True)
+class CustomerFeatures:
+    """Per-customer features built from transactions and what building them did."""
+
+    #: id column then :data:`FEATURE_COLUMNS`, one row per customer, sorted by id
+    features: pd.DataFrame
+    summary: CleaningSummary
+    as_of: pd.Timestamp
+
+
+def _item(values: Any, pos: int) -> Any:
+    item = values.iloc[pos] if hasattr(values, "iloc") else values[pos]
+    return item.item() if hasattr(item, "item") else item
+
+
+def _require(transactions: pd.DataFrame, column: str | None) -> None:
+    if column is not None and column not in transactions.columns:
+        raise TableError(
+            "configured transaction column absent; the transactions have: "
+            + ", ".join(map(str, transactions.columns)),
+            column=column,
+        )
+
+
+def _refuse_if_mostly_bad(bad: pd.Series, present: pd.Series, raw: pd.Series, what: str, column):
+    """A column whose present values are mostly unreadable is misconfigured: refuse it."""
+    n_present = int(present.sum())
+    n_bad = int(bad.sum())
+    if n_bad and n_bad > UNREADABLE_LIMIT * max(n_present, 1):
+        pos = int(np.argmax(bad.to_numpy()))
+        raise TableError(
+            f"{n_bad:,} of {n_present:,} values are unreadable {what}s, e.g. "
+            f"{raw.iloc[pos]!r} at row {pos}; check the column and its format",
+            column=column,
+        )
+
+
+def parse_dates(raw: pd.Series, date_format: str | None) -> pd.Series:
+    """Dates of a column: text in ``date_format`` (or any pandas reads), numbers as yyyymmdd."""
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        return raw
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        # Numbers such as 19970101 are yyyymmdd (or the configured format) read as text, never
+        # nanoseconds or epochs (pandas reads numbers with a format as epochs).
+        whole = raw.where(raw.isna() | (raw % 1 == 0))
+        return pd.to_datetime(
+            whole.astype("Int64").astype("string"), format=date_format or "%Y%m%d", errors="coerce"
+        )
+    return pd.to_datetime(raw, format=date_format, errors="coerce")
+
+
+def _numbers(transactions: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series]:
+    """A numeric column (NaN where missing or unreadable) and the mask of unreadable values."""
+    raw = transactions[column]
+    values = pd.to_numeric(raw, errors="coerce").astype(np.float64)
+    bad = values.isna() & raw.notna()
+    _refuse_if_mostly_bad(bad, raw.notna(), raw, "number", column)
+    return values, bad
+
+
+def customer_ids(raw: pd.Series) -> pd.Series:
+    """Customer ids as stripped text; whole floats (an id column with gaps) lose their ``.0``."""
+    from training.load import strip_text  # load imports this module
+
+    return strip_text(raw).astype("string")
+
+
+def clean_transactions(
+    transactions: pd.DataFrame, config: TransactionsConfig
+) -> tuple[pd.DataFrame, CleaningSummary]:
+    """The configured columns in normal form (:data:`NORMAL_COLUMNS`), and what was dropped.
+
+    ``amount`` is the configured amount column, or quantity x price; it is positive for purchases
+    and the (positive) value returned for returns. Each dropped row is counted once, under the
+    first reason that applies. ``transactions`` is not modified.
+    """
+    summary = CleaningSummary(rows_in=len(transactions))
+    qty_price = (config.quantity_column, config.price_column)
+    for column in (config.customer_column, config.date_column, config.invoice_column):
+        _require(transactions, column)
+    if any(qty_price):
+        for column in qty_price:
+            _require(transactions, column)
+    else:
+        _require(transactions, config.amount_column)
+
+    alive = pd.Series(True, index=transactions.index)
+
+    def drop(reason: str, mask: pd.Series, values: Any = None) -> None:
+        nonlocal alive
+        hit = alive & mask.fillna(False).astype(bool)
+        summary.drop(reason, hit, values)
+        alive &= ~hit
+
+    ids = customer_ids(transactions[config.customer_column])
+    drop("no customer id", ids.isna() | (ids == ""))
+
+    raw_dates = transactions[config.date_column]
+    dates = parse_dates(raw_dates, config.date_format)
+    unreadable = dates.isna() & raw_dates.notna()
+    _refuse_if_mostly_bad(unreadable, raw_dates.notna(), raw_dates, "date", config.date_column)
+    drop(f"unreadable date in {config.date_column}", unreadable, raw_dates)
+    drop(f"no date in {config.date_column}", raw_dates.isna())
+
+    if any(qty_price):
+        quantity, bad_q = _numbers(transactions, config.quantity_column)
+        price, bad_p = _numbers(transactions, config.price_column)
+        drop(f"non-numeric {config.quantity_column}", bad_q, transactions[config.quantity_column])
+        drop(f"non-numeric {config.price_column}", bad_p, transactions[config.price_column])
+        drop(f"no {config.quantity_column}", quantity.isna())
+        drop(f"no {config.price_column}", price.isna())
+        amount = quantity * price
+        # a negative quantity is a return whatever the sign of the price
+        negative = (quantity < 0) | (price < 0)
+        zero = f"zero amount ({config.quantity_column} or {config.price_column} is 0)"
+    else:
+        amount, bad = _numbers(transactions, config.amount_column)
+        drop(f"non-numeric {config.amount_column}", bad, transactions[config.amount_column])
+        drop(f"no {config.amount_column}", amount.isna())
+        negative = amount < 0
+        zero = f"zero amount in {config.amount_column}"
+    if config.zero_amounts == "drop":
+        drop(zero, amount == 0)
+
+    is_return = negative.fillna(False).astype(bool)
+    invoice = None
+    if config.invoice_column is not None:
+        invoice = transactions[config.invoice_column].astype("string").str.strip()
+        if config.return_invoice_pattern:
+            matches = invoice.str.contains(config.return_invoice_pattern, regex=True, na=False)
+            is_return |= matches.astype(bool)
+    if config.returns == "drop":
+        drop("a return or cancellation (returns = drop)", is_return)
+    summary.returns = int((is_return & alive).sum())
+
+    days = dates.dt.normalize()
+    if config.as_of:
+        as_of = pd.Timestamp(config.as_of)
+        drop(f"dated on or after the snapshot date {as_of.date()}", days >= as_of, raw_dates)
+    keep = alive.to_numpy()
+    clean = pd.DataFrame(
+        {
+            "customer": ids.to_numpy()[keep],
+            "day": days.to_numpy()[keep],
+            "amount": np.abs(amount.to_numpy()[keep]),
+            "is_return": is_return.to_numpy()[keep],
+            "invoice": invoice.to_numpy()[keep] if invoice is not None else None,
+        }
+    )
+    clean["customer"] = clean["customer"].astype("string")
+    summary.rows_kept = len(clean)
+    if not len(clean):
+        raise TableError(
+            f"no usable transactions: all {summary.rows_in:,} rows were dropped ("
+            + "; ".join(f"{reason}: {n:,}" for reason, n in summary.dropped.items())
+            + ")"
+        )
+    return clean, summary
+
+
+def customer_features(
+    clean: pd.DataFrame,
+    as_of: pd.Timestamp,
+    returns: str = "net",
+    id_column: str = "customer_id",
+    summary: CleaningSummary | None = None,
+) -> pd.DataFrame:
+    """Per-customer features (:data:`FEATURE_COLUMNS`) of normal-form transactions as of ``as_of``.
+
+    One row per customer with at least one purchase, sorted by id. Customers with only returns
+    are left out (counted in ``summary`` when given), as are spends clipped at 0.
+    """
+    has_invoice = bool(clean["invoice"].notna().any())
+    buys = clean[~clean["is_return"].to_numpy()]
+    rets = clean[clean["is_return"].to_numpy()]
+    g = buys.groupby("customer", sort=True)
+    first = g["day"].min()
+    last = g["day"].max()
+    frequency = g["day"].nunique()
+    gross = g["amount"].sum()
+    count = g["invoice"].nunique() if has_invoice else g.size()
+    if len(rets):
+        rg = rets.groupby("customer", sort=True)
+        returned = rg["amount"].sum().reindex(gross.index, fill_value=0.0)
+        return_count = (rg["invoice"].nunique() if has_invoice else rg.size()).reindex(
+            gross.index, fill_value=0
+        )
+        if summary is not None:
+            only = rets["customer"][~rets["customer"].isin(gross.index)].nunique()
+            summary.change("customers with returns but no purchase left out", only)
+    else:
+        returned = pd.Series(0.0, index=gross.index)
+        return_count = pd.Series(0, index=gross.index)
+    total = gross.to_numpy(np.float64)
+    returned_v = returned.to_numpy(np.float64)
+    if returns == "net":
+        net = total - returned_v
+        if summary is not None:
+            summary.change(
+                "customers whose returns exceed their purchases in the window: spend set to 0",
+                int((net < 0).sum()),
+            )
+        total = np.maximum(net, 0.0)
+    freq = frequency.to_numpy(np.int64)
+    span = (last - first).dt.days.to_numpy(np.float64)
+    tenure = (as_of - first).dt.days.to_numpy(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = np.where(freq > 1, span / np.maximum(freq - 1, 1), tenure)
+        share = np.where(gross.to_numpy() > 0, returned_v / gross.to_numpy(np.float64), 0.0)
+    features = pd.DataFrame(
+        {
+            id_column: gross.index.astype(str),
+            "recency_days": (as_of - last).dt.days.to_numpy(np.int64),
+            "frequency": freq,
+            "transaction_count": count.to_numpy(np.int64),
+            "monetary_total": total,
+            "monetary_avg": total / freq,
+            "tenure_days": tenure.astype(np.int64),
+            "avg_days_between": between,
+            "return_count": return_count.to_numpy(np.int64),
+            "return_share": np.clip(share, 0.0, 1.0),
+        }
+    )
+    return features.reset_index(drop=True)
+
+
+def snapshot_date(clean: pd.DataFrame, as_of: str | None) -> pd.Timestamp:
+    """The configured snapshot date, or the day after the last kept transaction."""
+    return pd.Timestamp(as_of) if as_of else clean["day"].max() + pd.Timedelta(days=1)
+
+
+def features_from_transactions(
+    transactions: pd.DataFrame, config: TransactionsConfig, id_column: str = "customer_id"
+) -> CustomerFeatures:
+    """Clean ``transactions`` and build the per-customer features, with the cleaning summary."""
+    if config.returns not in RETURN_MODES:
+        raise TableError(f"returns={config.returns!r}; expected one of {', '.join(RETURN_MODES)}")
+    if config.return_invoice_pattern is not None:
+        try:
+            re.compile(config.return_invoice_pattern)
+        except re.error as exc:
+            raise TableError(
+                f"return_invoice_pattern {config.return_invoice_pattern!r} is not a valid "
+                f"regular expression: {exc}"
+            ) from None
+    clean, summary = clean_transactions(transactions, config)
+    as_of = snapshot_date(clean, config.as_of)
+    features = customer_features(clean, as_of, config.returns, id_column, summary)
+    if features.empty:
+        raise TableError(f"no customer has a purchase before the snapshot date {as_of.date()}")
+    summary.customers = len(features)
+    summary.as_of = str(as_of.date())
+    for warning in summary.warnings():
+        logger.warning("%s", warning)
+    logger.info(
+        "built features for %d customers from %d of %d transactions (as of %s)",
+        len(features),
+        summary.rows_kept,
+        summary.rows_in,
+        summary.as_of,
+    )
+    return CustomerFeatures(features=features, summary=summary, as_of=as_of)
