@@ -174,6 +174,9 @@ class SegmentationConfig:
     seed: int = 42
     stability_bootstraps: int = 5
     outlier_quantile: float = 0.99
+    #: a k whose smallest segment holds under this share of the customers is not chosen
+    #: automatically (the evidence table marks it too_small)
+    min_segment_share: float = 0.01
     #: optional TOML/JSON file mapping segment id (or generated name) -> name
     names_file: str | None = None
 
@@ -432,6 +435,10 @@ def _check(config: TrainConfig) -> None:
         raise ConfigError(f"segmentation.k_min: k_min={seg.k_min} should be >= 2")
     if seg.k_max < seg.k_min:
         raise ConfigError(f"segmentation.k_max: k_max={seg.k_max} should be >= k_min={seg.k_min}")
+    if not 0.0 <= seg.min_segment_share < 0.5:
+        raise ConfigError(
+            f"segmentation.min_segment_share: {seg.min_segment_share} should be in [0, 0.5)"
+        )
     if not 0.0 < seg.pca_variance <= 1.0:
         raise ConfigError(f"segmentation.pca_variance: {seg.pca_variance} should be in (0, 1]")
     if not 0.0 < config.response_model.validation_fraction < 1.0:

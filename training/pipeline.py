@@ -186,7 +186,7 @@ def train(
             X, segmentation, list(prepared.schema.cluster_features), config.segmentation.names_file
         )
         del X
-        warnings = list(prepared.warnings)
+        warnings = list(prepared.warnings) + list(segmentation.selection.warnings)
         for warning in eligibility_warnings(prepared.campaigns, [n.name for n in names]):
             log.warning("%s", warning)
             warnings.append(warning)

@@ -60,10 +60,16 @@ def render_report(result: TrainResult) -> str:
             r["silhouette"],
             f"{r['calinski_harabasz']:.1f}",
             r["davies_bouldin"],
+            f"{100 * r['min_share']:.2f}%" + (" (too small)" if r.get("too_small") else "")
+            if "min_share" in r
+            else "n/a",
         ]
         for r in selection.table
     ]
-    out += _table(["k", "inertia", "silhouette", "Calinski-Harabasz", "Davies-Bouldin"], rows)
+    out += _table(
+        ["k", "inertia", "silhouette", "Calinski-Harabasz", "Davies-Bouldin", "smallest segment"],
+        rows,
+    )
     out.append("")
     if stability.get("bootstraps"):
         out.append(

@@ -66,14 +66,22 @@ SILHOUETTE_TIE = 0.005
 STABILITY_EVAL_ROWS = 20_000
 #: below this many rows the fit runs on one OpenMP thread
 SINGLE_THREAD_ROWS = 50_000
-TABLE_COLUMNS = ("k", "inertia", "silhouette", "calinski_harabasz", "davies_bouldin")
+TABLE_COLUMNS = (
+    "k",
+    "inertia",
+    "silhouette",
+    "calinski_harabasz",
+    "davies_bouldin",
+    "min_share",
+)
 
 
 @dataclass
 class KSelection:
     """The evidence of the k search and the choice made from it."""
 
-    #: one dict per k: k, inertia, silhouette, calinski_harabasz, davies_bouldin
+    #: one dict per k: k, inertia, silhouette, calinski_harabasz, davies_bouldin, min_share
+    #: (smallest segment's share of the searched rows) and too_small (excluded by the guard)
     table: list[dict[str, float]]
     knee: int | None
     chosen: int
@@ -81,12 +89,15 @@ class KSelection:
     overridden: bool = False
     search_rows: int = 0
     silhouette_rows: int = 0
+    #: quality problems of the chosen segmentation (also in the manifest's warnings)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form for the manifest."""
         return {
             "rule": "knee of the elbow (kneedle) +-1, best silhouette; silhouette better by "
-            f">{SILHOUETTE_MARGIN} elsewhere overrules; ties (<{SILHOUETTE_TIE}) by CH+DB rank",
+            f">{SILHOUETTE_MARGIN} elsewhere overrules; ties (<{SILHOUETTE_TIE}) by CH+DB rank; "
+            "a k whose smallest segment is under min_segment_share is not chosen",
             "table": self.table,
             "knee": self.knee,
             "chosen_k": self.chosen,
@@ -143,13 +154,33 @@ def knee_point(ks: list[int], inertia: list[float]) -> int | None:
     return int(ks[i])
 
 
-def choose_k(table: list[dict[str, float]]) -> tuple[int, int | None, str]:
-    """Apply the documented rule to the evidence table; return (k, knee, reasoning)."""
+def choose_k(table: list[dict[str, float]], min_share: float = 0.0) -> tuple[int, int | None, str]:
+    """Apply the documented rule to the evidence table; return (k, knee, reasoning).
+
+    A k whose smallest segment holds under ``min_share`` of the rows (the table's ``min_share``
+    column) is not chosen; its row gets ``too_small = True``. When every k has such a segment,
+    the rule runs on all of them and the reasoning says so.
+    """
     ks = [int(r["k"]) for r in table]
     sil = {int(r["k"]): float(r["silhouette"]) for r in table}
     ch_rank = _ranks([r["calinski_harabasz"] for r in table], higher_is_better=True)
     db_rank = _ranks([r["davies_bouldin"] for r in table], higher_is_better=False)
     combined = {k: ch_rank[i] + db_rank[i] for i, k in enumerate(ks)}
+    small = {int(r["k"]) for r in table if float(r.get("min_share", 1.0)) < min_share}
+    for r in table:
+        if "min_share" in r:
+            r["too_small"] = int(r["k"]) in small
+    allowed = [k for k in ks if k not in small]
+    guard = ""
+    if small:
+        listed = ", ".join(f"k={k}" for k in sorted(small))
+        guard = f"; not chosen: {listed} (a segment under {100 * min_share:g}% of customers)"
+    if not allowed:
+        allowed = ks
+        guard = (
+            f"; every k searched has a segment under {100 * min_share:g}% of customers, "
+            "so none was excluded"
+        )
 
     def best_of(candidates: list[int]) -> int:
         top = max(sil[k] for k in candidates)
@@ -158,17 +189,24 @@ def choose_k(table: list[dict[str, float]]) -> tuple[int, int | None, str]:
 
     knee = knee_point(ks, [r["inertia"] for r in table])
     if knee is None:
-        k = best_of(ks)
-        return k, None, f"no clear elbow; k={k} has the best silhouette ({sil[k]:.3f})"
-    near = [k for k in ks if abs(k - knee) <= 1]
+        k = best_of(allowed)
+        return k, None, f"no clear elbow; k={k} has the best silhouette ({sil[k]:.3f})" + guard
+    near = [k for k in allowed if abs(k - knee) <= 1]
+    k_all = best_of(allowed)
+    if not near:
+        return (
+            k_all,
+            knee,
+            f"elbow at k={knee}, but no k near it is allowed; k={k_all} has the best "
+            f"silhouette of the others ({sil[k_all]:.3f})" + guard,
+        )
     k_near = best_of(near)
-    k_all = best_of(ks)
     if sil[k_all] > sil[k_near] + SILHOUETTE_MARGIN:
         return (
             k_all,
             knee,
             f"elbow at k={knee}, but k={k_all} has a clearly better silhouette "
-            f"({sil[k_all]:.3f} vs {sil[k_near]:.3f} at k={k_near})",
+            f"({sil[k_all]:.3f} vs {sil[k_near]:.3f} at k={k_near})" + guard,
         )
     others = ", ".join(f"k={k}: {sil[k]:.3f}" for k in near if k != k_near)
     return (
@@ -176,7 +214,8 @@ def choose_k(table: list[dict[str, float]]) -> tuple[int, int | None, str]:
         knee,
         f"elbow at k={knee}; k={k_near} has the best silhouette near it ({sil[k_near]:.3f}"
         + (f"; {others}" if others else "")
-        + ")",
+        + ")"
+        + guard,
     )
 
 
@@ -242,6 +281,8 @@ def search_k(
                 "inertia": float(km.inertia_),
                 "calinski_harabasz": float(calinski_harabasz_score(S, labels)),
                 "davies_bouldin": float(davies_bouldin_score(S, labels)),
+                # share of the searched rows in the smallest segment (the quality guard)
+                "min_share": float(np.bincount(labels, minlength=k).min() / S.shape[0]),
             }
         )
         centers[k] = km.cluster_centers_
@@ -445,7 +486,7 @@ def _fit_segmentation(X: np.ndarray, config: SegmentationConfig) -> Segmentation
         )
     table, centers, search_rows, sil_rows = search_k(P, config, n_distinct)
     lap("k_search")
-    k_rule, knee, reasoning = choose_k(table)
+    k_rule, knee, reasoning = choose_k(table, config.min_segment_share)
     if config.k is not None:
         k, overridden = int(config.k), True
         reasoning = f"k={k} set by configuration (the rule would choose k={k_rule}: {reasoning})"
@@ -461,6 +502,14 @@ def _fit_segmentation(X: np.ndarray, config: SegmentationConfig) -> Segmentation
         final = KMeans(n_clusters=k, n_init=config.n_init, random_state=config.seed)
     final.fit(P)
     labels = relabel_by_size(final, final.labels_)
+    smallest = float(np.bincount(labels, minlength=k).min() / n)
+    if smallest < config.min_segment_share:
+        warning = (
+            f"segmentation: the smallest of the k={k} segments holds {100 * smallest:.2f}% of "
+            f"the customers, under segmentation.min_segment_share = {config.min_segment_share:g}"
+        )
+        log.warning("%s", warning)
+        selection.warnings.append(warning)
     distances = centroid_distances(P, final.cluster_centers_, labels)
     thresholds = outlier_thresholds(distances, labels, k, config.outlier_quantile)
     lap("final_fit")

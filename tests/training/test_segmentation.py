@@ -188,3 +188,43 @@ def test_relabel_by_size_permutes_centres_consistently():
 def test_too_few_rows_is_an_error_naming_the_numbers():
     with pytest.raises(ValueError, match="n_samples=2"):
         fit_segmentation(np.zeros((2, 3)), FAST)
+
+
+def test_choose_k_never_picks_a_k_with_a_segment_under_the_minimum_share():
+    inertia = [1000, 600, 300, 120, 100, 90, 82]
+    sils = [0.40, 0.45, 0.50, 0.62, 0.55, 0.41, 0.40]
+    shares = [0.3, 0.2, 0.1, 0.004, 0.05, 0.03, 0.02]  # k=5, the rule's pick, has a 0.4% segment
+    table = [
+        _row(k, i, s) | {"min_share": m}
+        for k, i, s, m in zip(range(2, 9), inertia, sils, shares, strict=True)
+    ]
+    k, knee, reasoning = choose_k(table, min_share=0.01)
+    assert knee == 5 and k == 6
+    assert "not chosen: k=5 (a segment under 1% of customers)" in reasoning
+    assert [r["too_small"] for r in table] == [False, False, False, True, False, False, False]
+    assert choose_k(table, min_share=0.0)[0] == 5
+
+
+def test_choose_k_says_so_when_every_k_has_a_tiny_segment():
+    inertia = [1000, 600, 300, 120, 100, 90, 82]
+    sils = [0.40, 0.45, 0.50, 0.62, 0.55, 0.41, 0.40]
+    table = [
+        _row(k, i, s) | {"min_share": 0.001}
+        for k, i, s in zip(range(2, 9), inertia, sils, strict=True)
+    ]
+    k, _, reasoning = choose_k(table, min_share=0.01)
+    assert k == 5
+    assert "every k searched has a segment under 1%" in reasoning
+
+
+def test_a_handful_of_far_customers_do_not_become_a_segment(blobs):
+    X, _ = blobs
+    far = 80.0 + np.random.default_rng(0).normal(size=(3, X.shape[1]))
+    X = np.vstack([X, far])  # 3 of 2,153 customers (0.14%) far from everyone
+    config = SegmentationConfig(k_min=2, k_max=6, stability_bootstraps=0, seed=0)
+    seg = fit_segmentation(X, config)
+    sizes = np.bincount(seg.labels)
+    assert sizes.min() / len(X) >= 0.01
+    assert any(r["too_small"] for r in seg.selection.table)
+    free = fit_segmentation(X, dataclasses.replace(config, min_segment_share=0.0))
+    assert free.selection.chosen != seg.selection.chosen
