@@ -49,7 +49,7 @@ class OrjsonProvider(JSONProvider):
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    """Build the service: settings, logging, metrics, cache, bundle, endpoints, error handlers.
+    """Build the service: settings, logging, metrics, cache, feature store, bundle, endpoints, errors.
 
     ``config`` overrides environment variables by name (values checked like the environment)
     and may inject ``REDIS_CLIENT`` (any object with redis-py's get/set/ping).
@@ -64,6 +64,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from api.extensions import EXTENSION, Services
     from api.metrics import Metrics
     from api.model import ModelState
+    from api.online import FeatureStore
 
     config = dict(config or {})
     injected = {k: config.pop(k) for k in INJECTED if k in config}
@@ -97,6 +98,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         cache=cache,
         model=model,
         app_version=_app_version(),
+        features=FeatureStore(client, metrics, prefix=settings.CACHE_PREFIX),
     )
     app.register_blueprint(views.bp)
     app.register_blueprint(health.bp)

@@ -12,6 +12,7 @@ Redis configured, the memo alone is the cache and keeps profiles for the TTL.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -54,8 +55,10 @@ class CircuitBreaker:
         initial: float = 1.0,
         maximum: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        consequence: str = "serving profiles from memory",
     ) -> None:
         self.initial = initial
+        self.consequence = consequence
         self.maximum = maximum
         self.clock = clock
         self._open_until = 0.0
@@ -71,12 +74,14 @@ class CircuitBreaker:
         """True while calls are being skipped."""
         return self._failed and self.clock() < self._open_until
 
+    def retry_after(self) -> int:
+        """Whole seconds until the next call will be tried (at least 1): a ``Retry-After``."""
+        return max(1, math.ceil(self._open_until - self.clock()))
+
     def failure(self) -> None:
         """Record a failed call: skip the dependency for the current back-off, then double it."""
         if not self._failed:
-            log.warning(
-                "redis unavailable: serving profiles from memory, retrying in %.0fs", self._backoff
-            )
+            log.warning("redis unavailable: %s, retrying in %.0fs", self.consequence, self._backoff)
         self._failed = True
         self._open_until = self.clock() + self._backoff
         self._backoff = min(self._backoff * 2, self.maximum)

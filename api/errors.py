@@ -7,10 +7,13 @@ The service's own errors form a small tree; each carries its HTTP status and cod
     ├── Unauthorized       401    unauthorized: missing or unknown API key
     ├── Forbidden          403    forbidden: a key of the wrong kind (scoring vs admin)
     ├── BundleNotFound     404    bundle_not_found: /admin/reload named a missing version
+    ├── CustomerNotFound   404    customer_not_found: no stored features for a customer id
     ├── BundleRejected     409    bundle_rejected: reload refused, the old bundle keeps serving
+    ├── StaleFeatures      409    stale_features: the stored record does not fit the schema
     ├── UnsupportedMedia   415    unsupported_media_type: Content-Type is not application/json
     ├── ValidationFailed   422    validation_error: field-keyed messages
-    └── NotReady           503    not_ready: no verified bundle loaded yet
+    ├── NotReady           503    not_ready: no verified bundle loaded yet
+    └── FeatureStoreDown   503    feature_store_unavailable: Redis down (with Retry-After)
 
 Errors from elsewhere are mapped here too: werkzeug's HTTP errors (404, 405, 413, ...) keep their
 status with a code from :data:`HTTP_CODES`; the scoring core's ``NoResponseModelError`` becomes
@@ -112,10 +115,22 @@ class BundleNotFound(ApiError):
     status, code = 404, "bundle_not_found"
 
 
+class CustomerNotFound(ApiError):
+    """A request by customer id names a customer with no stored features."""
+
+    status, code = 404, "customer_not_found"
+
+
 class BundleRejected(ApiError):
     """The bundle to load failed verification; the previous one keeps serving."""
 
     status, code = 409, "bundle_rejected"
+
+
+class StaleFeatures(ApiError):
+    """The stored feature record no longer fits the served schema; ``fields`` names the fields."""
+
+    status, code = 409, "stale_features"
 
 
 class UnsupportedMedia(ApiError):
@@ -134,6 +149,16 @@ class NotReady(ApiError):
     """No verified bundle is loaded."""
 
     status, code = 503, "not_ready"
+
+
+class FeatureStoreDown(ApiError):
+    """The feature store (Redis) cannot be read; retry after ``retry_after`` seconds."""
+
+    status, code = 503, "feature_store_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def envelope(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -169,7 +194,11 @@ def protocol_error_response(status: int) -> bytes:
 
 
 def _api_error(exc: ApiError) -> Response:
-    return error_response(exc.status, exc.code, exc.message, exc.fields)
+    response = error_response(exc.status, exc.code, exc.message, exc.fields)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def _http_error(exc: HTTPException) -> Response:

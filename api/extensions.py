@@ -11,6 +11,7 @@ from api.auth import KeyRing
 from api.cache import ProfileCache
 from api.metrics import Metrics
 from api.model import ModelState
+from api.online import FeatureStore
 from api.settings import Settings
 
 EXTENSION = "segment_service"
@@ -26,6 +27,8 @@ class Services:
     cache: ProfileCache
     model: ModelState
     app_version: str
+    #: stored features for requests by customer id (disabled without Redis)
+    features: FeatureStore
     #: OpenAPI documents already generated, by model version
     openapi: dict[str, bytes] = field(default_factory=dict)
 

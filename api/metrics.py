@@ -90,6 +90,13 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.feature_lookups = Counter(
+            "segsvc_feature_lookups_total",
+            "Customers looked up by id in the feature store, by result "
+            "(found, not_found, stale, unavailable)",
+            ["result"],
+            registry=r,
+        )
         self.reloads = Counter(
             "segsvc_bundle_reloads_total",
             "Bundle loads after start-up, by result (loaded or rejected)",

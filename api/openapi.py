@@ -31,6 +31,13 @@ Both scoring endpoints take one customer, or `{"customers": [...]}` with up to M
 customers (more: 422 on `customers`). A batch answers item by item, in order; a bad item gets
 its own error entry and the others are scored. In a /recommend batch the ranking options
 (`top_k`, `channel`, `exclude`, `explain`) sit at the top level and apply to every customer.
+
+**By customer id** (when the service has a Redis): a customer (or batch item) that carries a
+`customer_id` but not every required feature is completed from the feature store, the features
+sent overriding the stored ones; the answer then has `last_scored` when the stream job has scored
+the customer. Unknown id: 404 `customer_not_found`; a stored record that no longer fits the
+schema: 409 `stale_features` naming the fields; store unavailable: 503
+`feature_store_unavailable` with `Retry-After` (requests carrying their features keep working).
 """
 
 
@@ -131,6 +138,58 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): table[s] for s in statuses}
 
 
+def _by_id_errors(*, recommend: bool) -> dict[str, Any]:
+    """The errors of a request naming a stored customer (merged with the endpoint's own)."""
+    not_found = envelope("customer_not_found", "no stored features for customer 'c-404'")
+    stale = envelope(
+        "stale_features",
+        "the stored features of this customer do not fit the served model's schema",
+        {"order_count": ["Missing data for required field."]},
+    )
+    down = envelope(
+        "feature_store_unavailable",
+        "the feature store is unavailable: send the customer's features, or retry",
+    )
+    conflicts = {"stale_features": {"value": stale}}
+    if recommend:
+        conflicts["no_response_model"] = {
+            "value": envelope(
+                "no_response_model",
+                "this model version ranks no campaigns: it has no response model",
+            )
+        }
+    ready = {"not_ready": {"value": envelope("not_ready", "no verified model bundle is loaded")}}
+
+    def body(description: str, examples: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {"application/json": {"schema": "ErrorEnvelope", "examples": examples}},
+        }
+
+    return {
+        "404": body(
+            "No stored features for the customer id", {"customer_not_found": {"value": not_found}}
+        ),
+        "409": body(
+            "Stored features that no longer fit the schema"
+            + ("; or no response model" if recommend else ""),
+            conflicts,
+        ),
+        "503": {
+            **body(
+                "No verified bundle loaded; or the feature store is unavailable",
+                {**ready, "feature_store_unavailable": {"value": down}},
+            ),
+            "headers": {
+                "Retry-After": {
+                    "description": "seconds to wait (feature_store_unavailable only)",
+                    "schema": {"type": "integer"},
+                }
+            },
+        },
+    }
+
+
 def build_spec(loaded: LoadedModel, app_version: str) -> APISpec:
     """The apispec object for the served model (also used by tests)."""
     plugin = MarshmallowPlugin()
@@ -201,7 +260,8 @@ def build_spec(loaded: LoadedModel, app_version: str) -> APISpec:
                             {"one": answers["segment"], "batch": answers["segment_batch"]},
                         ),
                     },
-                    **_errors(400, 401, 403, 413, 415, 422, 503),
+                    **_errors(400, 401, 403, 413, 415, 422),
+                    **_by_id_errors(recommend=False),
                 },
             }
         },
@@ -249,7 +309,8 @@ def build_spec(loaded: LoadedModel, app_version: str) -> APISpec:
                             recommend_answers,
                         ),
                     },
-                    **_errors(400, 401, 403, 409, 413, 415, 422, 503),
+                    **_errors(400, 401, 403, 413, 415, 422),
+                    **_by_id_errors(recommend=True),
                 },
             }
         },

@@ -194,7 +194,9 @@ def customer_fields(schema: FeatureSchema) -> dict[str, fields.Field]:
         CUSTOMER_ID: CustomerId(
             required=False,
             metadata={
-                "description": "your id for the customer, echoed back",
+                "description": "your id for the customer, echoed back; sent without some "
+                "required features, it names a customer whose stored features complete the "
+                "request (when the service has a feature store)",
                 **CUSTOMER_ID_JSON_SCHEMA,
                 "example": "c-42",
             },
@@ -451,6 +453,17 @@ class RequestSchemas:
             data = self._recommend.load(body)
         return data, {k: data[k] for k in OPTION_NAMES if k in data}
 
+    def load_partial(
+        self, body: Any, *, recommend: bool = False
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A body that names a stored customer -> (the features it sends, ranking options).
+
+        The fields sent are checked as usual; none is required (the stored record completes it).
+        """
+        schema = self._recommend if recommend else self._customer
+        data = schema.load(body, partial=True)
+        return data, {k: data[k] for k in OPTION_NAMES if k in data}
+
     def load_batch(self, body: Mapping[str, Any], *, recommend: bool) -> BatchEnvelope:
         """A batch body's top level (size, options); items are checked with :meth:`check_item`."""
         customers = body.get(CUSTOMERS)
@@ -531,6 +544,20 @@ class SegmentStats(Schema):
     )
 
 
+class LastScored(Schema):
+    """What the stream job last computed for a customer named by id (from the feature store)."""
+
+    segment_id = fields.Integer(required=True)
+    segment_name = fields.String(required=True)
+    campaigns = fields.List(
+        fields.String(), required=True, metadata={"description": "top campaign ids, best first"}
+    )
+    model_version = fields.String(required=True)
+    scored_at = fields.Float(
+        required=True, allow_none=True, metadata={"description": "Unix seconds"}
+    )
+
+
 class _SegmentAnswer(Schema):
     customer_id = CustomerId(
         metadata={"description": "echoed from the request", **CUSTOMER_ID_JSON_SCHEMA}
@@ -552,6 +579,10 @@ class _SegmentAnswer(Schema):
             "description": "true when the customer is farther from the segment than the "
             "training threshold: unlike every segment"
         },
+    )
+    last_scored = fields.Nested(
+        LastScored,
+        metadata={"description": "only for a customer named by id whom the stream job has scored"},
     )
 
 

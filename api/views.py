@@ -1,8 +1,10 @@
 """Scoring endpoints: POST /predict-segment and /recommend (one customer or a batch).
 
 Each view: check the key, take the served model once, load the body with the version's request
-schemas, call the scoring engine, add the cached segment profile and answer with orjson. Batch
-items are validated one by one; a bad item gets its own error entry and the others are scored.
+schemas (a body naming a stored customer is completed from the feature store first, see
+``api/online.py``), call the scoring engine, add the cached segment profile and answer with
+orjson. Batch items are validated one by one; a bad item gets its own error entry and the others
+are scored.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from api.auth import HEADER, SCORING
 from api.errors import BadRequest, UnsupportedMedia, ValidationFailed, envelope
 from api.extensions import Services, get_services
 from api.model import LoadedModel
+from api.online import LAST_SCORED, complete_batch, complete_one
 from api.schemas import CUSTOMER_ID, CUSTOMERS, RequestSchemas, validation_messages
 from scoring.engine import NoResponseModelError
 
@@ -99,11 +102,18 @@ def _stats_lookup(services: Services, loaded: LoadedModel) -> Callable[[int], di
     return stats
 
 
-def _answer(result: dict[str, Any], record: dict[str, Any], stats: Callable) -> dict[str, Any]:
-    """Engine result + echoed customer id + segment stats, keys in the documented order."""
+def _answer(
+    result: dict[str, Any],
+    record: dict[str, Any],
+    stats: Callable,
+    last_scored: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Engine result + echoed customer id + segment stats (+ the stream job's last scoring)."""
     cid = record.get(CUSTOMER_ID)
     out = {CUSTOMER_ID: cid, **result} if cid is not None else result
     out["segment_stats"] = stats(result["segment_id"])
+    if last_scored is not None:
+        out[LAST_SCORED] = last_scored
     return out
 
 
@@ -122,20 +132,42 @@ def _score_batch(
     score: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
     endpoint: str,
 ) -> Response:
-    """Validate items one by one, score the valid ones in one engine call, answer in order."""
-    records, positions, errors = schemas.check_items(customers)
+    """Validate items one by one, score the valid ones in one engine call, answer in order.
+
+    Items naming a stored customer are completed from the feature store first (one read).
+    """
+    lookup = complete_batch(services.features, schemas, loaded.engine.schema, customers)
     results: list[Any] = [None] * len(customers)
+    if lookup.records or lookup.errors:
+        plain_positions = [
+            i for i in range(len(customers)) if i not in lookup.records and i not in lookup.errors
+        ]
+        checked, at, errors = schemas.check_items([customers[i] for i in plain_positions])
+        errors = {plain_positions[j]: m for j, m in errors.items()}
+        positions = [plain_positions[j] for j in at]
+        for i, completed in lookup.records.items():
+            checked.append(completed.record)
+            positions.append(i)
+        results_from_store = {i: c.last_scored for i, c in lookup.records.items()}
+        for i, entry in lookup.errors.items():
+            results[i] = entry
+    else:
+        checked, positions, errors = schemas.check_items(customers)
+        results_from_store = {}
     for i, messages in errors.items():
         results[i] = envelope(
             "validation_error", f"customers[{i}] does not match the schema", messages
         )
-    if records:
-        scored = score(records)
+    if checked:
+        scored = score(checked)
         stats = _stats_lookup(services, loaded)
-        for i, record, result in zip(positions, records, scored, strict=True):
-            results[i] = _answer(result, record, stats)
+        for i, record, result in zip(positions, checked, scored, strict=True):
+            results[i] = _answer(result, record, stats, results_from_store.get(i))
         _count(services, loaded, endpoint, scored)
-    return json_response({"model_version": loaded.version, "results": results})
+    response = json_response({"model_version": loaded.version, "results": results})
+    if lookup.retry_after is not None:
+        response.headers["Retry-After"] = str(lookup.retry_after)
+    return response
 
 
 # ---- endpoints ----------------------------------------------------------------------------------
@@ -160,12 +192,17 @@ def predict_segment() -> Response:
             lambda records: engine.predict_segment(engine.batch_from_records(records)),
             "predict-segment",
         )
-    try:
-        record = schemas.load_customer(body)
-    except ValidationError as exc:
-        raise _invalid(exc) from None
+    last_scored = None
+    if services.features.names_stored_customer(body, engine.schema):
+        completed = complete_one(services.features, schemas, engine.schema, body, recommend=False)
+        record, last_scored = completed.record, completed.last_scored
+    else:
+        try:
+            record = schemas.load_customer(body)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
     result = engine.predict_segment_one(record)
-    out = _answer(result, record, _stats_lookup(services, loaded))
+    out = _answer(result, record, _stats_lookup(services, loaded), last_scored)
     out["model_version"] = loaded.version
     _count(services, loaded, "predict-segment", [result])
     return json_response(out)
@@ -197,12 +234,17 @@ def recommend() -> Response:
             lambda records: engine.recommend(engine.batch_from_records(records), **options),
             "recommend",
         )
-    try:
-        record, options = schemas.load_recommend(body)
-    except ValidationError as exc:
-        raise _invalid(exc) from None
+    last_scored = None
+    if services.features.names_stored_customer(body, engine.schema):
+        completed = complete_one(services.features, schemas, engine.schema, body, recommend=True)
+        record, options, last_scored = completed.record, completed.options, completed.last_scored
+    else:
+        try:
+            record, options = schemas.load_recommend(body)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
     result = engine.recommend_one(record, **options)
-    out = _answer(result, record, _stats_lookup(services, loaded))
+    out = _answer(result, record, _stats_lookup(services, loaded), last_scored)
     out["model_version"] = loaded.version
     _count(services, loaded, "recommend", [result])
     return json_response(out)

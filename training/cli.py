@@ -1,4 +1,4 @@
-"""The command line: ``python -m training {train,generate,score,list,verify}``.
+"""The command line: ``python -m training {train,generate,score,list,verify,features}``.
 
 Thin by design: each command parses its flags, calls the stages or the scoring core and prints
 the result. Known failures (bad config, bad table, bad bundle, bad input file) print
@@ -170,6 +170,50 @@ def build_parser() -> argparse.ArgumentParser:
         "the signature must match",
     )
     _add_quiet(ver)
+
+    feats = sub.add_parser(
+        "features",
+        help="the online feature store (Redis) read by requests by customer id",
+        description="Manage the customers' stored features that /predict-segment and "
+        "/recommend read for a request carrying only a customer_id.",
+    )
+    feats_sub = feats.add_subparsers(dest="features_command", required=True, metavar="ACTION")
+    load = feats_sub.add_parser(
+        "load",
+        help="bulk-write a customer table's features into Redis",
+        description="Check a customer table (CSV or Parquet) against the bundle's feature "
+        "schema, then write one Redis hash per customer under "
+        "<prefix>:features:<schema id>:<customer id> (pipelined, with a progress bar). "
+        "Nothing is written when a check fails.",
+    )
+    load.add_argument("--input", required=True, help="customer file (.csv or .parquet)")
+    load.add_argument(
+        "--bundle",
+        default=DEFAULT_ROOT,
+        help="bundle root (its current bundle) or version folder whose schema to write "
+        "(default model_artifacts)",
+    )
+    load.add_argument(
+        "--redis-url",
+        default=None,
+        help="Redis to write to (default: $REDIS_URL, else redis://127.0.0.1:6379/0)",
+    )
+    load.add_argument(
+        "--prefix",
+        default=None,
+        help="key prefix, the service's CACHE_PREFIX (default: $CACHE_PREFIX, else segsvc)",
+    )
+    load.add_argument("--id-column", default=None, help="id column (default: the schema's)")
+    load.add_argument(
+        "--chunk", type=_positive_int, default=10_000, help="customers per round trip (10000)"
+    )
+    load.add_argument("--no-progress", action="store_true", help="no progress bar")
+    load.add_argument(
+        "--hmac-key-env",
+        default=DEFAULT_KEY_ENV,
+        help=f"environment variable with the signing key to verify (default {DEFAULT_KEY_ENV})",
+    )
+    _add_quiet(load)
     return parser
 
 
@@ -324,12 +368,62 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    """Bulk-load a customer table's features into the online feature store."""
+    from tqdm import tqdm
+
+    from training.feature_store import (
+        DEFAULT_PREFIX,
+        DEFAULT_REDIS_URL,
+        RedisReplyError,
+        id_column_of,
+        load_features,
+    )
+    from training.validate import TableError
+
+    bundle = load_bundle(bundle_path(args.bundle), hmac_key=_key_from_env(args.hmac_key_env))
+    frame = read_customers(Path(args.input))
+    url = args.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    prefix = args.prefix or os.environ.get("CACHE_PREFIX") or DEFAULT_PREFIX
+    id_column = id_column_of(frame, bundle.schema, args.id_column)
+    bar = tqdm(
+        total=len(frame),
+        unit=" customers",
+        unit_scale=True,
+        disable=args.no_progress or None,
+        file=sys.stderr,
+    )
+    try:
+        result = load_features(
+            frame,
+            bundle.schema,
+            redis_url=url,
+            prefix=prefix,
+            id_column=id_column,
+            chunk=args.chunk,
+            progress=bar.update,
+        )
+    except TableError:
+        raise
+    except (OSError, RedisReplyError, ValueError) as exc:
+        raise CommandError(f"Redis at {url.split('@')[-1]}: {exc}") from None
+    finally:
+        bar.close()
+    print(
+        f"loaded {result.customers} customers into {result.key_prefix}* "
+        f"(schema {result.schema_id}, bundle {bundle.version}) in {result.seconds:.2f} s "
+        f"({result.per_second:,.0f} customers/s)"
+    )
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "generate": cmd_generate,
     "score": cmd_score,
     "list": cmd_list,
     "verify": cmd_verify,
+    "features": cmd_features,
 }
 
 

@@ -1,0 +1,132 @@
+"""Benchmark: bulk-loading customer features into a local Redis (``training features load``).
+
+Interleaved rounds of three writers of the same records (one 8-field HSET per customer):
+
+* ``loader``: :func:`training.feature_store.load_features` (checks + pre-built RESP, pipelined);
+* ``redis-py``: the same records through redis-py's non-transactional pipeline, 10,000 per batch
+  (what one would write first; the ratio says what the own writer buys);
+* ``floor``: the loader's bytes replayed (built once, not timed): Redis's own cost of the same
+  commands on this machine, the ceiling of any client.
+
+Run: ``.venv/bin/python -m bench.feature_load [--customers 200000] [--rounds 3]
+[--redis-url redis://127.0.0.1:6379/0]``. Keys go under a unique prefix and are deleted after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.common import ROOT, machine_info, markdown_table, median, publish
+
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def _delete(client, prefix: str) -> None:
+    batch = []
+    for key in client.scan_iter(match=f"{prefix}:*", count=10_000):
+        batch.append(key)
+        if len(batch) >= 10_000:
+            client.delete(*batch)
+            batch = []
+    if batch:
+        client.delete(*batch)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the rounds and publish ``bench/results/feature_load.json``."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--customers", type=int, default=200_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    args = ap.parse_args(argv)
+
+    import redis
+    from bundle_builder import build_bundle, synthetic_customers
+
+    from scoring.bundle import load_current
+    from scoring.online import encode_record, key_prefix
+    from training.feature_store import RespPipe, _commands, check_table, load_features
+
+    info = machine_info("bench.feature_load", argv or sys.argv[1:])
+    root = Path(tempfile.mkdtemp(prefix="bench-features-"))
+    build_bundle(root, n=1500, seed=1, version="v1")
+    schema = load_current(root).schema
+    frame, _ = synthetic_customers(args.customers, seed=3)
+    client = redis.Redis.from_url(args.redis_url, socket_timeout=30)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    records = frame.to_dict("records")
+
+    def loader() -> float:
+        return load_features(frame, schema, redis_url=args.redis_url, prefix=prefix).seconds
+
+    def redis_py() -> float:
+        keys = key_prefix(prefix, schema)
+        start = time.perf_counter()
+        for at in range(0, len(records), 10_000):
+            pipe = client.pipeline(transaction=False)
+            for r in records[at : at + 10_000]:
+                pipe.hset(keys + str(r["customer_id"]), mapping=encode_record(r, schema))
+            pipe.execute()
+        return time.perf_counter() - start
+
+    columns = check_table(frame, schema, "customer_id")
+    prebuilt = [
+        _commands(
+            columns,
+            schema,
+            key_prefix(prefix, schema).encode(),
+            a,
+            min(a + 10_000, len(frame)),
+            b"1",
+        )
+        for a in range(0, len(frame), 10_000)
+    ]
+
+    def floor() -> float:
+        pipe = RespPipe(args.redis_url)
+        start = time.perf_counter()
+        for payload, n in prebuilt:
+            pipe.send(payload, n)
+        pipe.close()
+        return time.perf_counter() - start
+
+    writers = {"loader": loader, "redis-py": redis_py, "floor": floor}
+    seconds: dict[str, list[float]] = {k: [] for k in writers}
+    try:
+        for _ in range(args.rounds):
+            for name, run in writers.items():
+                _delete(client, prefix)
+                seconds[name].append(run())
+    finally:
+        _delete(client, prefix)
+    n = args.customers
+    rate = {k: n / median(v) for k, v in seconds.items()}
+    rows = [
+        [
+            name,
+            f"{rate[name]:,.0f}",
+            f"{median(seconds[name]):.2f}",
+            f"{rate[name] / rate['floor']:.2f}",
+        ]
+        for name in writers
+    ]
+    table = markdown_table(["writer", "customers/s (median)", "seconds", "x floor"], rows)
+    result = {
+        **info,
+        "customers": n,
+        "rounds": args.rounds,
+        "seconds": seconds,
+        "customers_per_second": rate,
+        "target": 100_000,
+    }
+    publish("feature_load", result, table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
