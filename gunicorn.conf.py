@@ -3,13 +3,27 @@
 Environment (parsed and checked by ``api.settings.ServerSettings``): BIND (or HOST/PORT, default
 127.0.0.1:8000), WEB_CONCURRENCY (workers, 2), GUNICORN_THREADS (1), GUNICORN_TIMEOUT (30),
 GUNICORN_GRACEFUL_TIMEOUT (20), GUNICORN_MAX_REQUESTS (20000, plus up to 10% jitter),
-PROMETHEUS_MULTIPROC_DIR, RELOAD_MARKER, LOG_LEVEL.
+PROMETHEUS_MULTIPROC_DIR, RELOAD_MARKER, WORKER_ROSTER, LOG_LEVEL.
 
 Each worker loads and verifies the bundle once when it boots (no preload: nothing is shared
-across fork, and a SIGHUP starts fresh workers that load the bundle anew). Workers agree on the
-version through a reload marker (see ``api/model.py``); metrics are aggregated across workers
-with prometheus_client's multiprocess mode. Both live in a folder private to this server unless
-the environment names them.
+across fork). Workers agree on the bundle through a reload marker (see ``api/model.py``) and
+publish their state to a worker roster (``api/fleet.py``); metrics are aggregated across workers
+with prometheus_client's multiprocess mode. All three live in a folder private to this server
+unless the environment names them.
+
+Three behaviours differ from gunicorn's defaults, each to keep at least one worker serving:
+
+- **SIGHUP rolls out a bundle, it does not restart workers.** The master trial-loads the bundle
+  the settings select (``MODEL_VERSION``, else ``current``) in a short-lived process; when it
+  loads, the master names it in the reload marker and every worker swaps it in place (loaded in
+  the background, as after ``/admin/reload``); when it fails, the refusal is logged and the last
+  good bundle keeps serving. Restart the service to run new code.
+- **Recycling is staggered.** gunicorn's own ``max_requests`` would retire workers under balanced
+  load within a second of each other, leaving none ready while their replacements boot. Here a
+  worker past its request budget retires only when every other worker is ready and no other is
+  retiring (``Roster.claim_retirement``); until then it keeps serving.
+- **Slow clients cannot hold a thread.** The worker class (``api/worker.py``) reads each request
+  whole in its event loop before a thread takes it.
 """
 
 from __future__ import annotations
@@ -19,18 +33,26 @@ import gc
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from gunicorn import glogging, util
 
+from api.fleet import Roster, write_marker
 from api.settings import ServerSettings
 
 _server = ServerSettings.load()
-# Named after the master's pid, which a SIGHUP (config re-read) keeps: the same folder again.
+# Named after the master's pid: one folder per server.
 _runtime = Path(tempfile.gettempdir()) / f"segsvc-{os.getpid()}"
 _metrics_dir = _server.PROMETHEUS_MULTIPROC_DIR or _runtime / "metrics"
 _reload_marker = _server.RELOAD_MARKER or _runtime / "reload.json"
+_roster_dir = _server.WORKER_ROSTER or _runtime / "workers"
+#: a worker past its request budget asks again every this many requests while it must wait
+RETIRE_RETRY_REQUESTS = 50
+#: longest a SIGHUP trial load may take before the roll-out is abandoned, seconds
+TRIAL_LOAD_SECONDS = 300
 
 wsgi_app = "wsgi:app"
 bind = [_server.bind]
@@ -46,7 +68,11 @@ preload_app = False
 # gunicorn's control socket lives at one path per user ($HOME/.gunicorn), shared by every server
 # on the machine, and HOME is read-only in the image; nothing here uses it.
 control_socket_disable = True
-raw_env = [f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir}", f"RELOAD_MARKER={_reload_marker}"]
+raw_env = [
+    f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir}",
+    f"RELOAD_MARKER={_reload_marker}",
+    f"WORKER_ROSTER={_roster_dir}",
+]
 if Path("/dev/shm").is_dir():
     # Worker heartbeats on tmpfs: a slow container disk must not make the master kill workers.
     worker_tmp_dir = "/dev/shm"
@@ -85,16 +111,105 @@ logger_class = JsonAccessLogger
 
 
 def on_starting(server) -> None:
-    """Master start: an empty metrics folder (stale files would add old counts)."""
-    if _metrics_dir.exists():
-        shutil.rmtree(_metrics_dir)
-    _metrics_dir.mkdir(parents=True, mode=0o700)
+    """Master start: empty metrics and roster folders (stale files would add old counts)."""
+    for folder in (_metrics_dir, _roster_dir):
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, mode=0o700)
     _reload_marker.unlink(missing_ok=True)
 
 
-def on_reload(server) -> None:
-    """SIGHUP: forget the version workers agreed on; new workers load what settings select."""
-    _reload_marker.unlink(missing_ok=True)
+def when_ready(server) -> None:
+    """Master ready: SIGHUP becomes a verified bundle roll-out (see the module docstring)."""
+    server.handle_hup = lambda: roll_out_bundle(server)
+
+
+def roll_out_bundle(server) -> bool:
+    """Trial-load the bundle the settings select; name it in the reload marker if it loads.
+
+    The trial runs ``python -m api.model`` in a new process with the master's environment (a
+    worker's view of MODEL_ROOT, MODEL_VERSION and BUNDLE_HMAC_KEY), so the master itself never
+    imports the model libraries. Its answer is read from its output, not its exit status (the
+    master reaps children on its own).
+    """
+    server.log.info("SIGHUP: trial-loading the bundle the settings select")
+    server.log.reopen_files()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "api.model"],
+            cwd=server.cfg.chdir,
+            capture_output=True,
+            timeout=TRIAL_LOAD_SECONDS,
+            check=False,
+        )
+        lines = done.stdout.decode(errors="replace").strip().splitlines()
+        answer = json.loads(lines[-1]) if lines else {}
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        answer = {"ok": False, "error": f"trial load did not finish ({exc.__class__.__name__})"}
+    if not isinstance(answer, dict) or not answer.get("ok"):
+        error = answer.get("error") if isinstance(answer, dict) else None
+        server.log.error(
+            "SIGHUP: bundle refused, workers keep serving %s: %s",
+            _marker_folder() or "their current bundle",
+            error or "the trial load printed no answer",
+        )
+        return False
+    if not write_marker(_reload_marker, answer["folder"], answer["version"]):
+        return False
+    server.log.info(
+        "SIGHUP: rolling out bundle %s (folder %s); workers swap it in place",
+        answer["version"],
+        answer["folder"],
+    )
+    return True
+
+
+def _marker_folder() -> str | None:
+    try:
+        marker = json.loads(_reload_marker.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict):
+        return None
+    return marker.get("folder") or marker.get("version")
+
+
+def post_fork(server, worker) -> None:
+    """Take recycling over from gunicorn: keep its jittered budget, decide when to use it."""
+    budget = worker.max_requests
+    worker.max_requests = sys.maxsize  # gunicorn's own check never fires
+    worker.segsvc_budget = budget if budget < sys.maxsize else None
+    worker.segsvc_requests = 0
+
+
+def pre_request(worker, req) -> None:
+    """Count requests; past the budget, retire once every other worker is ready.
+
+    Setting ``alive`` False is what gunicorn itself does at max_requests: this response closes
+    its connection, the worker finishes what it has in hand and exits, the master starts a new
+    one (which loads the bundle the reload marker names).
+    """
+    budget = getattr(worker, "segsvc_budget", None)
+    if budget is None or not worker.alive:
+        return
+    worker.segsvc_requests += 1
+    over = worker.segsvc_requests - budget
+    if over < 0 or over % RETIRE_RETRY_REQUESTS:
+        return
+    pid = os.getpid()
+    if Roster(_roster_dir).claim_retirement(pid, worker.cfg.workers):
+        worker.log.info(
+            "recycling worker %s after %s requests (every other worker is ready)",
+            pid,
+            worker.segsvc_requests,
+        )
+        worker.alive = False
+    elif over == 0:
+        worker.log.info(
+            "worker %s reached its %s requests; recycling waits until the others are ready",
+            pid,
+            budget,
+        )
 
 
 def post_worker_init(worker) -> None:
@@ -123,6 +238,7 @@ def child_exit(server, worker) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid, path=str(_metrics_dir))
+    Roster(_roster_dir).remove(worker.pid)
 
 
 def on_exit(server) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from flask import Blueprint, Response
 
 from api.extensions import get_services
@@ -19,7 +21,12 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """200 once a verified bundle is loaded, else 503; Redis is reported but not required."""
+    """200 once this worker has a verified bundle loaded, else 503; every worker is listed.
+
+    Under gunicorn, ``workers`` lists each live worker of the server (from the worker roster):
+    pid, ready, and the version it serves, so one answer shows a worker that cannot serve or a
+    fleet split across versions. Redis is reported but not required.
+    """
     services = get_services()
     services.model.poll()
     loaded = services.model.current
@@ -28,7 +35,23 @@ def readyz() -> Response:
         "model_version": loaded.version if loaded else None,
         "redis": services.cache.redis_state(),
     }
+    workers = _workers(services)
+    if workers is not None:
+        body["pid"] = os.getpid()
+        body["workers"] = workers
+        body["workers_ready"] = sum(1 for w in workers if w["ready"])
     return json_response(body, 200 if loaded is not None else 503)
+
+
+def _workers(services) -> list[dict] | None:
+    """Every live worker's state from the roster (None without one: a single process)."""
+    roster = services.model.roster
+    if roster is None:
+        return None
+    return [
+        {"pid": e["pid"], "ready": bool(e.get("ready")), "model_version": e.get("version")}
+        for e in roster.entries()
+    ]
 
 
 @bp.get("/version")
@@ -44,8 +67,21 @@ def version() -> Response:
             "segment_names": loaded.engine.segment_names,
             "has_response_model": loaded.engine.has_response_model,
             "app_version": services.app_version,
+            **_versions_served(services),
         }
     )
+
+
+def _versions_served(services) -> dict:
+    """``{"workers": {version: number of ready workers}}`` under gunicorn, else nothing."""
+    workers = _workers(services)
+    if workers is None:
+        return {}
+    served: dict[str, int] = {}
+    for w in workers:
+        if w["ready"]:
+            served[w["model_version"]] = served.get(w["model_version"], 0) + 1
+    return {"workers": served}
 
 
 @bp.get("/metrics")

@@ -5,20 +5,25 @@ a swap in the middle of a request never mixes two versions. Loading verifies the
 (SHA-256 of every file, signature, library versions) before anything is unpickled; a bundle that
 fails is refused and the current one keeps serving.
 
-Which version every worker of one gunicorn server serves is written in a small JSON *reload
-marker* (``RELOAD_MARKER``; gunicorn.conf.py gives each server its own). The first worker to
-load writes the version it chose; ``/admin/reload`` rewrites it (atomically, by rename); every
-worker looks at the marker's ``stat`` at most once per ``RELOAD_POLL_SECONDS`` while serving and
-loads the version it names when that changed. Workers that gunicorn starts later (max_requests,
-a crash) read the same marker, so the fleet never drifts to a different version on its own. A
-SIGHUP to gunicorn deletes the marker (``on_reload`` hook): the new workers then load what the
-settings select (``MODEL_VERSION``, else ``current``), as at start-up. Without a marker (one
-process, e.g. the Flask test client) a reload affects the answering process only.
+Which bundle every worker of one gunicorn server serves is written in a small JSON *reload
+marker* (``RELOAD_MARKER``; gunicorn.conf.py gives each server its own): the bundle's *folder*
+under the model root and the *version* its manifest declares (the two may differ: a folder can
+be renamed or copied; workers load by folder and report the manifest's version). The first
+worker to load writes the bundle it chose; ``/admin/reload`` rewrites it (atomically, by rename)
+after loading and verifying the bundle itself, and a SIGHUP makes the master do the same after a
+full trial load in a separate process (gunicorn.conf.py), so a bundle that fails verification
+never reaches the marker. Every worker looks at the marker's ``stat`` at most once per
+``RELOAD_POLL_SECONDS`` while serving and, when it names another bundle, loads it in a background
+thread and swaps it in when ready: requests never wait for a load. Workers that gunicorn starts
+later (recycling, a crash) read the same marker, so the fleet never drifts on its own. Without a
+marker (one process, e.g. the Flask test client) a reload affects the answering process only.
+
+Each state change is also published to the worker roster (``WORKER_ROSTER``, see
+``api/fleet.py``), which ``/readyz`` and the recycling guard read.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -31,6 +36,7 @@ from typing import Any
 import orjson
 
 from api.errors import NotReady
+from api.fleet import Roster, write_marker
 from api.metrics import Metrics
 from api.schemas import RequestSchemas
 from api.settings import Settings
@@ -51,8 +57,11 @@ class LoadedModel:
     bundle: Bundle
     engine: ScoringEngine
     schemas: RequestSchemas
+    #: the version the bundle's manifest declares (what answers report)
     version: str
     loaded_at: float
+    #: the bundle's folder under the model root (what the reload marker names)
+    folder: str
 
 
 class ModelState:
@@ -76,6 +85,8 @@ class ModelState:
         self._marker_seen: tuple[int, int, int] | None = None
         self._next_poll = 0.0
         self._poll_every = settings.RELOAD_POLL_SECONDS
+        self._follower: threading.Thread | None = None
+        self.roster = Roster(settings.WORKER_ROSTER) if settings.WORKER_ROSTER else None
 
     # ---- reading ---------------------------------------------------------------------------
     @property
@@ -88,6 +99,12 @@ class ModelState:
         """True when reloads reach every worker (a reload marker is configured)."""
         return self._marker is not None
 
+    @property
+    def following(self) -> bool:
+        """True while a bundle named by the marker is being loaded in the background."""
+        follower = self._follower
+        return follower is not None and follower.is_alive()
+
     # ---- start-up --------------------------------------------------------------------------
     def start(self) -> None:
         """Load the bundle the marker names (a restarted worker) or the settings select.
@@ -97,7 +114,7 @@ class ModelState:
         marker = self._read_marker()
         if marker is not None:
             try:
-                self._swap(self._load(marker.get("version")), initial=True)
+                self._swap(self._load(_marker_folder(marker)), initial=True)
                 return
             except BundleError as exc:
                 self._fail(f"marker names a bundle that cannot be loaded: {exc}")
@@ -108,7 +125,7 @@ class ModelState:
             return
         self._swap(loaded, initial=True)
         if self._marker is not None and marker is None:
-            self._write_marker(loaded.version, exclusive=True)
+            self._write_marker(loaded, exclusive=True)
 
     # ---- per request -----------------------------------------------------------------------
     def serving(self) -> LoadedModel:
@@ -120,7 +137,11 @@ class ModelState:
         return loaded
 
     def poll(self) -> None:
-        """Follow the reload marker (cheap: a clock read unless the poll interval has passed)."""
+        """Follow the reload marker (cheap: a clock read unless the poll interval has passed).
+
+        A bundle the marker names is loaded by a background thread; this request, and those
+        after it, are answered with the current bundle until the new one is verified and loaded.
+        """
         now = self.clock()
         if now < self._next_poll:
             return
@@ -130,7 +151,7 @@ class ModelState:
                 if self.current is None:
                     self.start()
             return
-        if self._marker is None:
+        if self._marker is None or self.following:
             return
         try:
             st = os.stat(self._marker)
@@ -140,51 +161,82 @@ class ModelState:
         if seen == self._marker_seen:
             return
         with self._lock:
-            if seen == self._marker_seen:
+            if seen == self._marker_seen or self.following:
                 return
             self._marker_seen = seen
             marker = self._read_marker(stat_key=seen)
-            version = marker.get("version") if marker else None
-            if not version or version == self.current.version:
+            folder = _marker_folder(marker) if marker else None
+            if not folder or folder == self.current.folder:
                 return
-            try:
-                self._swap(self._load(version))
-                log.info("followed the reload marker to bundle %s", version)
-            except BundleError as exc:
-                self.metrics.reloads.labels("rejected").inc()
-                self._fail(f"reload marker names {version!r}, refused: {exc}")
+            self._follower = threading.Thread(
+                target=self._follow, args=(folder,), name="bundle-follower", daemon=True
+            )
+            self._follower.start()
+
+    def wait_for_follower(self, timeout: float | None = None) -> None:
+        """Block until a background load started by :meth:`poll` has finished (tests, tools)."""
+        follower = self._follower
+        if follower is not None:
+            follower.join(timeout)
+
+    def _follow(self, folder: str) -> None:
+        try:
+            loaded = self._load(folder)
+        except BundleError as exc:
+            self.metrics.reloads.labels("rejected").inc()
+            self._fail(f"reload marker names {folder!r}, refused: {exc}")
+            return
+        with self._lock:
+            self._swap(loaded)
+        log.info("followed the reload marker to bundle %s (folder %s)", loaded.version, folder)
 
     # ---- admin ---------------------------------------------------------------------------------
     def reload(self, version: str | None = None) -> tuple[LoadedModel, str | None]:
-        """Load ``version`` (or the one ``current`` names), swap it in, tell the other workers.
+        """Load ``version`` (a bundle folder, or the one ``current`` names), swap it in, tell
+        the other workers.
 
-        Raises BundleMissingError or BundleError; the bundle being served is then unchanged.
+        Raises BundleMissingError or BundleError; the bundle being served is then unchanged and
+        the refusal is logged with its reason.
         """
         with self._lock:
             previous = self.current.version if self.current else None
             try:
                 loaded = self._load(version)
-            except BundleError:
+            except BundleError as exc:
                 self.metrics.reloads.labels("rejected").inc()
+                log.warning(
+                    "reload to %s refused, still serving %s: %s",
+                    repr(version) if version else "the bundle `current` names",
+                    previous,
+                    exc,
+                )
                 raise
             self._swap(loaded)
             if self._marker is not None:
-                self._write_marker(loaded.version)
+                self._write_marker(loaded)
             return loaded, previous
 
     # ---- internals ---------------------------------------------------------------------------
-    def _load(self, version: str | None) -> LoadedModel:
-        """Verify and load a bundle; ``version`` None means the one ``current`` names."""
+    def _load(self, folder: str | None) -> LoadedModel:
+        """Verify and load a bundle; ``folder`` None means the one ``current`` names."""
         root = self.settings.MODEL_ROOT
-        if version and not (Path(root) / version / MANIFEST).is_file():
-            raise BundleMissingError(f"no bundle version {version!r} under the model root")
-        bundle = load_current(root, version or None, hmac_key=self.settings.BUNDLE_HMAC_KEY)
+        if folder and not (Path(root) / folder / MANIFEST).is_file():
+            raise BundleMissingError(f"no bundle version {folder!r} under the model root")
+        bundle = load_current(root, folder or None, hmac_key=self.settings.BUNDLE_HMAC_KEY)
         engine = ScoringEngine(bundle)
+        name = bundle.path.name if bundle.path is not None else engine.version
+        if name != engine.version:
+            log.warning(
+                "bundle folder %s declares version %s in its manifest: serving it as %s",
+                name,
+                engine.version,
+                engine.version,
+            )
         schemas = self._schemas.get(engine.version)
         if schemas is None:
             schemas = RequestSchemas(engine, self.settings.MAX_BATCH_ITEMS)
             self._schemas[engine.version] = schemas
-        return LoadedModel(bundle, engine, schemas, engine.version, time.time())
+        return LoadedModel(bundle, engine, schemas, engine.version, time.time(), name)
 
     def _swap(self, loaded: LoadedModel, *, initial: bool = False) -> None:
         previous = self.current.version if self.current else None
@@ -194,13 +246,25 @@ class ModelState:
         self.metrics.serving(loaded.version, previous)
         if not initial or previous is not None:
             self.metrics.reloads.labels("loaded").inc()
+        self._publish()
         log.info("serving bundle %s (previous: %s)", loaded.version, previous)
 
     def _fail(self, message: str) -> None:
         if message != self.last_error:
             # Log each distinct failure once, not once per poll.
             log.error("bundle not loaded: %s", message)
+            self._publish()
         self.last_error = message
+
+    def _publish(self) -> None:
+        if self.roster is not None:
+            loaded = self.current
+            self.roster.publish(
+                os.getpid(),
+                ready=loaded is not None,
+                version=loaded.version if loaded else None,
+                folder=loaded.folder if loaded else None,
+            )
 
     def _read_marker(self, stat_key: tuple[int, int, int] | None = None) -> dict[str, Any] | None:
         if self._marker is None:
@@ -217,29 +281,50 @@ class ModelState:
             return None
         return data if isinstance(data, dict) else None
 
-    def _write_marker(self, version: str, *, exclusive: bool = False) -> None:
-        """Name ``version`` in the marker, atomically (write a temporary file, then rename)."""
-        marker = Path(self._marker)
-        tmp = marker.with_name(f".{marker.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        payload = {"version": version, "pid": os.getpid(), "written_at": time.time()}
+    def _write_marker(self, loaded: LoadedModel, *, exclusive: bool = False) -> None:
+        """Name ``loaded``'s bundle in the marker, atomically (temporary file, then rename)."""
+        ok = write_marker(Path(self._marker), loaded.folder, loaded.version, exclusive=exclusive)
+        if not ok:
+            return
         try:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(orjson.dumps(payload))
-            if exclusive:
-                # First worker to start wins; the others keep what it wrote.
-                with contextlib.suppress(FileExistsError):
-                    os.link(tmp, marker)
-                tmp.unlink()
-            else:
-                os.replace(tmp, marker)
-            st = os.stat(marker)
-        except OSError as exc:
-            log.error(
-                "cannot write reload marker %s: %s (other workers will not follow)", marker, exc
-            )
+            st = os.stat(self._marker)
+        except OSError:
             return
         self._marker_seen = (st.st_ino, st.st_mtime_ns, st.st_size)
         if exclusive:
             # Another worker may have won the race with a different choice: follow it.
             self._next_poll = 0.0
             self._marker_seen = None
+
+
+def _marker_folder(marker: dict[str, Any]) -> str | None:
+    """The bundle folder a marker names (markers written before folders were recorded: version)."""
+    folder = marker.get("folder") or marker.get("version")
+    return folder if isinstance(folder, str) and folder else None
+
+
+def trial_load(settings: Settings) -> LoadedModel:
+    """Verify and load the bundle ``settings`` select, exactly as a worker would, and return it.
+
+    The master runs this in a separate process (``python -m api.model``) before a SIGHUP
+    roll-out, so a bundle no worker could load never reaches the reload marker.
+    """
+    return ModelState(settings, Metrics())._load(settings.MODEL_VERSION)
+
+
+def _main() -> int:
+    """``python -m api.model``: trial-load the selected bundle; print one JSON line about it."""
+    try:
+        loaded = trial_load(Settings.load())
+    except BundleError as exc:
+        print(orjson.dumps({"ok": False, "error": str(exc)}).decode(), flush=True)
+        return 1
+    print(
+        orjson.dumps({"ok": True, "folder": loaded.folder, "version": loaded.version}).decode(),
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -681,6 +681,20 @@ class Ready(Schema):
     redis = fields.String(
         required=True, validate=validate.OneOf(["ok", "down", "disabled"]), metadata={}
     )
+    pid = fields.Integer(metadata={"description": "the worker that answered (under gunicorn)"})
+    workers = fields.List(
+        fields.Nested(lambda: WorkerState()),
+        metadata={"description": "every live worker of the server (under gunicorn)"},
+    )
+    workers_ready = fields.Integer(metadata={"description": "how many of them can serve"})
+
+
+class WorkerState(Schema):
+    """One gunicorn worker as the worker roster records it."""
+
+    pid = fields.Integer(required=True)
+    ready = fields.Boolean(required=True)
+    model_version = fields.String(allow_none=True)
 
 
 class VersionInfo(Schema):
@@ -692,6 +706,11 @@ class VersionInfo(Schema):
     segment_names = fields.List(fields.String(), required=True)
     has_response_model = fields.Boolean(required=True)
     app_version = fields.String(required=True)
+    workers = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        metadata={"description": "model version -> ready workers serving it (under gunicorn)"},
+    )
 
 
 class ReloadRequest(_Strict):

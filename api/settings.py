@@ -225,6 +225,8 @@ class Settings(_FromEnvironment):
     LOG_LEVEL: str = field(default="INFO", metadata=_meta(_log_level))
     #: file through which gunicorn workers agree on the bundle version (set by gunicorn.conf.py)
     RELOAD_MARKER: Path | None = field(default=None, metadata=_meta(_optional_path))
+    #: folder where each gunicorn worker publishes its state (set by gunicorn.conf.py)
+    WORKER_ROSTER: Path | None = field(default=None, metadata=_meta(_optional_path))
     #: how often a worker looks at the reload marker, seconds (0: on every request)
     RELOAD_POLL_SECONDS: float = field(default=1.0, metadata=_meta(_float(0.0)))
     #: prometheus_client's multiprocess folder (gunicorn with several workers); unset: one process
@@ -267,6 +269,7 @@ class ServerSettings(_FromEnvironment):
     GUNICORN_MAX_REQUESTS: int = field(default=20_000, metadata=_meta(_int(0)))
     PROMETHEUS_MULTIPROC_DIR: Path | None = field(default=None, metadata=_meta(_optional_path))
     RELOAD_MARKER: Path | None = field(default=None, metadata=_meta(_optional_path))
+    WORKER_ROSTER: Path | None = field(default=None, metadata=_meta(_optional_path))
     LOG_LEVEL: str = field(default="INFO", metadata=_meta(_log_level))
 
     @property

@@ -31,6 +31,7 @@ def make_app(tiny_bundle_root) -> Callable[..., Any]:
             "ADMIN_API_KEYS": ADMIN_KEY,
             "REDIS_URL": "",
             "RELOAD_MARKER": "",
+            "WORKER_ROSTER": "",
             "PROMETHEUS_MULTIPROC_DIR": "",
             "BENCH_FLOOR": "0",
             **overrides,

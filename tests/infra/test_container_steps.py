@@ -188,10 +188,11 @@ def test_image_runs_as_a_non_root_user():
     assert user.isdigit()
 
 
-def test_healthcheck_probes_healthz_on_the_bound_port_without_curl():
-    """HEALTHCHECK uses python (slim has no curl) against /healthz; EXPOSE matches BIND."""
+def test_healthcheck_probes_readiness_on_the_bound_port_without_curl():
+    """HEALTHCHECK uses python (slim has no curl) against /readyz, which answers 503 while no
+    verified bundle is loaded (/healthz would say healthy); EXPOSE matches BIND."""
     health = _final("HEALTHCHECK")[-1].exec_form()
-    assert health and health[0] == "python" and "/healthz" in health[-1]
+    assert health and health[0] == "python" and "/readyz" in health[-1]
     env = {k: v for stage in _final_chain() for k, v in env_defaults(stage).items()}
     port = env["BIND"].rsplit(":", 1)[1]
     assert env["BIND"].startswith("0.0.0.0:"), "inside a container gunicorn must listen on all"

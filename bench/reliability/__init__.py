@@ -1,0 +1,1 @@
+"""Fault scenarios against a real gunicorn on loopback (``python -m bench.reliability``)."""

@@ -1,0 +1,31 @@
+"""The outages of issue 11, replayed against a real 2-worker gunicorn on loopback.
+
+Each test runs the short version of a scenario from ``bench/reliability/scenarios.py`` (the
+long versions write RELIABILITY.md) and asserts on what the scenario checked.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.reliability import scenarios
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _failed(result: dict) -> list[str]:
+    return [name for name, ok in result["checks"].items() if not ok]
+
+
+def test_sighup_onto_bad_bundles_keeps_serving(tiny_bundle_root):
+    """(2) SIGHUP onto a bad `current` is refused by a trial load; nobody stops serving."""
+    result = scenarios.sighup_bad_current(
+        tiny_bundle_root, kinds=("tampered_file", "library_mismatch", "unsigned")
+    )
+    assert not _failed(result), result
+
+
+def test_recycling_never_leaves_no_worker(tiny_bundle_root):
+    """(4) Workers past their budget retire one at a time, after the last one's replacement."""
+    result = scenarios.recycling(tiny_bundle_root, recycles=3, max_requests=150)
+    assert not _failed(result), result
