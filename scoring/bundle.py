@@ -37,7 +37,8 @@ from typing import Any
 import joblib
 import numpy as np
 
-from scoring.features import Campaign, FeatureSchema
+from scoring.campaigns import Campaign
+from scoring.features import FeatureSchema
 
 FORMAT_NAME = "segment-campaign-bundle"
 FORMAT_VERSION = 1

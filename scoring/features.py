@@ -13,7 +13,7 @@ functions for imputation and derivation, written once for pandas frames and nump
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -55,7 +55,7 @@ class NumericInput:
 
 @dataclass(frozen=True)
 class CategoricalInput:
-    """One categorical input column; unseen or missing values map to code -1 (LightGBM: missing)."""
+    """One categorical input column; unseen or missing values map to code NaN (LightGBM: missing)."""
 
     name: str
     categories: tuple[str, ...]
@@ -139,6 +139,10 @@ class FeatureSchema:
             columns.append(name)
         return columns
 
+    def response_layout(self) -> ResponseLayout:
+        """Where each part of a response-model row goes, read from the model's column list."""
+        return ResponseLayout.of(self)
+
     # ---- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, stored in the manifest."""
@@ -199,10 +203,18 @@ def cluster_matrix(numeric: np.ndarray, schema: FeatureSchema) -> np.ndarray:
     c = numeric[:, schema.cluster_index()].astype(np.float64, copy=True)
     mask = schema.log_mask()
     if mask.any():
-        # Values are validated non-negative upstream; clip guards against -0.0 and tiny
-        # negative noise so log1p never yields NaN.
-        c[:, mask] = np.log1p(np.clip(c[:, mask], 0.0, None))
+        c[:, mask] = log1p_clipped(c[:, mask])
     return c
+
+
+def log1p_clipped(values: np.ndarray) -> np.ndarray:
+    """``log1p`` of values clipped at 0: the one log transform of every scorer.
+
+    Values are validated non-negative upstream; the clip guards against -0.0 and tiny negative
+    noise so log1p never yields NaN. The single-customer path calls this same numpy function
+    (not ``math.log1p``, which may differ in the last bit where numpy uses SIMD code).
+    """
+    return np.log1p(np.maximum(values, 0.0))
 
 
 def encode_categoricals(values: list[list[Any]] | np.ndarray, schema: FeatureSchema) -> np.ndarray:
@@ -229,17 +241,80 @@ def frame_to_raw(frame, schema: FeatureSchema) -> tuple[np.ndarray, np.ndarray]:
     return raw, codes
 
 
-@dataclass
-class Campaign:
-    """One campaign of the pool. ``eligible_segments`` None means every segment."""
+@dataclass(frozen=True)
+class ResponseLayout:
+    """The layout of a response-model row, driven by ``FeatureSchema.response_model_columns``.
 
-    id: str
-    name: str
-    value: float
-    channel: str = "any"
-    description: str = ""
-    eligible_segments: list[str] | None = field(default=None)
+    A row is the response features, the categorical codes, the segment id and the campaign's
+    pool position, in the column order the model was trained with. Every place that builds such
+    rows (the engine, the single-customer path, training, the reference path) asks this object
+    where each part goes, so a table with its own ``segment`` or ``campaign`` feature cannot
+    shift a column.
+    """
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form, stored as campaigns.json."""
-        return asdict(self)
+    #: the model's columns, in order
+    columns: tuple[str, ...]
+    #: positions of the response features within the numeric matrix, in column order
+    numeric_index: tuple[int, ...]
+    #: model columns of the response features (a slice: they come first)
+    numeric_slots: slice
+    #: model columns of the categorical codes
+    code_slots: slice
+    #: model column of the segment id, and its name
+    segment_slot: int
+    segment_column: str
+    #: model column of the campaign's pool position, and its name
+    campaign_slot: int
+    campaign_column: str
+
+    @classmethod
+    def of(cls, schema: FeatureSchema) -> ResponseLayout:
+        """The layout of ``schema``'s response model."""
+        columns = tuple(schema.response_model_columns)
+        numeric = schema.numeric_names
+        nr, nc = len(schema.response_features), len(schema.categoricals)
+        return cls(
+            columns=columns,
+            numeric_index=tuple(numeric.index(n) for n in schema.response_features),
+            numeric_slots=slice(0, nr),
+            code_slots=slice(nr, nr + nc),
+            segment_slot=nr + nc,
+            segment_column=columns[nr + nc],
+            campaign_slot=nr + nc + 1,
+            campaign_column=columns[nr + nc + 1],
+        )
+
+    @property
+    def width(self) -> int:
+        """Number of model columns."""
+        return len(self.columns)
+
+    def rows(
+        self,
+        numeric: np.ndarray,
+        codes: np.ndarray,
+        segment: np.ndarray,
+        customer: np.ndarray,
+        campaign: np.ndarray,
+    ) -> np.ndarray:
+        """Model rows for (customer, campaign) pairs: ``numeric`` (n, n_numeric), ``codes``
+        (n, n_categoricals) and ``segment`` (n,) per customer; ``customer`` and ``campaign``
+        (r,) per row. Returns (r, width) float64."""
+        rows = np.empty((customer.shape[0], self.width), dtype=np.float64)
+        rows[:, self.numeric_slots] = numeric[customer][:, list(self.numeric_index)]
+        if codes.shape[1]:
+            rows[:, self.code_slots] = codes[customer]
+        rows[:, self.segment_slot] = segment[customer]
+        rows[:, self.campaign_slot] = campaign
+        return rows
+
+    def row(self, numeric: list[float], codes: list[float], segment: int, campaign: int) -> list:
+        """One model row in plain Python (the single-customer path): ``numeric`` is the full
+        numeric feature list of the customer, ``codes`` its categorical codes."""
+        out = [0.0] * self.width
+        for slot, i in enumerate(self.numeric_index):
+            out[slot] = numeric[i]
+        out[self.code_slots] = codes
+        out[self.segment_slot] = float(segment)
+        out[self.campaign_slot] = float(campaign)
+        return out

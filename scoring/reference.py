@@ -31,14 +31,16 @@ def reference_propensities(bundle: Bundle, frame: pd.DataFrame, segments: np.nda
     """(n, n_campaigns) probabilities through Booster.predict on a pandas frame."""
     numeric, codes = reference_numeric(bundle, frame)
     schema = bundle.schema
+    layout = schema.response_layout()
     n, m = len(frame), len(bundle.campaigns)
     resp = numeric[:, schema.response_index()]
+    # keyed by the model's own column names: a feature may itself be called "campaign"
     cols = {}
-    for j, name in enumerate(schema.response_features):
+    for j, name in enumerate(layout.columns[layout.numeric_slots]):
         cols[name] = np.repeat(resp[:, j], m)
-    for j, name in enumerate(schema.categorical_names):
+    for j, name in enumerate(layout.columns[layout.code_slots]):
         cols[name] = np.repeat(codes[:, j], m)
-    cols["segment"] = np.repeat(np.asarray(segments, dtype=np.float64), m)
-    cols["campaign"] = np.tile(np.arange(m, dtype=np.float64), n)
-    rows = pd.DataFrame(cols)[schema.response_model_columns]
+    cols[layout.segment_column] = np.repeat(np.asarray(segments, dtype=np.float64), m)
+    cols[layout.campaign_column] = np.tile(np.arange(m, dtype=np.float64), n)
+    rows = pd.DataFrame(cols)[list(layout.columns)]
     return bundle.response_model.predict(rows.to_numpy()).reshape(n, m)

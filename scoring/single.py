@@ -2,10 +2,15 @@
 
 The vectorised engine pays numpy's per-call overhead (a microsecond or more per operation, some
 twenty operations) whatever the batch size; for one customer that overhead is most of the work.
-This path does the same arithmetic on Python floats over tables prepared once from the engine:
-imputation, ratio features, log1p, the fused scaler+PCA map, nearest centroid, and one
-LightGBM single-row call per eligible campaign. Tests hold it to the batch path: the same
-segments and rankings, probabilities equal to 1e-12.
+This path does the same arithmetic on Python floats over the load-time tables
+(:class:`scoring.tables.ScoringTables`): imputation, ratio features, log1p, the fused
+scaler+PCA map, nearest centroid, and one LightGBM single-row call per eligible campaign.
+
+Same operations in the same order as the batch path, so the answers are equal to the bit, not
+merely close: the projection adds feature by feature, squared distances add component by
+component, log1p is the same numpy function, and IEEE arithmetic on Python floats rounds as
+numpy's elementwise operations do. Campaign rules and ranking come from
+:mod:`scoring.campaigns`, the row layout from :class:`scoring.features.ResponseLayout`.
 """
 
 from __future__ import annotations
@@ -14,30 +19,37 @@ import math
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from scoring.campaigns import rank_one
+
 if TYPE_CHECKING:
-    from scoring.engine import ScoringEngine
+    from scoring.propensity import PropensityModel
+    from scoring.tables import ScoringTables
 
 
 class SingleCustomerScorer:
-    """Plain-Python scorer for one customer, sharing the engine's load-time tables."""
+    """Plain-Python scorer for one customer over the frozen load-time tables."""
 
-    def __init__(self, engine: ScoringEngine) -> None:
-        self.engine = engine
-        schema = engine.schema
-        self._inputs = list(zip(schema.input_names, engine._medians.tolist(), strict=True))
-        self._derived = list(engine._derived)
-        self._cluster_idx = engine._cluster_idx.tolist()
-        self._log_idx = engine._log_idx.tolist()
-        self._w = engine._w.tolist()
-        self._b = engine._b.tolist()
-        self._centers = engine._centers.tolist()
-        self._thresholds = engine._thresholds.tolist()
-        self._response_idx = engine._response_idx.tolist()
+    def __init__(self, tables: ScoringTables, model: PropensityModel | None) -> None:
+        self.tables = tables
+        self.model = model
+        # Python-list copies of the tables: indexing a list is several times cheaper than
+        # indexing a numpy array one element at a time.
+        self._inputs = list(zip(tables.input_names, tables.medians.tolist(), strict=True))
+        self._derived = list(tables.derived)
+        self._cluster_idx = tables.cluster_index.tolist()
+        self._log_idx = tables.log_index.tolist()
+        self._w = tables.w.tolist()
+        self._b = tables.b.tolist()
+        self._centers = tables.centers.tolist()
+        self._thresholds = tables.thresholds.tolist()
         self._categoricals = [
-            (c.name, {v: float(i) for i, v in enumerate(c.categories)}) for c in schema.categoricals
+            (c.name, {v: float(i) for i, v in enumerate(c.categories)})
+            for c in tables.schema.categoricals
         ]
-        self._eligible = [row.tolist() for row in engine._eligible]
-        self._values = engine._values.tolist()
+        self._eligible = [row.tolist() for row in tables.eligible]
+        self._values = tables.values.tolist()
 
     # ---- features and segment ----------------------------------------------------------
     def numeric(self, record: Mapping[str, Any]) -> list[float]:
@@ -51,11 +63,23 @@ class SingleCustomerScorer:
             vals.append(vals[num] / d if d > 0 else fill)
         return vals
 
+    def codes(self, record: Mapping[str, Any]) -> list[float]:
+        """Categorical codes (NaN for missing or unknown), as the batch path computes them."""
+        out = []
+        for name, lookup in self._categoricals:
+            v = record.get(name)
+            out.append(math.nan if v is None else lookup.get(str(v), math.nan))
+        return out
+
     def assign(self, vals: list[float]) -> tuple[int, float, bool]:
         """(segment, distance to its centroid, atypical) for one customer."""
         c = [vals[i] for i in self._cluster_idx]
-        for i in self._log_idx:
-            c[i] = math.log1p(max(c[i], 0.0))
+        if self._log_idx:
+            # numpy's log1p, not math.log1p: where numpy runs SIMD code the two may differ in
+            # the last bit, and the batch path uses numpy's (max() clips as np.maximum does)
+            logged = np.log1p([max(c[i], 0.0) for i in self._log_idx]).tolist()
+            for i, v in zip(self._log_idx, logged, strict=True):
+                c[i] = v
         p = list(self._b)
         for ci, row in zip(c, self._w, strict=True):
             for k, w in enumerate(row):
@@ -64,7 +88,8 @@ class SingleCustomerScorer:
         for s, center in enumerate(self._centers):
             d2 = 0.0
             for pk, ck in zip(p, center, strict=True):
-                d2 += (pk - ck) * (pk - ck)
+                diff = pk - ck
+                d2 += diff * diff
             if d2 < best_d2:
                 best, best_d2 = s, d2
         distance = math.sqrt(best_d2)
@@ -73,7 +98,7 @@ class SingleCustomerScorer:
     def predict_segment(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """The batch path's ``predict_segment`` answer for one customer."""
         s, distance, atypical = self.assign(self.numeric(record))
-        return self.engine._segment_result(s, distance, atypical)
+        return self.tables.segment_result(s, distance, atypical)
 
     # ---- campaigns ---------------------------------------------------------------------
     def recommend(
@@ -85,32 +110,33 @@ class SingleCustomerScorer:
         exclude: Collection[str] = (),
     ) -> dict[str, Any]:
         """The batch path's ``recommend`` answer (without ``explain``) for one customer."""
-        engine = self.engine
+        tables = self.tables
         vals = self.numeric(record)
         s, distance, atypical = self.assign(vals)
-        eligible = self._eligible[s]
-        camps = engine.campaigns
+        camps = tables.campaigns
         chosen = [
             j
-            for j, ok in enumerate(eligible)
-            if ok
-            and (channel is None or camps[j].channel in (channel, "any"))
-            and camps[j].id not in exclude
+            for j, ok in enumerate(self._eligible[s])
+            if ok and camps[j].reaches(channel) and camps[j].id not in exclude
         ]
-        base = [vals[i] for i in self._response_idx]
-        for name, lookup in self._categoricals:
-            v = record.get(name)
-            base.append(math.nan if v is None else lookup.get(str(v), math.nan))
-        base.append(float(s))
-        probs = engine._model.predict_rows([[*base, float(j)] for j in chosen])
-        scored = sorted(
-            ((p * self._values[j], p, j) for p, j in zip(probs, chosen, strict=True)),
-            key=lambda t: -t[0],
-        )  # stable: ties keep campaign order, as the batch path's stable argsort does
+        layout = tables.layout
+        row = layout.row(vals, self.codes(record), s, 0)
+        slot = layout.campaign_slot
+        rows = []
+        for j in chosen:
+            r = row.copy()
+            r[slot] = float(j)
+            rows.append(r)
+        probs = self.model.predict_rows(rows)
+        values = self._values
+        evs = [p * values[j] for p, j in zip(probs, chosen, strict=True)]
+        order = rank_one(evs)
         if top_k is not None:
-            scored = scored[:top_k]
-        items = engine._items[channel is not None][s]
-        ranked = [{**items[j], "probability": p, "expected_value": ev} for ev, p, j in scored]
-        res = engine._segment_result(s, distance, atypical)
+            order = order[:top_k]
+        items = tables.items[channel is not None][s]
+        ranked = [
+            {**items[chosen[r]], "probability": probs[r], "expected_value": evs[r]} for r in order
+        ]
+        res = tables.segment_result(s, distance, atypical)
         res["campaigns"] = ranked
         return res

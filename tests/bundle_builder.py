@@ -13,8 +13,8 @@ from sklearn.impute import SimpleImputer
 from sklearn.preprocessing import StandardScaler
 
 from scoring.bundle import Bundle, write_bundle
+from scoring.campaigns import Campaign
 from scoring.features import (
-    Campaign,
     DerivedFeature,
     FeatureSchema,
     NumericInput,

@@ -258,21 +258,27 @@ def bundle_path(location: str | os.PathLike) -> Path:
     return resolve(path)
 
 
-def read_customers(path: Path) -> pd.DataFrame:
-    """A CSV or Parquet customer file."""
+def read_customers(path: Path, id_column: str | None = None) -> pd.DataFrame:
+    """A CSV or Parquet customer file; ``id_column`` is read as text ("007" stays "007")."""
     import pandas as pd
+
+    from scoring.ids import ids_as_text, read_options
 
     suffix = path.suffix.lower()
     if not path.is_file():
         raise CommandError(f"{path}: no such file")
     try:
         if suffix == ".parquet":
-            return pd.read_parquet(path)
-        if suffix in (".csv", ".txt", ".tsv"):
-            return pd.read_csv(path, sep=None, engine="python")
+            frame = pd.read_parquet(path)
+        elif suffix in (".csv", ".txt", ".tsv"):
+            frame = pd.read_csv(path, sep=None, engine="python", **read_options(id_column))
+        else:
+            raise CommandError(f"{path}: unsupported file type {suffix!r} (use .csv or .parquet)")
     except (OSError, ValueError) as exc:
         raise CommandError(f"{path}: cannot read ({exc})") from None
-    raise CommandError(f"{path}: unsupported file type {suffix!r} (use .csv or .parquet)")
+    if id_column is not None and id_column in frame.columns:
+        frame[id_column] = ids_as_text(frame[id_column])
+    return frame
 
 
 def write_frame(frame: pd.DataFrame, path: Path) -> None:
@@ -288,30 +294,32 @@ def write_frame(frame: pd.DataFrame, path: Path) -> None:
 
 
 def score_frame(engine, frame: pd.DataFrame) -> pd.DataFrame:
-    """Segment and campaign scores of the customers in ``frame`` (one batch)."""
+    """Segment and campaign scores of the customers in ``frame`` (one batch).
+
+    Everything comes from the scoring core's ranking (``ScoringEngine.rank``), the same call
+    ``/recommend`` makes: ``best_campaign`` is the first campaign ``/recommend`` returns.
+    """
     import numpy as np
     import pandas as pd
 
     batch = engine.batch_from_frame(frame)
-    a = engine.assign(batch)
+    ranking = engine.rank(batch) if engine.has_response_model else None
+    a = engine.assign(batch) if ranking is None else ranking.assignment
     out = {
         "segment_id": a.segment.astype(np.int64),
         "segment_name": np.asarray(engine.segment_names, dtype=object)[a.segment],
         "distance": a.distance,
         "atypical": a.atypical,
     }
-    if engine.has_response_model:
-        mask = engine.eligibility_mask(a.segment)
-        prob = engine.propensities(batch, a.segment, mask)
-        values = np.array([c.value for c in engine.campaigns], dtype=np.float64)
-        ev = np.where(mask, prob * values, -np.inf)
-        best = np.argmax(ev, axis=1)
-        has_any = mask.any(axis=1)
-        ids = np.array([c.id for c in engine.campaigns], dtype=object)
+    if ranking is not None:
+        best = ranking.order[:, 0]
+        has_any = ranking.counts > 0
+        ids = np.array(engine.campaign_ids, dtype=object)
+        best_ev = ranking.expected_value[np.arange(len(best)), best]
         out["best_campaign"] = np.where(has_any, ids[best], None)
-        out["best_expected_value"] = np.where(has_any, ev[np.arange(len(best)), best], np.nan)
-        for j, c in enumerate(engine.campaigns):
-            out[f"p_{c.id}"] = prob[:, j]
+        out["best_expected_value"] = np.where(has_any, best_ev, np.nan)
+        for j, cid in enumerate(engine.campaign_ids):
+            out[f"p_{cid}"] = ranking.probability[:, j]
     return pd.DataFrame(out)
 
 
@@ -323,7 +331,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(bundle_path(args.bundle), hmac_key=_key_from_env(args.hmac_key_env))
     schema = bundle.schema
-    frame = read_customers(Path(args.input))
+    frame = read_customers(Path(args.input), schema.id_column)
     missing = [c for c in schema.input_names + schema.categorical_names if c not in frame.columns]
     if missing:
         raise CommandError(f"{args.input}: missing columns {', '.join(missing)}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scoring.features import Campaign
+from scoring.campaigns import Campaign
 
 logger = logging.getLogger("training")
 

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scoring.features import Campaign
+from scoring.campaigns import Campaign
+from scoring.ids import ids_as_text
 from training.config import TrainConfig, TransactionsConfig
 from training.transactions import FEATURE_COLUMNS, features_from_transactions
 from training.validate import TableError
@@ -80,17 +81,6 @@ def _looks_like_parquet(path: Path) -> bool:
         return handle.read(4) == PARQUET_MAGIC
 
 
-def strip_text(values: pd.Series) -> pd.Series:
-    """Ids as text without surrounding whitespace: ``" 42 "`` and ``"42"`` are one customer.
-
-    Integer columns (Parquet) become their digits; text such as ``"007"`` is kept as written.
-    """
-    # float ids (an integer column that once held a missing value) read 42.0 -> "42"
-    if pd.api.types.is_float_dtype(values) and bool((values.isna() | (values % 1 == 0)).all()):
-        return values.astype("Int64").astype("string")
-    return values.astype("string").str.strip()
-
-
 def read_table(
     path: str | Path,
     separator: str | None = None,
@@ -146,7 +136,7 @@ def read_table(
         raise TableError(f"cannot read {path}: {message}") from None
     for column in text_columns:
         if column in frame.columns:
-            frame[column] = strip_text(frame[column])
+            frame[column] = ids_as_text(frame[column])
     logger.info("read %s: %d rows x %d columns", path, len(frame), frame.shape[1])
     return frame
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from scoring.features import Campaign, FeatureSchema
+from scoring.campaigns import Campaign
+from scoring.features import FeatureSchema
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scoring.features import Campaign
+from scoring.campaigns import Campaign
 from training.naming import SegmentName
 
 #: default campaigns kept per segment
@@ -38,8 +38,12 @@ def segment_response_rates(
     return rates, offers
 
 
-def default_campaigns(segment_name: str, rates: np.ndarray, campaigns: list[Campaign]) -> list[str]:
+def default_campaigns(
+    segment_id: int, segment_name: str, rates: np.ndarray, campaigns: list[Campaign]
+) -> list[str]:
     """Eligible campaigns ranked by historical expected value (rate x value), at most three.
+
+    Eligibility is :meth:`Campaign.is_eligible`, the rule serving applies (names and ids).
 
     Campaigns never offered to the segment count with rate 0; without any history the ranking
     falls back to campaign value alone. Ties keep pool order.
@@ -47,7 +51,7 @@ def default_campaigns(segment_name: str, rates: np.ndarray, campaigns: list[Camp
     has_history = bool(np.isfinite(rates).any())
     ranked = []
     for j, c in enumerate(campaigns):
-        if c.eligible_segments is not None and segment_name not in c.eligible_segments:
+        if not c.is_eligible(segment_id, segment_name):
             continue
         rate = float(rates[j]) if np.isfinite(rates[j]) else 0.0
         expected = rate * c.value if has_history else c.value
@@ -98,7 +102,7 @@ def build_profiles(
                     for j, c in enumerate(campaigns)
                     if np.isfinite(rates[s, j])
                 },
-                "default_campaigns": default_campaigns(names[s].name, rates[s], campaigns),
+                "default_campaigns": default_campaigns(s, names[s].name, rates[s], campaigns),
                 "outlier_threshold": float(outlier_thresholds[s]),
             }
         )

@@ -1,8 +1,8 @@
 """Response model stage: LightGBM over (customer features, segment, campaign) rows.
 
-One row per campaign offered to a customer, columns in ``FeatureSchema.response_model_columns``
-order: the response features, the categorical codes, the segment id and the campaign's index in
-the pool; the last three kinds are declared categorical. Customers (never rows) are split into
+One row per campaign offered to a customer, laid out by ``FeatureSchema.response_layout()``
+(the layout serving reads): the response features, the categorical codes, the segment id and the
+campaign's index in the pool; the last three kinds are declared categorical. Customers (never rows) are split into
 training and held-out sets, so no customer is on both sides; early stopping watches the held-out
 log loss, and the model is trimmed to its best iteration. Held-out metrics: pooled and
 per-campaign AUC, log loss, Brier score, a 10-bin calibration table and the base rate.
@@ -55,15 +55,9 @@ def response_matrix(
     y = responses["responded"].to_numpy()
     if rows is not None:
         cust, camp, y = cust[rows], camp[rows], y[rows]
-    schema = prepared.schema
-    n_num = len(schema.response_features)
-    n_cat = len(schema.categoricals)
-    X = np.empty((cust.shape[0], n_num + n_cat + 2), dtype=np.float64)
-    X[:, :n_num] = prepared.numeric[:, schema.response_index()][cust]
-    if n_cat:
-        X[:, n_num : n_num + n_cat] = prepared.codes[cust]
-    X[:, -2] = labels[cust]
-    X[:, -1] = camp
+    # the layout serving reads: the same columns in the same places
+    layout = prepared.schema.response_layout()
+    X = layout.rows(prepared.numeric, prepared.codes, labels, cust, camp)
     return X, y.astype(np.float64)
 
 
@@ -206,9 +200,14 @@ def fit_response_model(
     train_rows, valid_rows = split_customers(prepared.responses["customer_idx"].to_numpy(), config)
     X_train, y_train = response_matrix(prepared, labels, train_rows)
     X_valid, y_valid = response_matrix(prepared, labels, valid_rows)
-    columns = model_feature_names(prepared.schema.response_model_columns)
-    n_num = len(prepared.schema.response_features)
-    categorical = list(range(n_num, len(columns)))  # categorical codes, segment, campaign
+    layout = prepared.schema.response_layout()
+    columns = model_feature_names(list(layout.columns))
+    # categorical codes, segment, campaign
+    categorical = [
+        *range(layout.code_slots.start, layout.code_slots.stop),
+        layout.segment_slot,
+        layout.campaign_slot,
+    ]
     params = {
         "objective": "binary",
         "metric": "binary_logloss",
@@ -251,7 +250,10 @@ def fit_response_model(
     trimmed = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
     p_valid = trimmed.predict(X_valid)
     metrics = evaluate(
-        y_valid, p_valid, X_valid[:, -1].astype(int), [c.id for c in prepared.campaigns]
+        y_valid,
+        p_valid,
+        X_valid[:, layout.campaign_slot].astype(int),
+        [c.id for c in prepared.campaigns],
     )
     metrics.update(
         best_iteration=int(best),

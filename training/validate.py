@@ -15,7 +15,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scoring.features import KIND_DOMAINS, Campaign
+from scoring.campaigns import Campaign
+from scoring.features import KIND_DOMAINS
 from training.config import TrainConfig
 
 #: Campaign ids the bundle format accepts (see docs/architecture.md).
@@ -411,12 +412,11 @@ def eligibility_warnings(campaigns: Sequence[Campaign], segment_names: Sequence[
     no segment at all is reported as never recommended. These are warnings, not refusals: a
     pool is often written before the segments are named and reused across retrainings.
     """
-    known = set(segment_names) | {str(s) for s in range(len(segment_names))}
     out = []
     for campaign in campaigns:
         if campaign.eligible_segments is None:
             continue
-        unknown = [s for s in campaign.eligible_segments if str(s) not in known]
+        unknown = campaign.unknown_segments(segment_names)
         if unknown:
             out.append(
                 f"campaign {campaign.id!r}: eligible_segments names no segment: "

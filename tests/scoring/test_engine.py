@@ -133,7 +133,7 @@ def test_contributions_equal_lightgbm_pred_contrib(engine, tiny_bundle, demo_cus
     campaign = np.tile([0, 1], 40)
     rows = engine.model_rows(batch, seg, customer, campaign)
     expected = tiny_bundle.response_model.predict(rows, pred_contrib=True)[:, :-1]
-    np.testing.assert_allclose(engine._model.contributions(rows), expected, atol=1e-12)
+    np.testing.assert_allclose(engine.model.contributions(rows), expected, atol=1e-12)
 
 
 def test_model_columns_stay_unique_when_a_feature_is_called_campaign(tiny_bundle):
@@ -163,15 +163,9 @@ def test_one_customer_path_equals_batch_path(engine, demo_customers, options):
     batch_results = engine.recommend(engine.batch_from_records(records), **options)
     for record, expected in zip(records, batch_results, strict=True):
         got = engine.recommend_one(record, **options)
-        assert got["segment_id"] == expected["segment_id"]
-        assert got["atypical"] == expected["atypical"]
-        assert got["distance"] == pytest.approx(expected["distance"], rel=1e-9)
-        assert [c["campaign_id"] for c in got["campaigns"]] == [
-            c["campaign_id"] for c in expected["campaigns"]
-        ]
-        for a, b in zip(got["campaigns"], expected["campaigns"], strict=True):
-            assert a["probability"] == pytest.approx(b["probability"], abs=1e-12)
-            assert a["eligibility"] == b["eligibility"]
+        # equal to the bit (distance, probabilities), not merely close: the two paths do the
+        # same operations in the same order
+        assert got == expected
         seg = engine.predict_segment_one(record)
         assert seg == {k: v for k, v in got.items() if k != "campaigns"}
 
@@ -180,3 +174,61 @@ def test_one_customer_explain_goes_through_batch_path(engine, demo_request):
     record = {k: v for k, v in demo_request.items() if k != "customer_id"}
     res = engine.recommend_one(record, explain=True, top_k=1)
     assert len(res["campaigns"]) == 1 and res["campaigns"][0]["contributions"]
+
+
+def _renamed(bundle, frame, old: str, new: str):
+    """The bundle and customers with feature ``old`` called ``new`` everywhere."""
+    from dataclasses import replace
+
+    def name(n: str) -> str:
+        return new if n == old else n
+
+    s = bundle.schema
+    schema = replace(
+        s,
+        inputs=tuple(replace(f, name=name(f.name)) for f in s.inputs),
+        derived=tuple(
+            replace(d, numerator=name(d.numerator), denominator=name(d.denominator))
+            for d in s.derived
+        ),
+        cluster_features=tuple(map(name, s.cluster_features)),
+        log_features=tuple(map(name, s.log_features)),
+        response_features=tuple(map(name, s.response_features)),
+    )
+    return replace(bundle, schema=schema), frame.rename(columns={old: new})
+
+
+@pytest.mark.parametrize("feature", ["campaign", "segment"])
+def test_a_feature_called_like_a_model_column_scores_everywhere(
+    tiny_bundle, demo_customers, feature
+):
+    # regression: the reference path hard-coded "segment"/"campaign" and raised KeyError
+    bundle, frame = _renamed(tiny_bundle, demo_customers[0], "order_count", feature)
+    layout = bundle.schema.response_layout()
+    assert layout.columns[layout.campaign_slot] == layout.campaign_column
+    assert feature in layout.columns[layout.numeric_slots]
+    engine = ScoringEngine(bundle)
+    batch = engine.batch_from_frame(frame)
+    a = engine.assign(batch)
+    np.testing.assert_array_equal(a.segment, reference_segments(bundle, frame))
+    np.testing.assert_allclose(
+        engine.propensities(batch, a.segment),
+        reference_propensities(bundle, frame, a.segment),
+        rtol=0,
+        atol=1e-12,
+    )
+    # and the renamed bundle scores exactly as the original
+    original = ScoringEngine(tiny_bundle)
+    np.testing.assert_array_equal(
+        engine.propensities(batch, a.segment),
+        original.propensities(original.batch_from_frame(demo_customers[0]), a.segment),
+    )
+
+
+def test_one_customer_and_batch_agree_to_the_bit_over_many_customers(engine):
+    # regression: distance differed in the last bits between /recommend alone and in a batch
+    frame, _ = synthetic_customers(3000, seed=7)
+    records = _records(frame)
+    batch = engine.predict_segment(engine.batch_from_records(records))
+    for record, expected in zip(records, batch, strict=True):
+        assert engine.predict_segment_one(record) == expected

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scoring.features import Campaign
+from scoring.campaigns import Campaign
 from training.__main__ import main
 from training.config import ConfigError, SegmentationConfig, config_from_dict
 from training.load import read_table

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scoring.features import Campaign
+from scoring.campaigns import Campaign
 from training.naming import SegmentName
 from training.profiles import build_profiles, default_campaigns, segment_response_rates
+from training.validate import eligibility_warnings
 
 CAMPAIGNS = [
     Campaign("cheap", "Cheap", 10.0),
@@ -85,9 +86,9 @@ def test_default_campaigns_rank_by_expected_value_and_respect_eligibility(data):
     _numeric, labels, responses, _names = data
     rates, _ = segment_response_rates(responses, labels, 2, len(CAMPAIGNS))
     # Regulars: cheap 2/3*10=6.7, dear 0, never 0 (ties by value); vip_only not eligible
-    assert default_campaigns("Regulars", rates[0], CAMPAIGNS) == ["cheap", "dear", "never"]
+    assert default_campaigns(0, "Regulars", rates[0], CAMPAIGNS) == ["cheap", "dear", "never"]
     # VIP: vip_only 1*500, dear 0.5*100, cheap 1/3*10
-    assert default_campaigns("VIP", rates[1], CAMPAIGNS) == ["vip_only", "dear", "cheap"]
+    assert default_campaigns(1, "VIP", rates[1], CAMPAIGNS) == ["vip_only", "dear", "cheap"]
 
 
 def test_without_history_defaults_follow_value_and_rates_are_empty(data):
@@ -98,3 +99,15 @@ def test_without_history_defaults_follow_value_and_rates_are_empty(data):
     assert profiles[0]["response_rate"] == {}
     assert profiles[0]["default_campaigns"] == ["dear", "never", "cheap"]
     assert profiles[1]["default_campaigns"] == ["vip_only", "dear", "never"]
+
+
+def test_a_campaign_eligible_by_segment_id_becomes_that_segments_default(data):
+    # regression: eligible_segments = ["0"] was offered by /recommend but never a default
+    _numeric, labels, responses, _names = data
+    rates, _ = segment_response_rates(responses, labels, 2, len(CAMPAIGNS))
+    pool = [*CAMPAIGNS[:3], Campaign("by_id", "By id", 1000.0, eligible_segments=["0"])]
+    assert "by_id" in default_campaigns(0, "Regulars", rates[0], pool)
+    assert "by_id" not in default_campaigns(1, "VIP", rates[1], pool)
+    # and training's pool check knows the id: no "names no segment" warning for it
+    assert not [w for w in eligibility_warnings(pool, ["Regulars", "VIP"]) if "by_id" in w]
+    assert eligibility_warnings([Campaign("x", "X", 1.0, eligible_segments=["2"])], ["A", "B"])

@@ -1,0 +1,148 @@
+"""The frozen load-time tables both scorers read: built once from a verified bundle.
+
+Everything a request needs that does not depend on the customer is computed here, once: the
+imputation values, the ratio features' positions, the scaler and PCA fused into one affine map,
+the centroids and outlier thresholds, the segment defaults, the response-row layout, and the
+campaign tables (values, the eligibility of every (segment, campaign) pair with the rule that
+made it eligible, and the fixed part of every answer item). The vectorised engine
+(:mod:`scoring.engine`) and the single-customer path (:mod:`scoring.single`) both read this
+object and nothing private of each other. Its arrays are read-only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from scoring.bundle import Bundle
+from scoring.campaigns import Campaign, eligibility_table
+from scoring.features import FeatureSchema, ResponseLayout
+
+
+def _frozen(array: Any, dtype: Any = np.float64) -> np.ndarray:
+    out = np.array(array, dtype=dtype)
+    out.flags.writeable = False
+    return out
+
+
+@dataclass(frozen=True)
+class ScoringTables:
+    """Load-time tables of one bundle (see the module docstring); build with :meth:`of`."""
+
+    schema: FeatureSchema
+    segment_names: tuple[str, ...]
+    campaigns: tuple[Campaign, ...]
+    # ---- features
+    input_names: tuple[str, ...]
+    categorical_names: tuple[str, ...]
+    #: imputation value of each numeric input (the fitted imputer's statistics)
+    medians: np.ndarray
+    #: per derived feature: (numerator position, denominator position, fill)
+    derived: tuple[tuple[int, int, float], ...]
+    #: inputs plus derived features
+    n_numeric: int
+    # ---- segments
+    #: positions of the cluster features in the numeric matrix
+    cluster_index: np.ndarray
+    #: positions, among the cluster features, of those that get log1p
+    log_index: np.ndarray
+    #: scaler then PCA as one affine map: projection = cluster features @ w + b
+    w: np.ndarray
+    b: np.ndarray
+    #: (k, n_components) centroids in PCA space
+    centers: np.ndarray
+    #: (k,) distance beyond which a customer of the segment is atypical
+    thresholds: np.ndarray
+    #: default campaign ids of each segment (training's choice)
+    defaults: tuple[list[str], ...]
+    # ---- campaigns
+    layout: ResponseLayout
+    #: (m,) campaign values
+    values: np.ndarray
+    #: (k, m) may segment s receive campaign j
+    eligible: np.ndarray
+    #: campaign id -> pool position
+    campaign_index: dict[str, int]
+    #: (m,) campaign channels
+    channels: tuple[str, ...]
+    #: the fixed part of every answer item per (segment, campaign), keyed by whether a channel
+    #: was asked for (the eligibility text then names the channel)
+    items: dict[bool, tuple[tuple[dict[str, Any], ...], ...]]
+
+    @classmethod
+    def of(cls, bundle: Bundle) -> ScoringTables:
+        """Build the tables of ``bundle`` (a loaded, verified bundle)."""
+        schema = bundle.schema
+        names = schema.input_names
+        # scaler then PCA is affine: p = (c - mu) / sigma @ V.T - m @ V.T == c @ W + b
+        scale = np.asarray(bundle.scaler.scale_, dtype=np.float64)
+        mean = np.asarray(bundle.scaler.mean_, dtype=np.float64)
+        comps = np.asarray(bundle.pca.components_, dtype=np.float64)
+        pca_mean = np.asarray(bundle.pca.mean_, dtype=np.float64)
+        campaigns = tuple(bundle.campaigns)
+        segment_names = tuple(bundle.segment_names)
+        eligible, rules = eligibility_table(campaigns, segment_names)
+        return cls(
+            schema=schema,
+            segment_names=segment_names,
+            campaigns=campaigns,
+            input_names=tuple(names),
+            categorical_names=tuple(schema.categorical_names),
+            # the fitted imputer's values: the object training used
+            medians=_frozen(bundle.imputer.statistics_),
+            derived=tuple(
+                (names.index(d.numerator), names.index(d.denominator), float(d.fill))
+                for d in schema.derived
+            ),
+            n_numeric=len(schema.numeric_names),
+            cluster_index=_frozen(schema.cluster_index(), np.intp),
+            log_index=_frozen(np.flatnonzero(schema.log_mask()), np.intp),
+            w=_frozen(comps.T / scale[:, None]),
+            b=_frozen(-(mean / scale) @ comps.T - pca_mean @ comps.T),
+            centers=_frozen(bundle.kmeans.cluster_centers_),
+            thresholds=_frozen(
+                [float(p.get("outlier_threshold", np.inf)) for p in bundle.profiles]
+            ),
+            defaults=tuple(list(p.get("default_campaigns", [])) for p in bundle.profiles),
+            layout=schema.response_layout(),
+            values=_frozen([c.value for c in campaigns]),
+            eligible=_frozen(eligible, bool),
+            campaign_index={c.id: j for j, c in enumerate(campaigns)},
+            channels=tuple(c.channel for c in campaigns),
+            items=_answer_items(campaigns, rules),
+        )
+
+    def segment_result(self, s: int, distance: float, atypical: bool) -> dict[str, Any]:
+        """The segment part of an answer (both scorers build it here)."""
+        return {
+            "segment_id": s,
+            "segment_name": self.segment_names[s],
+            "distance": distance,
+            "atypical": atypical,
+            "recommended_campaigns": self.defaults[s],
+        }
+
+
+def _answer_items(
+    campaigns: tuple[Campaign, ...], rules: list[list[str]]
+) -> dict[bool, tuple[tuple[dict[str, Any], ...], ...]]:
+    """The fixed part of every answer item: an item is this dict plus probability and
+    expected value."""
+    return {
+        with_channel: tuple(
+            tuple(
+                {
+                    "campaign_id": c.id,
+                    "name": c.name,
+                    "channel": c.channel,
+                    "value": c.value,
+                    "eligibility": f"{rule}; channel '{c.channel}'" if with_channel else rule,
+                }
+                for c, rule in zip(campaigns, segment_rules, strict=True)
+            )
+            for segment_rules in rules
+        )
+        for with_channel in (False, True)
+    }
