@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from scoring.ids import ids_as_text
 from training.config import TRANSACTION_FEATURES, TransactionsConfig
 from training.validate import TableError
 
@@ -177,9 +178,7 @@ def _numbers(transactions: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Ser
 
 def customer_ids(raw: pd.Series) -> pd.Series:
     """Customer ids as stripped text; whole floats (an id column with gaps) lose their ``.0``."""
-    from training.load import strip_text  # load imports this module
-
-    return strip_text(raw).astype("string")
+    return ids_as_text(raw).astype("string")
 
 
 def clean_transactions(
