@@ -531,6 +531,14 @@ def validation_messages(exc: ValidationError) -> dict[str, Any]:
 
 
 # ---- response schemas (documentation and tests; the hot path uses orjson) ------------------------
+class SegmentValue(Schema):
+    """Customer lifetime value of a segment over the bundle's CLV horizon."""
+
+    mean = fields.Float(required=True, metadata={"description": "mean CLV of its customers"})
+    total = fields.Float(required=True, metadata={"description": "sum of its customers' CLV"})
+    share = fields.Float(required=True, metadata={"description": "its share of the total CLV"})
+
+
 class SegmentStats(Schema):
     """What training saw of the customer's segment."""
 
@@ -541,6 +549,10 @@ class SegmentStats(Schema):
         values=fields.Float(),
         required=True,
         metadata={"description": "mean of each numeric feature (inputs and derived)"},
+    )
+    clv = fields.Nested(
+        SegmentValue,
+        metadata={"description": "the segment's lifetime value (bundles trained with [clv])"},
     )
 
 

@@ -96,6 +96,8 @@ def _stats_lookup(services: Services, loaded: LoadedModel) -> Callable[[int], di
         if out is None:
             profile = cache.get(version, segment_id, lambda: engine.profile(segment_id))
             out = {"size": profile["size"], "share": profile["share"], "mean": profile["mean"]}
+            if "clv" in profile:  # bundles trained with [clv]: the segment's lifetime value
+                out["clv"] = profile["clv"]
             seen[segment_id] = out
         return out
 

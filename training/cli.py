@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Assign every customer of a CSV/Parquet file to a segment and, when the "
         "bundle has a response model, score every eligible campaign. Output: the id column "
         "(if present), segment_id, segment_name, distance, atypical, best_campaign, "
-        "best_expected_value and p_<campaign> per campaign (empty where not eligible).",
+        "best_expected_value and p_<campaign> per campaign (empty where not eligible); with a "
+        "bundle trained with [clv] and a file holding frequency, recency_days, tenure_days and "
+        "monetary_avg, also clv, p_alive and expected_purchases over the CLV horizon.",
     )
     score.add_argument(
         "--bundle",
@@ -302,6 +304,8 @@ def score_frame(engine, frame: pd.DataFrame) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
+    from scoring.clv import CLV_FEATURES, customer_value, model_from_manifest
+
     batch = engine.batch_from_frame(frame)
     ranking = engine.rank(batch) if engine.has_response_model else None
     a = engine.assign(batch) if ranking is None else ranking.assignment
@@ -320,6 +324,13 @@ def score_frame(engine, frame: pd.DataFrame) -> pd.DataFrame:
         out["best_expected_value"] = np.where(has_any, best_ev, np.nan)
         for j, cid in enumerate(engine.campaign_ids):
             out[f"p_{cid}"] = ranking.probability[:, j]
+    clv_model = model_from_manifest(engine.bundle.manifest)
+    if clv_model is not None and all(c in frame.columns for c in CLV_FEATURES):
+        values = customer_value(
+            clv_model, *(pd.to_numeric(frame[c]).to_numpy(np.float64) for c in CLV_FEATURES)
+        )
+        for name in ("clv", "p_alive", "expected_purchases"):
+            out[name] = values[name]
     return pd.DataFrame(out)
 
 

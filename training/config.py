@@ -199,6 +199,19 @@ class ResponseModelConfig:
 
 
 @dataclass(frozen=True)
+class ClvConfig:
+    """Customer lifetime value: BG/NBD + Gamma-Gamma on transaction features."""
+
+    #: needs the features frequency, recency_days, tenure_days, monetary_avg (transactions)
+    enabled: bool = False
+    #: the models' time unit in days (7: weeks, as the published CDNOW figures)
+    period_days: float = 7.0
+    horizon_months: int = 12
+    #: monthly discount rate of future value
+    discount_rate: float = 0.01
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """Where the bundle and report go."""
 
@@ -219,6 +232,7 @@ class TrainConfig:
     responses: ResponsesConfig | None = None
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     response_model: ResponseModelConfig = field(default_factory=ResponseModelConfig)
+    clv: ClvConfig = field(default_factory=ClvConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     #: folder the config file lives in; relative paths in the config resolve against it
     base_dir: str = "."
@@ -435,6 +449,12 @@ def _check(config: TrainConfig) -> None:
         raise ConfigError(f"segmentation.k_min: k_min={seg.k_min} should be >= 2")
     if seg.k_max < seg.k_min:
         raise ConfigError(f"segmentation.k_max: k_max={seg.k_max} should be >= k_min={seg.k_min}")
+    if config.clv.period_days <= 0:
+        raise ConfigError(f"clv.period_days: {config.clv.period_days} should be > 0")
+    if not 1 <= config.clv.horizon_months <= 1200:
+        raise ConfigError(f"clv.horizon_months: {config.clv.horizon_months} should be in [1, 1200]")
+    if not 0.0 <= config.clv.discount_rate < 1.0:
+        raise ConfigError(f"clv.discount_rate: {config.clv.discount_rate} should be in [0, 1)")
     if not 0.0 <= seg.min_segment_share < 0.5:
         raise ConfigError(
             f"segmentation.min_segment_share: {seg.min_segment_share} should be in [0, 0.5)"

@@ -24,6 +24,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from scoring.bundle import Bundle, write_bundle
 from scoring.features import cluster_matrix
+from training.clv import CLVFit, fit_clv, segment_values
 from training.config import ConfigError, TrainConfig, config_to_dict
 from training.naming import SegmentName, load_names_file, name_segments, segment_zscores
 from training.prepare import prepare
@@ -60,6 +61,7 @@ class TrainResult:
     stages: list[StageRecord] = field(default_factory=list)
     truth_ari: float | None = None
     report_path: Path | None = None
+    clv: CLVFit | None = None
 
     @property
     def total_seconds(self) -> float:
@@ -116,6 +118,7 @@ def build_manifest(
     stages: list[StageRecord],
     truth_ari: float | None,
     warnings: tuple[str, ...] | list[str] = (),
+    clv: CLVFit | None = None,
 ) -> dict[str, Any]:
     """The manifest fields training adds to what the bundle writer fills in."""
     pca = segmentation.pca
@@ -141,6 +144,7 @@ def build_manifest(
         },
         "warnings": list(warnings),
         "transactions": prepared.transactions,
+        "clv": None if clv is None else clv.to_dict(),
         # stage seconds, with the segmentation stage broken down as "segmentation/<part>"
         "timings": {s.name: round(s.seconds, 3) for s in stages}
         | {f"segmentation/{k}": v for k, v in segmentation.timings.items()},
@@ -200,6 +204,22 @@ def train(
             prepared.responses,
             segmentation.outlier_thresholds,
         )
+    clv = None
+    if prepared.clv_features is not None:
+        with stage("clv"):
+            clv = fit_clv(
+                prepared.clv_features,
+                period_days=config.clv.period_days,
+                horizon_months=config.clv.horizon_months,
+                discount_rate=config.clv.discount_rate,
+            )
+            for profile, value in zip(
+                profiles,
+                segment_values(clv.values["clv"], segmentation.labels, segmentation.k),
+                strict=True,
+            ):
+                profile["clv"] = value
+            warnings += clv.notes
     with stage("response_model"):
         response = fit_response_model(prepared, segmentation.labels, config.response_model)
 
@@ -222,7 +242,7 @@ def train(
             campaigns=list(prepared.campaigns),
             response_model=None if response is None else response.booster,
             manifest=build_manifest(
-                config, prepared, segmentation, response, list(stages), truth_ari, warnings
+                config, prepared, segmentation, response, list(stages), truth_ari, warnings, clv
             ),
         )
         path = write_bundle(bundle, config.output.root, hmac_key=key)
@@ -235,6 +255,7 @@ def train(
         response=response,
         stages=stages,
         truth_ari=truth_ari,
+        clv=clv,
     )
     if config.output.report:
         try:

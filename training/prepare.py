@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.impute import SimpleImputer
 
+from scoring.clv import CLV_FEATURES
 from scoring.features import (
     CategoricalInput,
     DerivedFeature,
@@ -22,6 +23,7 @@ from training.config import TrainConfig
 from training.load import LoadedData, customer_ids, load_tables
 from training.prepared import PreparedData
 from training.validate import (
+    TableError,
     check_campaigns,
     check_columns,
     check_features,
@@ -200,6 +202,26 @@ def prepare(config: TrainConfig) -> PreparedData:
             responses["campaign_idx"].nunique(),
             100.0 * responses["responded"].mean(),
         )
+    clv_features = None
+    if config.clv.enabled:
+        for column in CLV_FEATURES:
+            if column not in table.columns:
+                raise TableError(
+                    "clv.enabled needs this per-customer feature (built from "
+                    "[data.transactions], or a column of the customer table)",
+                    column=column,
+                )
+        clv_features = pd.DataFrame(
+            {c: pd.to_numeric(table[c], errors="coerce").to_numpy() for c in CLV_FEATURES},
+            index=frame.index,
+        )
+        bad = clv_features.isna().any(axis=1) | (clv_features < 0).any(axis=1)
+        if bad.any():
+            pos = int(np.argmax(bad.to_numpy()))
+            raise TableError(
+                f"clv.enabled: customer {frame.index[pos]} has a missing or negative value in "
+                + ", ".join(CLV_FEATURES)
+            )
     truth = None
     if config.data.truth_column is not None:
         truth = table[config.data.truth_column].to_numpy()
@@ -215,4 +237,5 @@ def prepare(config: TrainConfig) -> PreparedData:
         truth=truth,
         warnings=tuple(warnings),
         transactions=loaded.transactions,
+        clv_features=clv_features,
     )

@@ -41,3 +41,6 @@ class PreparedData:
     warnings: tuple[str, ...] = ()
     #: what building features from transactions did (rows in, kept, dropped by reason, as_of)
     transactions: dict | None = None
+    #: frequency, recency_days, tenure_days, monetary_avg per customer (row order of
+    #: ``customers``) when ``[clv]`` is enabled, else None
+    clv_features: pd.DataFrame | None = None

@@ -95,6 +95,7 @@ def render_report(result: TrainResult) -> str:
         ["id", "name", "size", "share", "description", "default campaigns", "outlier threshold"],
         seg_rows,
     )
+    out += _clv_section(manifest.get("clv"), result.bundle.profiles)
     out += ["", "## Response model", ""]
     if result.response is None:
         skipped = manifest.get("metrics", {}).get("response_model_skipped")
@@ -132,6 +133,37 @@ def render_report(result: TrainResult) -> str:
     return "\n".join(out) + "\n"
 
 
+def _clv_section(clv: dict[str, Any] | None, profiles: list[dict[str, Any]]) -> list[str]:
+    """The lifetime-value part of the report (empty without ``[clv]``)."""
+    if not clv:
+        return []
+    model = clv["model"]
+    bg, gg = clv["bgnbd"], clv["gamma_gamma"]
+    out = [
+        "",
+        "## Lifetime value",
+        "",
+        f"BG/NBD ({bg['n_customers']} customers, log-likelihood {_fmt(bg['log_likelihood'], 1)}): "
+        + ", ".join(f"{k} = {v:.4g}" for k, v in bg["params"].items())
+        + f". Gamma-Gamma ({gg['n_customers']} repeat buyers): "
+        + ", ".join(f"{k} = {v:.4g}" for k, v in gg["params"].items())
+        + f". Horizon {model['horizon_months']} months, monthly discount "
+        f"{100 * model['discount_rate']:g}%, period {model['period_days']:g} days.",
+        "",
+    ]
+    out += [f"- note: {note}" for note in clv.get("notes", [])]
+    out += _table(
+        ["segment", "mean CLV", "total CLV", "share of value"],
+        [
+            [p["name"], f"{p['clv']['mean']:.2f}", f"{p['clv']['total']:.0f}",
+             f"{100 * p['clv']['share']:.1f}%"]
+            for p in profiles
+            if "clv" in p
+        ],
+    )  # fmt: skip
+    return out
+
+
 def write_report(result: TrainResult, root: str | Path) -> Path:
     """Write the report to ``<root>/reports/<version>.md`` and return its path."""
     folder = Path(root) / REPORTS_DIR
@@ -153,6 +185,16 @@ def summary(result: TrainResult) -> str:
         lines.append(
             f"  {p['segment_id']:>2}  {p['name']:<{width}}  {p['size']:>9,}  "
             f"{100 * p['share']:5.1f}%  {p['description']}"
+        )
+    clv = result.bundle.manifest.get("clv")
+    if clv:
+        lines.append(
+            f"lifetime value over {clv['model']['horizon_months']} months: total "
+            f"{clv['total_value']:,.0f}; by segment "
+            + ", ".join(
+                f"{p['name']} {100 * p['clv']['share']:.0f}% (mean {p['clv']['mean']:,.1f})"
+                for p in result.bundle.profiles
+            )
         )
     if result.response is None:
         skipped = result.bundle.manifest.get("metrics", {}).get("response_model_skipped")

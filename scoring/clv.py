@@ -1,0 +1,173 @@
+"""Customer lifetime value from fitted parameters: BG/NBD purchases and Gamma-Gamma spend.
+
+Predictions only (``training.clv`` fits the parameters; both sides read this module so batch
+scoring, the profiles and the service agree). Vectorised over customers; numpy and
+``scipy.special`` only.
+
+Per customer, in periods of ``period_days`` days:
+
+- ``x``: repeat purchases (purchase days after the first), ``t_x``: time of the last purchase
+  since the first, ``T``: time from the first purchase to the snapshot date
+  (:func:`bgnbd_inputs` derives them from the transaction features ``frequency``,
+  ``recency_days`` and ``tenure_days``);
+- ``zbar``: mean spend per purchase day (``monetary_avg``), ``n``: purchase days it averages.
+
+BG/NBD (Fader, Hardie & Lee 2005): :func:`probability_alive` and
+:func:`expected_purchases` (conditional on the history, over the next ``t`` periods).
+Gamma-Gamma (Fader & Hardie 2013): :func:`expected_spend`. :func:`customer_value` sums the
+expected purchases of each month of the horizon times the expected spend, discounted monthly
+(the convention of the ``lifetimes`` package: months of 30 days).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy.special import hyp2f1
+
+#: days per month of the CLV horizon (discounting is monthly)
+MONTH_DAYS = 30.0
+#: the transaction features a customer's CLV is computed from
+CLV_FEATURES = ("frequency", "recency_days", "tenure_days", "monetary_avg")
+
+
+@dataclass(frozen=True)
+class BGNBDParams:
+    """BG/NBD: purchase rate ~ Gamma(r, alpha); drop-out probability ~ Beta(a, b)."""
+
+    r: float
+    alpha: float
+    a: float
+    b: float
+
+
+@dataclass(frozen=True)
+class GammaGammaParams:
+    """Gamma-Gamma: spend per purchase ~ Gamma(p, nu), nu ~ Gamma(q, gamma)."""
+
+    p: float
+    q: float
+    gamma: float
+
+
+@dataclass(frozen=True)
+class CLVModel:
+    """Everything needed to value a customer: both fitted models and the horizon."""
+
+    bgnbd: BGNBDParams
+    gamma_gamma: GammaGammaParams
+    period_days: float = 7.0
+    horizon_months: int = 12
+    #: monthly discount rate
+    discount_rate: float = 0.01
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (the manifest's ``clv.model``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CLVModel:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            bgnbd=BGNBDParams(**data["bgnbd"]),
+            gamma_gamma=GammaGammaParams(**data["gamma_gamma"]),
+            period_days=float(data["period_days"]),
+            horizon_months=int(data["horizon_months"]),
+            discount_rate=float(data["discount_rate"]),
+        )
+
+
+def bgnbd_inputs(
+    frequency: np.ndarray, recency_days: np.ndarray, tenure_days: np.ndarray, period_days: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, t_x, T) in periods from purchase days, days since the last and since the first.
+
+    The snapshot date is exclusive (the features count days up to it), so the observation
+    ends the day before: a customer whose first purchase was on the last observed day has
+    T = 0, as in the published CDNOW summaries.
+    """
+    frequency = np.asarray(frequency, dtype=np.float64)
+    tenure = np.asarray(tenure_days, dtype=np.float64)
+    recency = np.asarray(recency_days, dtype=np.float64)
+    x = np.maximum(frequency - 1.0, 0.0)
+    span = np.maximum(tenure - recency, 0.0)
+    t_x = span / period_days
+    T = np.maximum(tenure - 1.0, span) / period_days
+    return x, t_x, T
+
+
+def _log_odds_dead(params: BGNBDParams, x: np.ndarray, t_x: np.ndarray, T: np.ndarray):
+    """log of a/(b+x-1) ((alpha+T)/(alpha+t_x))^(r+x) for x > 0 (-inf for x = 0)."""
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = (
+            np.log(a)
+            - np.log(np.maximum(b + x - 1.0, 1e-300))
+            + (r + x) * (np.log(alpha + T) - np.log(alpha + t_x))
+        )
+    return np.where(x > 0, value, -np.inf)
+
+
+def probability_alive(
+    params: BGNBDParams, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
+) -> np.ndarray:
+    """P(the customer has not dropped out) given the purchase history."""
+    return 1.0 / (1.0 + np.exp(_log_odds_dead(params, x, t_x, T)))
+
+
+def expected_purchases(
+    params: BGNBDParams, t: float | np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
+) -> np.ndarray:
+    """Expected purchases in the next ``t`` periods given the history (x, t_x, T)."""
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    if abs(a - 1.0) < 1e-9:  # the closed form divides by a - 1; the limit is continuous
+        a = 1.0 + 1e-9
+    t = np.asarray(t, dtype=np.float64)
+    z = t / (alpha + T + t)
+    head = (a + b + x - 1.0) / (a - 1.0)
+    ratio = np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + t)))
+    body = 1.0 - ratio * hyp2f1(r + x, b + x, a + b + x - 1.0, z)
+    out = head * body * probability_alive(params, x, t_x, T)
+    return np.where(t > 0, np.maximum(out, 0.0), 0.0)
+
+
+def expected_spend(params: GammaGammaParams, n: np.ndarray, zbar: np.ndarray) -> np.ndarray:
+    """Expected spend per purchase given ``n`` purchases averaging ``zbar`` (n = 0: the mean)."""
+    p, q, gamma = params.p, params.q, params.gamma
+    n = np.asarray(n, dtype=np.float64)
+    zbar = np.nan_to_num(np.asarray(zbar, dtype=np.float64))
+    return (p * (gamma + n * zbar)) / (p * n + q - 1.0)
+
+
+def customer_value(
+    model: CLVModel,
+    frequency: np.ndarray,
+    recency_days: np.ndarray,
+    tenure_days: np.ndarray,
+    monetary_avg: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Per customer: ``clv`` (discounted value over the horizon), ``expected_purchases`` over the
+    horizon, ``p_alive`` and ``expected_spend`` per purchase, from transaction features."""
+    x, t_x, T = bgnbd_inputs(frequency, recency_days, tenure_days, model.period_days)
+    spend = expected_spend(model.gamma_gamma, np.asarray(frequency, np.float64), monetary_avg)
+    clv = np.zeros_like(x)
+    previous = np.zeros_like(x)
+    for month in range(1, model.horizon_months + 1):
+        t = month * MONTH_DAYS / model.period_days
+        cumulative = expected_purchases(model.bgnbd, t, x, t_x, T)
+        clv += spend * (cumulative - previous) / (1.0 + model.discount_rate) ** month
+        previous = cumulative
+    return {
+        "clv": clv,
+        "expected_purchases": previous,
+        "p_alive": probability_alive(model.bgnbd, x, t_x, T),
+        "expected_spend": spend,
+    }
+
+
+def model_from_manifest(manifest: dict[str, Any]) -> CLVModel | None:
+    """The bundle's CLV model (manifest ``clv.model``), or None when it was trained without."""
+    entry = manifest.get("clv")
+    return CLVModel.from_dict(entry["model"]) if entry else None
