@@ -11,6 +11,9 @@ Layout of ``<root>/<version>/``::
     segment_names.joblib   list[str], one name per segment id
     response_model.joblib  lightgbm.Booster (absent for a segmentation-only bundle)
     response_model.txt     the same model in LightGBM's own text format
+    control_model.joblib   lightgbm.Booster: response *without* the campaign (uplift bundles only;
+                           same input columns as the response model)
+    control_model.txt      the same model in LightGBM's own text format
     profiles.json          per-segment profile (size, share, means, medians, response rates, ...)
     campaigns.json         the campaign pool
 
@@ -49,6 +52,8 @@ SIGNATURE = "manifest.sig"
 PICKLES = ("imputer", "scaler", "pca", "kmeans", "segment_names")
 RESPONSE_PICKLE = "response_model.joblib"
 RESPONSE_TEXT = "response_model.txt"
+CONTROL_PICKLE = "control_model.joblib"
+CONTROL_TEXT = "control_model.txt"
 JSON_FILES = ("profiles.json", "campaigns.json")
 #: libraries whose major.minor must match between writer and reader (pickle compatibility)
 CHECKED_LIBRARIES = ("scikit-learn", "lightgbm", "numpy")
@@ -84,6 +89,8 @@ class Bundle:
     profiles: list[dict[str, Any]]
     campaigns: list[Campaign]
     response_model: Any = None
+    #: the uplift bundle's model of responding without the campaign (None: rank by response)
+    control_model: Any = None
     #: manifest fields beyond what the writer fills in (config, evidence, metrics, ...)
     manifest: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
@@ -170,6 +177,11 @@ def write_bundle(
         if bundle.response_model is not None:
             joblib.dump(bundle.response_model, tmp / RESPONSE_PICKLE)
             bundle.response_model.save_model(str(tmp / RESPONSE_TEXT))
+        if bundle.control_model is not None:
+            if bundle.response_model is None:
+                raise BundleError("a control model needs a response model beside it")
+            joblib.dump(bundle.control_model, tmp / CONTROL_PICKLE)
+            bundle.control_model.save_model(str(tmp / CONTROL_TEXT))
         dump_json(bundle.profiles, tmp / "profiles.json")
         dump_json([c.to_dict() for c in bundle.campaigns], tmp / "campaigns.json")
 
@@ -187,6 +199,7 @@ def write_bundle(
             feature_schema=bundle.schema.to_dict(),
             segments={"k": bundle.n_segments, "names": list(bundle.segment_names)},
             has_response_model=bundle.response_model is not None,
+            has_control_model=bundle.control_model is not None,
             files=files,
         )
         dump_json(manifest, tmp / MANIFEST)
@@ -288,6 +301,8 @@ def verify(
     required = [f"{n}.joblib" for n in PICKLES] + list(JSON_FILES)
     if manifest.get("has_response_model"):
         required.append(RESPONSE_PICKLE)
+    if manifest.get("has_control_model"):
+        required.append(CONTROL_PICKLE)
     for name in required:
         if name not in files:
             raise BundleError(f"{manifest_path}: required file {name} is not listed")
@@ -331,6 +346,9 @@ def load_bundle(
         response_model = (
             joblib.load(path / RESPONSE_PICKLE) if manifest.get("has_response_model") else None
         )
+        control_model = (
+            joblib.load(path / CONTROL_PICKLE) if manifest.get("has_control_model") else None
+        )
         profiles = json.loads((path / "profiles.json").read_text())
         campaigns = [Campaign(**c) for c in json.loads((path / "campaigns.json").read_text())]
         schema = FeatureSchema.from_dict(manifest["feature_schema"])
@@ -347,6 +365,7 @@ def load_bundle(
         profiles=profiles,
         campaigns=campaigns,
         response_model=response_model,
+        control_model=control_model,
         manifest=manifest,
         path=path,
         signature_verified=bool(hmac_key),

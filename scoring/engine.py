@@ -91,6 +91,13 @@ class ScoringEngine:
             if self.has_response_model
             else None
         )
+        #: an uplift bundle also predicts the response without the campaign
+        self.has_uplift_model = self.has_response_model and bundle.control_model is not None
+        self._control = (
+            PropensityModel(bundle.control_model, threads=threads)
+            if self.has_uplift_model
+            else None
+        )
         self._single = SingleCustomerScorer(tables, self.model)
 
     # ---- building batches -----------------------------------------------------------------
@@ -208,19 +215,31 @@ class ScoringEngine:
         return self.tables.layout.rows(batch.numeric, batch.codes, segment, customer, campaign)
 
     def propensities(
-        self, batch: CustomerBatch, segment: np.ndarray, mask: np.ndarray | None = None
+        self,
+        batch: CustomerBatch,
+        segment: np.ndarray,
+        mask: np.ndarray | None = None,
+        *,
+        control: bool = False,
     ) -> np.ndarray:
-        """(n, m) response probabilities; NaN where ``mask`` (n, m) is False (not scored)."""
+        """(n, m) response probabilities; NaN where ``mask`` (n, m) is False (not scored).
+
+        ``control=True`` gives the uplift bundle's probabilities of responding *without* each
+        campaign (its control model, same input rows).
+        """
         if self.model is None:
             raise NoResponseModelError("this bundle has no response model (no response history)")
+        model = self.model
+        if control:
+            if not self.has_uplift_model:
+                raise NoResponseModelError("this bundle has no uplift (control) model")
+            model = self._control
         n, m = len(batch), len(self.campaigns)
         if mask is None:
             mask = np.ones((n, m), dtype=bool)
         customer, campaign = np.nonzero(mask)
         out = np.full((n, m), np.nan, dtype=np.float64)
-        out[customer, campaign] = self.model.predict(
-            self.model_rows(batch, segment, customer, campaign)
-        )
+        out[customer, campaign] = model.predict(self.model_rows(batch, segment, customer, campaign))
         return out
 
     def eligibility_mask(

@@ -1,4 +1,5 @@
-"""The command line: ``python -m training {train,generate,score,list,verify,features}``.
+"""The command line: ``python -m training {train,generate,score,list,verify,features,
+evaluate-policy,feedback}``.
 
 Thin by design: each command parses its flags, calls the stages or the scoring core and prints
 the result. Known failures (bad config, bad table, bad bundle, bad input file) print
@@ -216,6 +217,93 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"environment variable with the signing key to verify (default {DEFAULT_KEY_ENV})",
     )
     _add_quiet(load)
+
+    ev = sub.add_parser(
+        "evaluate-policy",
+        help="estimate what the bundle's targeting earns on a randomized experiment",
+        description="Inverse-propensity estimates, with bootstrap intervals, of the gain over "
+        "sending nothing of five policies on a randomized table: the bundle's uplift ranking, "
+        "its response ranking, the best single campaign, a random campaign and nobody. "
+        "--experiment is a TOML training config (its [data] and [responses], with a control "
+        "arm) or one CSV/Parquet table holding the features, the arm and the outcome.",
+    )
+    ev.add_argument(
+        "--bundle",
+        default=DEFAULT_ROOT,
+        help="a bundle root (its current bundle) or a version folder (default model_artifacts)",
+    )
+    ev.add_argument("--experiment", required=True, help="TOML config or CSV/Parquet table")
+    ev.add_argument("--data-dir", help="with a TOML config: folder of its input files")
+    ev.add_argument("--id-column", default="", help="table: id column (default: row numbers)")
+    ev.add_argument(
+        "--campaign-column", default="campaign_id", help="table: arm column (campaign_id)"
+    )
+    ev.add_argument(
+        "--responded-column", default="responded", help="table: outcome column (responded)"
+    )
+    ev.add_argument("--treated-column", help="table: 1 sent / 0 held out (optional)")
+    ev.add_argument(
+        "--control-value",
+        action="append",
+        default=[],
+        help="table: arm value of the no-contact group (repeatable), e.g. 'No E-Mail'",
+    )
+    ev.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="ARM=CAMPAIGN",
+        help="table: arm value -> campaign id of the bundle (repeatable)",
+    )
+    ev.add_argument(
+        "--bootstrap", type=_positive_int, default=200, help="bootstrap resamples (200)"
+    )
+    ev.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    ev.add_argument("--json", help="also write the full result as JSON to this file")
+    ev.add_argument(
+        "--hmac-key-env",
+        default=DEFAULT_KEY_ENV,
+        help=f"environment variable with the signing key to verify (default {DEFAULT_KEY_ENV})",
+    )
+    _add_quiet(ev)
+
+    fb = sub.add_parser(
+        "feedback",
+        help="fold the feedback stream into Parquet",
+        description="Feedback events (POST /feedback) live in a Redis Stream until folded.",
+    )
+    fb_sub = fb.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
+    fold = fb_sub.add_parser(
+        "fold",
+        help="read the stream with a consumer group, write Parquet, acknowledge",
+        description="Drain the feedback stream into <out>/events/part-*.parquet (temp file + "
+        "rename, acknowledged only after the write, de-duplicated by event_id), then rebuild "
+        "<out>/responses.parquet: one row per (customer, campaign) with responded and treated, "
+        "a response history the next training reads.",
+    )
+    fold.add_argument("--out", required=True, help="output folder")
+    fold.add_argument(
+        "--redis-url",
+        default=None,
+        help="Redis holding the stream (default: $REDIS_URL, else redis://127.0.0.1:6379/0)",
+    )
+    fold.add_argument(
+        "--stream",
+        default=None,
+        help="stream key (default: $CACHE_PREFIX:feedback, else segsvc:feedback)",
+    )
+    fold.add_argument("--group", default="fold", help="consumer group (default fold)")
+    fold.add_argument("--consumer", default="fold", help="consumer name (default fold)")
+    fold.add_argument(
+        "--batch-size", type=_positive_int, default=1000, help="events per part (1000)"
+    )
+    fold.add_argument(
+        "--outcome",
+        default="conversion",
+        choices=("conversion", "click"),
+        help="event type counted as a response in responses.parquet (conversion)",
+    )
+    _add_quiet(fold)
     return parser
 
 
@@ -436,6 +524,79 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_policy(args: argparse.Namespace) -> int:
+    """Estimate the policies' value on a randomized experiment and print a table."""
+    import json
+
+    from scoring.engine import ScoringEngine
+    from training.policy_value import (
+        evaluate_policies,
+        experiment_config,
+        format_table,
+        load_experiment,
+    )
+
+    mapping = {}
+    for item in args.map:
+        arm, sep, campaign = item.partition("=")
+        if not sep or not arm or not campaign:
+            raise CommandError(f"--map {item!r}: expected ARM=CAMPAIGN")
+        mapping[arm] = campaign
+    if Path(args.experiment).suffix.lower() == ".toml":
+        config = load_config(args.experiment, {"data_dir": args.data_dir})
+    else:
+        config = experiment_config(
+            args.experiment,
+            id_column=args.id_column,
+            campaign_column=args.campaign_column,
+            responded_column=args.responded_column,
+            treated_column=args.treated_column,
+            control_values=tuple(args.control_value),
+            campaign_map=mapping,
+        )
+    bundle = load_bundle(bundle_path(args.bundle), hmac_key=_key_from_env(args.hmac_key_env))
+    engine = ScoringEngine(bundle)
+    if not engine.has_response_model:
+        raise CommandError(f"bundle {bundle.version} has no response model: nothing to rank")
+    experiment = load_experiment(config, engine)
+    result = evaluate_policies(engine, experiment, bootstrap=args.bootstrap, seed=args.seed)
+    result["bundle"] = bundle.version
+    print(f"bundle {bundle.version} (ranking: {bundle.manifest.get('ranking', 'response')})")
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    """Feedback actions (only ``fold`` so far)."""
+    import redis
+
+    from training.feedback import fold
+
+    url = args.redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    stream = args.stream or f"{os.environ.get('CACHE_PREFIX') or 'segsvc'}:feedback"
+    client = redis.Redis.from_url(url, socket_timeout=30)
+    try:
+        result = fold(
+            client,
+            stream,
+            args.out,
+            group=args.group,
+            consumer=args.consumer,
+            batch_size=args.batch_size,
+            outcome=args.outcome,
+        )
+    except redis.RedisError as exc:
+        raise CommandError(f"redis at {url}: {exc}") from None
+    print(
+        f"read {result.read} events: wrote {result.written} in {result.parts} part(s), "
+        f"skipped {result.duplicates} duplicate(s); history {result.history_rows} rows -> "
+        f"{Path(args.out) / 'responses.parquet'}"
+    )
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "generate": cmd_generate,
@@ -443,6 +604,8 @@ COMMANDS = {
     "list": cmd_list,
     "verify": cmd_verify,
     "features": cmd_features,
+    "evaluate-policy": cmd_evaluate_policy,
+    "feedback": cmd_feedback,
 }
 
 

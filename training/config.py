@@ -156,6 +156,15 @@ class ResponsesConfig:
     #: values read as a positive response besides 1/true (e.g. "yes")
     positive_values: tuple[str, ...] = ("1", "yes", "true", "y")
     negative_values: tuple[str, ...] = ("0", "no", "false", "n")
+    #: long format: column saying whether the campaign was sent (1) or the customer was in the
+    #: control arm for it (0); read like responses. None: every row was sent
+    treated_column: str | None = None
+    #: long format: campaign-column values that mark a control row with no campaign (a
+    #: randomized experiment's no-contact arm, e.g. "No E-Mail"): the control for every campaign
+    control_values: tuple[str, ...] = ()
+    #: long format: campaign-column value -> campaign id, for tables whose arms have labels
+    #: that are not pool ids (e.g. "Mens E-Mail" = "mens_email")
+    campaign_map: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -212,6 +221,15 @@ class ClvConfig:
 
 
 @dataclass(frozen=True)
+class UpliftConfig:
+    """The uplift stage: a control model fitted when the response history has a control arm."""
+
+    enabled: bool = True
+    #: fewer control rows than this: no uplift model (ranking stays by response)
+    min_control_rows: int = 200
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """Where the bundle and report go."""
 
@@ -233,6 +251,7 @@ class TrainConfig:
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     response_model: ResponseModelConfig = field(default_factory=ResponseModelConfig)
     clv: ClvConfig = field(default_factory=ClvConfig)
+    uplift: UpliftConfig = field(default_factory=UpliftConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     #: folder the config file lives in; relative paths in the config resolve against it
     base_dir: str = "."
@@ -473,8 +492,6 @@ def _check(config: TrainConfig) -> None:
             )
         if config.responses.format == "wide" and not config.responses.columns:
             raise ConfigError("responses.columns: wide responses need a column -> campaign table")
-        if config.responses.format == "long" and config.responses.path is None:
-            raise ConfigError("responses.path: long responses need a file")
 
 
 def config_from_dict(

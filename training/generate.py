@@ -6,6 +6,15 @@ them; the ``true_segment`` column holds the planted label and is never a feature
 depend on the customer's features, segment and the campaign, so a response model has real signal
 to learn. Everything is drawn from one ``numpy`` generator seeded by ``seed``: the same seed gives
 identical tables.
+
+The response history is a randomized experiment with a control arm. A share of customers
+(:data:`CONTROL_SHARE`) is held out: they receive nothing, and the history records, for every
+campaign, whether they took up its product anyway (``treated = 0``). The others receive 3-5
+random campaigns (``treated = 1``). Whether a campaign *causes* a response differs by segment,
+campaign and mobile usage (:data:`UPLIFT_LOGIT`): persuadables respond only when treated, sure
+things respond anyway (the response model loves them, the offer earns nothing), lost causes never
+respond, and do-not-disturbs respond *less* when treated. The true probabilities with and without
+each campaign are kept in :class:`UpliftTruth` so tests can score any policy exactly.
 """
 
 from __future__ import annotations
@@ -108,6 +117,59 @@ _SEGMENT_AFFINITY: dict[str, dict[str, float]] = {
 }
 
 
+#: Planted treatment effect on the log-odds of responding, by segment and campaign (campaigns not
+#: named get :data:`DEFAULT_UPLIFT_LOGIT`). 0 marks "sure things" (the offer changes nothing),
+#: large positive values persuadables, negative ones do-not-disturbs. The high-value, high-response
+#: pairs a response-only ranking picks first (wealth management and savings for VIPs, cashback for
+#: bargain hunters) are deliberately sure things.
+UPLIFT_LOGIT: dict[str, dict[str, float]] = {
+    "vip_champions": {
+        "wealth_management": 0.0,
+        "savings_plan": 0.0,
+        "personal_loan": -1.2,
+        "cashback": 1.5,
+        "referral_bonus": 1.0,
+    },
+    "loyal_regulars": {
+        "savings_plan": 0.0,
+        "referral_bonus": 1.8,
+        "bill_payment_discount": 1.5,
+        "wealth_management": 0.5,
+    },
+    "bargain_hunters": {
+        "cashback": 0.0,
+        "bill_payment_discount": 0.0,
+        "personal_loan": 1.5,
+        "win_back": -1.0,
+    },
+    "new_occasional": {"referral_bonus": 2.0, "cashback": 1.5, "savings_plan": -0.8},
+    "dormant": {"win_back": 2.5, "wealth_management": -1.5, "cashback": 0.5},
+}
+DEFAULT_UPLIFT_LOGIT = 0.6
+#: push and in-app offers persuade heavy mobile users and annoy the others: this many log-odds
+#: per standard deviation of mobile usage are added to their effect
+MOBILE_UPLIFT_LOGIT = 0.7
+#: share of customers in the randomized control arm (no campaign sent)
+CONTROL_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class UpliftTruth:
+    """The planted response probabilities: ``(n_customers, n_campaigns)``, rows in customer order.
+
+    ``treated[i, j]`` is customer ``i``'s chance of responding when sent campaign ``j``,
+    ``control[i, j]`` the chance of responding to it (taking up its product) when sent nothing.
+    """
+
+    treated: np.ndarray
+    control: np.ndarray
+
+    @property
+    def uplift(self) -> np.ndarray:
+        """Treated minus control probability: what each campaign causes for each customer."""
+        return self.treated - self.control
+
+
 @dataclass(frozen=True)
 class DemoData:
     """Generated customers, the campaign pool and the long-form response history."""
@@ -115,8 +177,10 @@ class DemoData:
     #: one row per customer: customer_id, the features and ``true_segment``
     customers: pd.DataFrame
     campaigns: list[Campaign]
-    #: long form: customer_id, campaign_id, responded (0/1)
+    #: long form: customer_id, campaign_id, responded (0/1), treated (1 sent, 0 control arm)
     responses: pd.DataFrame
+    #: the planted probabilities with and without each campaign (never written as a feature)
+    truth: UpliftTruth
 
 
 def _beta(rng: np.random.Generator, mean: float, concentration: float, n: int) -> np.ndarray:
@@ -178,8 +242,8 @@ def _standardise(values: np.ndarray) -> np.ndarray:
     return np.nan_to_num(z, nan=0.0)
 
 
-def _draw_responses(rng: np.random.Generator, customers: pd.DataFrame) -> pd.DataFrame:
-    """Each customer receives 3-5 random campaigns and responds with a feature-driven chance."""
+def _response_logits(customers: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Planted log-odds of responding with and without each campaign, ``(n, n_campaigns)`` each."""
     n = len(customers)
     signals = {
         "s": _standardise(np.log1p(customers["total_spend"].to_numpy(float))),
@@ -190,35 +254,62 @@ def _draw_responses(rng: np.random.Generator, customers: pd.DataFrame) -> pd.Dat
         "x": _standardise(customers["return_rate"].to_numpy(float)),
     }
     segment = customers[TRUTH_COLUMN].to_numpy()
-    n_campaigns = len(CAMPAIGNS)
-    logits = np.empty((n, n_campaigns))
+    treated = np.empty((n, len(CAMPAIGNS)))
+    effect = np.empty((n, len(CAMPAIGNS)))
     for j, campaign in enumerate(CAMPAIGNS):
         weights = _RESPONSE_WEIGHTS[campaign.id]
         z = np.full(n, weights["b"])
+        tau = np.full(n, DEFAULT_UPLIFT_LOGIT)
         for key, w in weights.items():
             if key != "b":
                 z += w * signals[key]
         for name, affinity in _SEGMENT_AFFINITY.items():
-            z += np.where(segment == name, affinity.get(campaign.id, 0.0), 0.0)
-        logits[:, j] = z
+            in_segment = segment == name
+            z += np.where(in_segment, affinity.get(campaign.id, 0.0), 0.0)
+            planted = UPLIFT_LOGIT.get(name, {}).get(campaign.id)
+            if planted is not None:
+                tau = np.where(in_segment, planted, tau)
+        if campaign.channel in ("push", "in_app"):
+            tau = tau + MOBILE_UPLIFT_LOGIT * signals["m"]
+        treated[:, j] = z
+        effect[:, j] = tau
+    return treated, treated - effect
+
+
+def _draw_responses(
+    rng: np.random.Generator, customers: pd.DataFrame
+) -> tuple[pd.DataFrame, UpliftTruth]:
+    """A randomized history: the control arm records every campaign's outcome untreated; each
+    other customer receives 3-5 random campaigns and responds with a feature-driven chance."""
+    n = len(customers)
+    n_campaigns = len(CAMPAIGNS)
+    treated_logit, control_logit = _response_logits(customers)
+    truth = UpliftTruth(
+        treated=1.0 / (1.0 + np.exp(-treated_logit)),
+        control=1.0 / (1.0 + np.exp(-control_logit)),
+    )
+    control_arm = rng.random(n) < CONTROL_SHARE
     # A random subset of 3-5 campaigns per customer: rank random keys, keep the first few.
     offered_count = rng.integers(3, 6, size=n)
     order = np.argsort(rng.random((n, n_campaigns)), axis=1)
     ranks = np.empty_like(order)
     np.put_along_axis(ranks, order, np.arange(n_campaigns)[None, :], axis=1)
     offered = ranks < offered_count[:, None]
-    prob = 1.0 / (1.0 + np.exp(-logits))
+    recorded = np.where(control_arm[:, None], True, offered)
+    prob = np.where(control_arm[:, None], truth.control, truth.treated)
     responded = rng.random((n, n_campaigns)) < prob
-    rows, cols = np.nonzero(offered)
+    rows, cols = np.nonzero(recorded)
     ids = customers["customer_id"].to_numpy()
     campaign_ids = np.array([c.id for c in CAMPAIGNS], dtype=object)
-    return pd.DataFrame(
+    responses = pd.DataFrame(
         {
             "customer_id": ids[rows],
             "campaign_id": campaign_ids[cols],
             "responded": responded[rows, cols].astype(np.int8),
+            "treated": (~control_arm[rows]).astype(np.int8),
         }
     )
+    return responses, truth
 
 
 def generate_demo(n_customers: int = 75_000, seed: int = 42) -> DemoData:
@@ -229,16 +320,16 @@ def generate_demo(n_customers: int = 75_000, seed: int = 42) -> DemoData:
         )
     rng = np.random.default_rng(seed)
     customers = _draw_customers(rng, n_customers)
-    responses = _draw_responses(rng, customers)
+    responses, truth = _draw_responses(rng, customers)
     campaigns = [Campaign(**c.to_dict()) for c in CAMPAIGNS]
-    return DemoData(customers=customers, campaigns=campaigns, responses=responses)
+    return DemoData(customers=customers, campaigns=campaigns, responses=responses, truth=truth)
 
 
 def write_demo(out_dir: str | Path, n_customers: int = 75_000, seed: int = 42) -> dict[str, Path]:
     """Generate the demo data and write it to ``out_dir``; return the written paths by role.
 
     Files: ``customers.parquet``, ``campaigns.json`` (the pool) and ``responses.parquet``
-    (long form: customer_id, campaign_id, responded).
+    (long form: customer_id, campaign_id, responded, treated).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

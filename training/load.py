@@ -15,6 +15,7 @@ import csv
 import json
 import logging
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ class LoadedData:
     #: the customer table as read (plus RFM columns when built from transactions)
     customers: pd.DataFrame
     campaigns: list[Campaign]
-    #: long form: customer_id (str), campaign_id (str), responded (raw values); or None
+    #: long form: customer_id (str), campaign_id (str; NA on a control row with no campaign),
+    #: responded (raw values), source_column, treated (raw values, or absent); or None
     responses: pd.DataFrame | None
     #: absolute paths of every file read
     sources: list[str]
@@ -261,49 +263,72 @@ def customer_ids(frame: pd.DataFrame, config: TrainConfig) -> pd.Series:
     return frame[config.data.id_column].astype(str)
 
 
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str], where: str) -> None:
+    for column in columns:
+        if column not in frame.columns:
+            raise TableError(
+                f"configured response column absent; {where} has: "
+                + ", ".join(map(str, frame.columns[:40])),
+                column=column,
+            )
+
+
+def _long_responses(frame: pd.DataFrame, ids: pd.Series, config: TrainConfig) -> pd.DataFrame:
+    """Long rows from a response table (or the customer table itself), arms mapped to ids.
+
+    Campaign values listed in ``control_values`` become control rows with no campaign (NA).
+    """
+    responses = config.responses
+    columns = [responses.campaign_column, responses.responded_column]
+    if responses.treated_column is not None:
+        columns.append(responses.treated_column)
+    _require_columns(frame, columns, "the response table")
+    campaign = frame[responses.campaign_column].astype("string").str.strip()
+    if responses.campaign_map:
+        campaign = campaign.replace(dict(responses.campaign_map))
+    if responses.control_values:
+        campaign = campaign.mask(campaign.isin(list(responses.control_values)))
+    long = pd.DataFrame(
+        {
+            "customer_id": ids.to_numpy(),
+            "campaign_id": campaign.to_numpy(),
+            "responded": frame[responses.responded_column].to_numpy(),
+            "source_column": responses.responded_column,
+        }
+    )
+    if responses.treated_column is not None:
+        long["treated"] = frame[responses.treated_column].to_numpy()
+    return long
+
+
 def load_responses(
     config: TrainConfig, customers: pd.DataFrame
 ) -> tuple[pd.DataFrame | None, list[str]]:
-    """The response history in long form (customer_id, campaign_id, responded) and its sources."""
+    """The response history in long form (customer_id, campaign_id, responded) and its sources.
+
+    A long history without ``path`` lives in the customer table itself, one row per customer
+    (a randomized experiment: its arm and outcome columns).
+    """
     responses = config.responses
     if responses is None:
         return None, []
     if responses.path is None:
-        if responses.format != "wide":
-            raise TableError("long-form responses need a file (responses.path)")
         if config.data.id_column is not None and config.data.id_column not in customers.columns:
             return None, []  # reported as an absent column by validation
-        return _wide_to_long(customers, customer_ids(customers, config), responses.columns), []
+        ids = customer_ids(customers, config)
+        if responses.format == "wide":
+            return _wide_to_long(customers, ids, responses.columns), []
+        return _long_responses(customers, ids, config), []
     frame = read_table(
         responses.path,
         responses.separator,
         text_columns=(responses.customer_column, responses.campaign_column),
     )
-    if responses.customer_column not in frame.columns:
-        raise TableError(
-            "configured response column absent; the response file has: "
-            + ", ".join(map(str, frame.columns)),
-            column=responses.customer_column,
-        )
+    _require_columns(frame, [responses.customer_column], "the response file")
     ids = frame[responses.customer_column].astype("string")
     if responses.format == "wide":
         return _wide_to_long(frame, ids, responses.columns), [str(responses.path)]
-    for column in (responses.campaign_column, responses.responded_column):
-        if column not in frame.columns:
-            raise TableError(
-                "configured response column absent; the response file has: "
-                + ", ".join(map(str, frame.columns)),
-                column=column,
-            )
-    long = pd.DataFrame(
-        {
-            "customer_id": ids,
-            "campaign_id": frame[responses.campaign_column].astype("string"),
-            "responded": frame[responses.responded_column],
-            "source_column": responses.responded_column,
-        }
-    )
-    return long, [str(responses.path)]
+    return _long_responses(frame, ids, config), [str(responses.path)]
 
 
 def load_tables(config: TrainConfig) -> LoadedData:

@@ -33,6 +33,8 @@ from training.profiles import build_profiles
 from training.report import write_report
 from training.response import ResponseModel, fit_response_model, skip_reason
 from training.segmentation import Segmentation, fit_segmentation
+from training.uplift import UpliftModel, fit_uplift_model
+from training.uplift import skip_reason as uplift_skip_reason
 from training.validate import eligibility_warnings
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class TrainResult:
     segmentation: Segmentation
     names: list[SegmentName]
     response: ResponseModel | None
+    uplift: UpliftModel | None = None
     stages: list[StageRecord] = field(default_factory=list)
     truth_ari: float | None = None
     report_path: Path | None = None
@@ -119,6 +122,7 @@ def build_manifest(
     truth_ari: float | None,
     warnings: tuple[str, ...] | list[str] = (),
     clv: CLVFit | None = None,
+    uplift: UpliftModel | None = None,
 ) -> dict[str, Any]:
     """The manifest fields training adds to what the bundle writer fills in."""
     pca = segmentation.pca
@@ -141,7 +145,16 @@ def build_manifest(
             "response_model_skipped": None
             if response is not None
             else skip_reason(prepared, config.response_model),
+            "uplift": None if uplift is None else uplift.metrics,
+            "uplift_skipped": None
+            if uplift is not None
+            else (
+                "no response model"
+                if response is None
+                else uplift_skip_reason(prepared, config.uplift)
+            ),
         },
+        "ranking": "uplift" if uplift is not None else "response",
         "warnings": list(warnings),
         "transactions": prepared.transactions,
         "clv": None if clv is None else clv.to_dict(),
@@ -222,6 +235,17 @@ def train(
             warnings += clv.notes
     with stage("response_model"):
         response = fit_response_model(prepared, segmentation.labels, config.response_model)
+    uplift = None
+    if response is not None and prepared.controls is not None:
+        with stage("uplift"):
+            uplift = fit_uplift_model(
+                prepared,
+                segmentation.labels,
+                response,
+                config.uplift,
+                config.response_model,
+                [n.name for n in names],
+            )
 
     truth_ari = None
     if prepared.truth is not None:
@@ -241,8 +265,17 @@ def train(
             profiles=profiles,
             campaigns=list(prepared.campaigns),
             response_model=None if response is None else response.booster,
+            control_model=None if uplift is None else uplift.control,
             manifest=build_manifest(
-                config, prepared, segmentation, response, list(stages), truth_ari, warnings, clv
+                config,
+                prepared,
+                segmentation,
+                response,
+                list(stages),
+                truth_ari,
+                warnings,
+                clv,
+                uplift,
             ),
         )
         path = write_bundle(bundle, config.output.root, hmac_key=key)
@@ -253,6 +286,7 @@ def train(
         segmentation=segmentation,
         names=names,
         response=response,
+        uplift=uplift,
         stages=stages,
         truth_ari=truth_ari,
         clv=clv,

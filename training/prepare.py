@@ -33,6 +33,7 @@ from training.validate import (
     collapse_duplicate_responses,
     decide_log_features,
     locate_responses,
+    positions,
     response_values,
 )
 
@@ -129,6 +130,76 @@ def map_responses_with_warnings(
     return mapped, warnings
 
 
+def split_control_rows(
+    responses: pd.DataFrame, config: TrainConfig
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(sent rows, control rows or None) of a long history.
+
+    A control row is one whose ``treated`` value is 0, or whose campaign was one of the
+    configured ``control_values`` (read as NA): a customer held out, whose outcome is what
+    happens without the campaign. A row marked treated but naming no campaign is refused.
+    """
+    cfg = config.responses
+    if cfg is None or (cfg.treated_column is None and not cfg.control_values):
+        return responses, None
+    no_campaign = responses["campaign_id"].isna().to_numpy()
+    if "treated" in responses.columns:
+        treated = response_values(
+            responses["treated"].reset_index(drop=True), config, str(cfg.treated_column)
+        ).astype(bool)
+        sent_without_campaign = treated & no_campaign
+        if sent_without_campaign.any():
+            pos = int(np.argmax(sent_without_campaign))
+            raise TableError(
+                f"{int(sent_without_campaign.sum())} row(s) marked as sent but naming no "
+                f"campaign, first at row {pos}; mark control rows with "
+                f"{cfg.treated_column} = 0 or list their value in responses.control_values",
+                column=cfg.campaign_column,
+            )
+        control = ~treated
+    else:
+        control = no_campaign
+    sent = responses.loc[~control].reset_index(drop=True)
+    held = responses.loc[control].drop(columns=["treated"], errors="ignore").reset_index(drop=True)
+    return sent.drop(columns=["treated"], errors="ignore"), held
+
+
+def map_control_rows(
+    control: pd.DataFrame, customer_index: pd.Index, campaigns: list, config: TrainConfig
+) -> pd.DataFrame:
+    """Control rows -> int columns customer_idx, campaign_idx (-1: no campaign, the control of
+    every campaign), responded (0/1); duplicates collapsed like sent rows."""
+    campaign_idx = np.full(len(control), -1, dtype=np.int64)
+    named = control["campaign_id"].notna().to_numpy()
+    if named.any():
+        pool = [c.id for c in campaigns]
+        campaign_idx[named] = positions(control["campaign_id"][named], pool)
+        unknown = named & (campaign_idx < 0)
+        if unknown.any():
+            raise TableError(
+                f"{int(unknown.sum())} control row(s) for a campaign that is not in the pool "
+                f"(pool: {', '.join(sorted(pool))})",
+                campaign=str(control["campaign_id"].iloc[int(np.argmax(unknown))]),
+            )
+    customer_idx = positions(control["customer_id"], customer_index)
+    if (customer_idx < 0).any():
+        example = control["customer_id"].iloc[int(np.argmax(customer_idx < 0))]
+        raise TableError(
+            f"{int((customer_idx < 0).sum())} control row(s) for customer(s) not in the "
+            f"customer table, e.g. {example!s}",
+            column="customer_id",
+        )
+    responded = response_values(
+        control["responded"].reset_index(drop=True), config, config.responses.responded_column
+    )
+    mapped, _ = collapse_duplicate_responses(
+        pd.DataFrame(
+            {"customer_idx": customer_idx, "campaign_idx": campaign_idx, "responded": responded}
+        )
+    )
+    return mapped
+
+
 def fingerprint(loaded: LoadedData, config: TrainConfig) -> dict:
     """SHA-256 over the bytes of every source file and the inline campaigns, with the table's
     rows, columns and the source paths."""
@@ -187,11 +258,20 @@ def prepare(config: TrainConfig) -> PreparedData:
     )
 
     responses = None
+    controls = None
     campaigns = loaded.campaigns
     warnings: list[str] = list(loaded.warnings)
     if loaded.responses is not None:
+        sent, held = split_control_rows(loaded.responses, config)
+        if held is not None and len(held):
+            controls = map_control_rows(held, frame.index, campaigns, config)
+            logger.info(
+                "control arm: %d rows, %.1f%% positive",
+                len(controls),
+                100.0 * controls["responded"].mean(),
+            )
         responses, response_warnings = map_responses_with_warnings(
-            loaded.responses, frame.index, campaigns, config
+            sent, frame.index, campaigns, config
         )
         warnings += response_warnings
         for warning in response_warnings:
@@ -233,6 +313,7 @@ def prepare(config: TrainConfig) -> PreparedData:
         codes=codes,
         campaigns=campaigns,
         responses=responses,
+        controls=controls,
         fingerprint=fingerprint(loaded, config),
         truth=truth,
         warnings=tuple(warnings),

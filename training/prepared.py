@@ -33,6 +33,10 @@ class PreparedData:
     #: long form with int columns customer_idx (row position), campaign_idx (pool position),
     #: responded (0/1); None when there is no response history
     responses: pd.DataFrame | None
+    #: control rows (customers held out: what happens without a campaign), long form with int
+    #: columns customer_idx, campaign_idx (-1: no campaign, the control of every campaign),
+    #: responded; None when the history has no control arm
+    controls: pd.DataFrame | None
     #: {"sha256": ..., "rows": ..., "columns": [...], "sources": [...]}
     fingerprint: dict
     #: planted segment labels (generated data only), else None

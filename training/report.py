@@ -125,6 +125,7 @@ def render_report(result: TrainResult) -> str:
             ["rows", "mean predicted", "observed rate"],
             [[b["n"], b["mean_predicted"], b["observed_rate"]] for b in m["calibration"]],
         )
+    out += uplift_section(manifest)
     out += ["", "## Stages", ""]
     out += _table(
         ["stage", "seconds", "peak RSS (MiB)"],
@@ -161,6 +162,96 @@ def _clv_section(clv: dict[str, Any] | None, profiles: list[dict[str, Any]]) -> 
             if "clv" in p
         ],
     )  # fmt: skip
+    return out
+
+
+def uplift_section(manifest: dict[str, Any]) -> list[str]:
+    """The uplift part of the report: model evaluation and the measured lift by segment."""
+    metrics = manifest.get("metrics", {})
+    out = ["", "## Uplift (control arm)", ""]
+    uplift = metrics.get("uplift")
+    if not uplift:
+        reason = metrics.get("uplift_skipped") or "no control arm in the response history"
+        return [*out, f"No uplift model: {reason}. Campaigns are ranked by response."]
+    out += [
+        "Campaigns are ranked by expected gain: (probability with the offer - probability "
+        "without it) x value - cost. Held-out customers; Qini coefficient (1 = perfect, 0 = "
+        "random) and the measured lift among the top 10/20/30% when ranking by predicted uplift "
+        "vs by response probability:",
+        "",
+    ]
+    rows = []
+    for cid, e in uplift["per_campaign"].items():
+        if "qini" not in e:
+            rows.append([cid, e["n_treated"], e["n_control"], None, None, None, None, None, None])
+            continue
+        at = e["uplift_at"]
+        rows.append(
+            [
+                cid,
+                e["n_treated"],
+                e["n_control"],
+                e["observed_uplift"],
+                e["predicted_uplift"],
+                e["qini"]["uplift"],
+                e["qini"]["response"],
+                at["10%"]["uplift"],
+                at["10%"]["response"],
+            ]
+        )
+    summary = uplift["summary"]
+    rows.append(
+        [
+            "**mean**",
+            "",
+            "",
+            None,
+            None,
+            summary["qini"]["uplift"],
+            summary["qini"]["response"],
+            summary["uplift_at_10%"]["uplift"],
+            summary["uplift_at_10%"]["response"],
+        ]
+    )
+    out += _table(
+        [
+            "campaign",
+            "treated",
+            "control",
+            "observed lift",
+            "predicted lift",
+            "Qini (uplift)",
+            "Qini (response)",
+            "lift@10% (uplift)",
+            "lift@10% (response)",
+        ],
+        rows,
+    )
+    measured = uplift.get("measured_lift", {})
+    if measured:
+        out += [
+            "",
+            "Measured lift by campaign and segment (all history: treated minus control "
+            "response rate, 95% interval):",
+            "",
+        ]
+        lift_rows = []
+        for cid, entries in measured.items():
+            for e in entries:
+                interval = e.get("interval")
+                lift_rows.append(
+                    [
+                        cid,
+                        e["segment"],
+                        e["n_treated"],
+                        e["n_control"],
+                        e.get("lift"),
+                        None if interval is None else f"[{interval[0]:.3f}, {interval[1]:.3f}]",
+                    ]
+                )
+        out += _table(
+            ["campaign", "segment", "treated", "control", "lift", "95% interval"], lift_rows
+        )
     return out
 
 
@@ -205,6 +296,16 @@ def summary(result: TrainResult) -> str:
             f"response model: held-out AUC {_fmt(m['auc'])}, log loss {_fmt(m['log_loss'], 4)}, "
             f"{m['n_valid_customers']:,} held-out customers, best round {m['best_iteration']}"
         )
+    uplift = result.bundle.manifest.get("metrics", {}).get("uplift")
+    if uplift:
+        q = uplift["summary"]["qini"]
+        lines.append(
+            f"ranking: uplift (mean held-out Qini {_fmt(q['uplift'])} vs "
+            f"{_fmt(q['response'])} for the response ranking)"
+        )
+    elif result.response is not None:
+        reason = result.bundle.manifest.get("metrics", {}).get("uplift_skipped")
+        lines.append(f"ranking: response ({reason})")
     for warning in result.bundle.manifest.get("warnings", []):
         lines.append(f"warning: {warning}")
     lines.append(f"bundle: {result.path}")

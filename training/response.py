@@ -17,6 +17,7 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+import pandas as pd
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from training.config import ResponseModelConfig
@@ -46,10 +47,14 @@ class ResponseModel:
 
 
 def response_matrix(
-    prepared: PreparedData, labels: np.ndarray, rows: np.ndarray | None = None
+    prepared: PreparedData,
+    labels: np.ndarray,
+    rows: np.ndarray | None = None,
+    responses: pd.DataFrame | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Model inputs and targets for the response rows (all, or the positions in ``rows``)."""
-    responses = prepared.responses
+    """Model inputs and targets for the response rows (all, or the positions in ``rows``);
+    ``responses`` replaces ``prepared.responses`` (the control rows, for the uplift stage)."""
+    responses = prepared.responses if responses is None else responses
     cust = responses["customer_idx"].to_numpy()
     camp = responses["campaign_idx"].to_numpy()
     y = responses["responded"].to_numpy()

@@ -13,7 +13,16 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from training.generate import CAMPAIGNS, FEATURES, SEGMENTS, TRUTH_COLUMN, generate_demo, write_demo
+from training.generate import (
+    CAMPAIGNS,
+    CONTROL_SHARE,
+    FEATURES,
+    SEGMENTS,
+    TRUTH_COLUMN,
+    UPLIFT_LOGIT,
+    generate_demo,
+    write_demo,
+)
 from training.load import read_campaign_pool
 
 
@@ -82,21 +91,68 @@ def test_planted_segments_are_recovered_by_the_segmentation_recipe(demo):
     assert adjusted_rand_score(c[TRUTH_COLUMN], labels) >= 0.9
 
 
-def test_each_customer_gets_three_to_five_distinct_offers(demo):
-    per_customer = demo.responses.groupby("customer_id")["campaign_id"]
+def test_each_treated_customer_gets_three_to_five_distinct_offers(demo):
+    sent = demo.responses[demo.responses["treated"] == 1]
+    per_customer = sent.groupby("customer_id")["campaign_id"]
     assert per_customer.size().between(3, 5).all()
     assert (per_customer.nunique() == per_customer.size()).all()
     assert set(demo.responses["customer_id"]) <= set(demo.customers["customer_id"])
-    assert set(demo.responses["campaign_id"]) == {c.id for c in CAMPAIGNS}
+    assert set(sent["campaign_id"]) == {c.id for c in CAMPAIGNS}
+
+
+def test_control_arm_is_a_random_quarter_with_every_campaign_recorded(demo):
+    treated = demo.responses.groupby("customer_id")["treated"]
+    # a customer is either in the control arm or treated, never both
+    assert (treated.nunique() == 1).all()
+    control_ids = set(demo.responses.loc[demo.responses["treated"] == 0, "customer_id"])
+    assert abs(len(control_ids) / len(demo.customers) - CONTROL_SHARE) < 0.03
+    control = demo.responses[demo.responses["customer_id"].isin(control_ids)]
+    assert (control.groupby("customer_id").size() == len(CAMPAIGNS)).all()
+    # randomized: the arm does not depend on the segment
+    segment = demo.customers.set_index("customer_id")[TRUTH_COLUMN]
+    share = segment.index.isin(list(control_ids))
+    by_segment = pd.Series(share, index=segment.index).groupby(segment).mean()
+    assert (by_segment - CONTROL_SHARE).abs().max() < 0.05, by_segment.to_dict()
 
 
 def test_base_response_rates_are_between_two_and_twenty_percent(demo):
-    rates = demo.responses.groupby("campaign_id")["responded"].mean()
+    sent = demo.responses[demo.responses["treated"] == 1]
+    rates = sent.groupby("campaign_id")["responded"].mean()
     assert rates.between(0.02, 0.20).all(), rates.to_dict()
 
 
+def _observed_uplift(demo, segment: str, campaign: str) -> float:
+    rows = demo.responses.merge(demo.customers[["customer_id", TRUTH_COLUMN]], on="customer_id")
+    rows = rows[(rows[TRUTH_COLUMN] == segment) & (rows["campaign_id"] == campaign)]
+    rates = rows.groupby("treated")["responded"].mean()
+    return float(rates.get(1, np.nan) - rates.get(0, np.nan))
+
+
+def test_planted_uplift_types_show_in_the_randomized_history(demo):
+    truth = demo.truth
+    assert truth.treated.shape == truth.control.shape == (len(demo.customers), len(CAMPAIGNS))
+    assert ((truth.treated > 0) & (truth.treated < 1)).all()
+    j = {c.id: i for i, c in enumerate(CAMPAIGNS)}
+    seg = demo.customers[TRUTH_COLUMN].to_numpy()
+    # sure things: VIPs take wealth management whether or not they are sent it
+    vip = seg == "vip_champions"
+    assert UPLIFT_LOGIT["vip_champions"]["wealth_management"] == 0.0
+    np.testing.assert_allclose(
+        truth.treated[vip, j["wealth_management"]], truth.control[vip, j["wealth_management"]]
+    )
+    assert truth.treated[vip, j["wealth_management"]].mean() > 0.3
+    # persuadables: the dormant answer the win-back offer only when they get it
+    dormant = seg == "dormant"
+    assert truth.uplift[dormant, j["win_back"]].mean() > 0.15
+    assert _observed_uplift(demo, "dormant", "win_back") > 0.1
+    # do-not-disturbs: a loan offer puts VIPs off
+    assert (truth.uplift[vip, j["personal_loan"]] < 0).all()
+    # the observed VIP wealth-management lift is near zero although its response rate is high
+    assert abs(_observed_uplift(demo, "vip_champions", "wealth_management")) < 0.08
+
+
 def test_responses_carry_learnable_signal(demo):
-    rows = demo.responses.merge(demo.customers, on="customer_id")
+    rows = demo.responses[demo.responses["treated"] == 1].merge(demo.customers, on="customer_id")
     rows["campaign"] = rows["campaign_id"].astype("category")
     columns = [*FEATURES, "campaign"]
     held_out = rows["customer_id"].isin(demo.customers["customer_id"].iloc[::5])
@@ -111,7 +167,7 @@ def test_write_demo_writes_readable_files(tmp_path):
     customers = pd.read_parquet(paths["customers"])
     responses = pd.read_parquet(paths["responses"])
     assert len(customers) == 800
-    assert list(responses.columns) == ["customer_id", "campaign_id", "responded"]
+    assert list(responses.columns) == ["customer_id", "campaign_id", "responded", "treated"]
     pool = read_campaign_pool(paths["campaigns"])
     assert [c.id for c in pool] == [c.id for c in CAMPAIGNS]
     assert all(c.eligible_segments is None for c in pool)

@@ -67,16 +67,18 @@ def test_numeric_matrix_is_the_shared_derivation(prepared):
 
 
 def test_responses_map_to_row_and_pool_positions(prepared, demo_dir):
-    original = pd.read_parquet(demo_dir / "responses.parquet")
-    r = prepared.responses
-    assert len(r) == len(original)
-    assert {str(t) for t in r.dtypes} == {"int64", "int8"}
+    everything = pd.read_parquet(demo_dir / "responses.parquet")
     ids = prepared.customers.index.to_numpy()
     pool = [c.id for c in prepared.campaigns]
-    for i in (0, len(r) // 2, len(r) - 1):
-        assert ids[r["customer_idx"].iloc[i]] == original["customer_id"].iloc[i]
-        assert pool[r["campaign_idx"].iloc[i]] == original["campaign_id"].iloc[i]
-        assert r["responded"].iloc[i] == original["responded"].iloc[i]
+    # sent rows become the responses, the control arm's rows the controls, in file order
+    for r, treated in ((prepared.responses, 1), (prepared.controls, 0)):
+        original = everything[everything["treated"] == treated].reset_index(drop=True)
+        assert len(r) == len(original)
+        assert {str(t) for t in r.dtypes} == {"int64", "int8"}
+        for i in (0, len(r) // 2, len(r) - 1):
+            assert ids[r["customer_idx"].iloc[i]] == original["customer_id"].iloc[i]
+            assert pool[r["campaign_idx"].iloc[i]] == original["campaign_id"].iloc[i]
+            assert r["responded"].iloc[i] == original["responded"].iloc[i]
 
 
 def test_truth_column_is_kept_apart_from_the_features(prepared):

@@ -1,0 +1,48 @@
+"""Feedback events into a Redis Stream: the service's half of the feedback loop.
+
+``POST /feedback`` appends each validated event (impression, click, conversion) as one entry
+whose ``event`` field holds the event's JSON; the service adds ``holdout`` entries itself when a
+committed request holds a customer out of a campaign. ``python -m training feedback fold``
+(``training/feedback.py``) drains the stream into Parquet; until then the stream is the only
+copy, so nothing here trims it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+import redis
+
+#: the entry field holding the event JSON (read by training/feedback.py)
+FIELD = "event"
+EVENT_TYPES = ("impression", "click", "conversion")
+HOLDOUT = "holdout"
+
+
+class FeedbackUnavailable(Exception):
+    """The stream cannot be written (no Redis configured, or Redis failed)."""
+
+
+class FeedbackStream:
+    """Appends events to one Redis Stream, a batch in one round trip."""
+
+    def __init__(self, client: redis.Redis | None, key: str) -> None:
+        self.client = client
+        self.key = key
+
+    def append(self, events: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Append events in order; return their stream ids."""
+        if self.client is None:
+            raise FeedbackUnavailable("feedback needs Redis: set REDIS_URL")
+        pipe = self.client.pipeline(transaction=False)
+        for event in events:
+            pipe.xadd(self.key, {FIELD: orjson.dumps(dict(event))})
+        try:
+            ids = pipe.execute()
+        except redis.RedisError as exc:
+            raise FeedbackUnavailable(
+                f"feedback stream unavailable ({exc.__class__.__name__})"
+            ) from None
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]

@@ -1,0 +1,116 @@
+"""Frequency caps against a real Redis: reads, atomic commits under concurrency, failure modes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+import redis
+
+from api.caps import CLOSED, OPEN, CapLimits, FrequencyCaps
+
+DAY = 1_764_633_600.0  # 2025-12-02 00:00 UTC
+
+
+def _caps(redis_url, prefix, **kwargs):
+    return FrequencyCaps(redis.Redis.from_url(redis_url), prefix=prefix, **kwargs)
+
+
+def test_read_only_checks_never_count(redis_url, redis_prefix):
+    caps = _caps(redis_url, redis_prefix, clock=lambda: DAY)
+    one = [("cashback", CapLimits(per_customer_day=1))]
+    for _ in range(3):
+        assert caps.check("c1", one).allowed == [True]
+    assert caps.check("c1", one, commit=True).allowed == [True]
+    result = caps.check("c1", one)
+    assert result.allowed == [False]
+    assert result.reasons == ["per_customer_day"]
+    # another customer is not affected
+    assert caps.check("c2", one).allowed == [True]
+
+
+def test_commit_admits_in_rank_order_up_to_top_k(redis_url, redis_prefix):
+    caps = _caps(redis_url, redis_prefix, clock=lambda: DAY)
+    candidates = [
+        ("a", CapLimits(per_customer_day=1)),
+        ("b", CapLimits(per_customer_week=3)),
+        ("c", CapLimits(daily_cap=100)),
+    ]
+    assert caps.check("c1", candidates, commit=True, top_k=2).allowed == [True, True, False]
+    # "a" is now at its daily limit: the next send goes to b and c
+    second = caps.check("c1", candidates, commit=True, top_k=2)
+    assert second.allowed == [False, True, True]
+    assert second.reasons[0] == "per_customer_day"
+
+
+def test_week_and_campaign_daily_caps(redis_url, redis_prefix):
+    now = [DAY]
+    caps = _caps(redis_url, redis_prefix, clock=lambda: now[0])
+    weekly = [("w", CapLimits(per_customer_day=1, per_customer_week=2))]
+    assert caps.check("c1", weekly, commit=True).allowed == [True]
+    now[0] += 86_400  # next day, same ISO week
+    assert caps.check("c1", weekly, commit=True).allowed == [True]
+    now[0] += 86_400
+    third = caps.check("c1", weekly, commit=True)
+    assert third.allowed == [False] and third.reasons == ["per_customer_week"]
+    daily = [("d", CapLimits(daily_cap=2))]
+    assert [caps.check(f"x{i}", daily, commit=True).allowed[0] for i in range(4)] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert caps.check("x9", daily).reasons == ["daily_cap"]
+    # counters expire: the day key lives two days, the week key eight
+    client = redis.Redis.from_url(redis_url)
+    now[0] = DAY
+    ttls = [client.ttl(k) for k in caps.keys("c1", "w")]
+    assert 0 < ttls[0] <= 2 * 86_400 and 0 < ttls[1] <= 8 * 86_400
+
+
+def _commit_once(url: str, prefix: str, start, results) -> None:
+    caps = FrequencyCaps(redis.Redis.from_url(url), prefix=prefix, clock=lambda: DAY)
+    start.wait()
+    outcome = caps.check("c-race", [("promo", CapLimits(per_customer_day=1))], commit=True)
+    results.put(outcome.allowed[0])
+
+
+@pytest.mark.parametrize("n_clients", [16])
+def test_parallel_commits_against_a_cap_of_one_admit_exactly_one(
+    redis_url, redis_prefix, n_clients
+):
+    # separate processes, each with its own connection: real concurrent clients
+    ctx = mp.get_context("fork")
+    start = ctx.Barrier(n_clients)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_commit_once, args=(redis_url, redis_prefix, start, results))
+        for _ in range(n_clients)
+    ]
+    for p in procs:
+        p.start()
+    admitted = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert sum(admitted) == 1, admitted
+    client = redis.Redis.from_url(redis_url)
+    key = FrequencyCaps(client, prefix=redis_prefix, clock=lambda: DAY).keys("c-race", "promo")[0]
+    assert int(client.get(key)) == 1
+
+
+def test_redis_down_fails_open_or_closed_as_configured():
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
+    seen = []
+    capped = [("a", CapLimits(per_customer_day=1)), ("b", CapLimits(daily_cap=5))]
+    open_caps = FrequencyCaps(dead, prefix="p", fail=OPEN, on_failure=seen.append)
+    result = open_caps.check("c1", capped, commit=True)
+    assert result.allowed == [True, True] and result.status == "failed_open"
+    closed = FrequencyCaps(dead, prefix="p", fail=CLOSED, on_failure=seen.append)
+    result = closed.check("c1", capped)
+    assert result.allowed == [False, False] and result.status == "failed_closed"
+    assert result.reasons == ["caps_unavailable"] * 2
+    assert seen == ["failed_open", "failed_closed"]
+    # no limits at all: nothing to ask Redis
+    assert closed.check("c1", [("z", CapLimits())], commit=True).allowed == [True]
+    with pytest.raises(ValueError, match="fail='sideways'"):
+        FrequencyCaps(dead, prefix="p", fail="sideways")
