@@ -52,6 +52,26 @@ def _key_from_env(name: str | None) -> bytes | None:
     return value.encode("utf-8") if value else None
 
 
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=("local", "dask"),
+        default="local",
+        help="local: one process (default); dask: a Dask cluster, the input read in partitions",
+    )
+    parser.add_argument(
+        "--scheduler",
+        help="with --engine dask: address of a running scheduler (tcp://host:8786); default: "
+        "a LocalCluster on this machine, stopped afterwards",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="with --engine dask: worker processes of the LocalCluster (default one per core); "
+        "with --scheduler, wait until this many workers have joined",
+    )
+
+
 def _add_quiet(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: a subcommand's unset flag must not reset one given before the command
     parser.add_argument(
@@ -137,8 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="a bundle root (its current bundle is used) or a version folder "
         "(default model_artifacts)",
     )
-    score.add_argument("--input", required=True, help="customer file (.csv or .parquet)")
-    score.add_argument("--output", required=True, help="result file (.csv or .parquet)")
+    score.add_argument(
+        "--input",
+        required=True,
+        help="customer file (.csv or .parquet); with --engine dask a folder or glob of Parquet files",
+    )
+    score.add_argument(
+        "--output",
+        required=True,
+        help="result file (.csv or .parquet); with --engine dask a new folder that receives "
+        "part-NNNNN.parquet, one per input partition",
+    )
     score.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -150,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_KEY_ENV,
         help=f"environment variable with the signing key to verify (default {DEFAULT_KEY_ENV})",
     )
+    _add_engine(score)
     _add_quiet(score)
 
     lst = sub.add_parser(
@@ -423,29 +453,42 @@ def score_frame(engine, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    """Batch-score a customer file."""
-    import pandas as pd
-
-    from scoring.engine import ScoringEngine
-
+    """Batch-score a customer file (or, with ``--engine dask``, a partitioned dataset)."""
     bundle = load_bundle(bundle_path(args.bundle), hmac_key=_key_from_env(args.hmac_key_env))
+    if args.engine == "dask":
+        return _score_on_dask(args, bundle)
+    from training.engines.local import score_table
+
     schema = bundle.schema
     frame = read_customers(Path(args.input), schema.id_column)
     missing = [c for c in schema.input_names + schema.categorical_names if c not in frame.columns]
     if missing:
         raise CommandError(f"{args.input}: missing columns {', '.join(missing)}")
-    engine = ScoringEngine(bundle)
-    parts = []
-    for start in range(0, len(frame), args.batch_size):
-        chunk = frame.iloc[start : start + args.batch_size]
-        scored = score_frame(engine, chunk)
-        if schema.id_column in chunk.columns:
-            scored.insert(0, schema.id_column, chunk[schema.id_column].to_numpy())
-        parts.append(scored)
-        log.info("scored %d of %d customers", min(start + args.batch_size, len(frame)), len(frame))
-    result = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    result = score_table(bundle, frame, args.batch_size)
     write_frame(result, Path(args.output))
     print(f"scored {len(result)} customers with bundle {bundle.version} -> {args.output}")
+    return 0
+
+
+def _dashboard_line(info) -> None:
+    where = f"dashboard: {info.dashboard}" if info.dashboard else "no dashboard (install bokeh)"
+    print(
+        f"dask: {info.workers} worker(s), {info.threads} thread(s) at {info.scheduler}; {where}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _score_on_dask(args: argparse.Namespace, bundle) -> int:
+    from training.engines.dask import connect, score_dataset
+
+    with connect(args.scheduler, args.workers) as (client, info):
+        _dashboard_line(info)
+        result = score_dataset(client, bundle, args.input, args.output, show_progress=True)
+    print(
+        f"scored {result.rows} customers in {result.partitions} partition(s) with bundle "
+        f"{bundle.version} -> {result.output} ({result.seconds:.1f} s)"
+    )
     return 0
 
 
