@@ -58,15 +58,20 @@ def _copy_target(source: str, dest: str) -> str:
     return f"{dest}{Path(source).name}"
 
 
-def _pinned_requirements() -> dict[str, str]:
-    """requirements.txt as {normalised name: version}; fails on any unpinned line."""
+#: modules of optional engines the image does not run, and the requirements file that pins
+#: their extra dependencies (checked against that file instead of requirements.txt)
+OPTIONAL_MODULES = {"training/engines/dask.py": "requirements-dask.txt"}
+
+
+def _pinned_requirements(name: str = "requirements.txt") -> dict[str, str]:
+    """A requirements file as {normalised name: version}; fails on any unpinned line."""
     pins = {}
-    for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines():
+    for line in (ROOT / name).read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
-        if not line:
+        if not line or line.startswith("-r "):
             continue
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([A-Za-z0-9_.+-]+)", line)
-        assert match, f"requirements.txt line not pinned with ==: {line!r}"
+        assert match, f"{name} line not pinned with ==: {line!r}"
         pins[re.sub(r"[-_.]+", "-", match[1]).lower()] = match[2]
     return pins
 
@@ -125,11 +130,16 @@ def test_dependencies_are_installed_from_pinned_requirements_before_the_code():
     assert code_lines and min(code_lines) > install.line
 
 
-def _third_party_imports() -> set[str]:
-    """Top-level modules imported by the code the image copies, minus stdlib and our own."""
-    files = [ROOT / "wsgi.py", ROOT / "gunicorn.conf.py"]
-    for package in ("scoring", "api", "training"):
-        files += sorted((ROOT / package).rglob("*.py"))
+def _third_party_imports(files: list[Path] | None = None) -> set[str]:
+    """Top-level modules imported by the code the image copies, minus stdlib and our own.
+
+    Optional engines (``OPTIONAL_MODULES``) are left out unless ``files`` names them.
+    """
+    if files is None:
+        files = [ROOT / "wsgi.py", ROOT / "gunicorn.conf.py"]
+        for package in ("scoring", "api", "training"):
+            files += sorted((ROOT / package).rglob("*.py"))
+        files = [f for f in files if f.relative_to(ROOT).as_posix() not in OPTIONAL_MODULES]
     names: set[str] = set()
     for path in files:
         if not path.exists():
@@ -152,6 +162,19 @@ def test_requirements_cover_every_third_party_import():
         if not dists & set(pins):
             missing.append(f"{module} (distribution {', '.join(sorted(dists))})")
     assert not missing, f"imported but not in requirements.txt: {missing}"
+
+
+def test_optional_engines_pin_their_imports():
+    """An optional engine's imports are pinned in its own requirements file (or the base one)."""
+    distributions = importlib.metadata.packages_distributions()
+    for module_path, requirements in OPTIONAL_MODULES.items():
+        pins = _pinned_requirements("requirements.txt") | _pinned_requirements(requirements)
+        missing = []
+        for module in sorted(_third_party_imports([ROOT / module_path])):
+            dists = {re.sub(r"[-_.]+", "-", d).lower() for d in distributions.get(module, [module])}
+            if not dists & set(pins):
+                missing.append(module)
+        assert not missing, f"{module_path} imports {missing}, not pinned in {requirements}"
 
 
 def test_cmd_is_exec_form_gunicorn_with_existing_config_and_app():
