@@ -8,6 +8,7 @@ import pandas as pd
 
 from scoring.bundle import Bundle
 from scoring.engine import ScoringEngine
+from scoring.ids import ids_as_text
 from training.pipeline import train
 
 log = logging.getLogger("training")
@@ -16,7 +17,7 @@ __all__ = ["score_chunk", "score_table", "train"]
 
 
 def score_chunk(engine: ScoringEngine, chunk: pd.DataFrame) -> pd.DataFrame:
-    """Scores of one chunk of customers, the id column first when the chunk has one.
+    """Scores of one chunk of customers, the id column (as text) first when the chunk has one.
 
     The one function both engines apply to customer rows (the Dask engine per partition), so
     batch scoring cannot differ between them.
@@ -26,7 +27,7 @@ def score_chunk(engine: ScoringEngine, chunk: pd.DataFrame) -> pd.DataFrame:
     scored = score_frame(engine, chunk)
     id_column = engine.bundle.schema.id_column
     if id_column in chunk.columns:
-        scored.insert(0, id_column, chunk[id_column].to_numpy())
+        scored.insert(0, id_column, ids_as_text(chunk[id_column]).to_numpy())
     return scored
 
 
