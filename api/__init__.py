@@ -57,7 +57,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # Imported here, not at the top: gunicorn.conf.py imports api.settings in the master, and
     # prometheus_client must not be imported there before PROMETHEUS_MULTIPROC_DIR is set
     # (it picks its multiprocess mode once, at import).
-    from api import admin, health, views
     from api.auth import KeyRing
     from api.cache import ProfileCache, redis_client
     from api.errors import register_error_handlers
@@ -65,6 +64,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from api.metrics import Metrics
     from api.model import ModelState
     from api.online import FeatureStore
+    from api.routes import active_routes, register_routes
 
     config = dict(config or {})
     injected = {k: config.pop(k) for k in INJECTED if k in config}
@@ -90,6 +90,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     model = ModelState(settings, metrics)
     model.start()
+    routes = active_routes(settings)
 
     app.extensions[EXTENSION] = Services(
         settings=settings,
@@ -99,12 +100,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         model=model,
         app_version=_app_version(),
         features=FeatureStore(client, metrics, prefix=settings.CACHE_PREFIX),
+        routes=routes,
     )
-    app.register_blueprint(views.bp)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(admin.bp)
-    if settings.BENCH_FLOOR:
-        app.register_blueprint(views.bench_bp)
+    register_routes(app, routes)
     register_error_handlers(app)
     _observe_requests(app, metrics)
     return app

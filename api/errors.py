@@ -15,7 +15,9 @@ The service's own errors form a small tree; each carries its HTTP status and cod
     ├── NotReady           503    not_ready: no verified bundle loaded yet
     └── FeatureStoreDown   503    feature_store_unavailable: Redis down (with Retry-After)
 
-Errors from elsewhere are mapped here too: werkzeug's HTTP errors (404, 405, 413, ...) keep their
+Errors from elsewhere are mapped here too: a marshmallow ``ValidationError`` a view lets escape
+is 422 ``validation_error`` with field-keyed messages (one handler, no try/except in views);
+werkzeug's HTTP errors (404, 405, 413, ...) keep their
 status with a code from :data:`HTTP_CODES`; the scoring core's ``NoResponseModelError`` becomes
 409 ``no_response_model``; anything else is 500 ``internal_error``, logged with its traceback and
 answered without it and without any echo of the input. Requests too malformed to reach the app
@@ -31,6 +33,7 @@ from typing import Any
 
 import orjson
 from flask import Flask, Response
+from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from scoring.engine import NoResponseModelError
@@ -212,6 +215,26 @@ def _http_error(exc: HTTPException) -> Response:
     return response
 
 
+def validation_messages(exc: ValidationError) -> dict[str, Any]:
+    """Field-keyed messages of a marshmallow error (non-dict bodies under ``_schema``)."""
+    messages = exc.messages
+    return _str_keys(messages) if isinstance(messages, dict) else {"_schema": messages}
+
+
+def _str_keys(messages: Any) -> Any:
+    # marshmallow keys list items by int index; JSON object keys are strings.
+    if isinstance(messages, dict):
+        return {str(k): _str_keys(v) for k, v in messages.items()}
+    return messages
+
+
+def _validation_error(exc: ValidationError) -> Response:
+    # The one place a schema's refusal becomes a 422: views just load and let it raise.
+    return error_response(
+        422, "validation_error", "request does not match the schema", validation_messages(exc)
+    )
+
+
 def _no_response_model(exc: NoResponseModelError) -> Response:
     return error_response(
         409, "no_response_model", "this model version ranks no campaigns: it has no response model"
@@ -227,6 +250,7 @@ def _unexpected(exc: Exception) -> Response:
 def register_error_handlers(app: Flask) -> None:
     """Answer every failure, ours or the framework's, in the envelope."""
     app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(ValidationError, _validation_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(NoResponseModelError, _no_response_model)
     app.register_error_handler(Exception, _unexpected)

@@ -29,6 +29,8 @@ class Services:
     app_version: str
     #: stored features for requests by customer id (disabled without Redis)
     features: FeatureStore
+    #: the registered routes (api/routes.py): /openapi.json documents these
+    routes: tuple = ()
     #: OpenAPI documents already generated, by model version
     openapi: dict[str, bytes] = field(default_factory=dict)
 

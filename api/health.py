@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import os
 
-from flask import Blueprint, Response
+from flask import Response
 
 from api.extensions import get_services
 from api.openapi import openapi_document
 from api.views import json_response
 
-bp = Blueprint("health", __name__)
 
-
-@bp.get("/healthz")
 def healthz() -> Response:
     """The process answers (nothing else is checked)."""
     return json_response({"status": "ok"})
 
 
-@bp.get("/readyz")
 def readyz() -> Response:
     """200 once this worker has a verified bundle loaded, else 503; every worker is listed.
 
@@ -54,7 +50,6 @@ def _workers(services) -> list[dict] | None:
     ]
 
 
-@bp.get("/version")
 def version() -> Response:
     """The served model version, when its bundle was made, its segments, and the app version."""
     services = get_services()
@@ -84,7 +79,6 @@ def _versions_served(services) -> dict:
     return {"workers": served}
 
 
-@bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text format, summed over every gunicorn worker (open, like health checks)."""
     services = get_services()
@@ -94,7 +88,6 @@ def metrics() -> Response:
     )
 
 
-@bp.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI 3 document of the served model version, generated from the schemas."""
     services = get_services()

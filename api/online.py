@@ -33,11 +33,11 @@ from api.errors import (
     CustomerNotFound,
     FeatureStoreDown,
     StaleFeatures,
-    ValidationFailed,
     envelope,
+    validation_messages,
 )
 from api.metrics import Metrics
-from api.schemas import CUSTOMER_ID, RequestSchemas, validation_messages
+from api.schemas import CUSTOMER_ID, RequestSchemas
 from scoring.features import FeatureSchema
 from scoring.online import StoredRecord, decode_record, missing_required, record_key
 
@@ -132,12 +132,7 @@ def complete_one(
     recommend: bool,
 ) -> Completed:
     """One request naming a stored customer -> the complete, checked record (or an ApiError)."""
-    try:
-        sent, options = schemas.load_partial(body, recommend=recommend)
-    except ValidationError as exc:
-        raise ValidationFailed(
-            "request does not match the schema", fields=validation_messages(exc)
-        ) from None
+    sent, options = schemas.load_partial(body, recommend=recommend)
     stored = store.fetch(schema, [sent[CUSTOMER_ID]])[0]
     return _merge(store, schemas, sent, stored, options)
 

@@ -1,13 +1,19 @@
-"""The OpenAPI 3 document, generated with apispec from the marshmallow schemas of the served model.
+"""The OpenAPI 3 document, generated with apispec from the route table and the served model.
 
-Request schemas come from the loaded bundle (its inputs, campaign pool and channels), so the
-document is built per model version (and cached by the caller). Examples are real: the example
-customer has the training medians and the example answers are what the engine says about it.
+The paths come from the same table that registers the views (:mod:`api.routes`): each route
+contributes its method, summary, security, request and answer documentation and the codes of its
+errors (documented from :data:`ERRORS`). Request schemas come from the loaded bundle (its inputs,
+campaign pool and channels), so the document is built per model version (and cached by the
+caller). Examples are real and follow the served bundle's feature schema: the example customer
+has the training medians, the example answers are what the engine says about it, and the
+example validation errors name one of its own inputs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from apispec import APISpec
@@ -17,6 +23,9 @@ from marshmallow import fields
 from api import schemas as sc
 from api.errors import envelope
 from api.model import LoadedModel
+
+if TYPE_CHECKING:
+    from api.routes import Route
 
 TITLE = "Customer segmentation and campaign recommendation"
 DESCRIPTION = """\
@@ -48,6 +57,36 @@ def _either_to_one_of(self: Any, field: fields.Field, **kwargs: Any) -> dict[str
     return {}
 
 
+# ---- examples from the served bundle ---------------------------------------------------------
+@dataclass(frozen=True)
+class Examples:
+    """Example bodies and answers of the served model, built once per document."""
+
+    loaded: LoadedModel
+    #: a valid customer (training medians, first category of each categorical)
+    customer: dict[str, Any]
+    #: a second batch customer lacking ``invalid_field`` (so its batch entry is an error)
+    second: dict[str, Any]
+    #: a required input of the served schema, named by the example validation errors
+    invalid_field: str
+    #: example answers keyed "segment", "segment_batch", "recommend", "recommend_batch"
+    answers: dict[str, Any]
+
+    @classmethod
+    def of(cls, loaded: LoadedModel) -> Examples:
+        """The examples of ``loaded`` (its feature schema and its engine's answers)."""
+        schema = loaded.engine.schema
+        customer = _example_customer(loaded)
+        required = [spec.name for spec in schema.inputs if spec.required]
+        invalid = (required or schema.input_names)[0]
+        second = {k: v for k, v in customer.items() if k != invalid} | {"customer_id": "c-43"}
+        return cls(loaded, customer, second, invalid, _example_answers(loaded, customer, invalid))
+
+    def field_messages(self, message: str = "Missing data for required field.") -> dict:
+        """Field-keyed messages naming one of the served schema's inputs."""
+        return {self.invalid_field: [message]}
+
+
 def _example_customer(loaded: LoadedModel) -> dict[str, Any]:
     feature_schema = loaded.engine.schema
     out: dict[str, Any] = {"customer_id": "c-42"}
@@ -59,7 +98,7 @@ def _example_customer(loaded: LoadedModel) -> dict[str, Any]:
     return out
 
 
-def _example_answers(loaded: LoadedModel, customer: dict[str, Any]) -> dict[str, Any]:
+def _example_answers(loaded: LoadedModel, customer: dict[str, Any], invalid: str) -> dict:
     engine = loaded.engine
     batch = engine.batch_from_records([customer])
 
@@ -78,7 +117,7 @@ def _example_answers(loaded: LoadedModel, customer: dict[str, Any]) -> dict[str,
                 envelope(
                     "validation_error",
                     "customers[1] does not match the schema",
-                    {"order_count": ["Missing data for required field."]},
+                    {invalid: ["Missing data for required field."]},
                 ),
             ],
         },
@@ -90,108 +129,114 @@ def _example_answers(loaded: LoadedModel, customer: dict[str, Any]) -> dict[str,
     return out
 
 
-def _json_body(schema: Any, examples: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "content": {
-            "application/json": {
-                "schema": schema,
-                "examples": {k: {"value": v} for k, v in examples.items()},
-            }
-        }
-    }
+def json_content(schema: Any, examples: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``content`` of a JSON body: a schema (a component name, or a dict) and named examples."""
+    media: dict[str, Any] = {"schema": schema}
+    if examples:
+        media["examples"] = {k: {"value": v} for k, v in examples.items()}
+    return {"content": {"application/json": media}}
 
 
-def _error(description: str, code: str, message: str, fields_: Any = None) -> dict[str, Any]:
-    return {
-        "description": description,
-        **_json_body("ErrorEnvelope", {code: envelope(code, message, fields_)}),
-    }
+def one_of(*components: str) -> dict[str, Any]:
+    """A schema that is one of the named components."""
+    return {"oneOf": [{"$ref": f"#/components/schemas/{c}"} for c in components]}
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
-    table = {
-        400: _error("Empty body or not JSON", "bad_request", "body is not valid JSON"),
-        401: _error("Missing or unknown API key", "unauthorized", "missing API key"),
-        403: _error("Key of the wrong kind", "forbidden", "this key cannot call admin endpoints"),
-        404: _error("Bundle version not found", "bundle_not_found", "no bundle version 'x'"),
-        409: _error(
-            "The served model has no response model",
-            "no_response_model",
-            "this model version ranks no campaigns: it has no response model",
-        ),
-        413: _error(
-            "Body larger than MAX_BODY_BYTES", "payload_too_large", "request body too large"
-        ),
-        415: _error(
-            "Content-Type is not application/json",
-            "unsupported_media_type",
-            "Content-Type must be application/json",
-        ),
-        422: _error(
-            "The body does not match the schema",
-            "validation_error",
-            "request does not match the schema",
-            {"order_count": ["Must be greater than or equal to 0."]},
-        ),
-        503: _error("No verified bundle loaded", "not_ready", "no verified model bundle is loaded"),
-    }
-    return {str(s): table[s] for s in statuses}
+# ---- errors ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ErrorDoc:
+    """How one error code is documented: its status, when it happens and an example message."""
+
+    status: int
+    description: str
+    message: str
+    #: the example carries field messages (naming an input of the served schema)
+    fields: bool = False
+    #: the answer carries ``Retry-After``
+    retry_after: bool = False
 
 
-def _by_id_errors(*, recommend: bool) -> dict[str, Any]:
-    """The errors of a request naming a stored customer (merged with the endpoint's own)."""
-    not_found = envelope("customer_not_found", "no stored features for customer 'c-404'")
-    stale = envelope(
-        "stale_features",
+#: every error code a route may list in ``Route.errors`` (a test checks each ApiError's code
+#: is here); several codes of one status are documented together
+ERRORS: dict[str, ErrorDoc] = {
+    "bad_request": ErrorDoc(400, "Empty body or not JSON", "body is not valid JSON"),
+    "unauthorized": ErrorDoc(401, "Missing or unknown API key", "missing API key"),
+    "forbidden": ErrorDoc(403, "Key of the wrong kind", "this key cannot call admin endpoints"),
+    "bundle_not_found": ErrorDoc(404, "Bundle version not found", "no bundle version 'x'"),
+    "customer_not_found": ErrorDoc(
+        404, "No stored features for the customer id", "no stored features for customer 'c-404'"
+    ),
+    "no_response_model": ErrorDoc(
+        409,
+        "The served model has no response model",
+        "this model version ranks no campaigns: it has no response model",
+    ),
+    "stale_features": ErrorDoc(
+        409,
+        "Stored features that no longer fit the schema",
         "the stored features of this customer do not fit the served model's schema",
-        {"order_count": ["Missing data for required field."]},
-    )
-    down = envelope(
-        "feature_store_unavailable",
+        fields=True,
+    ),
+    "bundle_rejected": ErrorDoc(
+        409,
+        "The bundle failed verification; the previous one keeps serving",
+        "bundle refused, still serving the previous one: ...",
+    ),
+    "payload_too_large": ErrorDoc(413, "Body larger than MAX_BODY_BYTES", "request body too large"),
+    "unsupported_media_type": ErrorDoc(
+        415, "Content-Type is not application/json", "Content-Type must be application/json"
+    ),
+    "validation_error": ErrorDoc(
+        422, "The body does not match the schema", "request does not match the schema", True
+    ),
+    "not_ready": ErrorDoc(503, "No verified bundle loaded", "no verified model bundle is loaded"),
+    "feature_store_unavailable": ErrorDoc(
+        503,
+        "The feature store is unavailable",
         "the feature store is unavailable: send the customer's features, or retry",
-    )
-    conflicts = {"stale_features": {"value": stale}}
-    if recommend:
-        conflicts["no_response_model"] = {
-            "value": envelope(
-                "no_response_model",
-                "this model version ranks no campaigns: it has no response model",
-            )
-        }
-    ready = {"not_ready": {"value": envelope("not_ready", "no verified model bundle is loaded")}}
+        retry_after=True,
+    ),
+}
 
-    def body(description: str, examples: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "description": description,
-            "content": {"application/json": {"schema": "ErrorEnvelope", "examples": examples}},
-        }
 
-    return {
-        "404": body(
-            "No stored features for the customer id", {"customer_not_found": {"value": not_found}}
-        ),
-        "409": body(
-            "Stored features that no longer fit the schema"
-            + ("; or no response model" if recommend else ""),
-            conflicts,
-        ),
-        "503": {
-            **body(
-                "No verified bundle loaded; or the feature store is unavailable",
-                {**ready, "feature_store_unavailable": {"value": down}},
+def error_responses(codes: Iterable[str], examples: Examples) -> dict[str, Any]:
+    """The ``responses`` entries of ``codes``, grouped by status, one example per code."""
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(ERRORS[code].status, []).append(code)
+    out: dict[str, Any] = {}
+    for status in sorted(by_status):
+        docs = [(code, ERRORS[code]) for code in by_status[status]]
+        entry: dict[str, Any] = {
+            "description": "; or ".join(doc.description for _, doc in docs),
+            **json_content(
+                "ErrorEnvelope",
+                {
+                    code: envelope(
+                        code, doc.message, examples.field_messages() if doc.fields else None
+                    )
+                    for code, doc in docs
+                },
             ),
-            "headers": {
+        }
+        if any(doc.retry_after for _, doc in docs):
+            entry["headers"] = {
                 "Retry-After": {
                     "description": "seconds to wait (feature_store_unavailable only)",
                     "schema": {"type": "integer"},
                 }
-            },
-        },
-    }
+            }
+        out[str(status)] = entry
+    return out
 
 
-def build_spec(loaded: LoadedModel, app_version: str) -> APISpec:
-    """The apispec object for the served model (also used by tests)."""
+# ---- the document -----------------------------------------------------------------------------
+#: response and request schemas every document carries (routes add their own)
+COMPONENTS = (sc.ErrorEnvelope,)
+
+
+def build_spec(loaded: LoadedModel, app_version: str, routes: Iterable[Route]) -> APISpec:
+    """The apispec object for the served model and ``routes`` (also used by tests)."""
     plugin = MarshmallowPlugin()
     spec = APISpec(
         title=TITLE,
@@ -210,183 +255,111 @@ def build_spec(loaded: LoadedModel, app_version: str) -> APISpec:
     spec.components.schema("RecommendRequest", schema=s.recommend_class)
     spec.components.schema("CustomerBatch", schema=s.customer_batch_class)
     spec.components.schema("RecommendBatch", schema=s.recommend_batch_class)
-    for cls in (
-        sc.ErrorEnvelope,
-        sc.PredictSegmentResponse,
-        sc.SegmentBatchResponse,
-        sc.RecommendResponse,
-        sc.RecommendBatchResponse,
-        sc.Health,
-        sc.Ready,
-        sc.VersionInfo,
-        sc.ReloadRequest,
-        sc.ReloadResponse,
-    ):
-        spec.components.schema(cls.__name__, schema=cls)
+    routes = [r for r in routes if r.documented]
+    registered: set[str] = set()
+    for cls in (*COMPONENTS, *(c for r in routes for c in r.components)):
+        if cls.__name__ not in registered:
+            spec.components.schema(cls.__name__, schema=cls)
+            registered.add(cls.__name__)
 
-    customer = _example_customer(loaded)
-    answers = _example_answers(loaded, customer)
-    second = {k: v for k, v in customer.items() if k != "order_count"} | {"customer_id": "c-43"}
-    scoring = {"security": [{"ApiKey": []}]}
-
-    spec.path(
-        path="/predict-segment",
-        operations={
-            "post": {
-                **scoring,
-                "summary": "Segment of one customer, or of a batch",
-                "requestBody": {
-                    "required": True,
-                    **_json_body(
-                        {
-                            "oneOf": [
-                                {"$ref": "#/components/schemas/Customer"},
-                                {"$ref": "#/components/schemas/CustomerBatch"},
-                            ]
-                        },
-                        {"one": customer, "batch": {"customers": [customer, second]}},
-                    ),
-                },
-                "responses": {
-                    "200": {
-                        "description": "The segment (one customer) or one entry per customer",
-                        **_json_body(
-                            {
-                                "oneOf": [
-                                    {"$ref": "#/components/schemas/PredictSegmentResponse"},
-                                    {"$ref": "#/components/schemas/SegmentBatchResponse"},
-                                ]
-                            },
-                            {"one": answers["segment"], "batch": answers["segment_batch"]},
-                        ),
-                    },
-                    **_errors(400, 401, 403, 413, 415, 422),
-                    **_by_id_errors(recommend=False),
-                },
-            }
-        },
-    )
-    if loaded.engine.has_response_model:
-        options = {"top_k": 3, "channel": sorted(loaded.engine.channels)[0], "explain": False}
-        recommend_examples = {
-            "one": {**customer, "top_k": 3},
-            "batch": {"customers": [customer], **options},
+    examples = Examples.of(loaded)
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        operation: dict[str, Any] = {"summary": route.summary}
+        if route.description:
+            operation["description"] = route.description
+        if route.security:
+            operation["security"] = [{route.security: []}]
+        if route.request is not None:
+            operation["requestBody"] = {"required": True, **route.request(examples)}
+        operation["responses"] = {
+            "200": route.response(examples),
+            **error_responses(route.errors, examples),
         }
-        recommend_answers = {"one": answers["recommend"], "batch": answers["recommend_batch"]}
-    else:
-        recommend_examples = {"one": customer}
-        recommend_answers = {}
-    spec.path(
-        path="/recommend",
-        operations={
-            "post": {
-                **scoring,
-                "summary": "Segment and campaigns ranked by expected value",
-                "description": "Only campaigns eligible for the customer's segment (and the "
-                "requested channel) are returned. Unknown ids in `exclude` are ignored.",
-                "requestBody": {
-                    "required": True,
-                    **_json_body(
-                        {
-                            "oneOf": [
-                                {"$ref": "#/components/schemas/RecommendRequest"},
-                                {"$ref": "#/components/schemas/RecommendBatch"},
-                            ]
-                        },
-                        recommend_examples,
-                    ),
-                },
-                "responses": {
-                    "200": {
-                        "description": "Ranked campaigns (one customer) or one entry per customer",
-                        **_json_body(
-                            {
-                                "oneOf": [
-                                    {"$ref": "#/components/schemas/RecommendResponse"},
-                                    {"$ref": "#/components/schemas/RecommendBatchResponse"},
-                                ]
-                            },
-                            recommend_answers,
-                        ),
-                    },
-                    **_errors(400, 401, 403, 413, 415, 422),
-                    **_by_id_errors(recommend=True),
-                },
-            }
-        },
-    )
-
-    def simple(path: str, summary: str, schema: str, extra: tuple[int, ...] = ()) -> None:
-        spec.path(
-            path=path,
-            operations={
-                "get": {
-                    "summary": summary,
-                    "responses": {
-                        "200": {
-                            "description": summary,
-                            "content": {"application/json": {"schema": schema}},
-                        },
-                        **_errors(*extra),
-                    },
-                }
-            },
-        )
-
-    simple("/healthz", "The process is alive", "Health")
-    simple("/readyz", "A verified bundle is loaded (503 until then)", "Ready", (503,))
-    simple("/version", "The served model and app versions", "VersionInfo", (503,))
-    spec.path(
-        path="/metrics",
-        operations={
-            "get": {
-                "summary": "Prometheus metrics, summed over all workers",
-                "responses": {
-                    "200": {
-                        "description": "Prometheus text format",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
-                },
-            }
-        },
-    )
-    spec.path(
-        path="/admin/reload",
-        operations={
-            "post": {
-                "security": [{"AdminKey": []}],
-                "summary": "Load, verify and swap in a bundle in every worker",
-                "requestBody": {
-                    "required": True,
-                    **_json_body("ReloadRequest", {"current": {}, "named": {"version": "v2"}}),
-                },
-                "responses": {
-                    "200": {
-                        "description": "Now served",
-                        **_json_body(
-                            "ReloadResponse",
-                            {
-                                "reloaded": {
-                                    "model_version": "v2",
-                                    "previous_version": "v1",
-                                    "scope": "all_workers",
-                                }
-                            },
-                        ),
-                    },
-                    **_errors(400, 401, 403, 404, 415, 422),
-                    "409": _error(
-                        "The bundle failed verification; the previous one keeps serving",
-                        "bundle_rejected",
-                        "bundle refused, still serving the previous one: ...",
-                    ),
-                },
-            }
-        },
-    )
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
+    for path, operations in paths.items():
+        spec.path(path=path, operations=operations)
     return spec
 
 
 def openapi_document(loaded: LoadedModel, services: Any) -> bytes:
-    """The document as JSON bytes."""
-    return orjson.dumps(build_spec(loaded, services.app_version).to_dict())
+    """The document as JSON bytes, for the routes the app registered."""
+    return orjson.dumps(build_spec(loaded, services.app_version, services.routes).to_dict())
+
+
+# ---- documentation of the scoring endpoints (used by their entries in api.routes) -----------
+def segment_request(ex: Examples) -> dict[str, Any]:
+    """/predict-segment body: one customer or a batch."""
+    return json_content(
+        one_of("Customer", "CustomerBatch"),
+        {"one": ex.customer, "batch": {"customers": [ex.customer, ex.second]}},
+    )
+
+
+def segment_response(ex: Examples) -> dict[str, Any]:
+    """/predict-segment answer."""
+    return {
+        "description": "The segment (one customer) or one entry per customer",
+        **json_content(
+            one_of("PredictSegmentResponse", "SegmentBatchResponse"),
+            {"one": ex.answers["segment"], "batch": ex.answers["segment_batch"]},
+        ),
+    }
+
+
+def recommend_request(ex: Examples) -> dict[str, Any]:
+    """/recommend body: one customer with options, or a batch with options at the top."""
+    engine = ex.loaded.engine
+    if engine.has_response_model:
+        options = {"top_k": 3, "channel": sorted(engine.channels)[0], "explain": False}
+        examples = {
+            "one": {**ex.customer, "top_k": 3},
+            "batch": {"customers": [ex.customer], **options},
+        }
+    else:
+        examples = {"one": ex.customer}
+    return json_content(one_of("RecommendRequest", "RecommendBatch"), examples)
+
+
+def recommend_response(ex: Examples) -> dict[str, Any]:
+    """/recommend answer."""
+    answers = ex.answers
+    examples = (
+        {"one": answers["recommend"], "batch": answers["recommend_batch"]}
+        if "recommend" in answers
+        else None
+    )
+    return {
+        "description": "Ranked campaigns (one customer) or one entry per customer",
+        **json_content(one_of("RecommendResponse", "RecommendBatchResponse"), examples),
+    }
+
+
+def plain_response(description: str, schema: str, examples: dict | None = None):
+    """A documenter of a JSON answer with a fixed schema (and optional fixed examples)."""
+
+    def document(_: Examples) -> dict[str, Any]:
+        return {"description": description, **json_content(schema, examples)}
+
+    return document
+
+
+def plain_request(schema: str, examples: dict | None = None):
+    """A documenter of a JSON body with a fixed schema (and optional fixed examples)."""
+
+    def document(_: Examples) -> dict[str, Any]:
+        return json_content(schema, examples)
+
+    return document
+
+
+def text_response(description: str):
+    """A documenter of a ``text/plain`` answer."""
+
+    def document(_: Examples) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+
+    return document

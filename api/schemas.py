@@ -25,6 +25,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from api.errors import validation_messages
 from scoring.bundle import CURRENT
 from scoring.engine import ScoringEngine
 from scoring.features import FeatureSchema
@@ -499,7 +500,7 @@ class RequestSchemas:
                 records.append(self._customer.load(item))
                 positions.append(i)
             except ValidationError as exc:
-                errors[i] = _messages(exc)
+                errors[i] = validation_messages(exc)
         return records, positions, errors
 
 
@@ -511,23 +512,6 @@ def _bound(value: float | None, default: float) -> float:
 def _class_suffix(version: str) -> str:
     # Class names only help debugging; keep them identifiers.
     return "_" + re.sub(r"\W", "_", version) if version else ""
-
-
-def _messages(exc: ValidationError) -> dict[str, Any]:
-    messages = exc.messages
-    return _str_keys(messages) if isinstance(messages, dict) else {"_schema": messages}
-
-
-def _str_keys(messages: Any) -> Any:
-    # marshmallow keys list items by int index; JSON object keys are strings.
-    if isinstance(messages, dict):
-        return {str(k): _str_keys(v) for k, v in messages.items()}
-    return messages
-
-
-def validation_messages(exc: ValidationError) -> dict[str, Any]:
-    """Field-keyed messages of a marshmallow error (non-dict bodies under ``_schema``)."""
-    return _messages(exc)
 
 
 # ---- response schemas (documentation and tests; the hot path uses orjson) ------------------------

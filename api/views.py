@@ -4,7 +4,9 @@ Each view: check the key, take the served model once, load the body with the ver
 schemas (a body naming a stored customer is completed from the feature store first, see
 ``api/online.py``), call the scoring engine, add the cached segment profile and answer with
 orjson. Batch items are validated one by one; a bad item gets its own error entry and the others
-are scored.
+are scored. A body that does not fit its schema raises marshmallow's ValidationError, answered 422
+by the one handler in ``api/errors.py``. The views are registered by the route table
+(``api/routes.py``), which also documents them.
 """
 
 from __future__ import annotations
@@ -13,20 +15,16 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from flask import Blueprint, Response, current_app, request
-from marshmallow import ValidationError
+from flask import Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.auth import HEADER, SCORING
-from api.errors import BadRequest, UnsupportedMedia, ValidationFailed, envelope
+from api.errors import BadRequest, UnsupportedMedia, envelope
 from api.extensions import Services, get_services
 from api.model import LoadedModel
 from api.online import LAST_SCORED, complete_batch, complete_one
-from api.schemas import CUSTOMER_ID, CUSTOMERS, RequestSchemas, validation_messages
+from api.schemas import CUSTOMER_ID, CUSTOMERS, RequestSchemas
 from scoring.engine import NoResponseModelError
-
-bp = Blueprint("scoring", __name__)
-bench_bp = Blueprint("bench", __name__)
 
 JSON = "application/json"
 #: Content-Encoding values that leave the body as sent (anything else, e.g. gzip: 415)
@@ -79,10 +77,6 @@ def _over_limit(body: bytes) -> bool:
 def authorised(services: Services) -> None:
     """401/403 unless the request carries a scoring key."""
     services.keys.require(request.headers.get(HEADER), SCORING)
-
-
-def _invalid(exc: ValidationError, message: str = "request does not match the schema") -> Any:
-    return ValidationFailed(message, fields=validation_messages(exc))
 
 
 # ---- answers ------------------------------------------------------------------------------------
@@ -173,7 +167,6 @@ def _score_batch(
 
 
 # ---- endpoints ----------------------------------------------------------------------------------
-@bp.post("/predict-segment")
 def predict_segment() -> Response:
     """One customer (or ``{"customers": [...]}``) -> segment, stats and default campaigns."""
     services = get_services()
@@ -182,10 +175,7 @@ def predict_segment() -> Response:
     body = read_json()
     schemas, engine = loaded.schemas, loaded.engine
     if type(body) is dict and CUSTOMERS in body:
-        try:
-            batch = schemas.load_batch(body, recommend=False)
-        except ValidationError as exc:
-            raise _invalid(exc) from None
+        batch = schemas.load_batch(body, recommend=False)
         return _score_batch(
             services,
             loaded,
@@ -199,10 +189,7 @@ def predict_segment() -> Response:
         completed = complete_one(services.features, schemas, engine.schema, body, recommend=False)
         record, last_scored = completed.record, completed.last_scored
     else:
-        try:
-            record = schemas.load_customer(body)
-        except ValidationError as exc:
-            raise _invalid(exc) from None
+        record = schemas.load_customer(body)
     result = engine.predict_segment_one(record)
     out = _answer(result, record, _stats_lookup(services, loaded), last_scored)
     out["model_version"] = loaded.version
@@ -210,7 +197,6 @@ def predict_segment() -> Response:
     return json_response(out)
 
 
-@bp.post("/recommend")
 def recommend() -> Response:
     """One customer (or a batch) -> segment and eligible campaigns ranked by expected value."""
     services = get_services()
@@ -223,10 +209,7 @@ def recommend() -> Response:
     body = read_json()
     schemas = loaded.schemas
     if type(body) is dict and CUSTOMERS in body:
-        try:
-            batch = schemas.load_batch(body, recommend=True)
-        except ValidationError as exc:
-            raise _invalid(exc) from None
+        batch = schemas.load_batch(body, recommend=True)
         options = batch.options
         return _score_batch(
             services,
@@ -241,10 +224,7 @@ def recommend() -> Response:
         completed = complete_one(services.features, schemas, engine.schema, body, recommend=True)
         record, options, last_scored = completed.record, completed.options, completed.last_scored
     else:
-        try:
-            record, options = schemas.load_recommend(body)
-        except ValidationError as exc:
-            raise _invalid(exc) from None
+        record, options = schemas.load_recommend(body)
     result = engine.recommend_one(record, **options)
     out = _answer(result, record, _stats_lookup(services, loaded), last_scored)
     out["model_version"] = loaded.version
@@ -255,7 +235,6 @@ def recommend() -> Response:
 _FLOOR = orjson.dumps({"ok": True})
 
 
-@bench_bp.post("/bench/floor")
 def bench_floor() -> Response:
     """Benchmark baseline (BENCH_FLOOR=1): same key check and JSON parsing, constant answer."""
     services = get_services()
