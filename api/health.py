@@ -80,12 +80,12 @@ def _versions_served(services) -> dict:
 
 
 def metrics() -> Response:
-    """Prometheus text format, summed over every gunicorn worker (open, like health checks)."""
+    """Prometheus text format, summed over every gunicorn worker, plus the stream job's counters."""
     services = get_services()
     services.model.poll()  # an idle worker scraped only for metrics still follows reloads
-    return Response(
-        services.metrics.exposition(), mimetype=None, content_type=services.metrics.content_type
-    )
+    # The stream job's totals live in Redis (one hash), added to this process's metrics.
+    body = services.metrics.exposition() + services.features.stream_exposition()
+    return Response(body, mimetype=None, content_type=services.metrics.content_type)
 
 
 def openapi() -> Response:

@@ -39,7 +39,13 @@ from api.errors import (
 from api.metrics import Metrics
 from api.schemas import CUSTOMER_ID, RequestSchemas
 from scoring.features import FeatureSchema
-from scoring.online import StoredRecord, decode_record, missing_required, record_key
+from scoring.online import (
+    StoredRecord,
+    counters_key,
+    decode_record,
+    missing_required,
+    record_key,
+)
 
 LAST_SCORED = "last_scored"
 
@@ -112,6 +118,60 @@ class FeatureStore:
     def count(self, result: str, n: int = 1) -> None:
         """Count ``n`` look-ups with ``result``."""
         self._results[result].inc(n)
+
+    def stream_exposition(self) -> bytes:
+        """The stream job's counters from Redis, in Prometheus text (empty if none or down).
+
+        Read at scrape time: the job keeps them in one hash (``scoring.online.counters_key``), so
+        every worker reports the same totals.
+        """
+        if self.client is None or not self.breaker.allows():
+            return b""
+        try:
+            raw = self.client.hgetall(counters_key(self.prefix))
+        except redis.RedisError:
+            self.metrics.redis_errors.labels("hgetall").inc()
+            self.breaker.failure()
+            return b""
+        self.breaker.success()
+        if not raw:
+            return b""
+        counts = {}
+        for k, v in raw.items():
+            try:
+                counts[k.decode() if isinstance(k, bytes) else str(k)] = int(v)
+            except ValueError:
+                continue
+        return stream_counters_text(counts)
+
+
+#: the stream job's counters as exposed: hash field -> (metric, help)
+STREAM_COUNTERS = {
+    "updates": ("segsvc_stream_updates_total", "Customer records the stream job wrote"),
+    "segment_changes": (
+        "segsvc_stream_segment_changes_total",
+        "Changes of a customer's segment the stream job recorded (Redis Stream entries)",
+    ),
+}
+DEAD_LETTERS = (
+    "segsvc_stream_dead_letters_total",
+    "Events the stream job refused, by reason (dead-letter stream entries)",
+)
+
+
+def stream_counters_text(counts: dict[str, int]) -> bytes:
+    """Prometheus text of the stream job's counters (hash field -> value)."""
+    lines: list[str] = []
+    for field_name, (metric, text) in STREAM_COUNTERS.items():
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} counter"]
+        lines.append(f"{metric} {counts.get(field_name, 0)}")
+    metric, text = DEAD_LETTERS
+    lines += [f"# HELP {metric} {text}", f"# TYPE {metric} counter"]
+    for name, value in sorted(counts.items()):
+        if name.startswith("dead_letters:"):
+            reason = name.split(":", 1)[1].replace("\\", "").replace('"', "")[:40]
+            lines.append(f'{metric}{{reason="{reason}"}} {value}')
+    return ("\n".join(lines) + "\n").encode()
 
 
 @dataclass

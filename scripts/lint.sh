@@ -11,7 +11,7 @@ ensure_venv requirements-dev.txt
 status=0
 "$VENV/bin/ruff" check . || status=1
 "$VENV/bin/ruff" format --check . || status=1
-mapfile -t shell_files < <(find . -path ./.venv -prune -o \( -name '*.sh' -o -path ./.ci/run \) \
+mapfile -t shell_files < <(find . \( -path ./.venv -o -path ./.venv-stream \) -prune -o \( -name '*.sh' -o -path ./.ci/run \) \
     -type f -print | sort)
 "$VENV/bin/shellcheck" -x "${shell_files[@]}" || status=1
 exit $status

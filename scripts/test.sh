@@ -17,6 +17,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 ensure_venv requirements-dev.txt
+# The stream job's own environment (PyFlink + the scoring core; tests/stream runs the job in it).
+"$ROOT/scripts/stream-venv.sh"
 redis_ensure
 export REDIS_URL
 

@@ -324,3 +324,35 @@ def test_schema_change_reads_other_keys(tiny_bundle):
     other = replace(schema, inputs=schema.inputs[:-1])
     assert schema_id(retrained) == schema_id(schema)
     assert schema_id(other) != schema_id(schema)
+
+
+def test_metrics_expose_the_stream_jobs_counters(store_app, redis_client, redis_prefix):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from scoring.online import counters_key
+
+    redis_client.hset(
+        counters_key(redis_prefix),
+        mapping={
+            "updates": 12,
+            "segment_changes": 3,
+            "dead_letters": 2,
+            "dead_letters:bad_json": 1,
+            "dead_letters:late": 1,
+        },
+    )
+    text = store_app.test_client().get("/metrics").get_data(as_text=True)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("segsvc_stream_segment_changes_total", ())] == 3
+    assert samples[("segsvc_stream_updates_total", ())] == 12
+    assert samples[("segsvc_stream_dead_letters_total", (("reason", "late"),))] == 1
+    assert samples[("segsvc_stream_dead_letters_total", (("reason", "bad_json"),))] == 1
+
+
+def test_metrics_without_a_stream_job_have_no_stream_counters(store_app):
+    text = store_app.test_client().get("/metrics").get_data(as_text=True)
+    assert "segsvc_stream_" not in text

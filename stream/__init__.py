@@ -1,0 +1,1 @@
+"""The stream job (PyFlink): events -> rolling features -> scoring core -> Redis. Own venv."""
