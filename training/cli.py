@@ -532,7 +532,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     from training.validate import TableError
 
     bundle = load_bundle(bundle_path(args.bundle), hmac_key=_key_from_env(args.hmac_key_env))
-    frame = read_customers(Path(args.input))
+    frame = read_customers(Path(args.input), args.id_column or bundle.schema.id_column)
     url = args.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
     prefix = args.prefix or os.environ.get("CACHE_PREFIX") or DEFAULT_PREFIX
     id_column = id_column_of(frame, bundle.schema, args.id_column)

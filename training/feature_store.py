@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from scoring.features import FeatureSchema
+from scoring.ids import ids_as_text
 from scoring.online import UPDATED_AT, format_number, key_prefix, schema_id
 from training.validate import TableError
 
@@ -154,7 +155,7 @@ def check_table(frame: pd.DataFrame, schema: FeatureSchema, id_column: str) -> d
         raise TableError(
             f"input columns of the bundle's schema absent: {', '.join(missing)}", column=missing[0]
         )
-    ids = frame[id_column].astype("string").str.strip()
+    ids = ids_as_text(frame[id_column])
     empty = ids.isna() | (ids == "")
     if empty.any():
         raise TableError(f"empty id at row {int(np.argmax(empty.to_numpy()))}", column=id_column)
