@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--hmac-key-env", default="BUNDLE_HMAC_KEY", help="variable holding the signing key"
     )
+    p.add_argument(
+        "--python-executable",
+        default=sys.executable,
+        help="interpreter of the Python workers (default: this one; on a cluster, the "
+        "workers' path to an environment with stream/requirements.txt)",
+    )
     return p
 
 
@@ -143,7 +149,7 @@ def build_environment(args: argparse.Namespace):
     if restore:
         config.set_string("execution.state-recovery.path", Path(restore).resolve().as_uri())
     # The Python workers run this interpreter (the stream venv), whatever `python` is on PATH.
-    config.set_string("python.executable", sys.executable)
+    config.set_string("python.executable", args.python_executable)
     config.set_string("python.client.executable", sys.executable)
     # Small bundles: an event reaches Redis within a few milliseconds, not at a 1 s bundle end.
     config.set_string("python.fn-execution.bundle.size", "100")
