@@ -606,10 +606,34 @@ class RankedCampaign(Schema):
     name = fields.String(required=True)
     channel = fields.String(required=True)
     value = fields.Float(required=True, metadata={"description": "value of one response"})
-    probability = fields.Float(required=True, metadata={"description": "P(response)"})
+    cost = fields.Float(required=True, metadata={"description": "cost of one contact"})
+    probability = fields.Float(
+        required=True, metadata={"description": "P(response) when the campaign is sent"}
+    )
+    probability_without = fields.Float(
+        metadata={"description": "uplift bundles: P(response) when nothing is sent"}
+    )
+    uplift = fields.Float(
+        metadata={"description": "uplift bundles: probability - probability_without"}
+    )
     expected_value = fields.Float(required=True, metadata={"description": "probability x value"})
+    expected_gain = fields.Float(
+        required=True,
+        metadata={
+            "description": "what the offer is expected to earn: uplift x value - cost "
+            '(ranking "uplift") or probability x value - cost (ranking "response"); always > 0'
+        },
+    )
     eligibility = fields.String(
         required=True, metadata={"description": "the rule that made the campaign eligible"}
+    )
+    rules = fields.List(
+        fields.String(),
+        required=True,
+        metadata={
+            "description": "every rule that admitted the offer (segment, channel, "
+            "conditions, dates)"
+        },
     )
     contributions = fields.List(
         fields.Nested(Contribution), metadata={"description": "only with explain=true"}
@@ -622,8 +646,27 @@ class RecommendResult(_SegmentAnswer):
     campaigns = fields.List(
         fields.Nested(RankedCampaign),
         required=True,
-        metadata={"description": "eligible campaigns by expected value, best first"},
+        metadata={
+            "description": "campaigns with a positive expected gain, best first; may be empty"
+        },
     )
+    ranking = fields.String(
+        required=True,
+        metadata={
+            "description": '"uplift" (the bundle models the response without the '
+            'campaign) or "response"',
+            "enum": ["uplift", "response"],
+        },
+    )
+    held_out = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": "campaigns this customer is in the control group of (not sent)"},
+    )
+    holdout_note = fields.String(
+        metadata={"description": "present when the request has no customer_id: never held out"}
+    )
+    reason = fields.String(metadata={"description": "why the campaign list is empty"})
 
 
 class RecommendResponse(RecommendResult):

@@ -216,7 +216,11 @@ def recommend() -> Response:
             loaded,
             schemas,
             batch.customers,
-            lambda records: engine.recommend(engine.batch_from_records(records), **options),
+            lambda records: engine.recommend(
+                engine.batch_from_records(records),
+                customer_ids=[r.get(CUSTOMER_ID) for r in records],
+                **options,
+            ),
             "recommend",
         )
     last_scored = None

@@ -11,15 +11,18 @@ is tested against; :mod:`scoring.single` the plain-Python path of a one-customer
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import datetime as dt
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from scoring.bundle import Bundle
-from scoring.campaigns import rank
+from scoring.campaigns import condition_columns, rank
 from scoring.features import encode_categoricals, frame_to_raw, log1p_clipped
+from scoring.policy import NO_ID_NOTE, choose, expected_gain
 from scoring.propensity import PropensityModel
 from scoring.single import SingleCustomerScorer
 from scoring.tables import ScoringTables
@@ -67,6 +70,11 @@ class Ranking:
     probability: np.ndarray
     #: probability x campaign value; NaN where not eligible
     expected_value: np.ndarray
+    #: expected gain (scoring.policy.expected_gain); NaN where not eligible
+    gain: np.ndarray
+    #: uplift bundles: probability without the campaign (else None)
+    probability_without: np.ndarray | None
+    #: ``order[i, :counts[i]]``: customer i's campaigns with a positive gain, best first
     order: np.ndarray
     counts: np.ndarray
 
@@ -74,7 +82,9 @@ class Ranking:
 class ScoringEngine:
     """Scores customers against one loaded, verified bundle."""
 
-    def __init__(self, bundle: Bundle, *, threads: int = 1) -> None:
+    def __init__(
+        self, bundle: Bundle, *, threads: int = 1, clock: Callable[[], float] = time.time
+    ) -> None:
         self.bundle = bundle
         self.version = bundle.version
         self.schema = bundle.schema
@@ -98,7 +108,14 @@ class ScoringEngine:
             if self.has_uplift_model
             else None
         )
-        self._single = SingleCustomerScorer(tables, self.model)
+        #: seconds since the epoch; decides which campaigns are within their dates (UTC)
+        self.clock = clock
+        self.ranking = tables.ranking
+        self._single = SingleCustomerScorer(tables, self.model, self._control, self.today)
+
+    def today(self) -> dt.date:
+        """The UTC date by :attr:`clock` (campaign start/end dates are UTC days)."""
+        return dt.datetime.fromtimestamp(self.clock(), dt.UTC).date()
 
     # ---- building batches -----------------------------------------------------------------
     def _batch(self, raw: np.ndarray, codes: np.ndarray) -> CustomerBatch:
@@ -199,9 +216,17 @@ class ScoringEngine:
         if explain:
             batch = self.batch_from_records([record])
             return self.recommend(
-                batch, top_k=top_k, channel=channel, exclude=exclude, explain=True
+                batch,
+                top_k=top_k,
+                channel=channel,
+                exclude=exclude,
+                explain=True,
+                customer_ids=[record.get("customer_id")],
             )[0]
-        return self._single.recommend(record, top_k=top_k, channel=channel, exclude=exclude)
+        res = self._single.recommend(record, top_k=top_k, channel=channel, exclude=exclude)
+        held = res.pop("_held")
+        self._policy_fields(res, record.get("customer_id"), held, res.pop("_reason"))
+        return res
 
     def profile(self, segment_id: int) -> dict[str, Any]:
         """The training-time profile of a segment."""
@@ -257,6 +282,24 @@ class ScoringEngine:
             mask = mask & keep
         return mask
 
+    def rule_mask(self, batch: CustomerBatch, mask: np.ndarray) -> np.ndarray:
+        """``mask`` narrowed by the campaigns' dates (today) and feature conditions."""
+        t = self.tables
+        if not t.dated and not t.conditional:
+            return mask
+        mask = mask.copy()
+        if t.dated:
+            day = self.today()
+            active = np.array([c.active_on(day) for c in t.campaigns], dtype=bool)
+            mask &= active
+        if t.conditional:
+            columns = condition_columns(
+                batch.numeric, self.schema.numeric_names, batch.codes, self.schema.categoricals
+            )
+            for j in t.conditional:
+                mask[:, j] &= t.campaigns[j].condition_mask(columns, len(batch))
+        return mask
+
     def rank(
         self,
         batch: CustomerBatch,
@@ -264,19 +307,31 @@ class ScoringEngine:
         channel: str | None = None,
         exclude: Collection[str] = (),
     ) -> Ranking:
-        """Segments, probabilities and the campaign order of every customer of ``batch``.
+        """Segments, probabilities, gains and the campaign order of every customer of ``batch``.
 
-        The one ranking every caller uses (``recommend``, the batch command): eligible
-        campaigns by expected value, ties in pool order (:func:`scoring.campaigns.rank`).
+        The one ranking every caller uses (``recommend``, the batch command): campaigns that
+        pass every rule (segment, channel, dates, conditions) and have a positive expected gain
+        (:func:`scoring.policy.expected_gain`: uplift x value - cost with an uplift model,
+        probability x value - cost without), best first, ties in pool order
+        (:func:`scoring.campaigns.rank`).
         """
         if self.model is None:
             raise NoResponseModelError("this bundle has no response model (no response history)")
+        t = self.tables
         a = self.assign(batch)
-        mask = self.eligibility_mask(a.segment, channel, exclude)
+        mask = self.rule_mask(batch, self.eligibility_mask(a.segment, channel, exclude))
         prob = self.propensities(batch, a.segment, mask)
-        ev = prob * self.tables.values
-        order, counts = rank(ev, mask)
-        return Ranking(a, mask, prob, ev, order, counts)
+        ev = prob * t.values
+        without = (
+            self.propensities(batch, a.segment, mask, control=True)
+            if self.has_uplift_model
+            else None
+        )
+        gain = expected_gain(prob, without, t.values, t.costs)
+        with np.errstate(invalid="ignore"):
+            offer = mask & (gain > 0.0)
+        order, counts = rank(gain, offer)
+        return Ranking(a, mask, prob, ev, gain, without, order, counts)
 
     def recommend(
         self,
@@ -286,51 +341,97 @@ class ScoringEngine:
         channel: str | None = None,
         exclude: Collection[str] = (),
         explain: bool = False,
+        customer_ids: Sequence[Any] | None = None,
     ) -> list[dict[str, Any]]:
-        """Segment plus eligible campaigns ranked by expected value (probability x value)."""
+        """Segment plus the campaigns worth offering, by expected gain (see :meth:`rank`).
+
+        ``customer_ids`` (one per customer, None where absent) put customers in control groups
+        (:func:`scoring.policy.choose`); a customer without an id is never held out.
+        """
+        t = self.tables
         r = self.rank(batch, channel=channel, exclude=exclude)
         a = r.assignment
-        limit = len(self.campaigns) if top_k is None else top_k
-        contrib = (
-            self._contributions(batch, a.segment, r.order, r.counts, limit) if explain else None
-        )
         # Plain Python lists from here on: indexing numpy scalars one by one costs more than
         # the whole ranking for a 1,000-customer batch.
-        prob_l, ev_l, order_l = r.probability.tolist(), r.expected_value.tolist(), r.order.tolist()
-        counts_l = np.minimum(r.counts, limit).tolist()
+        prob_l, ev_l, gain_l = r.probability.tolist(), r.expected_value.tolist(), r.gain.tolist()
+        without_l = None if r.probability_without is None else r.probability_without.tolist()
+        order_l, counts_l, eligible_l = r.order.tolist(), r.counts.tolist(), r.mask.sum(1).tolist()
         segment_l, distance_l, atypical_l = (
             a.segment.tolist(),
             a.distance.tolist(),
             a.atypical.tolist(),
         )
-        static = self.tables.items[channel is not None]
-        segment_result = self.tables.segment_result
-        results = []
+        ids = [None] * len(batch) if customer_ids is None else list(customer_ids)
+        static = t.items[channel is not None]
+        segment_result = t.segment_result
+        campaign_ids = self.campaign_ids
+        pool = t.pool
+        chosen = []
         for i in range(len(batch)):
+            offers, held, reason = choose(
+                ids[i],
+                order_l[i][: counts_l[i]],
+                eligible_l[i],
+                campaign_ids,
+                t.holdout_shares,
+                pool.salt,
+                pool.holdout_share,
+                top_k,
+            )
+            chosen.append((offers, held, reason))
+        contrib = self._contributions(batch, a.segment, [c[0] for c in chosen]) if explain else None
+        results = []
+        for i, (offers, held, reason) in enumerate(chosen):
             s = segment_l[i]
-            items, p_i, ev_i = static[s], prob_l[i], ev_l[i]
-            ranked = [
-                {**items[j], "probability": p_i[j], "expected_value": ev_i[j]}
-                for j in order_l[i][: counts_l[i]]
-            ]
+            items, p_i, ev_i, g_i = static[s], prob_l[i], ev_l[i], gain_l[i]
+            if without_l is None:
+                ranked = [
+                    {
+                        **items[j],
+                        "probability": p_i[j],
+                        "expected_value": ev_i[j],
+                        "expected_gain": g_i[j],
+                    }
+                    for j in offers
+                ]
+            else:
+                w_i = without_l[i]
+                ranked = [
+                    {
+                        **items[j],
+                        "probability": p_i[j],
+                        "probability_without": w_i[j],
+                        "uplift": p_i[j] - w_i[j],
+                        "expected_value": ev_i[j],
+                        "expected_gain": g_i[j],
+                    }
+                    for j in offers
+                ]
             if contrib is not None:
                 for k, item in enumerate(ranked):
                     item["contributions"] = contrib[i][k]
             res = segment_result(s, distance_l[i], atypical_l[i])
             res["campaigns"] = ranked
+            self._policy_fields(res, ids[i], held, reason)
             results.append(res)
         return results
 
+    def _policy_fields(
+        self, res: dict[str, Any], customer_id: Any, held: list[int], reason: str | None
+    ) -> None:
+        """The answer's ranking, control-group and empty-answer fields (both paths)."""
+        res["ranking"] = self.ranking
+        res["held_out"] = [self.campaign_ids[j] for j in held]
+        if customer_id is None and self.tables.has_holdout:
+            res["holdout_note"] = NO_ID_NOTE
+        if reason is not None:
+            res["reason"] = reason
+
     def _contributions(
-        self,
-        batch: CustomerBatch,
-        segment: np.ndarray,
-        order: np.ndarray,
-        counts: np.ndarray,
-        limit: int,
+        self, batch: CustomerBatch, segment: np.ndarray, offers: list[list[int]]
     ) -> list[list[list[dict[str, Any]]]]:
         """Top LightGBM feature contributions (log-odds) of each returned campaign."""
-        pairs = [(i, int(j)) for i in range(len(batch)) for j in order[i, : min(limit, counts[i])]]
+        pairs = [(i, int(j)) for i in range(len(batch)) for j in offers[i]]
         out: list[list[list[dict[str, Any]]]] = [[] for _ in range(len(batch))]
         if not pairs:
             return out

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
+from typing import Any
 
 #: the campaign id under which the pool-wide holdout is drawn
 GLOBAL_HOLDOUT = "*"
@@ -27,7 +29,11 @@ RESPONSE = "response"
 #: why an answer with no campaign is empty
 NO_POSITIVE_GAIN = "no campaign has a positive expected gain"
 NO_ELIGIBLE = "no campaign is eligible"
-ALL_HELD_OUT = "the customer is in the control group of every eligible campaign"
+ALL_HELD_OUT = "the customer is in the control group of every campaign with a positive gain"
+IN_GLOBAL_HOLDOUT = "the customer is in the global control group"
+NO_OFFER_REQUESTED = "top_k is 0"
+#: said in an answer to a request without a customer id when the pool has control groups
+NO_ID_NOTE = "no customer_id: control groups do not apply"
 
 _SCALE = float(1 << 64)
 
@@ -56,3 +62,46 @@ def expected_gain(p_treated: float, p_control: float | None, value: float, cost:
 def is_offer(gain: float) -> bool:
     """An offer is made only when it is expected to earn more than it costs."""
     return gain > 0.0 and not math.isnan(gain)
+
+
+def choose(
+    customer_id: Any,
+    ranked: Sequence[int],
+    n_eligible: int,
+    campaign_ids: Sequence[str],
+    holdout_shares: Sequence[float],
+    salt: str,
+    global_share: float,
+    top_k: int | None,
+) -> tuple[list[int], list[int], str | None]:
+    """Offers, control-group hold-outs and the reason for an empty answer, for one customer.
+
+    ``ranked`` holds the campaigns with a positive gain, best first. A campaign whose control
+    group holds the customer is skipped (and reported), the next one takes its place; a
+    customer in the global control group gets nothing. Without a customer id nobody is held out.
+    """
+    cid = None if customer_id is None else str(customer_id)
+    limit = len(ranked) if top_k is None else top_k
+    if cid is not None and held_out(cid, GLOBAL_HOLDOUT, global_share, salt):
+        return [], list(ranked[:limit]), IN_GLOBAL_HOLDOUT
+    offers: list[int] = []
+    held: list[int] = []
+    for j in ranked:
+        if len(offers) >= limit:
+            break
+        share = holdout_shares[j]
+        if cid is not None and share > 0.0 and held_out(cid, campaign_ids[j], share, salt):
+            held.append(j)
+        else:
+            offers.append(j)
+    reason = None
+    if not offers:
+        if n_eligible == 0:
+            reason = NO_ELIGIBLE
+        elif not ranked:
+            reason = NO_POSITIVE_GAIN
+        elif held:
+            reason = ALL_HELD_OUT
+        else:
+            reason = NO_OFFER_REQUESTED
+    return offers, held, reason

@@ -15,13 +15,15 @@ numpy's elementwise operations do. Campaign rules and ranking come from
 
 from __future__ import annotations
 
+import datetime as dt
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from scoring.campaigns import rank_one
+from scoring.policy import choose
 
 if TYPE_CHECKING:
     from scoring.propensity import PropensityModel
@@ -31,9 +33,22 @@ if TYPE_CHECKING:
 class SingleCustomerScorer:
     """Plain-Python scorer for one customer over the frozen load-time tables."""
 
-    def __init__(self, tables: ScoringTables, model: PropensityModel | None) -> None:
+    def __init__(
+        self,
+        tables: ScoringTables,
+        model: PropensityModel | None,
+        control: PropensityModel | None = None,
+        today: Callable[[], dt.date] | None = None,
+    ) -> None:
         self.tables = tables
         self.model = model
+        #: the uplift bundle's model of responding without the campaign (None: by response)
+        self.control = control
+        self.today = today or dt.date.today
+        self._numeric_names = list(tables.schema.numeric_names)
+        self._costs = tables.costs.tolist()
+        self._active_day: dt.date | None = None
+        self._active: list[bool] = [True] * len(tables.campaigns)
         # Python-list copies of the tables: indexing a list is several times cheaper than
         # indexing a numpy array one element at a time.
         self._inputs = list(zip(tables.input_names, tables.medians.tolist(), strict=True))
@@ -109,16 +124,27 @@ class SingleCustomerScorer:
         channel: str | None = None,
         exclude: Collection[str] = (),
     ) -> dict[str, Any]:
-        """The batch path's ``recommend`` answer (without ``explain``) for one customer."""
+        """The batch path's ``recommend`` answer (without ``explain``) for one customer.
+
+        The control-group fields are left to the engine: ``_held`` (campaign positions held
+        out) and ``_reason`` (why nothing is offered, or None) are popped by it.
+        """
         tables = self.tables
         vals = self.numeric(record)
         s, distance, atypical = self.assign(vals)
         camps = tables.campaigns
+        active = self._active_today() if tables.dated else self._active
         chosen = [
             j
             for j, ok in enumerate(self._eligible[s])
-            if ok and camps[j].reaches(channel) and camps[j].id not in exclude
+            if ok and active[j] and camps[j].reaches(channel) and camps[j].id not in exclude
         ]
+        if tables.conditional and chosen:
+            values = dict(zip(self._numeric_names, vals, strict=True))
+            for name, _ in self._categoricals:
+                values[name] = record.get(name)
+            conditional = tables.conditional
+            chosen = [j for j in chosen if j not in conditional or camps[j].admits(values)]
         layout = tables.layout
         row = layout.row(vals, self.codes(record), s, 0)
         slot = layout.campaign_slot
@@ -128,15 +154,51 @@ class SingleCustomerScorer:
             r[slot] = float(j)
             rows.append(r)
         probs = self.model.predict_rows(rows)
-        values = self._values
-        evs = [p * values[j] for p, j in zip(probs, chosen, strict=True)]
-        order = rank_one(evs)
-        if top_k is not None:
-            order = order[:top_k]
+        values_ = self._values
+        costs = self._costs
+        evs = [p * values_[j] for p, j in zip(probs, chosen, strict=True)]
+        if self.control is None:
+            without = None
+            gains = [p * values_[j] - costs[j] for p, j in zip(probs, chosen, strict=True)]
+        else:
+            without = self.control.predict_rows(rows)
+            gains = [
+                (p - w) * values_[j] - costs[j]
+                for p, w, j in zip(probs, without, chosen, strict=True)
+            ]
+        positive = [r for r in rank_one(gains) if gains[r] > 0.0]
+        offers, held, reason = choose(
+            record.get("customer_id"),
+            [chosen[r] for r in positive],
+            len(chosen),
+            [c.id for c in camps],
+            tables.holdout_shares,
+            tables.pool.salt,
+            tables.pool.holdout_share,
+            top_k,
+        )
+        position = {j: r for r, j in enumerate(chosen)}
         items = tables.items[channel is not None][s]
-        ranked = [
-            {**items[chosen[r]], "probability": probs[r], "expected_value": evs[r]} for r in order
-        ]
+        ranked = []
+        for j in offers:
+            r = position[j]
+            item = {**items[j], "probability": probs[r]}
+            if without is not None:
+                item["probability_without"] = without[r]
+                item["uplift"] = probs[r] - without[r]
+            item["expected_value"] = evs[r]
+            item["expected_gain"] = gains[r]
+            ranked.append(item)
         res = tables.segment_result(s, distance, atypical)
         res["campaigns"] = ranked
+        res["_held"] = held
+        res["_reason"] = reason
         return res
+
+    def _active_today(self) -> list[bool]:
+        """Which campaigns are within their dates today (computed once a day)."""
+        day = self.today()
+        if day != self._active_day:
+            self._active = [c.active_on(day) for c in self.tables.campaigns]
+            self._active_day = day
+        return self._active

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from scoring.bundle import Bundle
-from scoring.campaigns import Campaign, eligibility_table
+from scoring.campaigns import Campaign, PoolSettings, eligibility_table
 from scoring.features import FeatureSchema, ResponseLayout
 
 
@@ -70,6 +70,21 @@ class ScoringTables:
     #: the fixed part of every answer item per (segment, campaign), keyed by whether a channel
     #: was asked for (the eligibility text then names the channel)
     items: dict[bool, tuple[tuple[dict[str, Any], ...], ...]]
+    # ---- campaign rules and policy
+    #: (m,) cost of one contact
+    costs: np.ndarray
+    #: (m,) control-group share of each campaign
+    holdout_shares: tuple[float, ...]
+    #: pool-wide control-group salt and share
+    pool: PoolSettings
+    #: positions of the campaigns that carry feature conditions
+    conditional: tuple[int, ...]
+    #: True when some campaign has start/end dates
+    dated: bool
+    #: True when some campaign (or the pool) holds customers out
+    has_holdout: bool
+    #: "uplift" (the bundle has a control model) or "response"
+    ranking: str
 
     @classmethod
     def of(cls, bundle: Bundle) -> ScoringTables:
@@ -112,6 +127,13 @@ class ScoringTables:
             campaign_index={c.id: j for j, c in enumerate(campaigns)},
             channels=tuple(c.channel for c in campaigns),
             items=_answer_items(campaigns, rules),
+            costs=_frozen([c.cost for c in campaigns]),
+            holdout_shares=tuple(c.holdout_share for c in campaigns),
+            pool=(pool := PoolSettings.from_dict(bundle.manifest.get("pool"))),
+            conditional=tuple(j for j, c in enumerate(campaigns) if c.parsed_conditions),
+            dated=any(c.start or c.end for c in campaigns),
+            has_holdout=pool.holdout_share > 0 or any(c.holdout_share > 0 for c in campaigns),
+            ranking="uplift" if bundle.control_model is not None else "response",
         )
 
     def segment_result(self, s: int, distance: float, atypical: bool) -> dict[str, Any]:
@@ -138,7 +160,14 @@ def _answer_items(
                     "name": c.name,
                     "channel": c.channel,
                     "value": c.value,
+                    "cost": c.cost,
                     "eligibility": f"{rule}; channel '{c.channel}'" if with_channel else rule,
+                    # every rule that admitted the offer (the gain rule is added per answer)
+                    "rules": [
+                        rule,
+                        *([f"channel '{c.channel}'"] if with_channel else []),
+                        *c.static_rules(),
+                    ],
                 }
                 for c, rule in zip(campaigns, segment_rules, strict=True)
             )

@@ -16,14 +16,14 @@ import json
 import logging
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from scoring.campaigns import Campaign
+from scoring.campaigns import Campaign, PoolSettings
 from scoring.ids import ids_as_text
 from training.config import TrainConfig, TransactionsConfig
 from training.transactions import FEATURE_COLUMNS, features_from_transactions
@@ -53,6 +53,8 @@ class LoadedData:
     warnings: tuple[str, ...] = ()
     #: what building features from transactions did (``CleaningSummary.to_dict``), or None
     transactions: dict[str, Any] | None = None
+    #: the pool file's own settings (control-group salt, global holdout share)
+    pool: PoolSettings = field(default_factory=PoolSettings)
 
 
 def detect_separator(path: str | Path) -> str:
@@ -186,7 +188,36 @@ def _campaign_from_entry(entry: Any, where: str) -> Campaign:
     for key in ("channel", "description"):
         if key in data and (data[key] is None or pd.isna(data[key])):
             del data[key]
-    return Campaign(**data)
+    for key in ("conditions", "channels"):
+        # CSV cells list several entries separated by "|"
+        if isinstance(data.get(key), str):
+            data[key] = [v.strip() for v in data[key].split("|") if v.strip()] or None
+    try:
+        return Campaign(**data)
+    except (TypeError, ValueError) as exc:
+        raise TableError(str(exc), campaign=cid or where) from None
+
+
+def read_pool_settings(path: str | Path | None) -> PoolSettings:
+    """The pool file's top-level ``salt`` and ``holdout_share`` (JSON object or TOML keys)."""
+    if path is None:
+        return PoolSettings()
+    path = Path(path)
+    suffix = path.suffix.lower()
+    data: Any = None
+    try:
+        if suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+        elif suffix == ".toml":
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return PoolSettings()  # read_campaign_pool reports the problem
+    if not isinstance(data, dict):
+        return PoolSettings()
+    try:
+        return PoolSettings(salt=data.get("salt", ""), holdout_share=data.get("holdout_share", 0.0))
+    except ValueError as exc:
+        raise TableError(f"campaign pool {path.name}: {exc}") from None
 
 
 def read_campaign_pool(path: str | Path) -> list[Campaign]:
@@ -389,6 +420,7 @@ def load_tables(config: TrainConfig) -> LoadedData:
                 merged[column] = merged[column].fillna(0.0)
             customers = merged
     campaigns = load_campaigns(config)
+    pool = read_pool_settings(config.campaigns.pool)
     if config.campaigns.pool:
         sources.append(str(config.campaigns.pool))
     responses, response_sources = load_responses(config, customers)
@@ -400,4 +432,5 @@ def load_tables(config: TrainConfig) -> LoadedData:
         sources=sources,
         warnings=warnings,
         transactions=summary,
+        pool=pool,
     )

@@ -155,6 +155,7 @@ def build_manifest(
             ),
         },
         "ranking": "uplift" if uplift is not None else "response",
+        "pool": prepared.pool.to_dict(),
         "warnings": list(warnings),
         "transactions": prepared.transactions,
         "clv": None if clv is None else clv.to_dict(),

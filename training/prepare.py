@@ -11,6 +11,8 @@ import pandas as pd
 from sklearn.impute import SimpleImputer
 
 from scoring.clv import CLV_FEATURES
+from scoring.conditions import ConditionError
+from scoring.conditions import check_features as check_condition
 from scoring.features import (
     CategoricalInput,
     DerivedFeature,
@@ -128,6 +130,18 @@ def map_responses_with_warnings(
             f"{responses['customer_id'].iloc[pos]!s}, campaign {responses['campaign_id'].iloc[pos]!s}"
         )
     return mapped, warnings
+
+
+def check_condition_features(campaigns: list, schema: FeatureSchema) -> None:
+    """Every campaign condition names a feature of the schema, compared the right way."""
+    for campaign in campaigns:
+        for condition in campaign.parsed_conditions:
+            try:
+                check_condition(condition, schema.numeric_names, schema.categorical_names)
+            except ConditionError as exc:
+                raise TableError(
+                    f"condition {condition.text!r}: {exc}", campaign=campaign.id
+                ) from None
 
 
 def split_control_rows(
@@ -249,6 +263,7 @@ def prepare(config: TrainConfig) -> PreparedData:
     log_features = decide_log_features(observed, schema.cluster_features, config)
     check_log_values(numeric, numeric_names, log_features)
     schema = dataclasses.replace(schema, log_features=log_features)
+    check_condition_features(loaded.campaigns, schema)
     logger.info(
         "features: %d numeric (%d derived), %d categorical; log1p on %s",
         len(numeric_names),
@@ -306,6 +321,7 @@ def prepare(config: TrainConfig) -> PreparedData:
     if config.data.truth_column is not None:
         truth = table[config.data.truth_column].to_numpy()
     return PreparedData(
+        pool=loaded.pool,
         customers=frame,
         schema=schema,
         imputer=imputer,

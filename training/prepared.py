@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from scoring.campaigns import Campaign
+from scoring.campaigns import Campaign, PoolSettings
 from scoring.features import FeatureSchema
 
 
@@ -48,3 +48,5 @@ class PreparedData:
     #: frequency, recency_days, tenure_days, monetary_avg per customer (row order of
     #: ``customers``) when ``[clv]`` is enabled, else None
     clv_features: pd.DataFrame | None = None
+    #: the pool file's settings (control-group salt, global holdout share)
+    pool: PoolSettings = field(default_factory=PoolSettings)

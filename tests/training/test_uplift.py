@@ -232,3 +232,29 @@ def test_the_report_has_the_uplift_table_and_measured_lift_by_segment(uplift_res
     for e in rows.values():
         lo, hi = e["interval"]
         assert lo <= e["lift"] <= hi
+
+
+def test_an_uplift_bundle_ranks_by_gain_on_both_paths(uplift_result):
+    from scoring.engine import ScoringEngine
+    from training.generate import generate_demo
+
+    engine = ScoringEngine(load_bundle(uplift_result.path))
+    assert engine.ranking == "uplift" and engine.has_uplift_model
+    customers = generate_demo(300, seed=99).customers
+    records = [
+        {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+        for r in customers.drop(columns="true_segment").to_dict(orient="records")
+    ]
+    batch = engine.recommend(
+        engine.batch_from_records(records), customer_ids=[r["customer_id"] for r in records]
+    )
+    offered = 0
+    for record, expected in zip(records, batch, strict=True):
+        assert engine.recommend_one(record) == expected
+        assert expected["ranking"] == "uplift"
+        for item in expected["campaigns"]:
+            offered += 1
+            assert item["uplift"] == item["probability"] - item["probability_without"]
+            assert item["expected_gain"] == pytest.approx(item["uplift"] * item["value"])
+            assert item["expected_gain"] > 0
+    assert offered > 0
