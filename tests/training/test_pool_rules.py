@@ -62,7 +62,10 @@ def test_rules_are_read_parsed_and_the_pool_settings_kept(tmp_path):
     ("entry", "message"),
     [
         ({"conditions": ["total_spend >>= 3"]}, "campaign 'x': condition 'total_spend >>= 3'"),
-        ({"conditions": ["len(total_spend) > 3"]}, "campaign 'x': condition .* needs a feature name"),
+        (
+            {"conditions": ["len(total_spend) > 3"]},
+            "campaign 'x': condition .* needs a feature name",
+        ),
         ({"start": "2026-13-01"}, "campaign 'x': start '2026-13-01' is not a date"),
         ({"start": "2026-12-02", "end": "2026-12-01"}, "end 2026-12-01 is before start"),
         ({"cost": -1}, "cost -1 should be a number >= 0"),
