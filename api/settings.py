@@ -265,6 +265,8 @@ class ServerSettings(_FromEnvironment):
     GUNICORN_THREADS: int = field(default=1, metadata=_meta(_int(1, 256)))
     GUNICORN_TIMEOUT: int = field(default=30, metadata=_meta(_int(1, 3600)))
     GUNICORN_GRACEFUL_TIMEOUT: int = field(default=20, metadata=_meta(_int(1, 3600)))
+    #: seconds a client has to send a whole request (head and body) before a 408
+    GUNICORN_READ_TIMEOUT: int = field(default=10, metadata=_meta(_int(1, 3600)))
     #: restart a worker after this many requests (plus jitter); 0 disables
     GUNICORN_MAX_REQUESTS: int = field(default=20_000, metadata=_meta(_int(0)))
     PROMETHEUS_MULTIPROC_DIR: Path | None = field(default=None, metadata=_meta(_optional_path))

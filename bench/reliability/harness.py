@@ -61,6 +61,7 @@ class Server:
         threads: int = 1,
         env: dict[str, str] | None = None,
         python: str = sys.executable,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.bundle_root = Path(bundle_root)
         self.port = free_port()
@@ -92,6 +93,8 @@ class Server:
         self.env.update(env or {})
         self.workers = workers
         self.python = python
+        #: extra gunicorn command-line options (they override gunicorn.conf.py), for comparisons
+        self.args = args
         self.process: subprocess.Popen | None = None
 
     # ---- life cycle ---------------------------------------------------------------------------
@@ -100,7 +103,7 @@ class Server:
         gunicorn = Path(self.python).with_name("gunicorn")
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
-                [str(gunicorn), "-c", "gunicorn.conf.py", "wsgi:app"],
+                [str(gunicorn), "-c", "gunicorn.conf.py", *self.args, "wsgi:app"],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,

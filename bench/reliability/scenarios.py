@@ -15,7 +15,9 @@ import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -195,5 +197,98 @@ def recycling(
             "workers recycled": seen >= recycles,
             "one worker away at a time": staggered,
             "no request failed or lost": tally["failed"] == 0 and tally["lost"] == 0,
+        },
+    }
+
+
+# ---- 1: slow clients ----------------------------------------------------------------------------
+class SlowClients:
+    """``n`` connections that send a request head one header line every ``interval`` seconds.
+
+    Slowloris: each never finishes its request. One thread drives every socket; the body of
+    the request they pretend to send is never reached.
+    """
+
+    def __init__(self, port: int, n: int, interval: float = 2.0, body: bool = False) -> None:
+        self.port, self.n, self.interval, self.body = port, n, interval, body
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="slow-clients", daemon=True)
+        self.opened = 0
+        self.closed_by_server = 0
+
+    def start(self) -> SlowClients:
+        """Open the connections and start trickling."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop trickling and close every connection."""
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        socks: list[socket.socket] = []
+        try:
+            for _ in range(self.n):
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+                head = b"POST /predict-segment HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                if self.body:
+                    # a whole head announcing a body that then arrives a byte at a time
+                    head += b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+                s.sendall(head)
+                socks.append(s)
+                self.opened += 1
+            i = 0
+            while not self._stop.wait(self.interval):
+                i += 1
+                for s in list(socks):
+                    try:
+                        s.sendall(b"{" if self.body else f"X-Slow-{i}: {i}\r\n".encode())
+                    except OSError:
+                        self.closed_by_server += 1
+                        socks.remove(s)
+        finally:
+            for s in socks:
+                s.close()
+
+
+def slow_clients(
+    bundle_root: Path,
+    *,
+    slow: int = 200,
+    seconds: float = 15.0,
+    clients: int = 2,
+    body: bool = False,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Normal load alone, then with ``slow`` slowloris connections open; compare.
+
+    Expected: the normal clients keep being answered, with a p99 of the same order as without
+    the slow connections. ``args`` (gunicorn options) compares other worker models.
+    """
+    server = Server(bundle_root, env=env, args=args)
+    with server:
+        baseline = summarize(Load(server, clients=clients).run_for(seconds / 3))
+        trickle = SlowClients(server.port, slow, body=body).start()
+        time.sleep(1.0)  # let them all connect and start trickling
+        load = Load(server, clients=clients, timeout=5.0)
+        answers = load.run_for(seconds)
+        trickle.stop()
+    tally = summarize(answers)
+    return {
+        "scenario": "slow clients" + (" (slow bodies)" if body else " (slow headers)")
+        + (f" [{' '.join(args)}]" if args else ""),
+        "load": f"{clients} closed-loop clients, /predict-segment, 2 workers",
+        "injected": f"{slow} connections sending one "
+        + ("body byte" if body else "header line")
+        + f" every 2 s for {seconds:.0f} s",
+        **tally,
+        "baseline_p99_ms": baseline["p99_ms"],
+        "baseline_per_second": round(baseline["ok"] / (seconds / 3)),
+        "per_second": round(tally["ok"] / seconds),
+        "checks": {
+            "normal requests answered": tally["ok"] > 0 and tally["lost"] == 0,
+            "none failed": tally["failed"] == 0,
         },
     }

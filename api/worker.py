@@ -1,0 +1,205 @@
+"""The gunicorn worker class: gthread that reads each request whole before a thread takes it.
+
+gunicorn's gthread worker hands a connection to a thread as soon as its first bytes arrive; the
+thread then reads the rest of the request with blocking reads and no deadline. A client that
+sends one header line every few seconds (slowloris), or a body a byte at a time, holds that
+thread for as long as it likes: with one thread per worker, two such connections took the whole
+service offline (issue 11). This worker reads the request head and body in its event loop
+instead, with non-blocking reads into a buffer, and gives the connection to a thread only when
+the request is complete (or certainly malformed or oversized, which the thread then refuses at
+once). A request that is not whole within ``GUNICORN_READ_TIMEOUT`` seconds (from the connection,
+or from the moment a kept-alive connection has bytes again) is answered 408 and closed. A slow connection then costs a socket and a buffer, not a thread.
+
+Written here rather than taken from a library: the usual answers (a buffering proxy in front,
+an event-loop worker such as gevent) either add a second program to ``make run`` and the
+container, or change how requests share the CPU; the measurements are in RELIABILITY.md. It
+leans on gthread internals (``enqueue_req``, ``murder_pending``, ``TConn``, the parser's
+``Unreader``) of the pinned gunicorn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import re
+import selectors
+import time
+from collections import deque
+from functools import partial
+from typing import Any
+
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+#: longest request head read before handing over (gunicorn then answers 431/400 itself)
+HEAD_LIMIT = 64 * 1024
+_HEAD_END = b"\r\n\r\n"
+_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\S*)[ \t]*$", re.I | re.M)
+_CHUNKED = re.compile(rb"^transfer-encoding[ \t]*:.*chunked", re.I | re.M)
+_EXPECT = re.compile(rb"\r\nexpect[ \t]*:[ \t]*100-continue[ \t]*(?=\r\n)", re.I)
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def request_complete(buf: bytes | bytearray, body_limit: int) -> bool:
+    """True when ``buf`` holds a whole first request, or enough to know it will be refused.
+
+    Refused requests (a head over HEAD_LIMIT, a bad length or chunk size, a body over
+    ``body_limit``) go to a thread at once: the parser or the app answers them without waiting
+    for more bytes.
+    """
+    end = buf.find(_HEAD_END)
+    if end < 0:
+        return len(buf) > HEAD_LIMIT
+    head = bytes(buf[:end])
+    start = end + len(_HEAD_END)
+    if _CHUNKED.search(head):
+        return _chunked_complete(buf, start, body_limit)
+    match = _CONTENT_LENGTH.search(head)
+    if match is None:
+        return True
+    try:
+        length = int(match.group(1))
+    except ValueError:
+        return True
+    return length < 0 or length > body_limit or len(buf) - start >= length
+
+
+def _chunked_complete(buf: bytes | bytearray, pos: int, body_limit: int) -> bool:
+    """True when the chunked body from ``pos`` is whole (or malformed, or over the limit)."""
+    total = 0
+    while True:
+        line_end = buf.find(b"\r\n", pos)
+        if line_end < 0:
+            return len(buf) - pos > 1024  # a chunk-size line that long is malformed
+        size_text = bytes(buf[pos:line_end]).split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            return True
+        if size == 0:
+            # trailers (usually none), then an empty line
+            rest = line_end + 2
+            return buf.startswith(b"\r\n", rest) or buf.find(_HEAD_END, line_end) >= 0
+        total += size
+        if total > body_limit:
+            return True
+        pos = line_end + 2 + size + 2
+        if pos > len(buf):
+            return False
+
+
+class WholeRequestWorker(ThreadWorker):
+    """gthread, except that a thread only ever sees a connection with a whole request buffered."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from api.settings import ServerSettings, Settings
+
+        self.read_timeout = float(ServerSettings.load().GUNICORN_READ_TIMEOUT)
+        self.body_limit = Settings.load().MAX_BODY_BYTES
+        #: connections whose request is being read, oldest (first deadline) first
+        self.reading: deque[TConn] = deque()
+
+    def accept(self, listener: Any) -> None:
+        """Accept a connection and start reading its request in the event loop."""
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())
+        self.enqueue_req(conn)
+
+    def enqueue_req(self, conn: TConn) -> None:
+        """Every way a connection reaches a thread passes here: read the request first."""
+        if self.cfg.is_ssl or getattr(conn, "is_http2", False):
+            super().enqueue_req(conn)  # TLS and HTTP/2 keep gunicorn's own path
+            return
+        if getattr(conn, "segsvc_whole", False):
+            conn.segsvc_whole = False
+            super().enqueue_req(conn)
+            return
+        # Bytes a previous request's body read pulled in already (pipelining) come first.
+        held = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
+        conn.segsvc_buf = bytearray(held)
+        conn.segsvc_deadline = time.monotonic() + self.read_timeout
+        if self._complete(conn):
+            self._hand_over(conn)
+            return
+        conn.sock.setblocking(False)
+        self.reading.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _complete(self, conn: TConn) -> bool:
+        buf = conn.segsvc_buf
+        if _EXPECT.search(buf, 0, buf.find(_HEAD_END) + 2 if _HEAD_END in buf else 0):
+            # The client waits for "100 Continue" before sending the body: say it now, and
+            # drop the header so that gunicorn does not say it again.
+            conn.segsvc_buf = buf = bytearray(_EXPECT.sub(b"", bytes(buf), count=1))
+            with contextlib.suppress(OSError):
+                conn.sock.send(_CONTINUE)
+        return request_complete(buf, self.body_limit)
+
+    def _on_readable(self, conn: TConn, sock: Any) -> None:
+        while True:
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self._drop(conn)
+                return
+            conn.segsvc_buf += data
+            if len(data) < 65536:
+                break
+        if self._complete(conn):
+            self.poller.unregister(sock)
+            self.reading.remove(conn)
+            self._hand_over(conn)
+
+    def _hand_over(self, conn: TConn) -> None:
+        conn.segsvc_pending = bytes(conn.segsvc_buf)
+        conn.segsvc_buf = bytearray()
+        conn.segsvc_whole = True
+        conn.data_ready = True
+        self.enqueue_req(conn)
+
+    def handle(self, conn: TConn) -> Any:
+        """In the thread: give the parser the buffered request, then gunicorn's handling."""
+        pending = getattr(conn, "segsvc_pending", None)
+        if pending is not None:
+            conn.segsvc_pending = None
+            conn.sock.setblocking(True)
+            conn.init()
+            if conn.parser is not None and pending:
+                conn.parser.unreader.unread(pending)
+        return super().handle(conn)
+
+    def _drop(self, conn: TConn, answer: bytes = b"") -> None:
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+        with contextlib.suppress(ValueError):
+            self.reading.remove(conn)
+        if answer:
+            with contextlib.suppress(OSError):
+                conn.sock.send(answer)
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self) -> None:
+        """gunicorn's timeouts, plus: a request not whole in time is answered 408 and closed."""
+        super().murder_pending()
+        now = time.monotonic()
+        while self.reading and self.reading[0].segsvc_deadline <= now:
+            conn = self.reading[0]
+            # only requests that have started get an answer; an idle keep-alive just closes
+            self._drop(conn, _timeout_answer() if conn.segsvc_buf else b"")
+
+
+def _timeout_answer() -> bytes:
+    from api.errors import protocol_error_response
+
+    return protocol_error_response(408)
