@@ -29,14 +29,120 @@ from typing import Any
 from scoring.features import KIND_DOMAINS
 
 
+# ---- declaring parameters ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Interval:
+    """Numbers between ``low`` and ``high`` (None: unbounded); ``closed`` says which ends count.
+
+    In the manner of scikit-learn's ``_param_validation.Interval``.
+    """
+
+    low: float | None
+    high: float | None
+    closed: str = "both"
+
+    def __call__(self, value: Any) -> bool:
+        """True when ``value`` lies in the interval."""
+        low, high = self.low, self.high
+        if low is not None and (
+            value < low or (value == low and self.closed in ("right", "neither"))
+        ):
+            return False
+        return not (
+            high is not None
+            and (value > high or (value == high and self.closed in ("left", "neither")))
+        )
+
+    def __str__(self) -> str:
+        low_in = self.closed in ("both", "left")
+        high_in = self.closed in ("both", "right")
+        low, high = _number(self.low), _number(self.high)
+        if self.high is None:
+            return f"{'>=' if low_in else '>'} {low}"
+        if self.low is None:
+            return f"{'<=' if high_in else '<'} {high}"
+        return f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+
+
+def _number(x: float | None) -> str:
+    return str(int(x)) if x is not None and float(x).is_integer() else str(x)
+
+
+@dataclass(frozen=True)
+class Options:
+    """One of a fixed set of strings (each item, for a list or table)."""
+
+    values: tuple[str, ...]
+
+    def __call__(self, value: Any) -> bool:
+        """True when ``value`` is one of the options."""
+        return value in self.values
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(f'"{v}"' for v in self.values)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A value passing ``test``, described by ``text`` (dates, patterns, single characters)."""
+
+    test: Any
+    text: str
+
+    def __call__(self, value: Any) -> bool:
+        """True when ``test`` accepts ``value``."""
+        return bool(self.test(value))
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _is_date(value: str) -> bool:
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_pattern(value: str) -> bool:
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return True
+
+
+ISO_DATE = Check(_is_date, "a date yyyy-mm-dd")
+PATTERN = Check(_is_pattern, "a regular expression")
+ONE_CHARACTER = Check(lambda v: len(v) == 1, "one character")
+#: seeds numpy, scikit-learn and LightGBM all accept
+SEED = Interval(0, 2**31 - 1)
+
+
+def param(default: Any = dataclasses.MISSING, doc: str = "", allowed: Any = None, **kwargs: Any):
+    """A config field with its meaning and the values allowed: the ONE declaration of a key.
+
+    ``allowed`` (an :class:`Interval`, :class:`Options` or :class:`Check`) is enforced when the
+    config is loaded, before anything is read or fitted, with a message naming the key, the value
+    and what is allowed; for a list or table it applies to every item. ``doc`` and ``allowed``
+    also write the README's config reference (:func:`config_reference`). A mutable default
+    goes in ``default_factory=``.
+    """
+    metadata = {"doc": doc, "allowed": allowed}
+    if "default_factory" in kwargs:
+        return field(metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
 @dataclass(frozen=True)
 class DerivedSpec:
     """A derived ratio feature: numerator / denominator (``fill`` when denominator <= 0)."""
 
-    name: str
-    numerator: str
-    denominator: str
-    fill: float = 0.0
+    name: str = param(doc="name of the derived feature")
+    numerator: str = param(doc="numeric input divided")
+    denominator: str = param(doc="numeric input dividing")
+    fill: float = param(0.0, "value when the denominator is <= 0")
 
 
 #: the per-customer features built from ``[data.transactions]``: name -> (kind, meaning)
@@ -63,197 +169,307 @@ TRANSACTION_FEATURES = {
 class TransactionsConfig:
     """Raw transactions from which RFM features are derived (instead of a customer table)."""
 
-    path: str
-    customer_column: str = "customer_id"
-    date_column: str = "date"
-    #: the amount of each row; ignored when quantity_column and price_column are set
-    amount_column: str = "amount"
-    #: amount = quantity x price when both are set (a line-item invoice table)
-    quantity_column: str | None = None
-    price_column: str | None = None
-    #: invoice id: purchases and returns are counted as distinct invoices
-    invoice_column: str | None = None
-    #: regular expression on the invoice id marking a return or cancellation (e.g. "^C");
-    #: rows with a negative amount or quantity are returns in any case
-    return_invoice_pattern: str | None = None
-    #: "net" (subtract returns from spend), "drop" (remove them) or "own" (spend stays gross);
-    #: returns never count as purchase days
-    returns: str = "net"
-    #: rows whose amount is 0 (a zero price, a free item): "drop" (counted) or "keep" (a purchase
-    #: day with no value, as CDNOW's free CDs)
-    zero_amounts: str = "drop"
-    date_format: str | None = None
-    #: reference date for recency; default: the day after the last transaction
-    as_of: str | None = None
-    separator: str | None = None
-    #: decimal mark of the amounts in a CSV ("," for 12,50)
-    decimal: str = "."
-    #: thousands separator of the amounts in a CSV ("," for 1,234.50); None: none
-    thousands: str | None = None
+    path: str = param(doc="CSV or Parquet file of transactions, one row per line item")
+    customer_column: str = param("customer_id", "customer id column")
+    date_column: str = param("date", "transaction date column")
+    amount_column: str = param(
+        "amount", "amount of each row; ignored when quantity_column and price_column are set"
+    )
+    quantity_column: str | None = param(
+        None, "with price_column: amount = quantity x price (a line-item invoice table)"
+    )
+    price_column: str | None = param(None, "unit price column (with quantity_column)")
+    invoice_column: str | None = param(
+        None, "invoice id: purchases and returns are counted as distinct invoices"
+    )
+    return_invoice_pattern: str | None = param(
+        None,
+        "regular expression on the invoice id marking a return or cancellation (e.g. `^C`); "
+        "rows with a negative amount or quantity are returns in any case",
+        PATTERN,
+    )
+    returns: str = param(
+        "net",
+        "net: subtract returns from spend; drop: remove them; own: spend stays gross "
+        "(returns never count as purchase days)",
+        Options(("net", "drop", "own")),
+    )
+    zero_amounts: str = param(
+        "drop",
+        "rows whose amount is 0 (a zero price, a free item): drop them (counted) or keep them "
+        "(a purchase day with no value, as CDNOW's free CDs)",
+        Options(("drop", "keep")),
+    )
+    date_format: str | None = param(
+        None, "strftime format of the dates (e.g. `%Y%m%d`); default: inferred"
+    )
+    as_of: str | None = param(
+        None, "snapshot date for recency; default: the day after the last transaction", ISO_DATE
+    )
+    separator: str | None = param(None, "CSV delimiter; default: detected")
+    decimal: str = param(".", 'decimal mark of the amounts in a CSV ("," for 12,50)', ONE_CHARACTER)
+    thousands: str | None = param(
+        None, 'thousands separator of the amounts in a CSV ("," for 1,234.50)', ONE_CHARACTER
+    )
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where the customer table is and how to read it."""
 
-    #: CSV or Parquet, one row per customer (or None when ``transactions`` is given)
-    customers: str | None = None
-    #: CSV delimiter; None detects it (comma, semicolon, tab, else runs of whitespace)
-    separator: str | None = None
-    #: decimal mark of numbers in a CSV ("," for 12,50)
-    decimal: str = "."
-    #: thousands separator of numbers in a CSV ("," for 1,234.50, "." for 1.234,50); None: none
-    thousands: str | None = None
-    #: id column; None numbers the rows (a table without ids, like bank-full.csv)
-    id_column: str | None = "customer_id"
-    #: column holding planted segment labels (generated data only); never a feature
-    truth_column: str | None = None
-    transactions: TransactionsConfig | None = None
+    customers: str | None = param(
+        None, "CSV or Parquet, one row per customer (or none when `transactions` is given)"
+    )
+    separator: str | None = param(
+        None,
+        'CSV delimiter; default: detected (comma, semicolon, tab, else runs of whitespace; " " '
+        "means aligned columns)",
+    )
+    decimal: str = param(".", 'decimal mark of numbers in a CSV ("," for 12,50)', ONE_CHARACTER)
+    thousands: str | None = param(
+        None,
+        'thousands separator of numbers in a CSV ("," for 1,234.50, "." for 1.234,50)',
+        ONE_CHARACTER,
+    )
+    id_column: str | None = param(
+        "customer_id", 'id column; "" numbers the rows (a table without ids, like bank-full.csv)'
+    )
+    truth_column: str | None = param(
+        None, "column holding planted segment labels (generated data only); never a feature"
+    )
+    transactions: TransactionsConfig | None = param(
+        None, "raw transactions -> per-customer RFM features (table `[data.transactions]`)"
+    )
 
 
 @dataclass(frozen=True)
 class FeaturesConfig:
     """Which columns are features and how they are treated."""
 
-    #: numeric input columns, in order
-    numeric: tuple[str, ...] = ()
-    #: column -> kind (amount, count, days, ratio, numeric); unlisted columns are "numeric"
-    kinds: dict[str, str] = field(default_factory=dict)
-    #: categorical input columns (response model only)
-    categorical: tuple[str, ...] = ()
-    derived: tuple[DerivedSpec, ...] = ()
-    #: features entering the clustering; empty means all numeric inputs and derived features
-    cluster: tuple[str, ...] = ()
-    #: "auto" (non-negative and skew > ``skew_threshold``) or an explicit list of features
-    log: str | tuple[str, ...] = "auto"
-    skew_threshold: float = 1.0
-    #: numeric features entering the response model; empty means all numeric and derived
-    response: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = param((), "numeric input columns, in order")
+    kinds: dict[str, str] = param(
+        doc="column -> kind; unlisted columns are numeric. amount, count, days: >= 0; ratio: "
+        "[0, 1]; numeric: free. The service enforces each kind's domain on requests",
+        allowed=Options(tuple(KIND_DOMAINS)),
+        default_factory=dict,
+    )
+    categorical: tuple[str, ...] = param(
+        (), "categorical input columns (response model only; unseen values read as missing)"
+    )
+    derived: tuple[DerivedSpec, ...] = param(
+        (), "ratio features `[[features.derived]]` (name, numerator, denominator, fill)"
+    )
+    cluster: tuple[str, ...] = param(
+        (), "features entering the clustering; empty: all numeric inputs and derived features"
+    )
+    log: str | tuple[str, ...] = param(
+        "auto",
+        '"auto" (non-negative features with skew > skew_threshold) or a list of features that '
+        "get log1p before scaling",
+    )
+    skew_threshold: float = param(
+        1.0, 'skewness above which "auto" logs a feature', Interval(0, None)
+    )
+    response: tuple[str, ...] = param(
+        (), "numeric features entering the response model; empty: all numeric and derived"
+    )
 
 
 @dataclass(frozen=True)
 class CampaignsConfig:
     """The campaign pool: a file (CSV, JSON or TOML) or entries inline in the config."""
 
-    pool: str | None = None
-    inline: tuple[dict[str, Any], ...] = ()
+    pool: str | None = param(
+        None,
+        "CSV, JSON or TOML file: id, name, description, channel, value, eligible_segments "
+        "(segment names or ids; absent: every segment)",
+    )
+    inline: tuple[dict[str, Any], ...] = param(
+        (), "the pool written in the config instead, `[[campaigns.inline]]` entries"
+    )
 
 
 @dataclass(frozen=True)
 class ResponsesConfig:
     """The campaign-response history, long or wide."""
 
-    #: "long" (customer, campaign, responded rows) or "wide" (0/1 columns)
-    format: str = "long"
-    #: file with the history; None means wide columns inside the customer table
-    path: str | None = None
-    separator: str | None = None
-    customer_column: str = "customer_id"
-    campaign_column: str = "campaign_id"
-    responded_column: str = "responded"
-    #: wide format: column -> campaign id
-    columns: dict[str, str] = field(default_factory=dict)
-    #: values read as a positive response besides 1/true (e.g. "yes")
-    positive_values: tuple[str, ...] = ("1", "yes", "true", "y")
-    negative_values: tuple[str, ...] = ("0", "no", "false", "n")
-    #: long format: column saying whether the campaign was sent (1) or the customer was in the
-    #: control arm for it (0); read like responses. None: every row was sent
-    treated_column: str | None = None
-    #: long format: campaign-column values that mark a control row with no campaign (a
-    #: randomized experiment's no-contact arm, e.g. "No E-Mail"): the control for every campaign
-    control_values: tuple[str, ...] = ()
-    #: long format: campaign-column value -> campaign id, for tables whose arms have labels
-    #: that are not pool ids (e.g. "Mens E-Mail" = "mens_email")
-    campaign_map: dict[str, str] = field(default_factory=dict)
+    format: str = param(
+        "long",
+        "long: (customer, campaign, responded) rows; wide: 0/1 columns, one per campaign",
+        Options(("long", "wide")),
+    )
+    path: str | None = param(
+        None, "file with the history; none: the columns are inside the customer table"
+    )
+    separator: str | None = param(None, "CSV delimiter; default: detected")
+    customer_column: str = param("customer_id", "long: customer id column")
+    campaign_column: str = param("campaign_id", "long: campaign id column")
+    responded_column: str = param("responded", "long: response column")
+    columns: dict[str, str] = param(
+        doc="wide: column -> campaign id (`[responses.columns]`)", default_factory=dict
+    )
+    positive_values: tuple[str, ...] = param(
+        ("1", "yes", "true", "y"), "values read as a positive response (any case)"
+    )
+    negative_values: tuple[str, ...] = param(
+        ("0", "no", "false", "n"), "values read as a negative response (any case)"
+    )
+    treated_column: str | None = param(
+        None,
+        "long: column saying whether the campaign was sent (1) or the customer was in the "
+        "control arm for it (0), read like responses; none: every row was sent",
+    )
+    control_values: tuple[str, ...] = param(
+        (),
+        "long: campaign-column values that mark a control row with no campaign (a randomized "
+        'experiment\'s no-contact arm, e.g. "No E-Mail"): the control for every campaign',
+    )
+    campaign_map: dict[str, str] = param(
+        doc="long: campaign-column value -> campaign id, for arm labels that are not pool ids "
+        '(e.g. "Mens E-Mail" = "mens_email")',
+        default_factory=dict,
+    )
 
 
 @dataclass(frozen=True)
 class SegmentationConfig:
     """PCA, k search and K-Means settings."""
 
-    k: int | None = None
-    k_min: int = 2
-    k_max: int = 10
-    pca_variance: float = 0.90
-    pca_components: int | None = None
-    silhouette_sample: int = 10_000
-    #: rows used for the k search on large tables (K-Means final fit uses all rows)
-    search_sample: int = 100_000
-    n_init: int = 3
-    seed: int = 42
-    stability_bootstraps: int = 5
-    outlier_quantile: float = 0.99
-    #: a k whose smallest segment holds under this share of the customers is not chosen
-    #: automatically (the evidence table marks it too_small)
-    min_segment_share: float = 0.01
-    #: optional TOML/JSON file mapping segment id (or generated name) -> name
-    names_file: str | None = None
+    k: int | None = param(
+        None,
+        "number of segments; none: chosen by the k search (`--k` on the command line)",
+        Interval(2, None),
+    )
+    k_min: int = param(2, "smallest k searched", Interval(2, None))
+    k_max: int = param(10, "largest k searched (>= k_min)", Interval(2, None))
+    pca_variance: float = param(
+        0.90,
+        "PCA keeps components for at least this share of the variance",
+        Interval(0, 1, "right"),
+    )
+    pca_components: int | None = param(
+        None, "a fixed number of PCA components instead of pca_variance", Interval(1, None)
+    )
+    silhouette_sample: int = param(
+        10_000, "rows on which the silhouette of each k is computed", Interval(2, None)
+    )
+    search_sample: int = param(
+        100_000,
+        "rows used for the k search on large tables (the final K-Means fit uses all rows)",
+        Interval(2, None),
+    )
+    n_init: int = param(3, "K-Means restarts per k (the best is kept)", Interval(1, None))
+    seed: int = param(42, "random seed of sampling, PCA and K-Means (`--seed`)", SEED)
+    stability_bootstraps: int = param(
+        5,
+        "bootstrap refits whose agreement (ARI) with the final model is reported; 0: none",
+        Interval(0, None),
+    )
+    outlier_quantile: float = param(
+        0.99,
+        "quantile of the distances to their centroid above which a customer is atypical",
+        Interval(0, 1, "right"),
+    )
+    min_segment_share: float = param(
+        0.01,
+        "a k whose smallest segment holds under this share of the customers is not chosen "
+        "automatically (the evidence table marks it too_small)",
+        Interval(0, 0.5, "left"),
+    )
+    names_file: str | None = param(
+        None, "TOML/JSON file mapping segment id (or generated name) -> name"
+    )
 
 
 @dataclass(frozen=True)
 class ResponseModelConfig:
     """LightGBM response model settings."""
 
-    enabled: bool = True
-    num_leaves: int = 31
-    learning_rate: float = 0.05
-    max_rounds: int = 500
-    early_stopping_rounds: int = 30
-    min_child_samples: int = 20
-    #: share of customers held out for validation (whole customers, never split)
-    validation_fraction: float = 0.2
-    #: cap on training rows (customer x campaign) for very large tables; sampled by customer
-    max_train_rows: int = 2_000_000
-    seed: int = 42
+    enabled: bool = param(True, "fit the response model when there is a response history")
+    num_leaves: int = param(31, "LightGBM leaves per tree", Interval(2, 131_072))
+    learning_rate: float = param(0.05, "LightGBM learning rate", Interval(0, 1, "right"))
+    max_rounds: int = param(500, "most boosting rounds", Interval(1, None))
+    early_stopping_rounds: int = param(
+        30, "stop after this many rounds without held-out progress", Interval(1, None)
+    )
+    min_child_samples: int = param(20, "LightGBM's fewest rows in a leaf", Interval(1, None))
+    validation_fraction: float = param(
+        0.2,
+        "held-out share of customers (whole customers, never rows of one customer on both sides)",
+        Interval(0, 1, "neither"),
+    )
+    max_train_rows: int = param(
+        2_000_000,
+        "cap on training rows (customer x campaign), sampled by customer; 0: no cap",
+        Interval(0, None),
+    )
+    seed: int = param(42, "random seed of the split and LightGBM (`--seed`)", SEED)
 
 
 @dataclass(frozen=True)
 class ClvConfig:
     """Customer lifetime value: BG/NBD + Gamma-Gamma on transaction features."""
 
-    #: needs the features frequency, recency_days, tenure_days, monetary_avg (transactions)
-    enabled: bool = False
-    #: the models' time unit in days (7: weeks, as the published CDNOW figures)
-    period_days: float = 7.0
-    horizon_months: int = 12
-    #: monthly discount rate of future value
-    discount_rate: float = 0.01
+    enabled: bool = param(
+        False,
+        "fit the CLV models (needs the transaction features frequency, recency_days, "
+        "tenure_days, monetary_avg)",
+    )
+    period_days: float = param(
+        7.0,
+        "the models' time unit in days (7: weeks, as the published CDNOW figures)",
+        Interval(0, None, "neither"),
+    )
+    horizon_months: int = param(12, "CLV horizon in months", Interval(1, 1200))
+    discount_rate: float = param(
+        0.01, "monthly discount rate of future value", Interval(0, 1, "left")
+    )
 
 
 @dataclass(frozen=True)
 class UpliftConfig:
     """The uplift stage: a control model fitted when the response history has a control arm."""
 
-    enabled: bool = True
-    #: fewer control rows than this: no uplift model (ranking stays by response)
-    min_control_rows: int = 200
+    enabled: bool = param(True, "fit the control model when the history has a control arm")
+    min_control_rows: int = param(
+        200,
+        "fewer control rows than this: no uplift model (ranking stays by response)",
+        Interval(1, None),
+    )
 
 
 @dataclass(frozen=True)
 class OutputConfig:
     """Where the bundle and report go."""
 
-    root: str = "model_artifacts"
-    #: environment variable holding the HMAC key that signs the manifest (unset: unsigned)
-    hmac_key_env: str = "BUNDLE_HMAC_KEY"
-    report: bool = True
+    root: str = param(
+        "model_artifacts", "bundle root; `current` points at the newest good bundle (`--output`)"
+    )
+    hmac_key_env: str = param(
+        "BUNDLE_HMAC_KEY",
+        "environment variable holding the HMAC key that signs the manifest (unset: unsigned)",
+    )
+    report: bool = param(True, "write the Markdown report to `<root>/reports/<version>.md`")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The whole training configuration."""
 
-    name: str = "bundle"
-    data: DataConfig = field(default_factory=DataConfig)
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    campaigns: CampaignsConfig = field(default_factory=CampaignsConfig)
-    responses: ResponsesConfig | None = None
-    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
-    response_model: ResponseModelConfig = field(default_factory=ResponseModelConfig)
-    clv: ClvConfig = field(default_factory=ClvConfig)
-    uplift: UpliftConfig = field(default_factory=UpliftConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
-    #: folder the config file lives in; relative paths in the config resolve against it
+    name: str = param("bundle", "label in the manifest and the report (`--name`)")
+    data: DataConfig = param(doc="the customer table", default_factory=DataConfig)
+    features: FeaturesConfig = param(doc="the features", default_factory=FeaturesConfig)
+    campaigns: CampaignsConfig = param(doc="the campaign pool", default_factory=CampaignsConfig)
+    responses: ResponsesConfig | None = param(None, "the response history (none: no history)")
+    segmentation: SegmentationConfig = param(doc="segmentation", default_factory=SegmentationConfig)
+    response_model: ResponseModelConfig = param(
+        doc="response model", default_factory=ResponseModelConfig
+    )
+    clv: ClvConfig = param(doc="lifetime value", default_factory=ClvConfig)
+    uplift: UpliftConfig = param(doc="uplift", default_factory=UpliftConfig)
+    output: OutputConfig = param(doc="where the bundle goes", default_factory=OutputConfig)
+    #: folder the config file lives in; relative paths in the config resolve against it (set by
+    #: the loader, not a key of the file)
     base_dir: str = "."
 
 
@@ -314,33 +530,67 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, {_got(key, value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, {_got(key, value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, {_got(key, value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, {_got(key, value)}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp!r}")  # pragma: no cover - programming error
 
 
+def _got(key: str, value: Any) -> str:
+    """``got <value>``, with a hint when TOML made a table of a dotted column name."""
+    if not isinstance(value, dict):
+        return f"got {value!r}"
+    parts, leaf = [key.rsplit(".", 1)[-1]], value
+    while isinstance(leaf, dict) and leaf:
+        first = next(iter(leaf))
+        parts.append(str(first))
+        leaf = leaf[first]
+    name = ".".join(parts)
+    return (
+        f"got a table {value!r}; TOML reads a bare key with dots as nested tables: if "
+        f'"{name}" is one column name, quote it: "{name}" = {leaf!r}'
+    )
+
+
+def _enforce(value: Any, allowed: Any, key: str) -> None:
+    """Refuse ``value`` (each item of a list or table) that ``allowed`` does not accept."""
+    if allowed is None or value is None:
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _enforce(v, allowed, f"{key}.{k}")
+    elif isinstance(value, tuple):
+        for i, v in enumerate(value):
+            _enforce(v, allowed, f"{key}[{i}]")
+    elif not allowed(value):
+        raise ConfigError(f"{key}: {value!r} is not allowed; expected {allowed}")
+
+
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Build dataclass ``cls`` from a TOML table, refusing unknown keys."""
+    """Build dataclass ``cls`` from a TOML table, refusing unknown keys and values outside
+    what each field's declaration (:func:`param`) allows."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "base_dir"]
+    declared = {f.name: f for f in dataclasses.fields(cls) if f.name != "base_dir"}
+    names = list(declared)
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise ConfigError(f"unknown key {path!r}; known keys here: {', '.join(names)}")
+            hint = f" ({_got(path, value)})" if isinstance(value, dict) else ""
+            raise ConfigError(f"unknown key {path!r}; known keys here: {', '.join(names)}{hint}")
         kwargs[key] = _convert(value, hints[key], path)
+        _enforce(kwargs[key], declared[key].metadata.get("allowed"), path)
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required field is missing
@@ -406,92 +656,32 @@ def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 
 
 def _check(config: TrainConfig) -> None:
-    """Cross-field checks the types alone cannot express."""
+    """Checks across fields, which one field's declaration cannot express."""
     data, feats, seg = config.data, config.features, config.segmentation
     if data.customers is None and data.transactions is None:
         raise ConfigError("data.customers: a customer table (or data.transactions) is required")
-    for column, kind in feats.kinds.items():
-        if kind not in KIND_DOMAINS:
-            raise ConfigError(
-                f"features.kinds.{column}: unknown kind {kind!r}; "
-                f"expected one of {', '.join(KIND_DOMAINS)}"
-            )
     for where, marks in (("data", data), ("data.transactions", data.transactions)):
-        if marks is None:
-            continue
-        if len(marks.decimal) != 1:
-            raise ConfigError(f"{where}.decimal: expected one character, got {marks.decimal!r}")
-        if marks.thousands is not None and (
-            len(marks.thousands) != 1 or marks.thousands == marks.decimal
-        ):
+        if marks is not None and marks.thousands is not None and marks.thousands == marks.decimal:
             raise ConfigError(
                 f"{where}.thousands: expected one character other than the decimal mark "
                 f"{marks.decimal!r}, got {marks.thousands!r}"
             )
     tx = data.transactions
     if tx is not None:
-        if tx.returns not in ("net", "drop", "own"):
-            raise ConfigError(
-                f'data.transactions.returns: expected "net", "drop" or "own", got {tx.returns!r}'
-            )
-        if tx.zero_amounts not in ("drop", "keep"):
-            raise ConfigError(
-                f'data.transactions.zero_amounts: expected "drop" or "keep", got {tx.zero_amounts!r}'
-            )
         if (tx.quantity_column is None) != (tx.price_column is None):
             raise ConfigError(
                 "data.transactions.quantity_column and price_column: set both (amount = "
                 "quantity x price) or neither (amount_column)"
             )
-        if tx.return_invoice_pattern is not None:
-            if tx.invoice_column is None:
-                raise ConfigError("data.transactions.return_invoice_pattern: needs invoice_column")
-            try:
-                re.compile(tx.return_invoice_pattern)
-            except re.error as exc:
-                raise ConfigError(
-                    f"data.transactions.return_invoice_pattern: {tx.return_invoice_pattern!r} "
-                    f"is not a regular expression ({exc})"
-                ) from None
-        if tx.as_of is not None:
-            try:
-                dt.date.fromisoformat(tx.as_of)
-            except ValueError:
-                raise ConfigError(
-                    f"data.transactions.as_of: {tx.as_of!r} is not a date (yyyy-mm-dd)"
-                ) from None
+        if tx.return_invoice_pattern is not None and tx.invoice_column is None:
+            raise ConfigError("data.transactions.return_invoice_pattern: needs invoice_column")
     if isinstance(feats.log, str) and feats.log != "auto":
         raise ConfigError(f'features.log: expected "auto" or a list, got {feats.log!r}')
-    if seg.k is not None and seg.k < 2:
-        raise ConfigError(f"segmentation.k: k={seg.k} should be >= 2")
-    if seg.k_min < 2:
-        raise ConfigError(f"segmentation.k_min: k_min={seg.k_min} should be >= 2")
     if seg.k_max < seg.k_min:
         raise ConfigError(f"segmentation.k_max: k_max={seg.k_max} should be >= k_min={seg.k_min}")
-    if config.clv.period_days <= 0:
-        raise ConfigError(f"clv.period_days: {config.clv.period_days} should be > 0")
-    if not 1 <= config.clv.horizon_months <= 1200:
-        raise ConfigError(f"clv.horizon_months: {config.clv.horizon_months} should be in [1, 1200]")
-    if not 0.0 <= config.clv.discount_rate < 1.0:
-        raise ConfigError(f"clv.discount_rate: {config.clv.discount_rate} should be in [0, 1)")
-    if not 0.0 <= seg.min_segment_share < 0.5:
-        raise ConfigError(
-            f"segmentation.min_segment_share: {seg.min_segment_share} should be in [0, 0.5)"
-        )
-    if not 0.0 < seg.pca_variance <= 1.0:
-        raise ConfigError(f"segmentation.pca_variance: {seg.pca_variance} should be in (0, 1]")
-    if not 0.0 < config.response_model.validation_fraction < 1.0:
-        raise ConfigError(
-            "response_model.validation_fraction: "
-            f"{config.response_model.validation_fraction} should be in (0, 1)"
-        )
-    if config.responses is not None:
-        if config.responses.format not in ("long", "wide"):
-            raise ConfigError(
-                f'responses.format: expected "long" or "wide", got {config.responses.format!r}'
-            )
-        if config.responses.format == "wide" and not config.responses.columns:
-            raise ConfigError("responses.columns: wide responses need a column -> campaign table")
+    responses = config.responses
+    if responses is not None and responses.format == "wide" and not responses.columns:
+        raise ConfigError("responses.columns: wide responses need a column -> campaign table")
 
 
 def config_from_dict(
@@ -548,6 +738,96 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
     return config_from_dict(raw, base_dir=path.resolve().parent, overrides=overrides)
+
+
+# ---- the README's reference, generated from the declarations -----------------------------------
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        names = [_type_name(t) for t in typing.get_args(tp) if t is not type(None)]
+        return " or ".join(names)
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        return "list of tables" if item is not str else "list of strings"
+    if origin is dict:
+        return "table of strings" if typing.get_args(tp)[1] is str else "table"
+    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, str(tp))
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return (
+            "{}"
+            if not value
+            else "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        )
+    return repr(value)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _section(tp: Any) -> type | None:
+    """The dataclass a field of type ``tp`` holds (itself, optional, or a list of them)."""
+    for t in (tp, *typing.get_args(tp)):
+        if _is_dataclass_type(t):
+            return t
+    return None
+
+
+def config_rows(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, ...]]:
+    """(key, type, default, allowed, meaning) of every key, from the field declarations.
+
+    Raises ValueError naming a field declared without a meaning (``param(doc=...)``).
+    """
+    hints = typing.get_type_hints(cls)
+    rows: list[tuple[str, ...]] = []
+    for f in dataclasses.fields(cls):
+        if f.name == "base_dir":
+            continue
+        key = f"{prefix}{f.name}"
+        doc = f.metadata.get("doc", "")
+        if not doc:
+            raise ValueError(f"config key {key!r} is declared without param(doc=...)")
+        tp = hints[f.name]
+        section = _section(tp)
+        if section is not None:
+            many = typing.get_origin(tp) is tuple
+            rows.extend(config_rows(section, f"{key}[]." if many else f"{key}."))
+            continue
+        default = _default(f)
+        allowed = f.metadata.get("allowed")
+        rows.append(
+            (
+                f"`{key}`",
+                _type_name(tp),
+                "required" if default is dataclasses.MISSING else f"`{_toml_value(default)}`",
+                "" if allowed is None else str(allowed),
+                doc,
+            )
+        )
+    return rows
+
+
+def config_reference() -> str:
+    """The README's config reference: a Markdown table of every key (see ``config_rows``)."""
+    lines = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for row in config_rows():
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

@@ -189,11 +189,11 @@ def test_a_table_with_nothing_usable_is_refused_with_the_reasons():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"returns": "keep"}, 'returns: expected "net", "drop" or "own"'),
+        ({"returns": "keep"}, "returns: 'keep' is not allowed; expected one of \"net\", \"drop\""),
         ({"quantity_column": "q"}, "set both"),
         ({"return_invoice_pattern": "^C"}, "needs invoice_column"),
-        ({"return_invoice_pattern": "(", "invoice_column": "i"}, "not a regular expression"),
-        ({"as_of": "July"}, "is not a date"),
+        ({"return_invoice_pattern": "(", "invoice_column": "i"}, "expected a regular expression"),
+        ({"as_of": "July"}, "expected a date yyyy-mm-dd"),
     ],
 )
 def test_config_refuses_inconsistent_transaction_settings(changes, message):
