@@ -277,7 +277,8 @@ def slow_clients(
         trickle.stop()
     tally = summarize(answers)
     return {
-        "scenario": "slow clients" + (" (slow bodies)" if body else " (slow headers)")
+        "scenario": "slow clients"
+        + (" (slow bodies)" if body else " (slow headers)")
         + (f" [{' '.join(args)}]" if args else ""),
         "load": f"{clients} closed-loop clients, /predict-segment, 2 workers",
         "injected": f"{slow} connections sending one "

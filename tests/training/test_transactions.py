@@ -189,7 +189,7 @@ def test_a_table_with_nothing_usable_is_refused_with_the_reasons():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"returns": "keep"}, "returns: 'keep' is not allowed; expected one of \"net\", \"drop\""),
+        ({"returns": "keep"}, 'returns: \'keep\' is not allowed; expected one of "net", "drop"'),
         ({"quantity_column": "q"}, "set both"),
         ({"return_invoice_pattern": "^C"}, "needs invoice_column"),
         ({"return_invoice_pattern": "(", "invoice_column": "i"}, "expected a regular expression"),
