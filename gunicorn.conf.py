@@ -32,6 +32,7 @@ import datetime as dt
 import gc
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -82,8 +83,34 @@ loglevel = _server.LOG_LEVEL.lower()
 proc_name = "segment-service"
 
 
+#: quoted text in gunicorn's protocol-error messages: the offending request line or header
+_QUOTED = re.compile("'[^']*'|\"[^\"]*\"")
+_PROTOCOL_ERROR = "Invalid request from ip="
+
+
+def redact_protocol_error(message: str) -> str:
+    """gunicorn's "Invalid request from ip=...: ..." with every quoted part withheld.
+
+    gunicorn quotes the bad request line or header in these messages; a header line without a
+    colon is then an API key in the log (``Invalid HTTP Header: 'X-API-Key <key>'``).
+    """
+    if not message.startswith(_PROTOCOL_ERROR):
+        return message
+    return _QUOTED.sub(lambda m: f"<{len(m.group(0)) - 2} bytes withheld>", message)[:300]
+
+
 class JsonAccessLogger(glogging.Logger):
-    """One JSON object per request; only these fields, so no header (API key) is ever logged."""
+    """One JSON object per request; only these fields, so no header (API key) is ever logged.
+
+    gunicorn's own warnings about malformed requests are logged with the quoted request line or
+    header withheld (:func:`redact_protocol_error`).
+    """
+
+    def warning(self, msg, *args, **kwargs) -> None:
+        """gunicorn's warning, with protocol errors redacted."""
+        if isinstance(msg, str) and not args:
+            msg = redact_protocol_error(msg)
+        super().warning(msg, *args, **kwargs)
 
     def access(self, resp, req, environ, request_time) -> None:
         """Log one answered request."""
