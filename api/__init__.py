@@ -61,6 +61,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from api.cache import ProfileCache, redis_client
     from api.errors import register_error_handlers
     from api.extensions import EXTENSION, Services
+    from api.limits import RateLimiter
     from api.metrics import Metrics
     from api.model import ModelState
     from api.online import FeatureStore
@@ -101,6 +102,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app_version=_app_version(),
         features=FeatureStore(client, metrics, prefix=settings.CACHE_PREFIX),
         routes=routes,
+        limits=RateLimiter(client, metrics, settings.limits(), prefix=settings.CACHE_PREFIX),
     )
     register_routes(app, routes)
     register_error_handlers(app)

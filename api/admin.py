@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Response, request
+from flask import Response
 
-from api.auth import ADMIN, HEADER
+from api.auth import ADMIN
 from api.errors import BundleNotFound, BundleRejected
 from api.extensions import get_services
 from api.model import BundleMissingError
 from api.schemas import ReloadRequest
-from api.views import json_response, read_json
+from api.views import authorised, json_response, read_json
 from scoring.bundle import BundleError
 
 _RELOAD_REQUEST = ReloadRequest()
@@ -22,7 +22,7 @@ def reload() -> Response:
     verification is refused with 409 and the previous one keeps serving.
     """
     services = get_services()
-    services.keys.require(request.headers.get(HEADER), ADMIN)
+    authorised(services, ADMIN)
     body = _RELOAD_REQUEST.load(read_json())
     try:
         loaded, previous = services.model.reload(body.get("version"))

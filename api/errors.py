@@ -12,6 +12,7 @@ The service's own errors form a small tree; each carries its HTTP status and cod
     ├── StaleFeatures      409    stale_features: the stored record does not fit the schema
     ├── UnsupportedMedia   415    unsupported_media_type: Content-Type is not application/json
     ├── ValidationFailed   422    validation_error: field-keyed messages
+    ├── TooManyRequests    429    too_many_requests: a rate limit (Retry-After, retry_after)
     ├── NotReady           503    not_ready: no verified bundle loaded yet
     └── FeatureStoreDown   503    feature_store_unavailable: Redis down (with Retry-After)
 
@@ -154,6 +155,16 @@ class NotReady(ApiError):
     status, code = 503, "not_ready"
 
 
+class TooManyRequests(ApiError):
+    """A rate limit refused the request; retry after ``retry_after`` seconds (api/limits.py)."""
+
+    status, code = 429, "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class FeatureStoreDown(ApiError):
     """The feature store (Redis) cannot be read; retry after ``retry_after`` seconds."""
 
@@ -197,7 +208,12 @@ def protocol_error_response(status: int) -> bytes:
 
 
 def _api_error(exc: ApiError) -> Response:
-    response = error_response(exc.status, exc.code, exc.message, exc.fields)
+    if isinstance(exc, TooManyRequests):
+        body = envelope(exc.code, exc.message)
+        body["error"]["retry_after"] = exc.retry_after
+        response = Response(orjson.dumps(body), status=exc.status, mimetype="application/json")
+    else:
+        response = error_response(exc.status, exc.code, exc.message, exc.fields)
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)

@@ -9,6 +9,7 @@ from flask import current_app
 
 from api.auth import KeyRing
 from api.cache import ProfileCache
+from api.limits import RateLimiter
 from api.metrics import Metrics
 from api.model import ModelState
 from api.online import FeatureStore
@@ -31,6 +32,8 @@ class Services:
     features: FeatureStore
     #: the registered routes (api/routes.py): /openapi.json documents these
     routes: tuple = ()
+    #: rate limits (api/limits.py; off unless configured)
+    limits: RateLimiter | None = None
     #: OpenAPI documents already generated, by model version
     openapi: dict[str, bytes] = field(default_factory=dict)
 

@@ -97,6 +97,17 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            "segsvc_rate_limited_total",
+            "Requests refused with 429, by limit (requests, customers, auth_failures)",
+            ["limit"],
+            registry=r,
+        )
+        self.rate_limit_fail_open = Counter(
+            "segsvc_rate_limit_fail_open_total",
+            "Requests served without a rate-limit check because Redis was down or slow",
+            registry=r,
+        )
         self.reloads = Counter(
             "segsvc_bundle_reloads_total",
             "Bundle loads after start-up, by result (loaded or rejected)",

@@ -189,6 +189,12 @@ ERRORS: dict[str, ErrorDoc] = {
     "validation_error": ErrorDoc(
         422, "The body does not match the schema", "request does not match the schema", True
     ),
+    "too_many_requests": ErrorDoc(
+        429,
+        "A rate limit (per key, or wrong keys per address); the envelope has retry_after",
+        "rate limit on requests per second for this API key; retry after 1 s",
+        retry_after=True,
+    ),
     "not_ready": ErrorDoc(503, "No verified bundle loaded", "no verified model bundle is loaded"),
     "feature_store_unavailable": ErrorDoc(
         503,

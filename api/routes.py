@@ -75,6 +75,7 @@ SCORING_ERRORS = (
     "payload_too_large",
     "unsupported_media_type",
     "validation_error",
+    "too_many_requests",
     "not_ready",
     "feature_store_unavailable",
 )
@@ -171,6 +172,7 @@ ROUTES: tuple[Route, ...] = (
             "bundle_rejected",
             "unsupported_media_type",
             "validation_error",
+            "too_many_requests",
         ),
         components=(sc.ReloadRequest, sc.ReloadResponse),
     ),

@@ -223,6 +223,16 @@ class Settings(_FromEnvironment):
     #: largest request body; a 1,000-customer batch takes about 250 KB
     MAX_BODY_BYTES: int = field(default=1 << 20, metadata=_meta(_int(1024)))
     LOG_LEVEL: str = field(default="INFO", metadata=_meta(_log_level))
+    #: per API key: requests per second (0: no limit; any limit needs REDIS_URL)
+    RATE_LIMIT_REQUESTS_PER_SECOND: float = field(default=0.0, metadata=_meta(_float(0.0)))
+    #: per API key: customers scored per second (a batch counts its items; 0: no limit)
+    RATE_LIMIT_CUSTOMERS_PER_SECOND: float = field(default=0.0, metadata=_meta(_float(0.0)))
+    #: bucket size, in seconds of the rate: the burst a key may send at once
+    RATE_LIMIT_BURST_SECONDS: float = field(default=1.0, metadata=_meta(_float(0.001)))
+    #: what one customer with explain=true costs against the customers limit
+    RATE_LIMIT_EXPLAIN_WEIGHT: float = field(default=4.0, metadata=_meta(_float(1.0)))
+    #: per client address: requests with a wrong or missing key per minute before 429 (0: off)
+    AUTH_FAILURES_PER_MINUTE: float = field(default=0.0, metadata=_meta(_float(0.0)))
     #: file through which gunicorn workers agree on the bundle version (set by gunicorn.conf.py)
     RELOAD_MARKER: Path | None = field(default=None, metadata=_meta(_optional_path))
     #: folder where each gunicorn worker publishes its state (set by gunicorn.conf.py)
@@ -240,8 +250,30 @@ class Settings(_FromEnvironment):
                 f"PROFILE_MEMO_SECONDS={self.PROFILE_MEMO_SECONDS} should be <= "
                 f"CACHE_TTL_SECONDS={self.CACHE_TTL_SECONDS}"
             )
+        limits = (
+            "RATE_LIMIT_REQUESTS_PER_SECOND",
+            "RATE_LIMIT_CUSTOMERS_PER_SECOND",
+            "AUTH_FAILURES_PER_MINUTE",
+        )
+        for name in limits:
+            if getattr(self, name) and not self.REDIS_URL:
+                raise SettingsError(
+                    f"{name}={getattr(self, name)} needs REDIS_URL (limits live there)"
+                )
         if set(self.API_KEYS) & set(self.ADMIN_API_KEYS):
             raise SettingsError("API_KEYS and ADMIN_API_KEYS must not share a key")
+
+    def limits(self) -> Any:
+        """The rate limits as ``api.limits.Limits``."""
+        from api.limits import Limits
+
+        return Limits(
+            requests_per_second=self.RATE_LIMIT_REQUESTS_PER_SECOND,
+            customers_per_second=self.RATE_LIMIT_CUSTOMERS_PER_SECOND,
+            burst_seconds=self.RATE_LIMIT_BURST_SECONDS,
+            explain_weight=self.RATE_LIMIT_EXPLAIN_WEIGHT,
+            auth_failures_per_minute=self.AUTH_FAILURES_PER_MINUTE,
+        )
 
     def warn_about(self, log: logging.Logger) -> None:
         """Log start-up warnings for safe-but-probably-unintended settings (never the secrets)."""

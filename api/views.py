@@ -19,7 +19,7 @@ from flask import Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.auth import HEADER, SCORING
-from api.errors import BadRequest, UnsupportedMedia, envelope
+from api.errors import BadRequest, Unauthorized, UnsupportedMedia, envelope
 from api.extensions import Services, get_services
 from api.model import LoadedModel
 from api.online import LAST_SCORED, complete_batch, complete_one
@@ -74,9 +74,19 @@ def _over_limit(body: bytes) -> bool:
     return limit is not None and len(body) >= limit and bool(request.environ["wsgi.input"].read(1))
 
 
-def authorised(services: Services) -> None:
-    """401/403 unless the request carries a scoring key."""
-    services.keys.require(request.headers.get(HEADER), SCORING)
+def authorised(services: Services, kind: str = SCORING) -> None:
+    """401/403 unless the request carries a key of ``kind``; 429 once this address has sent
+    too many wrong keys (AUTH_FAILURES_PER_MINUTE)."""
+    try:
+        services.keys.require(request.headers.get(HEADER), kind)
+    except Unauthorized:
+        services.limits.failed_auth(request.remote_addr)
+        raise
+
+
+def admitted(services: Services, body: Any) -> None:
+    """429 when this key is over its request or customer rate (api/limits.py); else charge it."""
+    services.limits.admit(request.headers.get(HEADER) or "", request.remote_addr, body)
 
 
 # ---- answers ------------------------------------------------------------------------------------
@@ -173,6 +183,7 @@ def predict_segment() -> Response:
     authorised(services)
     loaded = services.model.serving()
     body = read_json()
+    admitted(services, body)
     schemas, engine = loaded.schemas, loaded.engine
     if type(body) is dict and CUSTOMERS in body:
         batch = schemas.load_batch(body, recommend=False)
@@ -207,6 +218,7 @@ def recommend() -> Response:
         # Before reading the body: no body can make this bundle rank campaigns (409).
         raise NoResponseModelError(f"model version {loaded.version} has no response model")
     body = read_json()
+    admitted(services, body)
     schemas = loaded.schemas
     if type(body) is dict and CUSTOMERS in body:
         batch = schemas.load_batch(body, recommend=True)
