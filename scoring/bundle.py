@@ -16,6 +16,8 @@ Layout of ``<root>/<version>/``::
     control_model.txt      the same model in LightGBM's own text format
     profiles.json          per-segment profile (size, share, means, medians, response rates, ...)
     campaigns.json         the campaign pool
+    assignments.npz        optional: training customers' ids and segment ids (numpy, no pickle),
+                           read only by re-segmentation (:func:`load_assignments`)
 
 ``<root>/current`` is a symlink naming the live version; it is switched atomically.
 
@@ -55,6 +57,7 @@ RESPONSE_TEXT = "response_model.txt"
 CONTROL_PICKLE = "control_model.joblib"
 CONTROL_TEXT = "control_model.txt"
 JSON_FILES = ("profiles.json", "campaigns.json")
+ASSIGNMENTS = "assignments.npz"
 #: libraries whose major.minor must match between writer and reader (pickle compatibility)
 CHECKED_LIBRARIES = ("scikit-learn", "lightgbm", "numpy")
 
@@ -96,6 +99,9 @@ class Bundle:
     path: Path | None = None
     #: True when the manifest carried a signature that was checked against a key
     signature_verified: bool = False
+    #: (ids as text, segment ids) of the training customers, written to assignments.npz; never
+    #: loaded with the bundle (see :func:`load_assignments`)
+    assignments: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def version(self) -> str:
@@ -182,6 +188,13 @@ def write_bundle(
                 raise BundleError("a control model needs a response model beside it")
             joblib.dump(bundle.control_model, tmp / CONTROL_PICKLE)
             bundle.control_model.save_model(str(tmp / CONTROL_TEXT))
+        if bundle.assignments is not None:
+            ids, segments = bundle.assignments
+            np.savez_compressed(
+                tmp / ASSIGNMENTS,
+                ids=np.asarray(ids).astype(str),
+                segments=np.asarray(segments, dtype=np.int32),
+            )
         dump_json(bundle.profiles, tmp / "profiles.json")
         dump_json([c.to_dict() for c in bundle.campaigns], tmp / "campaigns.json")
 
@@ -371,6 +384,21 @@ def load_bundle(
         signature_verified=bool(hmac_key),
         **objs,
     )
+
+
+def load_assignments(
+    path: str | os.PathLike, *, hmac_key: bytes | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The training customers' (ids, segment ids) of a verified bundle; None when not kept."""
+    path = Path(path)
+    manifest = verify(path, hmac_key=hmac_key, check_versions=False)
+    if ASSIGNMENTS not in manifest.get("files", {}):
+        return None
+    try:
+        with np.load(path / ASSIGNMENTS, allow_pickle=False) as data:
+            return data["ids"], data["segments"].astype(np.int64)
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(f"{path / ASSIGNMENTS}: unreadable ({exc})") from None
 
 
 def load_current(root: str | os.PathLike, version: str | None = None, **kwargs: Any) -> Bundle:

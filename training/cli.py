@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("training")
 
 EXIT_ERROR = 2
+#: retrain: the bundle is written but the promotion gate kept `current` on the previous one
+EXIT_NOT_PROMOTED = 3
 DEFAULT_ROOT = "model_artifacts"
 DEFAULT_KEY_ENV = "BUNDLE_HMAC_KEY"
 
@@ -90,6 +92,28 @@ def transaction_features_help() -> str:
     return "\n".join(lines)
 
 
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of every command that trains (train, retrain, snapshots)."""
+    parser.add_argument("--config", required=True, help="TOML training config (see examples/)")
+    parser.add_argument(
+        "--output", help="bundle root folder (overrides output.root; default model_artifacts)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="folder holding the input files named in the config (file names are kept)",
+    )
+    parser.add_argument(
+        "--k", type=_positive_int, help="number of segments; skips the automatic choice of k"
+    )
+    parser.add_argument("--k-min", type=_positive_int, help="smallest k searched (default 2)")
+    parser.add_argument("--k-max", type=_positive_int, help="largest k searched (default 10)")
+    parser.add_argument(
+        "--seed", type=int, help="random seed of the segmentation and the response model"
+    )
+    parser.add_argument("--name", help="name recorded in the manifest and the report")
+    _add_quiet(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command, with help for each option."""
     parser = argparse.ArgumentParser(
@@ -109,24 +133,46 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=transaction_features_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("--config", required=True, help="TOML training config (see examples/)")
-    train.add_argument(
-        "--output", help="bundle root folder (overrides output.root; default model_artifacts)"
+    _add_training_flags(train)
+
+    retrain = sub.add_parser(
+        "retrain",
+        help="train a new bundle whose segments keep a previous bundle's ids and names",
+        description="Train as `train` does, then match the new segments to the previous "
+        "bundle's (Hungarian assignment on centroid distance), keep their ids and names, and "
+        "record the migration matrix, PSI per feature and share shifts in the manifest. "
+        "`current` moves only if the promotion gate passes (exit status 3 otherwise: the "
+        "bundle is written but not promoted) or with --force.",
+        epilog=transaction_features_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument(
-        "--data-dir",
-        help="folder holding the input files named in the config (file names are kept)",
+    _add_training_flags(retrain)
+    retrain.add_argument(
+        "--previous",
+        help="previous bundle: a version under the output root, `current`, or a folder "
+        "(overrides segmentation.previous; one of the two is required)",
     )
-    train.add_argument(
-        "--k", type=_positive_int, help="number of segments; skips the automatic choice of k"
+    retrain.add_argument(
+        "--force", action="store_true", help="promote the new bundle even if the gate refuses"
     )
-    train.add_argument("--k-min", type=_positive_int, help="smallest k searched (default 2)")
-    train.add_argument("--k-max", type=_positive_int, help="largest k searched (default 10)")
-    train.add_argument(
-        "--seed", type=int, help="random seed of the segmentation and the response model"
+
+    snap = sub.add_parser(
+        "snapshots",
+        help="replay a transaction history into one bundle per month",
+        description="For each month start from --start to --end, train a bundle from the "
+        "transactions before it ([data.transactions] as_of = that day), each matched to the "
+        "previous month's bundle (k fixed after the first month unless the config fixes it), "
+        "then print how segment sizes and migrations evolved. Every month is promoted; the "
+        "gate's verdict is printed and kept in each manifest.",
     )
-    train.add_argument("--name", help="name recorded in the manifest and the report")
-    _add_quiet(train)
+    _add_training_flags(snap)
+    snap.add_argument(
+        "--every", choices=("month", "quarter"), default="month", help="snapshot spacing"
+    )
+    snap.add_argument(
+        "--start", help="first snapshot date (default: a month start two months after the first)"
+    )
+    snap.add_argument("--end", help="last snapshot date (default: the day after the last)")
 
     gen = sub.add_parser(
         "generate",
@@ -338,12 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---- commands -------------------------------------------------------------------------------
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train a bundle and print its summary."""
-    from training.pipeline import train
-    from training.report import summary
-
-    overrides = {
+def _training_overrides(args: argparse.Namespace) -> dict:
+    return {
         "data_dir": args.data_dir,
         "output": args.output,
         "k": args.k,
@@ -351,10 +393,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         "k_max": args.k_max,
         "seed": args.seed,
         "name": args.name,
+        "previous": getattr(args, "previous", None),
     }
-    config = load_config(args.config, overrides)
-    result = train(config)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a bundle and print its summary (exit 3 when the promotion gate refused it)."""
+    from training.pipeline import train
+    from training.report import summary
+
+    config = load_config(args.config, _training_overrides(args))
+    if args.command == "retrain" and not config.segmentation.previous:
+        raise CommandError("retrain needs --previous or segmentation.previous in the config")
+    result = train(config, force=getattr(args, "force", False))
     print(summary(result))
+    return 0 if result.promoted else EXIT_NOT_PROMOTED
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    """Replay a transaction history into one bundle per month and print how segments evolved."""
+    from training.snapshots import replay, snapshot_table
+
+    config = load_config(args.config, _training_overrides(args))
+    rows = replay(config, every=args.every, start=args.start, end=args.end)
+    print(snapshot_table(rows))
     return 0
 
 
@@ -642,6 +704,8 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": cmd_train,
+    "retrain": cmd_train,
+    "snapshots": cmd_snapshots,
     "generate": cmd_generate,
     "score": cmd_score,
     "list": cmd_list,

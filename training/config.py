@@ -376,6 +376,42 @@ class SegmentationConfig:
         "automatically (the evidence table marks it too_small)",
         Interval(0, 0.5, "left"),
     )
+    previous: str | None = param(
+        None,
+        "previous bundle (a version under output.root, `current`, or a folder): the new segments "
+        "are matched to its segments so ids and names stay (`retrain --previous`)",
+    )
+    match_distance: float = param(
+        1.0,
+        "a new and a previous centroid farther apart than this (RMS over the cluster features of "
+        "differences in standard deviations) are not the same segment",
+        Interval(0, None, "neither"),
+    )
+    gate_max_psi: float = param(
+        0.5,
+        "promotion gate: `current` does not move when a feature's PSI exceeds this",
+        Interval(0, None, "neither"),
+    )
+    gate_max_share_shift: float = param(
+        0.2,
+        "promotion gate: ... or a matched segment's share moves by more than this",
+        Interval(0, 1, "right"),
+    )
+    gate_min_retention: float = param(
+        0.5,
+        "promotion gate: ... or fewer of the customers in both snapshots stay in their segment",
+        Interval(0, 1),
+    )
+    gate_ignore: tuple[str, ...] = param(
+        doc="features whose PSI is reported but not gated (tenure in a closed cohort ages every "
+        "month)",
+        default_factory=tuple,
+    )
+    keep_assignments: bool = param(
+        True,
+        "write the customers' segment ids to the bundle (assignments.npz) for the next "
+        "re-segmentation's migration matrix",
+    )
     names_file: str | None = param(
         None, "TOML/JSON file mapping segment id (or generated name) -> name"
     )
@@ -487,6 +523,8 @@ OVERRIDE_KEYS = (
     "seed",
     "customers",
     "name",
+    "previous",
+    "as_of",
 )
 
 
@@ -652,6 +690,13 @@ def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str
             raw.setdefault("data", {})["customers"] = str(value)
         elif key == "name":
             raw["name"] = value
+        elif key == "previous":
+            raw.setdefault("segmentation", {})["previous"] = str(value)
+        elif key == "as_of":
+            data = raw.setdefault("data", {})
+            if not isinstance(data.get("transactions"), dict):
+                raise ConfigError("as_of: the config has no [data.transactions] to take it")
+            data["transactions"] = {**data["transactions"], "as_of": str(value)}
     return raw
 
 

@@ -7,6 +7,7 @@ fails at any stage writes nothing and leaves ``current`` unchanged).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import resource
@@ -22,7 +23,15 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
-from scoring.bundle import Bundle, write_bundle
+from scoring.bundle import (
+    Bundle,
+    BundleError,
+    load_assignments,
+    load_bundle,
+    resolve,
+    write_bundle,
+)
+from scoring.engine import ScoringEngine
 from scoring.features import cluster_matrix
 from training.clv import CLVFit, fit_clv, segment_values
 from training.config import ConfigError, TrainConfig, config_to_dict
@@ -31,8 +40,18 @@ from training.prepare import prepare
 from training.prepared import PreparedData
 from training.profiles import build_profiles
 from training.report import write_report
+from training.resegment import (
+    GateResult,
+    Matching,
+    feature_distribution,
+    feature_psi,
+    gate,
+    match_segments,
+    migration_matrix,
+    share_shifts,
+)
 from training.response import ResponseModel, fit_response_model, skip_reason
-from training.segmentation import Segmentation, fit_segmentation
+from training.segmentation import Segmentation, fit_segmentation, reorder_segmentation
 from training.uplift import UpliftModel, fit_uplift_model
 from training.uplift import skip_reason as uplift_skip_reason
 from training.validate import eligibility_warnings
@@ -65,6 +84,13 @@ class TrainResult:
     truth_ari: float | None = None
     report_path: Path | None = None
     clv: CLVFit | None = None
+    #: the promotion gate's verdict when re-segmenting against a previous bundle
+    gate: GateResult | None = None
+
+    @property
+    def promoted(self) -> bool:
+        """True when ``current`` now names this bundle."""
+        return self.gate is None or self.gate.promote
 
     @property
     def total_seconds(self) -> float:
@@ -166,15 +192,106 @@ def build_manifest(
     }
 
 
+def load_previous(config: TrainConfig, key: bytes | None) -> Bundle:
+    """The bundle ``segmentation.previous`` names: a folder, or a version under output.root."""
+    name = str(config.segmentation.previous)
+    folder = Path(name).expanduser()
+    try:
+        if (folder / "manifest.json").is_file():
+            return load_bundle(folder, hmac_key=key)
+        return load_bundle(
+            resolve(config.output.root, None if name == "current" else name), hmac_key=key
+        )
+    except BundleError as exc:
+        raise ConfigError(f"segmentation.previous: {exc}") from None
+
+
+def previous_labels(previous: Bundle, prepared: PreparedData) -> np.ndarray | None:
+    """Each new customer's segment under the previous bundle (None when its inputs differ)."""
+    needed = previous.schema.input_names + previous.schema.categorical_names
+    missing = [c for c in needed if c not in prepared.customers.columns]
+    if missing:
+        log.info("no warm start: the previous bundle needs %s", ", ".join(missing))
+        return None
+    engine = ScoringEngine(previous)
+    return engine.assign(engine.batch_from_frame(prepared.customers)).segment.astype(np.int64)
+
+
+def keep_previous_names(names: list[SegmentName], previous: dict[int, str]) -> list[SegmentName]:
+    """Matched segments take their previous name; a new segment's generated name that collides
+    with a kept one gets " (new)"."""
+    kept = set(previous.values())
+    out = []
+    for s, name in enumerate(names):
+        if s in previous:
+            out.append(dataclasses.replace(name, name=previous[s]))
+        elif name.name in kept:
+            out.append(dataclasses.replace(name, name=f"{name.name} (new)"))
+        else:
+            out.append(name)
+    return out
+
+
+def compare_with_previous(
+    config: TrainConfig,
+    prepared: PreparedData,
+    segmentation: Segmentation,
+    previous: Bundle,
+    matching: Matching,
+    key: bytes | None,
+    force: bool,
+) -> tuple[dict[str, Any], GateResult]:
+    """Migration, PSI and share shifts against the previous bundle, and the gate's verdict."""
+    seg = config.segmentation
+    sizes = np.bincount(segmentation.labels, minlength=segmentation.k)
+    assignments = load_assignments(previous.path, hmac_key=key)
+    migration = None
+    if assignments is not None:
+        migration = migration_matrix(
+            assignments[0],
+            assignments[1],
+            prepared.customers.index.to_numpy(),
+            segmentation.labels,
+            previous.n_segments,
+            segmentation.k,
+            matching.previous_of,
+        )
+    distribution = previous.manifest.get("feature_distribution") or {}
+    psi_values = feature_psi(distribution, prepared.numeric, list(prepared.schema.numeric_names))
+    shifts = share_shifts(previous, sizes, matching.previous_of)
+    verdict = gate(
+        psi_values,
+        shifts,
+        None if migration is None else migration["retention"],
+        max_psi=seg.gate_max_psi,
+        max_share_shift=seg.gate_max_share_shift,
+        min_retention=seg.gate_min_retention,
+        force=force,
+        ignore=seg.gate_ignore,
+    )
+    report = {
+        "previous": previous.version,
+        "matching": matching.to_dict(),
+        "migration": migration,
+        "psi": psi_values,
+        "share_shift": shifts,
+        "gate": verdict.to_dict(),
+    }
+    return report, verdict
+
+
 def train(
     config: TrainConfig,
     *,
     progress: Callable[[StageRecord], None] | None = None,
     environ: Mapping[str, str] | None = None,
+    force: bool = False,
 ) -> TrainResult:
     """Train a bundle from ``config`` and write it under ``config.output.root``.
 
-    ``progress`` is called with each finished stage's record. The signing key is read from
+    With ``segmentation.previous`` the new segments are matched to that bundle's
+    (:mod:`training.resegment`) and ``current`` moves only when the promotion gate passes or
+    ``force`` is true. ``progress`` is called with each finished stage's record. The signing key is read from
     ``environ`` (default: the process environment) under ``config.output.hmac_key_env``.
     """
     stages: list[StageRecord] = []
@@ -196,13 +313,36 @@ def train(
 
     with stage("prepare"):
         prepared = prepare(config)
+    previous = None
+    warm_labels = None
+    if config.segmentation.previous:
+        previous = load_previous(config, key)
+        warm_labels = previous_labels(previous, prepared)
     with stage("segmentation"):
         X = cluster_matrix(prepared.numeric, prepared.schema)
-        segmentation = fit_segmentation(X, config.segmentation)
+        segmentation = fit_segmentation(X, config.segmentation, warm_labels)
+    matching = None
+    if previous is not None:
+        with stage("matching"):
+            try:
+                matching = match_segments(
+                    previous,
+                    prepared.numeric,
+                    list(prepared.schema.numeric_names),
+                    list(prepared.schema.cluster_features),
+                    segmentation.labels,
+                    segmentation.k,
+                    config.segmentation.match_distance,
+                )
+            except ValueError as exc:
+                raise ConfigError(f"segmentation.previous: {exc}") from None
+            segmentation = reorder_segmentation(segmentation, matching.order)
     with stage("naming"):
         names = segment_names(
             X, segmentation, list(prepared.schema.cluster_features), config.segmentation.names_file
         )
+        if matching is not None:
+            names = keep_previous_names(names, matching.names)
         del X
         warnings = list(prepared.warnings) + list(segmentation.selection.warnings)
         for warning in eligibility_warnings(prepared.campaigns, [n.name for n in names]):
@@ -255,7 +395,24 @@ def train(
         truth_ari = float(adjusted_rand_score(truth_codes, segmentation.labels))
         log.info("adjusted Rand index against the planted segments: %.3f", truth_ari)
 
+    resegmentation = None
+    gate_result = None
+    if previous is not None and matching is not None:
+        with stage("drift"):
+            resegmentation, gate_result = compare_with_previous(
+                config, prepared, segmentation, previous, matching, key, force
+            )
+            for line in gate_result.tripped:
+                log.warning("promotion gate: %s", line)
+
     with stage("export"):
+        manifest = build_manifest(
+            config, prepared, segmentation, response, list(stages), truth_ari, warnings, clv, uplift
+        )
+        manifest["feature_distribution"] = feature_distribution(
+            prepared.numeric, list(prepared.schema.numeric_names)
+        )
+        manifest["resegmentation"] = resegmentation
         bundle = Bundle(
             schema=prepared.schema,
             imputer=prepared.imputer,
@@ -267,19 +424,13 @@ def train(
             campaigns=list(prepared.campaigns),
             response_model=None if response is None else response.booster,
             control_model=None if uplift is None else uplift.control,
-            manifest=build_manifest(
-                config,
-                prepared,
-                segmentation,
-                response,
-                list(stages),
-                truth_ari,
-                warnings,
-                clv,
-                uplift,
-            ),
+            manifest=manifest,
+            assignments=(prepared.customers.index.to_numpy(), segmentation.labels)
+            if config.segmentation.keep_assignments
+            else None,
         )
-        path = write_bundle(bundle, config.output.root, hmac_key=key)
+        promote = gate_result is None or gate_result.promote
+        path = write_bundle(bundle, config.output.root, hmac_key=key, make_current=promote)
     log.info("bundle written to %s", path)
     result = TrainResult(
         bundle=bundle,
@@ -291,6 +442,7 @@ def train(
         stages=stages,
         truth_ari=truth_ari,
         clv=clv,
+        gate=gate_result,
     )
     if config.output.report:
         try:

@@ -96,6 +96,7 @@ def render_report(result: TrainResult) -> str:
         seg_rows,
     )
     out += _clv_section(manifest.get("clv"), result.bundle.profiles)
+    out += _resegmentation_section(manifest.get("resegmentation"))
     out += ["", "## Response model", ""]
     if result.response is None:
         skipped = manifest.get("metrics", {}).get("response_model_skipped")
@@ -252,6 +253,70 @@ def uplift_section(manifest: dict[str, Any]) -> list[str]:
         out += _table(
             ["campaign", "segment", "treated", "control", "lift", "95% interval"], lift_rows
         )
+
+
+def resegmentation_lines(reseg: dict[str, Any] | None) -> list[str]:
+    """What re-segmenting against the previous bundle found, a few lines (empty without one)."""
+    if not reseg:
+        return []
+    matching = reseg["matching"]
+    lines = [f"previous bundle {reseg['previous']}: segments matched on "
+             f"{', '.join(matching['features'])}"]  # fmt: skip
+    for pair in matching["pairs"]:
+        moved = "" if pair["previous_id"] == pair["new_id"] else f" (was id {pair['previous_id']})"
+        lines.append(
+            f"  {pair['new_id']:>2} = {pair['previous_name']}{moved}, centroid distance "
+            f"{pair['distance']:.3f}"
+        )
+    for new in matching["new_segments"]:
+        lines.append(f"  {new:>2}   new segment")
+    for gone in matching["vanished_segments"]:
+        lines.append(f"  previous segment {gone['previous_id']} ({gone['name']}) vanished")
+    migration = reseg.get("migration")
+    if migration:
+        retention = migration["retention"]
+        lines.append(
+            f"migration: {migration['customers_in_both']:,} customers in both snapshots, "
+            f"{100 * retention:.1f}% stayed in their segment; {migration['customers_new']:,} new, "
+            f"{migration['customers_gone']:,} gone"
+            if retention is not None
+            else "migration: no customer in both snapshots"
+        )
+    if reseg.get("psi"):
+        top = sorted(reseg["psi"].items(), key=lambda kv: -kv[1])[:3]
+        lines.append("drift (PSI): " + ", ".join(f"{f} {v:.3f}" for f, v in top))
+    gate = reseg["gate"]
+    if gate["passed"]:
+        lines.append("promotion gate: passed; current moved to this bundle")
+    elif gate["forced"]:
+        lines.append(
+            "promotion gate: refused, promoted anyway (--force): " + "; ".join(gate["tripped"])
+        )
+    else:
+        lines.append(
+            "promotion gate: REFUSED, current not moved (--force promotes): "
+            + "; ".join(gate["tripped"])
+        )
+    return lines
+
+
+def _resegmentation_section(reseg: dict[str, Any] | None) -> list[str]:
+    """The re-segmentation part of the report: the summary lines and the migration matrix."""
+    if not reseg:
+        return []
+    out = ["", "## Re-segmentation", ""]
+    out += [f"    {line}" for line in resegmentation_lines(reseg)]
+    migration = reseg.get("migration")
+    if migration and migration["counts"]:
+        k = len(migration["counts"][0])
+        out += ["", "Migration (rows: previous segment id, columns: new segment id):", ""]
+        out += _table(
+            ["previous \\ new", *[str(j) for j in range(k)]],
+            [[i, *row] for i, row in enumerate(migration["counts"])],
+        )
+    if reseg.get("psi"):
+        out += ["", "Drift per feature (PSI against the previous bundle's deciles):", ""]
+        out += _table(["feature", "PSI"], [[f, v] for f, v in reseg["psi"].items()])
     return out
 
 
@@ -306,6 +371,7 @@ def summary(result: TrainResult) -> str:
     elif result.response is not None:
         reason = result.bundle.manifest.get("metrics", {}).get("uplift_skipped")
         lines.append(f"ranking: response ({reason})")
+    lines += resegmentation_lines(result.bundle.manifest.get("resegmentation"))
     for warning in result.bundle.manifest.get("warnings", []):
         lines.append(f"warning: {warning}")
     lines.append(f"bundle: {result.path}")

@@ -35,6 +35,7 @@ the final model and K-Means refits on bootstrap samples, evaluated on a fixed sa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -390,6 +391,26 @@ def relabel_by_size(kmeans: KMeans, labels: np.ndarray) -> np.ndarray:
     return new_labels
 
 
+def reorder_segmentation(segmentation: Segmentation, order: np.ndarray) -> Segmentation:
+    """The same segmentation with segment ``n`` renumbered ``order[n]`` (a permutation)."""
+    order = np.asarray(order, dtype=np.int64)
+    k = segmentation.k
+    if sorted(order.tolist()) != list(range(k)):
+        raise ValueError(f"order {order.tolist()} is not a permutation of 0..{k - 1}")
+    inverse = np.empty(k, dtype=np.int64)
+    inverse[order] = np.arange(k)
+    kmeans = segmentation.kmeans
+    kmeans.cluster_centers_ = np.ascontiguousarray(kmeans.cluster_centers_[inverse])
+    labels = order[segmentation.labels].astype(segmentation.labels.dtype)
+    kmeans.labels_ = labels
+    return dataclasses.replace(
+        segmentation,
+        kmeans=kmeans,
+        labels=labels,
+        outlier_thresholds=segmentation.outlier_thresholds[inverse],
+    )
+
+
 def centroid_distances(P: np.ndarray, centers: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Euclidean distance of each row to the centre of its segment."""
     diff = P - centers[labels]
@@ -442,16 +463,38 @@ def measure_stability(P: np.ndarray, kmeans: KMeans, config: SegmentationConfig)
     }
 
 
-def fit_segmentation(X: np.ndarray, config: SegmentationConfig) -> Segmentation:
-    """Fit the whole clustering chain on the cluster matrix ``X`` (not modified)."""
+def fit_segmentation(
+    X: np.ndarray, config: SegmentationConfig, warm_labels: np.ndarray | None = None
+) -> Segmentation:
+    """Fit the whole clustering chain on the cluster matrix ``X`` (not modified).
+
+    ``warm_labels`` (re-segmentation): each row's segment under the previous bundle. When the
+    chosen k equals their number of segments, the final K-Means starts from those groups'
+    centres in the new space, so a month of small changes converges to the same segments
+    instead of another local optimum.
+    """
     # Small tables run single-threaded: a second OpenMP thread saves little there, and on a
     # busy machine its barrier waits cost far more than it saves.
     limit = 1 if X.shape[0] < SINGLE_THREAD_ROWS else None
     with threadpool_limits(limits=limit, user_api="openmp"):
-        return _fit_segmentation(X, config)
+        return _fit_segmentation(X, config, warm_labels)
 
 
-def _fit_segmentation(X: np.ndarray, config: SegmentationConfig) -> Segmentation:
+def _warm_centres(P: np.ndarray, warm_labels: np.ndarray | None, k: int) -> np.ndarray | None:
+    """Centres of the previous bundle's groups in the new PCA space, if there are k of them."""
+    if warm_labels is None or len(warm_labels) != P.shape[0]:
+        return None
+    counts = np.bincount(warm_labels, minlength=k)
+    if len(counts) != k or (counts == 0).any():
+        return None
+    sums = np.zeros((k, P.shape[1]))
+    np.add.at(sums, warm_labels, P)
+    return sums / counts[:, None]
+
+
+def _fit_segmentation(
+    X: np.ndarray, config: SegmentationConfig, warm_labels: np.ndarray | None = None
+) -> Segmentation:
     n = X.shape[0]
     if n < max(config.k_min, 2) + 1:
         raise TableError(f"n_samples={n} should be > k_min={config.k_min}")
@@ -495,7 +538,11 @@ def _fit_segmentation(X: np.ndarray, config: SegmentationConfig) -> Segmentation
     log.info("chosen k=%d: %s", k, reasoning)
     selection = KSelection(table, knee, k, reasoning, overridden, search_rows, sil_rows)
 
-    if k in centers:
+    warm = _warm_centres(P, warm_labels, k)
+    if warm is not None:
+        log.info("final K-Means starts from the previous bundle's segments")
+        final = KMeans(n_clusters=k, init=warm, n_init=1, random_state=config.seed)
+    elif k in centers:
         # start from the sample's solution: one Lloyd run on all rows then converges quickly
         final = KMeans(n_clusters=k, init=centers[k], n_init=1, random_state=config.seed)
     else:
