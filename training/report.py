@@ -253,6 +253,7 @@ def uplift_section(manifest: dict[str, Any]) -> list[str]:
         out += _table(
             ["campaign", "segment", "treated", "control", "lift", "95% interval"], lift_rows
         )
+    return out
 
 
 def resegmentation_lines(reseg: dict[str, Any] | None) -> list[str]:
