@@ -40,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,8 +187,3 @@ def missing_required(record: Mapping[str, Any], schema: FeatureSchema) -> list[s
     return [f.name for f in schema.inputs if f.required and record.get(f.name) is None] + [
         c.name for c in schema.categoricals if c.required and record.get(c.name) is None
     ]
-
-
-def input_names(schema: FeatureSchema) -> Iterable[str]:
-    """Every field a record may carry: numeric inputs then categoricals."""
-    return (*schema.input_names, *schema.categorical_names)

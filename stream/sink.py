@@ -117,16 +117,3 @@ class RedisSink:
     def close(self) -> None:
         """Release the connection pool."""
         self.client.close()
-
-
-def read_counters(client: Any, prefix: str) -> dict[str, int]:
-    """The job's running totals (empty when it never ran)."""
-    raw = client.hgetall(counters_key(prefix))
-    out = {}
-    for k, v in raw.items():
-        name = k.decode() if isinstance(k, bytes) else str(k)
-        try:
-            out[name] = int(v)
-        except ValueError:
-            continue
-    return out

@@ -287,6 +287,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk", type=_positive_int, default=10_000, help="customers per round trip (10000)"
     )
     load.add_argument("--no-progress", action="store_true", help="no progress bar")
+    build = feats_sub.add_parser(
+        "build",
+        help="build a customer table from transaction events (the stream job's definitions)",
+        description="Fold JSON-lines transaction events (a file, or every *.jsonl file of a "
+        "folder, in name order) into one row of features per customer, with the definitions "
+        "the stream job uses (scoring/activity.py). Refused lines are counted by reason.",
+    )
+    build.add_argument("--events", required=True, help="events file or folder of *.jsonl files")
+    build.add_argument("--output", required=True, help="customer table (.csv or .parquet)")
+    build.add_argument(
+        "--bundle",
+        default=None,
+        help="write the inputs of this bundle's schema (default: every feature events define)",
+    )
+    build.add_argument("--window-days", type=_positive_int, default=None)
+    build.add_argument("--allowed-lateness-hours", type=float, default=72.0)
+    _add_quiet(build)
     load.add_argument(
         "--hmac-key-env",
         default=DEFAULT_KEY_ENV,
@@ -581,6 +598,49 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
+    """``features load`` or ``features build``."""
+    if args.features_command == "build":
+        return _features_build(args)
+    return _features_load(args)
+
+
+def _features_build(args: argparse.Namespace) -> int:
+    """Fold events into a customer table with the stream job's definitions."""
+    import pandas as pd
+
+    from scoring.activity import FEATURES, features_table, fold_events, missing_definitions
+
+    names = list(FEATURES)
+    if args.bundle:
+        names = load_bundle(bundle_path(args.bundle)).schema.input_names
+        missing = missing_definitions(names)
+        if missing:
+            raise CommandError(f"events define no feature {', '.join(missing)} of the bundle")
+    source = Path(args.events)
+    files = sorted(source.glob("*.jsonl")) if source.is_dir() else [source]
+    if not files or not all(f.is_file() for f in files):
+        raise CommandError(f"{source}: no event file (a .jsonl file or a folder of them)")
+
+    def lines():
+        for f in files:
+            with open(f, encoding="utf-8", errors="replace") as fh:
+                yield from fh
+
+    result = fold_events(
+        lines(), window_days=args.window_days, allowed_lateness=args.allowed_lateness_hours * 3600
+    )
+    ids, rows = features_table(result.activities, names)
+    frame = pd.DataFrame(rows, columns=names)
+    frame.insert(0, "customer_id", ids)
+    write_frame(frame, Path(args.output))
+    refused = ", ".join(f"{k} {v}" for k, v in sorted(result.refused.items())) or "none"
+    print(
+        f"built {len(frame)} customers from {len(files)} file(s) -> {args.output}; refused: {refused}"
+    )
+    return 0
+
+
+def _features_load(args: argparse.Namespace) -> int:
     """Bulk-load a customer table's features into the online feature store."""
     from tqdm import tqdm
 

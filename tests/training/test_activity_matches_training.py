@@ -59,3 +59,24 @@ def test_each_customers_features_equal_trainings_on_the_same_rows():
             )
         compared += 1
     assert compared >= 50
+
+
+def test_features_build_writes_the_stream_jobs_features(tmp_path, tiny_bundle_root, tiny_bundle):
+    from training.cli import main
+
+    events = generate_events(30, seed=6)
+    folder = tmp_path / "events"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("\n".join(json.dumps(e) for e in events[:100]) + "\n{bad\n")
+    (folder / "b.jsonl").write_text("\n".join(json.dumps(e) for e in events[100:]) + "\n")
+    out = tmp_path / "customers.parquet"
+    argv = ["features", "build", "--events", str(folder), "--output", str(out)]
+    assert main([*argv, "--bundle", str(tiny_bundle_root)]) == 0
+    table = pd.read_parquet(out)
+    names = tiny_bundle.schema.input_names
+    assert list(table.columns) == ["customer_id", *names]
+    folded = fold_events(json.dumps(e) for e in events).activities
+    row = table.iloc[0]
+    assert row[names].to_dict() == pytest.approx(folded[row["customer_id"]].features(names))
+    # one row per customer with a purchase (returns-only customers have no features yet)
+    assert len(table) == sum(a.has_purchase for a in folded.values())
