@@ -8,10 +8,11 @@ each value within its kind's domain. A failed check writes nothing.
 
 Why our own Redis writer: redis-py packs each command and parses each reply in Python (about
 10 µs per 8-field ``HSET``), which caps a load near 80,000 customers/s before Redis does any
-work. Redis documents the faster way for mass insertion: send pre-built protocol (RESP) in large
-chunks and count the replies (what ``redis-cli --pipe`` does). :class:`RespPipe` does that on a
-plain socket: commands are built with ``bytes.join`` from pre-encoded field names, a chunk is sent
-whole, and the replies are counted by their line ends; any error reply stops the load with the
+work (``bench/feature_load.py`` measures it at a fifth of ours). Redis documents the faster way
+for mass insertion: send pre-built protocol (RESP) in large chunks and count the replies (what
+``redis-cli --pipe`` does). Here the commands of a chunk are built column-wise with Arrow's
+string kernels, :class:`RespPipe` sends a chunk whole on a plain socket while the next one is
+built, and counts the replies by their line ends; any error reply stops the load with the
 server's message. Fields an earlier load wrote but this row has no value for are removed
 (``HDEL``), so a reload replaces a customer's features; the stream job's ``@`` fields are kept.
 """
@@ -28,6 +29,8 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from scoring.features import FeatureSchema
 from scoring.ids import ids_as_text
@@ -199,12 +202,6 @@ def check_table(frame: pd.DataFrame, schema: FeatureSchema, id_column: str) -> d
     return columns
 
 
-def _field_bulks(name: str, values: list[bytes | None]) -> list[bytes | None]:
-    """Each value as the RESP of ``name value`` (None stays None: no value for that row)."""
-    nb = _bulk(name.encode())
-    return [None if v is None else b"%b$%d\r\n%b\r\n" % (nb, len(v), v) for v in values]
-
-
 def _commands(
     columns: dict[str, Any],
     schema: FeatureSchema,
@@ -213,38 +210,82 @@ def _commands(
     stop: int,
     updated_at: bytes,
 ) -> tuple[bytes, int]:
-    """RESP for customers ``start:stop``: one HSET each (+ one HDEL where values are missing)."""
-    stamp = _bulk(UPDATED_AT.encode()) + _bulk(updated_at)
-    hset, hdel = _bulk(b"HSET"), _bulk(b"HDEL")
-    pairs: list[list[bytes | None]] = []
-    for spec in schema.inputs:
-        arr = columns[spec.name][start:stop].tolist()
-        pairs.append(
-            _field_bulks(spec.name, [None if v != v else format_number(v).encode() for v in arr])
-        )
-    for spec in schema.categoricals:
-        values = columns[spec.name][start:stop]
-        pairs.append(
-            _field_bulks(spec.name, [None if v is None else str(v).encode() for v in values])
-        )
+    """RESP for customers ``start:stop``: one HSET each (+ one HDEL where values are missing).
+
+    Rows with every value are built column-wise by Arrow's string kernels (number formatting
+    and concatenation in C++, about 3x faster than per-value Python); the rare rows with a
+    missing value take the per-row path below.
+    """
     names = [*schema.input_names, *schema.categorical_names]
-    full_head = b"*%d\r\n" % (2 + 2 * (len(names) + 1)) + hset
-    out: list[bytes] = []
-    n_commands = 0
+    values = []
+    complete = np.ones(stop - start, dtype=bool)
+    for spec in schema.inputs:
+        arr = columns[spec.name][start:stop]
+        complete &= ~np.isnan(arr)
+        values.append(arr)
+    for spec in schema.categoricals:
+        arr = columns[spec.name][start:stop]
+        complete &= np.array([v is not None for v in arr], dtype=bool)
+        values.append(arr)
     ids = columns["__id__"][start:stop]
-    for row, fields in enumerate(zip(*pairs, strict=True)) if pairs else enumerate([()] * len(ids)):
-        key = _bulk(prefix + ids[row].encode())
-        if None not in fields:
-            out.append(full_head + key + b"".join(fields) + stamp)
-            n_commands += 1
-            continue
-        present = [f for f in fields if f is not None]
-        absent = [_bulk(n.encode()) for n, f in zip(names, fields, strict=True) if f is None]
-        out.append(b"*%d\r\n" % (2 + 2 * (len(present) + 1)) + hset + key + b"".join(present))
-        out[-1] += stamp
-        out.append(b"*%d\r\n" % (2 + len(absent)) + hdel + key + b"".join(absent))
-        n_commands += 2
+    head = b"*%d\r\n" % (2 + 2 * (len(names) + 1)) + _bulk(b"HSET")
+    stamp = _bulk(UPDATED_AT.encode()) + _bulk(updated_at)
+    out = [_resp_rows(head, prefix, ids[complete], names, [v[complete] for v in values], stamp)]
+    n_commands = int(complete.sum())
+    for row in np.flatnonzero(~complete):
+        payload, n = _row_commands(prefix, ids[row], names, [v[row] for v in values], stamp)
+        out.append(payload)
+        n_commands += n
     return b"".join(out), n_commands
+
+
+def _resp_rows(
+    head: bytes, prefix: bytes, ids: np.ndarray, names: list[str], values: list, stamp: bytes
+) -> bytes:
+    """One HSET per row, every value present, concatenated (Arrow string kernels)."""
+    if len(ids) == 0:
+        return b""
+    key = pc.binary_join_element_wise(prefix.decode(), pa.array(ids, pa.string()), "")
+    parts: list[Any] = [head.decode() + "$", _length(key), "\r\n", key, "\r\n"]
+    for name, column in zip(names, values, strict=True):
+        text = _as_text(column)
+        parts += [_bulk(name.encode()).decode() + "$", _length(text), "\r\n", text, "\r\n"]
+    parts.append(stamp.decode())
+    rows = pc.binary_join_element_wise(*parts, "")
+    offsets = np.frombuffer(rows.buffers()[1], dtype=np.int32)[
+        rows.offset : rows.offset + len(rows) + 1
+    ]
+    return rows.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]]
+
+
+def _as_text(column: np.ndarray) -> pa.Array:
+    if column.dtype == np.float64:
+        # Arrow writes the shortest text that reads back to the same double ("14" for 14.0).
+        return pc.cast(pa.array(column, pa.float64()), pa.string())
+    return pa.array([str(v) for v in column], pa.string())
+
+
+def _length(text: pa.Array) -> pa.Array:
+    # RESP bulk lengths count bytes, not characters (ids and categories may be non-ASCII).
+    return pc.cast(pc.binary_length(pc.cast(text, pa.binary())), pa.string())
+
+
+def _row_commands(
+    prefix: bytes, cid: str, names: list[str], values: list, stamp: bytes
+) -> tuple[bytes, int]:
+    """HSET of the values present, HDEL of the missing ones (so a reload replaces them)."""
+    key = _bulk(prefix + cid.encode())
+    present: list[bytes] = []
+    absent: list[bytes] = []
+    for name, v in zip(names, values, strict=True):
+        if v is None or (isinstance(v, float) and v != v):
+            absent.append(_bulk(name.encode()))
+            continue
+        text = format_number(v) if isinstance(v, float) else str(v)
+        present.append(_bulk(name.encode()) + _bulk(text.encode()))
+    hset = b"*%d\r\n" % (2 + 2 * (len(present) + 1)) + _bulk(b"HSET") + key
+    hdel = b"*%d\r\n" % (2 + len(absent)) + _bulk(b"HDEL") + key + b"".join(absent)
+    return hset + b"".join(present) + stamp + hdel, 2
 
 
 def load_features(

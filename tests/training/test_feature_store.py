@@ -147,7 +147,7 @@ def test_cli_says_when_redis_is_unreachable(tmp_path, tiny_bundle_root, customer
 
 def test_ids_are_text_and_trimmed(client, redis_url, redis_prefix, tiny_bundle, customers):
     frame = customers.head(3).copy()
-    frame["customer_id"] = pd.Series([7, " 8 ", "x9"], dtype=object)
+    frame["customer_id"] = pd.Series([7, " 8 ", "zürich-9"], dtype=object)
     load_features(frame, tiny_bundle.schema, redis_url=redis_url, prefix=redis_prefix)
-    for cid in ("7", "8", "x9"):
+    for cid in ("7", "8", "zürich-9"):
         assert _stored(client, redis_prefix, tiny_bundle.schema, cid)
