@@ -384,6 +384,8 @@ class RequestSchemas:
         names = [CUSTOMER_ID, *feature_schema.input_names, *feature_schema.categorical_names]
         self._customer_keys = frozenset(names)
         self._recommend_keys = frozenset([*names, *OPTION_NAMES])
+        self._id_only = frozenset([CUSTOMER_ID])
+        self._id_and_options = frozenset([CUSTOMER_ID, *OPTION_NAMES])
         self._n_campaigns = len(engine.campaigns)
         self._channels = frozenset(engine.channels)
 
@@ -460,7 +462,16 @@ class RequestSchemas:
         """A body that names a stored customer -> (the features it sends, ranking options).
 
         The fields sent are checked as usual; none is required (the stored record completes it).
+        A body of an id alone (and valid options) needs no marshmallow pass: the common case.
         """
+        allowed = self._id_and_options if recommend else self._id_only
+        if (
+            type(body) is dict
+            and allowed.issuperset(body)
+            and _valid_customer_id(body.get(CUSTOMER_ID))
+            and (not recommend or self.options_ok(body))
+        ):
+            return body, {k: body[k] for k in OPTION_NAMES if k in body}
         schema = self._recommend if recommend else self._customer
         data = schema.load(body, partial=True)
         return data, {k: data[k] for k in OPTION_NAMES if k in data}

@@ -2,6 +2,7 @@
 # `make bench`: run the benchmarks and refresh bench/RESULTS.md.
 #
 #   bench/run.sh [--quick | --full | --smoke] [serving] [batch] [training] [profile]
+#   bench/run.sh features stream     # opt-in: feature-store load, the PyFlink stream job
 #
 #   --quick   (default) smaller sizes and shorter runs: a sanity check in a few minutes
 #   --full    the sizes the issues name: 3 rounds x 5 s per endpoint with 1 and 2 workers,
@@ -23,7 +24,7 @@ SELECTED=()
 for arg in "$@"; do
     case "$arg" in
         --quick | --full | --smoke) MODE=$arg ;;
-        serving | batch | training | profile) SELECTED+=("$arg") ;;
+        serving | batch | training | profile | features | stream) SELECTED+=("$arg") ;;
         -h | --help)
             sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
@@ -77,6 +78,15 @@ fi
 if wants training; then
     echo "==> training"
     "$PY" -m bench.training "$MODE" "${RESULTS[@]}"
+fi
+if wants features; then
+    echo "==> feature-store load (training features load)"
+    "$PY" -m bench.feature_load
+fi
+if wants stream; then
+    echo "==> stream job (PyFlink) and requests by customer id"
+    scripts/stream-venv.sh
+    "$PY" -m bench.stream
 fi
 if [ "$MODE" != "--smoke" ]; then
     "$PY" -m bench.report

@@ -356,3 +356,21 @@ def test_metrics_expose_the_stream_jobs_counters(store_app, redis_client, redis_
 def test_metrics_without_a_stream_job_have_no_stream_counters(store_app):
     text = store_app.test_client().get("/metrics").get_data(as_text=True)
     assert "segsvc_stream_" not in text
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"customer_id": "c-1", "top_k": 0}, "top_k"),
+        ({"customer_id": "c-1", "channel": "fax"}, "channel"),
+        ({"customer_id": "x" * 129}, "customer_id"),
+        ({"customer_id": True}, "customer_id"),
+    ],
+)
+def test_an_id_alone_with_bad_options_is_422(
+    store_app, put, tiny_bundle, scoring_headers, body, field
+):
+    _store(put, tiny_bundle, "c-1")
+    r = store_app.test_client().post("/recommend", json=body, headers=scoring_headers)
+    assert r.status_code == 422
+    assert field in r.get_json()["error"]["fields"]
