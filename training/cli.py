@@ -185,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--customers", type=_positive_int, default=75_000, help="number of customers (75000)"
     )
     gen.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    gen.add_argument(
+        "--shape",
+        choices=("demo", "production"),
+        default="demo",
+        help="demo: 7 features, 7 campaigns; production: 12 features, 6 campaigns, responses "
+        "that need a production-sized model (train with examples/production.toml)",
+    )
     _add_quiet(gen)
 
     score = sub.add_parser(
@@ -441,7 +448,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Write the demo data."""
     from training.generate import write_demo
 
-    paths = write_demo(args.out, n_customers=args.customers, seed=args.seed)
+    paths = write_demo(args.out, n_customers=args.customers, seed=args.seed, shape=args.shape)
     for role, path in paths.items():
         print(f"{role}: {path}")
     return 0

@@ -1,5 +1,10 @@
 """Demo data: a digital wallet's customers, its campaign pool and their campaign responses.
 
+Two shapes: ``demo`` (7 features, 7 campaigns: small and quick to learn) and ``production``
+(12 features, 6 campaigns, responses with interactions and thresholds, so a LightGBM model at
+the library defaults keeps improving for about 200 rounds of 31 leaves, as models trained on
+real tables do; the benchmarks serve both side by side).
+
 The generator plants a known number of segments (:data:`SEGMENTS`) whose feature means are far
 apart in the log-scaled, standardised space the segmentation works in, so that K-Means recovers
 them; the ``true_segment`` column holds the planted label and is never a feature. Responses
@@ -41,7 +46,18 @@ FEATURES = (
     "return_rate",
     "mobile_usage",
 )
+#: the production shape's five extra features (after :data:`FEATURES`)
+EXTRA_FEATURES = (
+    "tenure_days",
+    "sessions_per_month",
+    "support_tickets",
+    "card_share",
+    "international_share",
+)
+PRODUCTION_FEATURES = (*FEATURES, *EXTRA_FEATURES)
 TRUTH_COLUMN = "true_segment"
+#: the shapes ``generate_demo`` can draw
+SHAPES = ("demo", "production")
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,16 @@ SEGMENTS: tuple[SegmentSpec, ...] = (
     SegmentSpec("dormant", 0.20, 180.0, 6.0, 260.0, 0.20, 0.10, 0.15),
 )
 
+#: Per segment centres of the production shape's extra features: tenure (median days, lognormal),
+#: sessions per month and support tickets (Poisson means), card and international shares (beta).
+_EXTRA_CENTRES: dict[str, tuple[float, float, float, float, float]] = {
+    "vip_champions": (900.0, 30.0, 0.5, 0.70, 0.30),
+    "loyal_regulars": (700.0, 15.0, 0.3, 0.50, 0.10),
+    "bargain_hunters": (400.0, 20.0, 1.2, 0.30, 0.05),
+    "new_occasional": (40.0, 4.0, 0.2, 0.40, 0.05),
+    "dormant": (800.0, 1.0, 0.4, 0.30, 0.05),
+}
+
 #: The campaign pool of the demo wallet; every campaign is open to every segment.
 CAMPAIGNS: tuple[Campaign, ...] = (
     Campaign("cashback", "Cashback boost", 18.0, "push", "5% cashback on the next ten payments"),
@@ -97,6 +123,18 @@ CAMPAIGNS: tuple[Campaign, ...] = (
     ),
 )
 
+#: The production shape's pool: six campaigns, one of them driven by the extra features.
+PRODUCTION_CAMPAIGNS: tuple[Campaign, ...] = (
+    *CAMPAIGNS[:5],
+    Campaign(
+        "travel_card",
+        "Travel card",
+        60.0,
+        "push",
+        "A card without foreign-exchange fees, with travel insurance",
+    ),
+)
+
 #: Per-campaign logit intercept and weights on standardised signals, plus segment affinities.
 #: Signals: s = log spend, o = log orders, r = log recency, d = discount, m = mobile, x = returns.
 _RESPONSE_WEIGHTS: dict[str, dict[str, float]] = {
@@ -107,6 +145,17 @@ _RESPONSE_WEIGHTS: dict[str, dict[str, float]] = {
     "wealth_management": {"b": -4.2, "s": 1.5, "d": -0.5},
     "referral_bonus": {"b": -2.9, "m": 0.7, "o": 0.5, "r": -0.5},
     "win_back": {"b": -3.2, "r": 1.3, "o": -0.2},
+}
+#: Production shape: extra signals t = log tenure, n = log sessions, k = tickets, c = card share,
+#: i = international share, and products of two signals ("s*i") and thresholds ("r>1": 1 where
+#: the standardised signal exceeds 1), which a tree model needs many splits to follow.
+_PRODUCTION_WEIGHTS: dict[str, dict[str, float]] = {
+    "cashback": {"b": -2.3, "d": 1.0, "m": 0.4, "c": 0.5, "d*c": 0.6, "n>1": 0.5},
+    "bill_payment_discount": {"b": -2.6, "m": 0.9, "n": 0.5, "r": -0.3, "k": -0.3, "m*n": 0.4},
+    "savings_plan": {"b": -3.0, "s": 0.7, "t": 0.5, "d": -0.3, "s*t": 0.5, "r>1": -0.7},
+    "personal_loan": {"b": -3.6, "o": 0.5, "x": 0.4, "k": 0.4, "t": -0.3, "o*x": 0.5},
+    "wealth_management": {"b": -4.2, "s": 1.3, "i": 0.4, "d": -0.5, "s*i": 0.6, "t>1": 0.5},
+    "travel_card": {"b": -3.4, "i": 1.4, "m": 0.3, "s": 0.4, "i*m": 0.5, "c>1": 0.6},
 }
 _SEGMENT_AFFINITY: dict[str, dict[str, float]] = {
     "vip_champions": {"wealth_management": 1.2, "savings_plan": 0.5, "cashback": -0.4},
@@ -217,13 +266,30 @@ def _draw_segment(rng: np.random.Generator, spec: SegmentSpec, n: int) -> dict[s
     }
 
 
-def _draw_customers(rng: np.random.Generator, n_customers: int) -> pd.DataFrame:
+def _draw_extra(rng: np.random.Generator, spec: SegmentSpec, n: int) -> dict[str, np.ndarray]:
+    """The production shape's extra feature columns for ``n`` customers of one segment."""
+    tenure, sessions, tickets, card, intl = _EXTRA_CENTRES[spec.name]
+    return {
+        "tenure_days": np.ceil(tenure * rng.lognormal(0.0, 0.5, size=n)).astype(np.int64),
+        "sessions_per_month": rng.poisson(sessions * rng.lognormal(0.0, 0.4, size=n)),
+        "support_tickets": rng.poisson(tickets, size=n).astype(np.int64),
+        "card_share": np.round(_beta(rng, card, 8.0, n), 4),
+        "international_share": np.round(_beta(rng, intl, 6.0, n), 4),
+    }
+
+
+def _draw_customers(
+    rng: np.random.Generator, n_customers: int, shape: str = "demo"
+) -> pd.DataFrame:
     """The customer table, rows shuffled so segments are not in blocks."""
     shares = np.array([s.share for s in SEGMENTS])
     counts = rng.multinomial(n_customers, shares / shares.sum())
+    features = PRODUCTION_FEATURES if shape == "production" else FEATURES
     parts = []
     for spec, count in zip(SEGMENTS, counts, strict=True):
         cols = _draw_segment(rng, spec, int(count))
+        if shape == "production":
+            cols.update(_draw_extra(rng, spec, int(count)))
         cols[TRUTH_COLUMN] = np.full(int(count), spec.name, dtype=object)
         parts.append(pd.DataFrame(cols))
     frame = pd.concat(parts, ignore_index=True)
@@ -233,7 +299,7 @@ def _draw_customers(rng: np.random.Generator, n_customers: int) -> pd.DataFrame:
     frame.loc[missing, "mobile_usage"] = np.nan
     ids = pd.Series([f"W{i:07d}" for i in range(1, len(frame) + 1)], dtype=object)
     frame.insert(0, "customer_id", ids)
-    return frame[["customer_id", *FEATURES, TRUTH_COLUMN]]
+    return frame[["customer_id", *features, TRUTH_COLUMN]]
 
 
 def _standardise(values: np.ndarray) -> np.ndarray:
@@ -242,7 +308,22 @@ def _standardise(values: np.ndarray) -> np.ndarray:
     return np.nan_to_num(z, nan=0.0)
 
 
-def _response_logits(customers: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def _signal(signals: dict[str, np.ndarray], key: str) -> np.ndarray:
+    """A named signal, a product ("s*i") or a threshold ("r>1") of standardised signals."""
+    if "*" in key:
+        a, b = key.split("*")
+        return signals[a] * signals[b]
+    if ">" in key:
+        a, level = key.split(">")
+        return (signals[a] > float(level)).astype(np.float64)
+    return signals[key]
+
+
+def _response_logits(
+    customers: pd.DataFrame,
+    campaigns: tuple[Campaign, ...] = CAMPAIGNS,
+    weights_by_campaign: dict[str, dict[str, float]] = _RESPONSE_WEIGHTS,
+) -> tuple[np.ndarray, np.ndarray]:
     """Planted log-odds of responding with and without each campaign, ``(n, n_campaigns)`` each."""
     n = len(customers)
     signals = {
@@ -253,16 +334,24 @@ def _response_logits(customers: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         "m": _standardise(customers["mobile_usage"].to_numpy(float)),
         "x": _standardise(customers["return_rate"].to_numpy(float)),
     }
+    if "tenure_days" in customers:
+        signals.update(
+            t=_standardise(np.log1p(customers["tenure_days"].to_numpy(float))),
+            n=_standardise(np.log1p(customers["sessions_per_month"].to_numpy(float))),
+            k=_standardise(customers["support_tickets"].to_numpy(float)),
+            c=_standardise(customers["card_share"].to_numpy(float)),
+            i=_standardise(customers["international_share"].to_numpy(float)),
+        )
     segment = customers[TRUTH_COLUMN].to_numpy()
-    treated = np.empty((n, len(CAMPAIGNS)))
-    effect = np.empty((n, len(CAMPAIGNS)))
-    for j, campaign in enumerate(CAMPAIGNS):
-        weights = _RESPONSE_WEIGHTS[campaign.id]
+    treated = np.empty((n, len(campaigns)))
+    effect = np.empty((n, len(campaigns)))
+    for j, campaign in enumerate(campaigns):
+        weights = weights_by_campaign[campaign.id]
         z = np.full(n, weights["b"])
         tau = np.full(n, DEFAULT_UPLIFT_LOGIT)
         for key, w in weights.items():
             if key != "b":
-                z += w * signals[key]
+                z += w * _signal(signals, key)
         for name, affinity in _SEGMENT_AFFINITY.items():
             in_segment = segment == name
             z += np.where(in_segment, affinity.get(campaign.id, 0.0), 0.0)
@@ -277,13 +366,16 @@ def _response_logits(customers: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _draw_responses(
-    rng: np.random.Generator, customers: pd.DataFrame
+    rng: np.random.Generator,
+    customers: pd.DataFrame,
+    campaigns: tuple[Campaign, ...] = CAMPAIGNS,
+    weights_by_campaign: dict[str, dict[str, float]] = _RESPONSE_WEIGHTS,
 ) -> tuple[pd.DataFrame, UpliftTruth]:
     """A randomized history: the control arm records every campaign's outcome untreated; each
     other customer receives 3-5 random campaigns and responds with a feature-driven chance."""
     n = len(customers)
-    n_campaigns = len(CAMPAIGNS)
-    treated_logit, control_logit = _response_logits(customers)
+    n_campaigns = len(campaigns)
+    treated_logit, control_logit = _response_logits(customers, campaigns, weights_by_campaign)
     truth = UpliftTruth(
         treated=1.0 / (1.0 + np.exp(-treated_logit)),
         control=1.0 / (1.0 + np.exp(-control_logit)),
@@ -300,7 +392,7 @@ def _draw_responses(
     responded = rng.random((n, n_campaigns)) < prob
     rows, cols = np.nonzero(recorded)
     ids = customers["customer_id"].to_numpy()
-    campaign_ids = np.array([c.id for c in CAMPAIGNS], dtype=object)
+    campaign_ids = np.array([c.id for c in campaigns], dtype=object)
     responses = pd.DataFrame(
         {
             "customer_id": ids[rows],
@@ -312,20 +404,32 @@ def _draw_responses(
     return responses, truth
 
 
-def generate_demo(n_customers: int = 75_000, seed: int = 42) -> DemoData:
-    """Generate the demo wallet: customers with planted segments, campaigns and responses."""
+def generate_demo(n_customers: int = 75_000, seed: int = 42, shape: str = "demo") -> DemoData:
+    """Generate the demo wallet: customers with planted segments, campaigns and responses.
+
+    ``shape`` is ``demo`` (7 features, 7 campaigns) or ``production`` (12 features, 6
+    campaigns, responses a model needs about 200 rounds of 31 leaves to learn).
+    """
     if n_customers < len(SEGMENTS):
         raise ValueError(
             f"n_customers={n_customers} should be >= {len(SEGMENTS)} (one per segment)"
         )
+    if shape not in SHAPES:
+        raise ValueError(f"shape={shape!r} should be one of {', '.join(SHAPES)}")
     rng = np.random.default_rng(seed)
-    customers = _draw_customers(rng, n_customers)
-    responses, truth = _draw_responses(rng, customers)
-    campaigns = [Campaign(**c.to_dict()) for c in CAMPAIGNS]
+    customers = _draw_customers(rng, n_customers, shape)
+    if shape == "production":
+        pool, weights = PRODUCTION_CAMPAIGNS, _PRODUCTION_WEIGHTS
+    else:
+        pool, weights = CAMPAIGNS, _RESPONSE_WEIGHTS
+    responses, truth = _draw_responses(rng, customers, pool, weights)
+    campaigns = [Campaign(**c.to_dict()) for c in pool]
     return DemoData(customers=customers, campaigns=campaigns, responses=responses, truth=truth)
 
 
-def write_demo(out_dir: str | Path, n_customers: int = 75_000, seed: int = 42) -> dict[str, Path]:
+def write_demo(
+    out_dir: str | Path, n_customers: int = 75_000, seed: int = 42, shape: str = "demo"
+) -> dict[str, Path]:
     """Generate the demo data and write it to ``out_dir``; return the written paths by role.
 
     Files: ``customers.parquet``, ``campaigns.json`` (the pool) and ``responses.parquet``
@@ -333,8 +437,8 @@ def write_demo(out_dir: str | Path, n_customers: int = 75_000, seed: int = 42) -
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    logger.info("generating %d demo customers (seed %d)", n_customers, seed)
-    demo = generate_demo(n_customers, seed)
+    logger.info("generating %d %s customers (seed %d)", n_customers, shape, seed)
+    demo = generate_demo(n_customers, seed, shape)
     paths = {
         "customers": out / "customers.parquet",
         "campaigns": out / "campaigns.json",

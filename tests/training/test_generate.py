@@ -17,6 +17,8 @@ from training.generate import (
     CAMPAIGNS,
     CONTROL_SHARE,
     FEATURES,
+    PRODUCTION_CAMPAIGNS,
+    PRODUCTION_FEATURES,
     SEGMENTS,
     TRUTH_COLUMN,
     UPLIFT_LOGIT,
@@ -178,3 +180,20 @@ def test_write_demo_writes_readable_files(tmp_path):
 def test_too_few_customers_is_refused():
     with pytest.raises(ValueError, match="n_customers=3 should be >= 5"):
         generate_demo(3)
+
+
+def test_production_shape_has_twelve_features_and_six_campaigns():
+    prod = generate_demo(3000, seed=4, shape="production")
+    assert list(prod.customers.columns) == ["customer_id", *PRODUCTION_FEATURES, TRUTH_COLUMN]
+    assert len(PRODUCTION_FEATURES) == 12
+    assert [c.id for c in prod.campaigns] == [c.id for c in PRODUCTION_CAMPAIGNS]
+    assert len(prod.campaigns) == 6
+    c = prod.customers
+    assert (c[["tenure_days", "sessions_per_month", "support_tickets"]] >= 0).all().all()
+    assert c["card_share"].between(0, 1).all() and c["international_share"].between(0, 1).all()
+    assert set(prod.responses["campaign_id"]) == {cp.id for cp in PRODUCTION_CAMPAIGNS}
+
+
+def test_unknown_shape_is_refused():
+    with pytest.raises(ValueError, match="shape='huge' should be one of demo, production"):
+        generate_demo(100, shape="huge")
