@@ -61,6 +61,10 @@ def version() -> Response:
             "k": loaded.bundle.n_segments,
             "segment_names": loaded.engine.segment_names,
             "has_response_model": loaded.engine.has_response_model,
+            # how campaign probabilities are computed: compiled trees, or LightGBM and why
+            "propensity": None
+            if loaded.bundle.compiled_status is None
+            else loaded.bundle.compiled_status.describe(),
             "app_version": services.app_version,
             **_versions_served(services),
         }

@@ -247,7 +247,13 @@ class ModelState:
         if not initial or previous is not None:
             self.metrics.reloads.labels("loaded").inc()
         self._publish()
-        log.info("serving bundle %s (previous: %s)", loaded.version, previous)
+        status = loaded.bundle.compiled_status
+        log.info(
+            "serving bundle %s (previous: %s)%s",
+            loaded.version,
+            previous,
+            "" if status is None else f"; campaign probabilities: {status.describe()}",
+        )
 
     def _fail(self, message: str) -> None:
         if message != self.last_error:

@@ -755,6 +755,13 @@ class VersionInfo(Schema):
     k = fields.Integer(required=True)
     segment_names = fields.List(fields.String(), required=True)
     has_response_model = fields.Boolean(required=True)
+    propensity = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "how campaign probabilities are computed: 'compiled trees (...)' or "
+            "'LightGBM C API (why the compiled trees are not used)'; null without a response model"
+        },
+    )
     app_version = fields.String(required=True)
     workers = fields.Dict(
         keys=fields.String(),

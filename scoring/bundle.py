@@ -14,6 +14,8 @@ Layout of ``<root>/<version>/``::
     control_model.joblib   lightgbm.Booster: response *without* the campaign (uplift bundles only;
                            same input columns as the response model)
     control_model.txt      the same model in LightGBM's own text format
+    response_model.o       optional: the same trees compiled to native code (lleaves), with
+    response_model_check.npy  the fixed sample it must reproduce (scoring/compiled_trees.py)
     profiles.json          per-segment profile (size, share, means, medians, response rates, ...)
     campaigns.json         the campaign pool
     assignments.npz        optional: training customers' ids and segment ids (numpy, no pickle),
@@ -24,6 +26,9 @@ Layout of ``<root>/<version>/``::
 Loading verifies, *before anything is unpickled*: the manifest's format, the optional HMAC
 signature, that every required file is listed, present and has the recorded SHA-256, and that
 the installed scikit-learn, LightGBM and NumPy match the versions the bundle was written with.
+The compiled response model is native code and follows the same rule; it is used only on the
+platform it was built for and when it reproduces LightGBM on its check sample (else LightGBM
+serves, and ``Bundle.compiled_status`` says why).
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ from typing import Any
 import joblib
 import numpy as np
 
+from scoring import compiled_trees
 from scoring.campaigns import Campaign
+from scoring.compiled_trees import CompiledArtifact, CompiledForest, CompiledStatus
 from scoring.features import FeatureSchema
 
 FORMAT_NAME = "segment-campaign-bundle"
@@ -60,6 +67,10 @@ JSON_FILES = ("profiles.json", "campaigns.json")
 ASSIGNMENTS = "assignments.npz"
 #: libraries whose major.minor must match between writer and reader (pickle compatibility)
 CHECKED_LIBRARIES = ("scikit-learn", "lightgbm", "numpy")
+#: manifest key describing the compiled response model (absent: none was built)
+COMPILED = "compiled_response_model"
+#: files that are code when loaded: a bundle folder may not hold one its manifest does not list
+CODE_SUFFIXES = (".joblib", ".pkl", ".pickle", ".o", ".so", ".npy")
 
 
 class BundleError(Exception):
@@ -102,6 +113,11 @@ class Bundle:
     #: (ids as text, segment ids) of the training customers, written to assignments.npz; never
     #: loaded with the bundle (see :func:`load_assignments`)
     assignments: tuple[np.ndarray, np.ndarray] | None = None
+    #: to write: the response model compiled by training (None: serve through LightGBM)
+    compiled: CompiledArtifact | None = None
+    #: after loading: the compiled trees when they may be used here, and which path serves
+    compiled_forest: CompiledForest | None = None
+    compiled_status: CompiledStatus | None = None
 
     @property
     def version(self) -> str:
@@ -183,6 +199,9 @@ def write_bundle(
         if bundle.response_model is not None:
             joblib.dump(bundle.response_model, tmp / RESPONSE_PICKLE)
             bundle.response_model.save_model(str(tmp / RESPONSE_TEXT))
+            if bundle.compiled is not None:
+                (tmp / compiled_trees.OBJECT_FILE).write_bytes(bundle.compiled.object_code)
+                np.save(tmp / compiled_trees.SAMPLE_FILE, bundle.compiled.sample)
         if bundle.control_model is not None:
             if bundle.response_model is None:
                 raise BundleError("a control model needs a response model beside it")
@@ -215,6 +234,14 @@ def write_bundle(
             has_control_model=bundle.control_model is not None,
             files=files,
         )
+        manifest.pop(COMPILED, None)
+        if bundle.response_model is not None and bundle.compiled is not None:
+            manifest[COMPILED] = {
+                "file": compiled_trees.OBJECT_FILE,
+                "sample": compiled_trees.SAMPLE_FILE,
+                "platform": bundle.compiled.platform,
+                "tolerance": compiled_trees.TOLERANCE,
+            }
         dump_json(manifest, tmp / MANIFEST)
         if hmac_key:
             (tmp / SIGNATURE).write_text(sign((tmp / MANIFEST).read_bytes(), hmac_key) + "\n")
@@ -316,6 +343,11 @@ def verify(
         required.append(RESPONSE_PICKLE)
     if manifest.get("has_control_model"):
         required.append(CONTROL_PICKLE)
+    compiled = manifest.get(COMPILED)
+    if compiled is not None:
+        if not isinstance(compiled, dict) or not manifest.get("has_response_model"):
+            raise BundleError(f"{manifest_path}: {COMPILED} without a response model")
+        required += [RESPONSE_TEXT, str(compiled.get("file")), str(compiled.get("sample"))]
     for name in required:
         if name not in files:
             raise BundleError(f"{manifest_path}: required file {name} is not listed")
@@ -329,12 +361,12 @@ def verify(
         if not hmac.compare_digest(digest, str(meta.get("sha256", ""))):
             raise BundleError(f"{fpath}: SHA-256 {digest[:12]}… does not match the manifest")
     unlisted = sorted(
-        p.name
-        for p in path.iterdir()
-        if p.suffix in (".joblib", ".pkl", ".pickle") and p.name not in files
+        p.name for p in path.iterdir() if p.suffix in CODE_SUFFIXES and p.name not in files
     )
     if unlisted:
-        raise BundleError(f"{path}: pickle files not in the manifest: {', '.join(unlisted)}")
+        raise BundleError(
+            f"{path}: pickle or code files not in the manifest: {', '.join(unlisted)}"
+        )
 
     if check_versions:
         written = manifest.get("library_versions", {})
@@ -362,6 +394,7 @@ def load_bundle(
         control_model = (
             joblib.load(path / CONTROL_PICKLE) if manifest.get("has_control_model") else None
         )
+        forest, status = _compiled_response_model(path, manifest, response_model)
         profiles = json.loads((path / "profiles.json").read_text())
         campaigns = [Campaign(**c) for c in json.loads((path / "campaigns.json").read_text())]
         schema = FeatureSchema.from_dict(manifest["feature_schema"])
@@ -382,6 +415,8 @@ def load_bundle(
         manifest=manifest,
         path=path,
         signature_verified=bool(hmac_key),
+        compiled_forest=forest,
+        compiled_status=status,
         **objs,
     )
 
@@ -399,6 +434,21 @@ def load_assignments(
             return data["ids"], data["segments"].astype(np.int64)
     except (OSError, ValueError, KeyError) as exc:
         raise BundleError(f"{path / ASSIGNMENTS}: unreadable ({exc})") from None
+
+
+def _compiled_response_model(
+    path: Path, manifest: dict[str, Any], booster: Any
+) -> tuple[CompiledForest | None, CompiledStatus | None]:
+    """The verified bundle's compiled trees, if they may serve here (see compiled_trees)."""
+    if booster is None:
+        return None, None
+    entry = manifest.get(COMPILED)
+    if entry is None:
+        return None, CompiledStatus(False, "the bundle has no compiled trees")
+    sample = np.load(path / str(entry["sample"]), allow_pickle=False)
+    return compiled_trees.load_checked(
+        path / str(entry["file"]), path / RESPONSE_TEXT, entry.get("platform", {}), sample, booster
+    )
 
 
 def load_current(root: str | os.PathLike, version: str | None = None, **kwargs: Any) -> Bundle:

@@ -97,7 +97,7 @@ class ScoringEngine:
         self.has_response_model = bundle.response_model is not None
         #: the response model (None for a segmentation-only bundle)
         self.model = (
-            PropensityModel(bundle.response_model, threads=threads)
+            PropensityModel(bundle.response_model, threads=threads, compiled=bundle.compiled_forest)
             if self.has_response_model
             else None
         )

@@ -14,6 +14,7 @@ from sklearn.preprocessing import StandardScaler
 
 from scoring.bundle import Bundle, write_bundle
 from scoring.campaigns import Campaign
+from scoring.compiled_trees import check_sample, compile_model
 from scoring.features import (
     DerivedFeature,
     FeatureSchema,
@@ -70,8 +71,13 @@ def build_bundle(
     seed: int = 0,
     version: str | None = None,
     with_response_model: bool = True,
+    compiled: bool = False,
 ) -> Bundle:
-    """Fit a 3-segment bundle on synthetic customers and write it under ``root``."""
+    """Fit a 3-segment bundle on synthetic customers and write it under ``root``.
+
+    ``compiled`` also compiles the response model to native code (scoring/compiled_trees.py),
+    checked on held-out-like rows of the same table with gaps, as training does.
+    """
     frame, _ = synthetic_customers(n, seed)
     names = [name for name, _ in INPUTS]
     raw = frame[names].to_numpy(dtype=np.float64)
@@ -187,5 +193,7 @@ def build_bundle(
             "metrics": {},
         },
     )
+    if compiled and booster is not None:
+        bundle.compiled = compile_model(booster.model_to_string(), check_sample(rows, seed))
     write_bundle(bundle, root, version=version)
     return bundle

@@ -54,9 +54,13 @@ def redis_prefix(redis_url):
 
 @pytest.fixture(scope="session")
 def tiny_bundle_root(tmp_path_factory) -> Path:
-    """A bundle root holding one small verified bundle (3 segments, 4 campaigns), `current` set."""
+    """A bundle root holding one small verified bundle (3 segments, 4 campaigns), `current` set.
+
+    Its response model is compiled (as training does), so the API tests serve compiled trees;
+    ``fresh_bundle_root`` has none, so LightGBM's C API serves there.
+    """
     root = tmp_path_factory.mktemp("bundles")
-    build_bundle(root, n=3000, seed=0, version="v1-tiny")
+    build_bundle(root, n=3000, seed=0, version="v1-tiny", compiled=True)
     return root
 
 

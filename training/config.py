@@ -440,6 +440,11 @@ class ResponseModelConfig:
         Interval(0, None),
     )
     seed: int = param(42, "random seed of the split and LightGBM (`--seed`)", SEED)
+    compile: bool = param(
+        True,
+        "compile the trees to native code for serving (lleaves, in .venv-compile); false: "
+        "LightGBM serves",
+    )
 
 
 @dataclass(frozen=True)

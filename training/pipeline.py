@@ -50,7 +50,12 @@ from training.resegment import (
     migration_matrix,
     share_shifts,
 )
-from training.response import ResponseModel, fit_response_model, skip_reason
+from training.response import (
+    ResponseModel,
+    compile_response_model,
+    fit_response_model,
+    skip_reason,
+)
 from training.segmentation import Segmentation, fit_segmentation, reorder_segmentation
 from training.uplift import UpliftModel, fit_uplift_model
 from training.uplift import skip_reason as uplift_skip_reason
@@ -376,6 +381,8 @@ def train(
             warnings += clv.notes
     with stage("response_model"):
         response = fit_response_model(prepared, segmentation.labels, config.response_model)
+    with stage("compile"):
+        compiled = compile_response_model(response, config.response_model)
     uplift = None
     if response is not None and prepared.controls is not None:
         with stage("uplift"):
@@ -424,6 +431,7 @@ def train(
             campaigns=list(prepared.campaigns),
             response_model=None if response is None else response.booster,
             control_model=None if uplift is None else uplift.control,
+            compiled=compiled,
             manifest=manifest,
             assignments=(prepared.customers.index.to_numpy(), segmentation.labels)
             if config.segmentation.keep_assignments

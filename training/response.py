@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
+from scoring import compiled_trees
+from scoring.compiled_trees import CompiledArtifact
 from training.config import ResponseModelConfig
 from training.prepared import PreparedData
 
@@ -44,6 +46,40 @@ class ResponseModel:
 
     booster: lgb.Booster
     metrics: dict[str, Any]
+    #: held-out rows (and copies with gaps) the compiled trees must reproduce
+    check_rows: np.ndarray | None = None
+
+
+def compile_response_model(
+    response: ResponseModel | None, config: ResponseModelConfig
+) -> CompiledArtifact | None:
+    """The response model compiled to native code for this machine, or None.
+
+    None when disabled (``response_model.compile = false``), when there is no model, or when
+    lleaves is unavailable or fails: the bundle is then served through LightGBM, which gives
+    the same numbers more slowly, so training goes on with a warning.
+    """
+    if response is None or not config.compile:
+        return None
+    why = compiled_trees.available()
+    if why is not None:
+        log.warning("response model not compiled: %s; it will be served through LightGBM", why)
+        return None
+    rows = response.check_rows if response.check_rows is not None else np.empty((0, 0))
+    try:
+        artifact = compiled_trees.compile_model(response.booster.model_to_string(), rows)
+    except Exception as exc:  # noqa: BLE001 -- an optional speed-up must not fail training
+        log.warning(
+            "response model not compiled (%s: %s); served through LightGBM", type(exc).__name__, exc
+        )
+        return None
+    log.info(
+        "response model compiled for %s (%s): %d KiB of native code",
+        artifact.platform["triple"],
+        artifact.platform["cpu"],
+        len(artifact.object_code) // 1024,
+    )
+    return artifact
 
 
 def response_matrix(
@@ -278,4 +314,4 @@ def fit_response_model(
         "n/a" if metrics["auc"] is None else f"{metrics['auc']:.3f}",
         metrics["log_loss"],
     )
-    return ResponseModel(trimmed, metrics)
+    return ResponseModel(trimmed, metrics, compiled_trees.check_sample(X_valid, config.seed))

@@ -234,6 +234,8 @@ def test_health_and_version(client, services):
     assert version["segment_names"] == bundle.segment_names
     assert version["created_at"] == bundle.manifest["created_at"]
     assert version["app_version"]
+    # the test bundle's response model is compiled, and the compiled trees serve
+    assert version["propensity"].startswith("compiled trees (lleaves")
 
 
 def test_bench_floor_only_when_enabled(make_app, scoring_headers):

@@ -169,3 +169,25 @@ def test_names_file_overrides_generated_names(demo_dir, tmp_path, trained):
     result = train(config, environ={})
     assert result.bundle.segment_names[:2] == ["Top Tier", "Second"]
     assert result.bundle.profiles[0]["name"] == "Top Tier"
+
+
+def test_response_model_is_compiled_for_serving(trained):
+    """Training writes the compiled trees, listed and hashed; loading checks and uses them."""
+    config, _ = trained
+    bundle = load_current(config.output.root)
+    entry = bundle.manifest["compiled_response_model"]
+    assert {entry["file"], entry["sample"]} <= set(bundle.manifest["files"])
+    assert bundle.compiled_status.compiled, bundle.compiled_status.reason
+    assert "compile" in bundle.manifest["timings"]
+
+
+def test_compiling_can_be_turned_off(demo_dir, tmp_path):
+    config = demo_config(demo_dir, tmp_path)
+    config = dataclasses.replace(
+        config, response_model=dataclasses.replace(config.response_model, compile=False)
+    )
+    train(config, environ={})
+    bundle = load_current(tmp_path)
+    assert "compiled_response_model" not in bundle.manifest
+    assert not (bundle.path / "response_model.o").exists()
+    assert bundle.compiled_forest is None and bundle.response_model is not None

@@ -1,0 +1,171 @@
+"""Compiled response models: stored, hashed and verified like every file; used only when they
+run on this platform and reproduce LightGBM on their check sample; LightGBM serves otherwise."""
+
+from __future__ import annotations
+
+import json
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+from bundle_builder import build_bundle
+
+from scoring import compiled_trees
+from scoring.bundle import COMPILED, MANIFEST, BundleError, load_current
+from scoring.compiled_trees import TOLERANCE, check_sample, compile_model, platform_mismatch
+from scoring.engine import ScoringEngine
+
+
+@pytest.fixture(scope="module")
+def compiled_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compiled")
+    build_bundle(root, n=2000, seed=3, version="v-compiled", compiled=True)
+    return root
+
+
+@pytest.fixture
+def compiled_copy(compiled_root, tmp_path):
+    """A writable copy of the compiled bundle root, for tests that tamper with it."""
+    import shutil
+
+    shutil.copytree(compiled_root, tmp_path / "root", symlinks=True)
+    return tmp_path / "root"
+
+
+def _rewrite_manifest(root, edit):
+    """Edit the manifest and re-record nothing: for tests of what the loader then refuses."""
+    path = root / "v-compiled" / MANIFEST
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_compiled_bundle_lists_and_hashes_the_native_code(compiled_root):
+    bundle = load_current(compiled_root)
+    files = bundle.manifest["files"]
+    assert {compiled_trees.OBJECT_FILE, compiled_trees.SAMPLE_FILE} <= set(files)
+    entry = bundle.manifest[COMPILED]
+    assert entry["platform"]["compiler"] == "lleaves"
+    assert entry["platform"]["triple"]
+    assert bundle.compiled_status.compiled, bundle.compiled_status.reason
+    assert bundle.compiled_forest is not None
+    # the check sample has rows with gaps, so the missing-value branches were compared too
+    sample = np.load(compiled_root / "v-compiled" / compiled_trees.SAMPLE_FILE)
+    assert np.isnan(sample).any() and (~np.isnan(sample)).all(axis=1).any()
+
+
+def test_compiled_trees_equal_lightgbm(compiled_root, demo_customers):
+    bundle = load_current(compiled_root)
+    frame, _ = demo_customers
+    engine = ScoringEngine(bundle)
+    assert engine.model.compiled is bundle.compiled_forest
+    batch = engine.batch_from_frame(frame)
+    segment = engine.assign(batch).segment
+    n, m = len(batch), len(engine.campaigns)
+    customer, campaign = np.nonzero(np.ones((n, m), dtype=bool))
+    rows = engine.model_rows(batch, segment, customer, campaign)
+    rows[::7, 2] = np.nan  # and with gaps the model never saw in training
+    expected = bundle.response_model.predict(rows)
+    np.testing.assert_allclose(bundle.compiled_forest.predict(rows), expected, rtol=0, atol=1e-12)
+    # the few-rows path used by single-customer requests, without numpy
+    few = bundle.compiled_forest.predict_rows(rows[:6].tolist())
+    np.testing.assert_allclose(few, expected[:6], rtol=0, atol=1e-12)
+
+
+def test_two_threads_give_the_same_numbers(compiled_root, demo_customers):
+    bundle = load_current(compiled_root)
+    frame, _ = demo_customers
+    big = frame.sample(30_000, replace=True, random_state=0)
+    one, two = ScoringEngine(bundle, threads=1), ScoringEngine(bundle, threads=2)
+    batch = one.batch_from_frame(big)
+    segment = one.assign(batch).segment
+    np.testing.assert_array_equal(
+        one.propensities(batch, segment), two.propensities(batch, segment)
+    )
+
+
+def test_tampered_native_code_is_refused_before_loading(compiled_copy):
+    path = compiled_copy / "v-compiled" / compiled_trees.OBJECT_FILE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"response_model.o: SHA-256 .* does not match"):
+        load_current(compiled_copy)
+
+
+def test_unlisted_native_code_is_refused(compiled_copy):
+    (compiled_copy / "v-compiled" / "extra.so").write_bytes(b"\x7fELF")
+    with pytest.raises(BundleError, match=r"not in the manifest: extra\.so"):
+        load_current(compiled_copy)
+
+
+def test_compiled_entry_must_list_its_files(compiled_copy):
+    def drop(manifest):
+        del manifest["files"][compiled_trees.SAMPLE_FILE]
+
+    _rewrite_manifest(compiled_copy, drop)
+    with pytest.raises(BundleError, match=r"required file response_model_check\.npy is not listed"):
+        load_current(compiled_copy)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"triple": "aarch64-unknown-linux-gnu"}, "built for aarch64-unknown-linux-gnu"),
+        ({"features": "+sse2,+imaginary-feature"}, "imaginary-feature, which this CPU lacks"),
+        ({"lleaves": "0.1.0"}, "built with lleaves 0.1.0"),
+        ({"compiler": "tl2cgen"}, "compiled by 'tl2cgen'"),
+    ],
+)
+def test_other_platform_falls_back_to_lightgbm(change, reason):
+    here = compiled_trees._llvm_platform()
+    assert platform_mismatch(here) is None
+    assert reason in platform_mismatch({**here, **change})
+
+
+def test_foreign_artifact_serves_through_lightgbm(compiled_copy, demo_request):
+    """A verified bundle whose artifact targets another platform still loads and scores."""
+    from scoring.bundle import load_bundle
+
+    bundle_dir = compiled_copy / "v-compiled"
+    # re-sign nothing: the platform is part of the manifest, so edit it and re-hash nothing else
+    manifest = json.loads((bundle_dir / MANIFEST).read_text())
+    manifest[COMPILED]["platform"]["triple"] = "riscv64-unknown-linux-gnu"
+    (bundle_dir / MANIFEST).write_text(json.dumps(manifest))
+    bundle = load_bundle(bundle_dir)
+    assert bundle.compiled_forest is None
+    assert not bundle.compiled_status.compiled
+    assert "riscv64" in bundle.compiled_status.describe()
+    engine = ScoringEngine(bundle)
+    assert engine.model.compiled is None
+    assert engine.recommend_one(demo_request)["campaigns"]
+
+
+def test_artifact_that_disagrees_with_lightgbm_is_not_used(compiled_copy, tmp_path):
+    """Object code of another model (hashes recorded, platform right) fails the check sample."""
+    from scoring.bundle import _sha256
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 11))
+    other = lgb.train(
+        {"objective": "binary", "verbosity": -1, "num_leaves": 4},
+        lgb.Dataset(X, (X[:, 0] > 0).astype(int)),
+        num_boost_round=5,
+    )
+    artifact = compile_model(other.model_to_string(), check_sample(X))
+    bundle_dir = compiled_copy / "v-compiled"
+    obj = bundle_dir / compiled_trees.OBJECT_FILE
+    obj.write_bytes(artifact.object_code)
+    manifest = json.loads((bundle_dir / MANIFEST).read_text())
+    manifest["files"][obj.name] = {"sha256": _sha256(obj), "bytes": obj.stat().st_size}
+    (bundle_dir / MANIFEST).write_text(json.dumps(manifest))
+
+    bundle = load_current(compiled_copy)
+    assert bundle.compiled_forest is None
+    assert f"(> {TOLERANCE:g})" in bundle.compiled_status.reason
+
+
+def test_bundle_without_compiled_trees_says_so(fresh_bundle_root):
+    bundle = load_current(fresh_bundle_root)
+    assert bundle.compiled_forest is None
+    assert bundle.compiled_status.describe() == "LightGBM C API (the bundle has no compiled trees)"
