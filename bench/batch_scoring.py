@@ -2,7 +2,9 @@
 
 The core: ``ScoringEngine(bundle, threads=t)``, then ``batch_from_frame`` + ``assign`` (segment,
 distance, atypical flag) + ``propensities`` for every campaign, on one pandas frame of generated
-customers; one and two LightGBM threads measured interleaved (A B A B ...) over several rounds.
+customers; one and two threads, and (when the bundle has compiled trees) the same bundle served
+through LightGBM's C API on one thread, measured interleaved (A B C A B C ...) over several
+rounds. With ``--production-root`` the production-sized bundle is measured the same way, beside.
 The CLI: ``python -m training score --bundle ... --input customers.parquet --output
 scores.parquet`` as a child process (interpreter start-up, Parquet in and out included), with
 its wall time and peak memory.
@@ -22,6 +24,7 @@ from typing import Any
 from bench.common import (
     PYTHON,
     bundle_for,
+    bundle_source,
     child_env,
     demo_customers,
     fmt,
@@ -57,42 +60,55 @@ def score_core(engine: Any, frame: Any) -> dict[str, float]:
 
 
 def bench_core(model_root: Path, frame: Any, rounds: int) -> dict[str, Any]:
-    """Interleaved rounds of the core with 1 and 2 LightGBM threads."""
+    """Interleaved rounds of the core with 1 and 2 threads (and LightGBM's C API, 1 thread)."""
+    import dataclasses
+
     from scoring.bundle import load_current
     from scoring.engine import ScoringEngine
 
     bundle = load_current(model_root)
-    engines = {t: ScoringEngine(bundle, threads=t) for t in THREADS}
+    compiled = bundle.compiled_forest is not None
+    path = "compiled trees" if compiled else "LightGBM C API"
+    engines = {(path, t): ScoringEngine(bundle, threads=t) for t in THREADS}
+    if compiled:
+        plain = dataclasses.replace(bundle, compiled_forest=None)
+        engines[("LightGBM C API", 1)] = ScoringEngine(plain, threads=1)
+    keys = list(engines)
     n = len(frame)
-    runs: dict[int, list[dict[str, float]]] = {t: [] for t in THREADS}
-    score_core(engines[1], frame.iloc[: min(n, 1000)])  # warm-up: first-call set-up
+    runs: dict[tuple[str, int], list[dict[str, float]]] = {k: [] for k in keys}
+    for engine in engines.values():
+        score_core(engine, frame.iloc[: min(n, 1000)])  # warm-up: first-call set-up
     for r in range(rounds):
-        for t in THREADS if r % 2 == 0 else tuple(reversed(THREADS)):
-            res = score_core(engines[t], frame)
-            runs[t].append(res)
+        for key in keys if r % 2 == 0 else list(reversed(keys)):
+            res = score_core(engines[key], frame)
+            runs[key].append(res)
             print(
-                f"  core threads={t} round {r + 1}/{rounds}: {n / res['total_s']:,.0f} customers/s",
+                f"  core {key[0]} threads={key[1]} round {r + 1}/{rounds}: "
+                f"{n / res['total_s']:,.0f} customers/s",
                 flush=True,
             )
     rows = []
-    for t in THREADS:
-        total = median([x["total_s"] for x in runs[t]])
+    for key in keys:
+        t = key[1]
+        total = median([x["total_s"] for x in runs[key]])
         rows.append(
             {
+                "path": key[0],
                 "threads": t,
                 "customers_per_s": n / total,
                 "total_s": total,
-                "batch_s": median([x["batch_s"] for x in runs[t]]),
-                "assign_s": median([x["assign_s"] for x in runs[t]]),
-                "propensities_s": median([x["propensities_s"] for x in runs[t]]),
+                "batch_s": median([x["batch_s"] for x in runs[key]]),
+                "assign_s": median([x["assign_s"] for x in runs[key]]),
+                "propensities_s": median([x["propensities_s"] for x in runs[key]]),
             }
         )
     return {
         "campaigns": len(bundle.campaigns),
         "segments": bundle.n_segments,
         "pairs_scored": n * len(bundle.campaigns),
+        "propensity": bundle.compiled_status.describe() if bundle.compiled_status else None,
         "results": rows,
-        "rounds": {str(t): runs[t] for t in THREADS},
+        "rounds": {f"{k[0]}, threads={k[1]}": runs[k] for k in keys},
     }
 
 
@@ -136,17 +152,21 @@ def markdown(result: dict[str, Any]) -> str:
     """The benchmark's tables."""
     n = result["customers"]
     core = result["core"]
-    rows = [
-        [
-            f"core, LightGBM threads={r['threads']}",
-            fmt(r["customers_per_s"]),
-            fmt(r["total_s"], 2),
-            f"batch {r['batch_s']:.2f} / assign {r['assign_s']:.2f} / "
-            f"propensities {r['propensities_s']:.2f}",
-            "-",
+    rows = []
+    for label, part in (("demo", core), ("production-sized", result.get("production_core"))):
+        if not part:
+            continue
+        rows += [
+            [
+                f"core, {label} model, {r.get('path', 'LightGBM C API')}, threads={r['threads']}",
+                fmt(r["customers_per_s"]),
+                fmt(r["total_s"], 2),
+                f"batch {r['batch_s']:.2f} / assign {r['assign_s']:.2f} / "
+                f"propensities {r['propensities_s']:.2f}",
+                "-",
+            ]
+            for r in part["results"]
         ]
-        for r in core["results"]
-    ]
     cli = result.get("cli")
     if cli:
         rows.append(
@@ -159,9 +179,16 @@ def markdown(result: dict[str, Any]) -> str:
             ]
         )
     head = (
-        f"{n:,} generated customers, {core['segments']} segments x {core['campaigns']} campaigns "
-        f"({core['pairs_scored']:,} propensities)\n\n"
+        f"{n:,} generated customers, demo model: {core['segments']} segments x "
+        f"{core['campaigns']} campaigns ({core['pairs_scored']:,} propensities)"
     )
+    prod = result.get("production_core")
+    if prod:
+        head += (
+            f"; production-sized model: {prod['segments']} segments x {prod['campaigns']} "
+            f"campaigns ({prod['pairs_scored']:,} propensities)"
+        )
+    head += "\n\n"
     table = markdown_table(["path", "customers/s", "seconds", "stages (s)", "peak MB"], rows)
     return head + table + ("" if cli else "\n\n(batch CLI not available: training/ missing)")
 
@@ -174,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, help="rounds of the core")
     ap.add_argument("--cli-rounds", type=int, help="rounds of the CLI")
     ap.add_argument("--model-root", type=Path, help="score with this bundle root")
+    ap.add_argument(
+        "--production-root", type=Path, help="also score with this production-sized bundle root"
+    )
     ap.add_argument("--results", type=Path, help="results folder (default bench/results)")
     args = ap.parse_args(argv)
     mode = MODES[args.mode or "quick"]
@@ -193,10 +223,24 @@ def main(argv: list[str] | None = None) -> int:
             "core": bench_core(model_root, frame, args.rounds or mode["rounds"]),
             "cli": bench_cli(model_root, frame, args.cli_rounds or mode["cli_rounds"], scratch),
         }
+        if args.production_root is not None:
+            print(f"generating {n:,} production-shaped customers ...", flush=True)
+            prod_frame = demo_customers(n, seed=23, shape=_shape(args.production_root))
+            result["production_bundle"] = bundle_source(args.production_root)
+            result["production_core"] = bench_core(
+                args.production_root, prod_frame, args.rounds or mode["rounds"]
+            )
         publish("batch_scoring", result, markdown(result), args.results)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def _shape(model_root: Path) -> str:
+    """The generator shape whose customers the bundle under ``model_root`` expects."""
+    from scoring.bundle import load_current
+
+    return "production" if len(load_current(model_root).schema.input_names) > 7 else "demo"
 
 
 if __name__ == "__main__":

@@ -208,16 +208,28 @@ def training_available() -> bool:
     ).is_file()
 
 
-def generate_demo_data(out_dir: Path, customers: int, seed: int = 42) -> ChildRun:
+#: the bundle shapes the benchmarks train: generator shape and training config of each
+SHAPES = {
+    "demo": ROOT / "examples" / "demo.toml",
+    # 12 features, 5 segments, 6 campaigns, ~200 trees of 31 leaves (issue 12)
+    "production": ROOT / "examples" / "production.toml",
+}
+
+
+def generate_demo_data(
+    out_dir: Path, customers: int, seed: int = 42, shape: str = "demo"
+) -> ChildRun:
     """Write the demo tables with ``python -m training generate`` (customers, campaigns, responses)."""
     cmd = [PYTHON, "-m", "training", "generate", "--out", str(out_dir)]
-    cmd += ["--customers", str(customers), "--seed", str(seed)]
-    return run_child(cmd, env=child_env()).check(f"generating {customers} demo customers")
+    cmd += ["--customers", str(customers), "--seed", str(seed), "--shape", shape]
+    return run_child(cmd, env=child_env()).check(f"generating {customers} {shape} customers")
 
 
-def train_demo_bundle(data_dir: Path, model_root: Path, *extra: str) -> ChildRun:
-    """Train the demo config on ``data_dir`` into ``model_root`` with the training CLI."""
-    cmd = [PYTHON, "-m", "training", "train", "--config", str(ROOT / "examples" / "demo.toml")]
+def train_demo_bundle(
+    data_dir: Path, model_root: Path, *extra: str, shape: str = "demo"
+) -> ChildRun:
+    """Train the config of ``shape`` on ``data_dir`` into ``model_root`` with the training CLI."""
+    cmd = [PYTHON, "-m", "training", "train", "--config", str(SHAPES[shape])]
     cmd += ["--data-dir", str(data_dir), "--output", str(model_root), *extra]
     return run_child(cmd, env=child_env()).check(f"training on {data_dir}")
 
@@ -234,21 +246,27 @@ def bundle_source(model_root: Path) -> str:
     return f"bundle root {model_root}"
 
 
-def prepare_bundle(model_root: Path, *, customers: int = 75_000, seed: int = 42) -> str:
+def prepare_bundle(
+    model_root: Path, *, customers: int = 75_000, seed: int = 42, shape: str = "demo"
+) -> str:
     """Put a bundle under ``model_root`` (with ``current``) and say where it came from.
 
-    The demo bundle trained by the real pipeline when training exists; otherwise the small
-    bundle the tests build (3 segments, 4 campaigns), which is enough to exercise the service.
+    The bundle of ``shape`` (``demo`` or ``production``, see :data:`SHAPES`) trained by the
+    real pipeline when training exists; otherwise the small bundle the tests build (3 segments,
+    4 campaigns), which is enough to exercise the service.
     """
     if (model_root / "current").exists():
         return bundle_source(model_root)
     model_root.mkdir(parents=True, exist_ok=True)
     if training_available():
         data_dir = model_root.parent / f"{model_root.name}-data"
-        generate_demo_data(data_dir, customers, seed)
-        train_demo_bundle(data_dir, model_root)
+        generate_demo_data(data_dir, customers, seed, shape)
+        train_demo_bundle(data_dir, model_root, shape=shape)
         shutil.rmtree(data_dir, ignore_errors=True)
-        source = f"demo bundle trained by the pipeline on {customers:,} generated customers"
+        source = f"{shape} bundle trained by the pipeline on {customers:,} generated customers"
+        trees = _tree_shape(model_root)
+        if trees:
+            source += f" ({trees})"
     else:
         sys.path.insert(0, str(ROOT / "tests"))
         from bundle_builder import build_bundle
@@ -257,6 +275,17 @@ def prepare_bundle(model_root: Path, *, customers: int = 75_000, seed: int = 42)
         source = "test bundle from tests/bundle_builder.py (training package not available)"
     _source_note(model_root).write_text(source + "\n", encoding="utf-8")
     return source
+
+
+def _tree_shape(model_root: Path) -> str:
+    """'N trees of at most L leaves, AUC x' of the bundle's response model ('' without one)."""
+    try:
+        manifest = json.loads((model_root / "current" / "manifest.json").read_text())
+        model = manifest["metrics"]["response_model"]
+        leaves = model["params"]["num_leaves"]
+        return f"{model['best_iteration']} trees of at most {leaves} leaves, AUC {model['auc']:.3f}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def bundle_for(model_root: Path | None, scratch: Path, customers: int) -> tuple[Path, str]:
@@ -268,14 +297,14 @@ def bundle_for(model_root: Path | None, scratch: Path, customers: int) -> tuple[
     return model_root, prepare_bundle(model_root, customers=customers)
 
 
-def demo_customers(n: int, seed: int = 7) -> Any:
-    """A pandas frame of ``n`` generated customers in the demo contract (no responses needed)."""
+def demo_customers(n: int, seed: int = 7, shape: str = "demo") -> Any:
+    """A pandas frame of ``n`` generated customers of ``shape`` (no responses needed)."""
     try:
         from training.generate import generate_demo
     except ImportError:
         generate_demo = None
     if generate_demo is not None:
-        return generate_demo(n, seed).customers
+        return generate_demo(n, seed, shape).customers
     sys.path.insert(0, str(ROOT / "tests"))
     from bundle_builder import synthetic_customers
 

@@ -57,15 +57,24 @@ if [ "$MODE" = "--smoke" ]; then
     RESULTS=(--results "$WORK/results")
 fi
 
+PRODUCTION=()
 if wants serving || wants batch || wants profile; then
     customers=75000
     [ "$MODE" = "--smoke" ] && customers=5000
     echo "==> preparing the shared demo bundle ($customers customers)"
     "$PY" -m bench.demo_bundle --out "$WORK/model_artifacts" --customers "$customers"
+    if [ "$MODE" != "--smoke" ]; then
+        # issue 12: 12 features, 6 campaigns, ~200 trees of 31 leaves, trained by our CLI
+        echo "==> preparing the production-sized bundle ($customers customers)"
+        "$PY" -m bench.demo_bundle --out "$WORK/production_artifacts" --customers "$customers" \
+            --shape production
+        PRODUCTION=(--production-root "$WORK/production_artifacts")
+    fi
 fi
 if wants serving; then
     echo "==> serving"
-    "$PY" -m bench.serving "$MODE" --model-root "$WORK/model_artifacts" "${RESULTS[@]}"
+    "$PY" -m bench.serving "$MODE" --model-root "$WORK/model_artifacts" "${PRODUCTION[@]}" \
+        "${RESULTS[@]}"
 fi
 if wants profile; then
     echo "==> profile of one request"
@@ -73,7 +82,8 @@ if wants profile; then
 fi
 if wants batch; then
     echo "==> offline batch scoring"
-    "$PY" -m bench.batch_scoring "$MODE" --model-root "$WORK/model_artifacts" "${RESULTS[@]}"
+    "$PY" -m bench.batch_scoring "$MODE" --model-root "$WORK/model_artifacts" "${PRODUCTION[@]}" \
+        "${RESULTS[@]}"
 fi
 if wants training; then
     echo "==> training"

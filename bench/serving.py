@@ -1,4 +1,4 @@
-"""Serving benchmark: gunicorn + Flask endpoints against the floor endpoint, interleaved.
+"""Serving benchmark: gunicorn + Flask endpoints against two floors, interleaved, two models.
 
 One gunicorn worker is pinned to core 0 (``taskset -c 0``) and the load generator to core 1, so
 the worker has a core of its own; a second run uses two workers (then server and load generator
@@ -6,13 +6,20 @@ share both cores, so its figures are a lower bound). The load generator is wrk (
 for POST bodies) when installed, else a small threaded Python client; both keep ``connections``
 keep-alive connections busy for a fixed time on loopback.
 
-Each round runs every scenario once, in an order that is reversed every other round, and each
-endpoint is compared with the floor endpoint (``POST /bench/floor``: parse the JSON body, return
-a constant JSON, same server settings) measured in the same round with the same body. Reported:
-medians over rounds of requests/s, customers/s, p50, p99, the ratio to the floor, errors
-(non-2xx answers and socket errors) and the RSS of each worker.
+Three servers run side by side, each pinned the same way and idle while another is measured:
+the *bare floor* (``bench/bare_floor.py``: a plain Flask route under a plain sync gunicorn
+worker, parse the JSON and return a constant), and the service (our gunicorn.conf.py, worker
+recycling on as in production) once with the demo bundle and once with a production-sized one
+(``--production-root``: 12 features, 6 campaigns, ~200 trees of 31 leaves). Each round runs
+every scenario of every server once, in an order reversed every other round; each endpoint is
+compared with the service's own floor (``POST /bench/floor``: the same key check and JSON
+parsing under the same server settings, constant answer) and with the bare floor, both measured
+in the same round. Reported: medians over rounds of requests/s, customers/s, p50, p99, both
+ratios, errors (non-2xx answers and socket errors), the RSS of each worker and how many workers
+were replaced (recycled) during the run.
 
     python -m bench.serving [--quick | --full | --smoke] [--workers 1,2] [--loadgen auto]
+        [--model-root DIR] [--production-root DIR] [--max-requests N]
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from bench.common import (
     PYTHON,
     ROOT,
     bundle_for,
+    bundle_source,
     child_env,
     demo_customers,
     fmt,
@@ -54,11 +62,24 @@ from bench.common import (
 HOST = "127.0.0.1"
 FLOOR_PATH = "/bench/floor"
 BATCH_SIZE = 1000
-#: targets from issue 3 ("Speed"), for one worker
+#: the server that runs bench/bare_floor.py
+BARE = "bare"
+BARE_FLOOR = "bare floor"
+#: targets from issue 3 ("Speed"), for one worker, demo bundle
 TARGET_PREDICT_RATIO = 0.75
 TARGET_RECOMMEND_RATIO = 0.6
 TARGET_P99_MS = 10.0
 TARGET_BATCH_CUSTOMERS_PER_S = 50_000
+#: targets from issue 12, one worker, production-sized bundle, ratios to the bare floor
+ISSUE12_TARGETS = (
+    # (scenario, measure, goal, at least?)
+    ("floor", "ratio_to_bare", 0.95, True),
+    ("predict-segment", "ratio_to_bare", 0.9, True),
+    ("recommend", "ratio_to_bare", 0.8, True),
+    ("recommend", "p99_ms", 5.0, False),
+    ("recommend explain=true", "ratio_to_bare", 0.5, True),
+    (f"recommend batch of {BATCH_SIZE}", "customers_per_s", 150_000, True),
+)
 
 MODES = {
     # rounds, seconds per measurement, warm-up seconds per scenario, worker counts
@@ -70,18 +91,20 @@ MODES = {
 
 @dataclass(frozen=True)
 class Scenario:
-    """One thing to measure: an endpoint, a body, and the floor it is compared with."""
+    """One thing to measure: a server, an endpoint, a body, and the floor it is compared with."""
 
     name: str
     path: str
     body: bytes
     customers: int
     floor: str | None
+    #: which server answers: BARE or the label of a bundle ("demo", "production")
+    server: str = "demo"
 
     @property
-    def label(self) -> str:
-        """How the tables name it."""
-        return self.name
+    def key(self) -> str:
+        """Unique across servers: the server's label and the scenario's name."""
+        return f"{self.server}/{self.name}"
 
 
 def customer_records(model_root: Path, n: int) -> list[dict[str, Any]]:
@@ -89,7 +112,8 @@ def customer_records(model_root: Path, n: int) -> list[dict[str, Any]]:
     from scoring.bundle import load_current
 
     names = load_current(model_root).schema.input_names
-    frame = demo_customers(max(n, 50), seed=11)
+    shape = "production" if len(names) > 7 else "demo"
+    frame = demo_customers(max(n, 50), seed=11, shape=shape)
     records = []
     for i, row in enumerate(frame[names].itertuples(index=False)):
         record: dict[str, Any] = {"customer_id": f"bench-{i}"}
@@ -100,28 +124,40 @@ def customer_records(model_root: Path, n: int) -> list[dict[str, Any]]:
     return records[:n]
 
 
-def build_scenarios(model_root: Path, batch_size: int = BATCH_SIZE) -> list[Scenario]:
-    """The measured scenarios in their base order, with their floors."""
-    records = customer_records(model_root, batch_size)
-    # the single-customer body: the first customer with every input present
-    single = max(records[:50], key=len)
-    one = json.dumps(single).encode()
-    explain = json.dumps({**single, "explain": True}).encode()
-    batch = json.dumps({"customers": records}).encode()
-    return [
-        Scenario("floor", FLOOR_PATH, one, 1, None),
-        Scenario("predict-segment", "/predict-segment", one, 1, "floor"),
-        Scenario("recommend", "/recommend", one, 1, "floor"),
-        Scenario("recommend explain=true", "/recommend", explain, 1, "floor"),
-        Scenario(f"floor (batch body, {batch_size})", FLOOR_PATH, batch, 1, None),
-        Scenario(
-            f"recommend batch of {batch_size}",
-            "/recommend",
-            batch,
-            batch_size,
-            f"floor (batch body, {batch_size})",
-        ),
-    ]
+def build_scenarios(
+    model_roots: dict[str, Path] | Path, batch_size: int = BATCH_SIZE
+) -> list[Scenario]:
+    """The measured scenarios in their base order, with their floors: the bare floor, then the
+    same scenarios for each bundle (``{"demo": root, "production": root}``)."""
+    if isinstance(model_roots, Path):
+        model_roots = {"demo": model_roots}
+    scenarios: list[Scenario] = []
+    for label, root in model_roots.items():
+        records = customer_records(root, batch_size)
+        # the single-customer body: the first customer with every input present
+        single = max(records[:50], key=len)
+        one = json.dumps(single).encode()
+        explain = json.dumps({**single, "explain": True}).encode()
+        batch = json.dumps({"customers": records}).encode()
+        if not scenarios:
+            # the bare floor parses the first bundle's single-customer body
+            scenarios.append(Scenario(BARE_FLOOR, FLOOR_PATH, one, 1, None, BARE))
+        scenarios += [
+            Scenario("floor", FLOOR_PATH, one, 1, None, label),
+            Scenario("predict-segment", "/predict-segment", one, 1, "floor", label),
+            Scenario("recommend", "/recommend", one, 1, "floor", label),
+            Scenario("recommend explain=true", "/recommend", explain, 1, "floor", label),
+            Scenario(f"floor (batch body, {batch_size})", FLOOR_PATH, batch, 1, None, label),
+            Scenario(
+                f"recommend batch of {batch_size}",
+                "/recommend",
+                batch,
+                batch_size,
+                f"floor (batch body, {batch_size})",
+                label,
+            ),
+        ]
+    return scenarios
 
 
 # ---- the server ---------------------------------------------------------------------------------
@@ -162,9 +198,17 @@ def rss_mb(pid: int) -> float | None:
 
 @contextlib.contextmanager
 def gunicorn_server(
-    model_root: Path, workers: int, cores: str | None, threads: int | None, log: Path
+    model_root: Path | None,
+    workers: int,
+    cores: str | None,
+    threads: int | None,
+    log: Path,
+    max_requests: int | None = None,
 ) -> Iterator[tuple[int, int]]:
-    """Start gunicorn with the project's config; yield (port, master pid); stop it afterwards."""
+    """Start gunicorn with the project's config; yield (port, master pid); stop it afterwards.
+
+    ``model_root`` None starts the bare floor instead (bench/bare_floor.py, gunicorn's defaults).
+    """
     port = free_port()
     metrics_dir = Path(tempfile.mkdtemp(prefix="bench-prom-"))
     env = child_env(
@@ -176,18 +220,30 @@ def gunicorn_server(
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         # the access log is part of the server settings; keep it, but away from the terminal
         LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-        # Recycling a worker after N requests reloads the bundle (a second or two with no
-        # answers from a single worker): it would land inside some measurements and not others.
-        GUNICORN_MAX_REQUESTS="0",
     )
     # measure the configured server: the benchmark must not inherit a caller's overrides
-    for name in ("REDIS_URL", "GUNICORN_THREADS", "MODEL_VERSION", "BUNDLE_HMAC_KEY"):
+    for name in (
+        "REDIS_URL",
+        "GUNICORN_THREADS",
+        "GUNICORN_MAX_REQUESTS",
+        "MODEL_VERSION",
+        "BUNDLE_HMAC_KEY",
+    ):
         env.pop(name, None)
     if threads is not None:
         env["GUNICORN_THREADS"] = str(threads)
-    cmd = [*taskset(cores), PYTHON, "-m", "gunicorn", *gunicorn_config(workers, threads, port)]
+    if max_requests is not None:
+        env["GUNICORN_MAX_REQUESTS"] = str(max_requests)
+    cwd = ROOT
+    if model_root is None:
+        # gunicorn reads ./gunicorn.conf.py when present: start the bare floor elsewhere
+        cwd = metrics_dir
+        args = ["--bind", f"{HOST}:{port}", "--workers", str(workers), "bench.bare_floor:app"]
+    else:
+        args = gunicorn_config(workers, threads, port)
+    cmd = [*taskset(cores), PYTHON, "-m", "gunicorn", *args]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=out)
     try:
         _wait_ready(port, proc, log)
         deadline = time.monotonic() + 30
@@ -222,7 +278,8 @@ def _wait_ready(port: int, proc: Any, log: Path, timeout: float = 90.0) -> None:
             conn.request("GET", "/readyz")
             status = conn.getresponse().status
             conn.close()
-            if status == 200:
+            # the bare floor has no /readyz: any answer means it is up
+            if status == 200 or status == 404:
                 return
         except OSError:
             pass
@@ -237,10 +294,10 @@ def _tail(log: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def check_answers(port: int, scenarios: list[Scenario]) -> None:
+def check_answers(ports: dict[str, int], scenarios: list[Scenario]) -> None:
     """One request per scenario must answer 200 with a JSON body before anything is timed."""
     for sc in scenarios:
-        conn = http.client.HTTPConnection(HOST, port, timeout=30)
+        conn = http.client.HTTPConnection(HOST, ports[sc.server], timeout=30)
         conn.request("POST", sc.path, sc.body, _headers())
         resp = conn.getresponse()
         payload = resp.read()
@@ -380,7 +437,7 @@ def python_load(port: int, sc: Scenario, connections: int, duration: float) -> d
 
 # ---- one configuration --------------------------------------------------------------------------
 def run_configuration(
-    model_root: Path,
+    model_roots: dict[str, Path] | Path,
     scenarios: list[Scenario],
     *,
     workers: int,
@@ -391,50 +448,77 @@ def run_configuration(
     loadgen: str,
     threads: int | None,
     scratch: Path,
+    max_requests: int | None = None,
 ) -> dict[str, Any]:
-    """Start a server with ``workers`` workers, measure every scenario ``rounds`` times."""
+    """Start the servers with ``workers`` workers each, measure every scenario ``rounds`` times."""
+    if isinstance(model_roots, Path):
+        model_roots = {"demo": model_roots}
     # one worker: server on core 0, load on core 1; two workers: both use both cores
     server_cores, load_cores = ("0", "1") if workers == 1 else (None, None)
     if not taskset("0,1"):
         server_cores = load_cores = None
-    log = scratch / f"gunicorn-{workers}w.log"
-    per_round: dict[str, list[dict[str, Any]]] = {sc.name: [] for sc in scenarios}
-    rss: dict[int, list[float]] = {}
+    per_round: dict[str, list[dict[str, Any]]] = {sc.key: [] for sc in scenarios}
+    rss: dict[str, dict[int, list[float]]] = {}
+    ports: dict[str, int] = {}
+    masters: dict[str, int] = {}
+    pids_seen: dict[str, set[int]] = {}
 
     def drive(sc: Scenario, seconds: float) -> dict[str, Any]:
+        port = ports[sc.server]
         if loadgen == "wrk":
             return wrk_load(port, sc, connections, seconds, load_cores, scratch)
         with _affinity(load_cores):
             return python_load(port, sc, connections, seconds)
 
-    with gunicorn_server(model_root, workers, server_cores, threads, log) as (port, master):
-        check_answers(port, scenarios)
+    def look_at_workers() -> None:
+        for label, master in masters.items():
+            for pid in worker_pids(master):
+                pids_seen.setdefault(label, set()).add(pid)
+                value = rss_mb(pid)
+                if value is not None:
+                    rss.setdefault(label, {}).setdefault(pid, []).append(value)
+
+    with contextlib.ExitStack() as stack:
+        servers = {sc.server for sc in scenarios}
+        for label in [BARE, *model_roots]:
+            if label not in servers:
+                continue
+            root = None if label == BARE else model_roots[label]
+            log = scratch / f"gunicorn-{label}-{workers}w.log"
+            ports[label], masters[label] = stack.enter_context(
+                gunicorn_server(root, workers, server_cores, threads, log, max_requests)
+            )
+        check_answers(ports, scenarios)
         for sc in scenarios:
             drive(sc, warmup)
+        look_at_workers()
         for r in range(rounds):
             order = scenarios if r % 2 == 0 else list(reversed(scenarios))
             for sc in order:
                 res = drive(sc, duration)
                 res["round"] = r
-                per_round[sc.name].append(res)
+                per_round[sc.key].append(res)
                 print(
-                    f"  {workers}w round {r + 1}/{rounds} {sc.name:<32} "
+                    f"  {workers}w round {r + 1}/{rounds} {sc.server:<10} {sc.name:<28} "
                     f"{res['rps']:>9,.0f} req/s  p99 {res['p99_ms']:6.2f} ms  "
                     f"errors {res['errors']}",
                     flush=True,
                 )
-            for pid in worker_pids(master):
-                value = rss_mb(pid)
-                if value is not None:
-                    rss.setdefault(pid, []).append(value)
+                look_at_workers()
+    service = [label for label in model_roots if label in servers]
     return {
         "workers": workers,
         "server_cores": server_cores or "all",
         "load_generator_cores": load_cores or "all",
         "scenarios": summarise(scenarios, per_round),
-        "worker_rss_mb": [round(max(v), 1) for _, v in sorted(rss.items())],
-        # more pids than workers means a worker was replaced during the run
-        "worker_pids_seen": len(rss),
+        "worker_rss_mb": {
+            label: [round(max(v), 1) for _, v in sorted(rss.get(label, {}).items())]
+            for label in service
+        },
+        # more pids than workers means a worker was replaced (recycled) during the run
+        "workers_replaced": {
+            label: max(0, len(pids_seen.get(label, ())) - workers) for label in service
+        },
         "rounds": per_round,
     }
 
@@ -453,14 +537,23 @@ def _affinity(cores: str | None) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
+def _ratio(runs: list[dict[str, Any]], floor_runs: list[dict[str, Any]]) -> float | None:
+    """Median over rounds of requests/s over the floor's requests/s in the same round."""
+    floors = {r["round"]: r["rps"] for r in floor_runs}
+    ratios = [r["rps"] / floors[r["round"]] for r in runs if floors.get(r["round"])]
+    return median(ratios) if ratios else None
+
+
 def summarise(
     scenarios: list[Scenario], per_round: dict[str, list[dict[str, Any]]]
 ) -> list[dict[str, Any]]:
-    """Medians over rounds; the ratio to the floor is taken round by round, then the median."""
+    """Medians over rounds; ratios to the floors are taken round by round, then the median."""
     out = []
+    bare = next((sc for sc in scenarios if sc.server == BARE), None)
     for sc in scenarios:
-        runs = per_round[sc.name]
+        runs = per_round[sc.key]
         row: dict[str, Any] = {
+            "server": sc.server,
             "name": sc.name,
             "path": sc.path,
             "customers_per_request": sc.customers,
@@ -472,23 +565,47 @@ def summarise(
             "requests": sum(r["requests"] for r in runs),
             "floor": sc.floor,
             "ratio_to_floor": None,
+            "ratio_to_bare": None,
         }
         if sc.floor is not None:
-            floors = {r["round"]: r["rps"] for r in per_round[sc.floor]}
-            ratios = [r["rps"] / floors[r["round"]] for r in runs if floors.get(r["round"])]
-            row["ratio_to_floor"] = median(ratios) if ratios else None
+            row["ratio_to_floor"] = _ratio(runs, per_round[f"{sc.server}/{sc.floor}"])
+        if bare is not None and sc.customers == 1 and "batch body" not in sc.name:
+            row["ratio_to_bare"] = _ratio(runs, per_round[bare.key])
         out.append(row)
     return out
 
 
 def evaluate_targets(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 3's targets against the one-worker figures."""
-    rows = {r["name"]: r for r in config["scenarios"]}
-    batch = next((r for r in config["scenarios"] if r["name"].startswith("recommend batch")), None)
+    """Issue 3's targets (demo bundle) and issue 12's (production-sized), one worker."""
     targets = []
 
-    def add(name: str, target: str, measured: float | None, met: bool | None) -> None:
-        targets.append({"name": name, "target": target, "measured": measured, "met": met})
+    def add(
+        name: str, target: str, measured: float | None, met: bool | None, issue: str = "3"
+    ) -> None:
+        targets.append(
+            {"name": name, "target": target, "measured": measured, "met": met, "issue": issue}
+        )
+
+    production = {r["name"]: r for r in config["scenarios"] if r["server"] == "production"}
+    for scenario, measure, goal, at_least in ISSUE12_TARGETS if production else ():
+        value = production.get(scenario, {}).get(measure)
+        what = {
+            "ratio_to_bare": "rps / bare floor rps",
+            "p99_ms": "p99 at 8 connections (ms)",
+            "customers_per_s": "customers/s per worker",
+        }[measure]
+        met = None
+        if value is not None and value == value:
+            met = value >= goal if at_least else value <= goal
+        add(
+            f"production model: {scenario} {what}",
+            f"{'>=' if at_least else '<='} {goal:,g}",
+            value,
+            met,
+            issue="12",
+        )
+    rows = {r["name"]: r for r in config["scenarios"] if r["server"] == "demo"}
+    batch = next((r for r in rows.values() if r["name"].startswith("recommend batch")), None)
 
     for name, goal in (
         ("predict-segment", TARGET_PREDICT_RATIO),
@@ -496,15 +613,18 @@ def evaluate_targets(config: dict[str, Any]) -> list[dict[str, Any]]:
     ):
         ratio = rows.get(name, {}).get("ratio_to_floor")
         add(
-            f"{name} rps / floor rps", f">= {goal}", ratio, None if ratio is None else ratio >= goal
+            f"demo model: {name} rps / own floor rps",
+            f">= {goal}",
+            ratio,
+            None if ratio is None else ratio >= goal,
         )
     for name in ("predict-segment", "recommend"):
         p99 = rows.get(name, {}).get("p99_ms")
         ok = None if p99 is None or p99 != p99 else p99 <= TARGET_P99_MS
-        add(f"{name} p99 at 8 connections (ms)", f"<= {TARGET_P99_MS:g}", p99, ok)
+        add(f"demo model: {name} p99 at 8 connections (ms)", f"<= {TARGET_P99_MS:g}", p99, ok)
     cps = batch["customers_per_s"] / config["workers"] if batch else None
     add(
-        "batch recommend customers/s per worker",
+        "demo model: batch recommend customers/s per worker",
         f">= {TARGET_BATCH_CUSTOMERS_PER_S:,}",
         cps,
         None if cps is None else cps >= TARGET_BATCH_CUSTOMERS_PER_S,
@@ -518,25 +638,44 @@ def markdown(result: dict[str, Any]) -> str:
     for config in result["configurations"]:
         rows = [
             [
+                r.get("server", "demo"),
                 r["name"],
                 fmt(r["rps"]),
                 fmt(r["customers_per_s"]),
                 fmt(r["p50_ms"], 2),
                 fmt(r["p99_ms"], 2),
                 fmt(r["ratio_to_floor"], 2),
+                fmt(r.get("ratio_to_bare"), 2),
                 fmt(r["errors"]),
             ]
             for r in config["scenarios"]
         ]
-        rss = ", ".join(f"{v:,.0f}" for v in config["worker_rss_mb"]) or "-"
-        replaced = config.get("worker_pids_seen", config["workers"]) - config["workers"]
-        if replaced > 0:
-            rss += f"; {replaced} worker(s) replaced during the run"
+        rss_by = config["worker_rss_mb"]
+        if isinstance(rss_by, list):  # results written before the bare floor was added
+            rss_by = {"demo": rss_by}
+        replaced = config.get("workers_replaced", {})
+        notes = []
+        for label, values in rss_by.items():
+            note = f"{label} {', '.join(f'{v:,.0f}' for v in values) or '-'} MB"
+            if replaced.get(label):
+                note += f" ({replaced[label]} worker(s) recycled during the run)"
+            notes.append(note)
         parts.append(
             f"**{config['workers']} worker(s)** (server cores: {config['server_cores']}, "
-            f"load generator cores: {config['load_generator_cores']}; RSS per worker MB: {rss})\n\n"
+            f"load generator cores: {config['load_generator_cores']}; RSS per worker: "
+            f"{'; '.join(notes) or '-'})\n\n"
             + markdown_table(
-                ["scenario", "req/s", "customers/s", "p50 ms", "p99 ms", "x floor", "errors"],
+                [
+                    "model",
+                    "scenario",
+                    "req/s",
+                    "customers/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "x own floor",
+                    "x bare floor",
+                    "errors",
+                ],
                 rows,
             )
         )
@@ -546,7 +685,7 @@ def markdown(result: dict[str, Any]) -> str:
             for t in result["targets"]
         ]
         parts.append(
-            "**Targets (issue 3, one worker)**\n\n"
+            "**Targets (one worker; issue 3: demo bundle, issue 12: production-sized)**\n\n"
             + markdown_table(["target", "goal", "measured", "met"], rows)
         )
     return "\n\n".join(parts)
@@ -568,6 +707,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     ap.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     ap.add_argument("--model-root", type=Path, help="serve this bundle root (default: train one)")
+    ap.add_argument(
+        "--production-root",
+        type=Path,
+        help="also serve this production-sized bundle root (bench/run.sh trains one)",
+    )
+    ap.add_argument(
+        "--max-requests",
+        type=int,
+        help="GUNICORN_MAX_REQUESTS (default: the service's, recycling on as in production)",
+    )
     ap.add_argument("--customers", type=int, default=75_000, help="demo customers to train on")
     ap.add_argument("--results", type=Path, help="results folder (default bench/results)")
     args = ap.parse_args(argv)
@@ -582,7 +731,12 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     try:
         model_root, source = bundle_for(args.model_root, scratch, args.customers)
-        scenarios = build_scenarios(model_root, args.batch_size)
+        roots = {"demo": model_root}
+        sources = {"demo": source}
+        if args.production_root is not None:
+            roots["production"] = args.production_root
+            sources["production"] = bundle_source(args.production_root)
+        scenarios = build_scenarios(roots, args.batch_size)
         print(
             f"serving benchmark: {loadgen}, {args.connections} connections, {rounds} rounds x "
             f"{duration:g} s, workers {workers}",
@@ -598,18 +752,20 @@ def main(argv: list[str] | None = None) -> int:
                 "connections": args.connections,
                 "load_generator": loadgen,
                 "gunicorn_threads": args.threads or "gunicorn.conf.py default",
-                "gunicorn_max_requests": "0 (worker recycling off while measuring)",
+                "gunicorn_max_requests": args.max_requests
+                if args.max_requests is not None
+                else "service default (worker recycling on, as in production)",
                 "gunicorn_config": "gunicorn.conf.py"
                 if (ROOT / "gunicorn.conf.py").is_file()
                 else "command-line flags (gunicorn.conf.py absent), gthread",
-                "bundle": source,
+                "bundles": "; ".join(f"{k}: {v}" for k, v in sources.items()),
             },
             "configurations": [],
         }
         for w in workers:
             result["configurations"].append(
                 run_configuration(
-                    model_root,
+                    roots,
                     scenarios,
                     workers=w,
                     rounds=rounds,
@@ -619,6 +775,7 @@ def main(argv: list[str] | None = None) -> int:
                     loadgen=loadgen,
                     threads=args.threads,
                     scratch=scratch,
+                    max_requests=args.max_requests,
                 )
             )
         one = next((c for c in result["configurations"] if c["workers"] == 1), None)

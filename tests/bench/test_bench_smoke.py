@@ -18,10 +18,12 @@ from bench import batch_scoring, common, profile_request, report, serving, train
 # ---- the scripts, end to end --------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("loadgen", ["python", "wrk"])
-def test_serving_smoke(tiny_bundle_root, tmp_path, loadgen):
+def test_serving_smoke(tiny_bundle_root, fresh_bundle_root, tmp_path, loadgen):
     if loadgen == "wrk" and shutil.which("wrk") is None:
         pytest.skip("wrk is not installed")
     args = ["--smoke", "--model-root", str(tiny_bundle_root), "--results", str(tmp_path)]
+    # a second bundle stands in for the production-sized one (this one has no compiled trees)
+    args += ["--production-root", str(fresh_bundle_root)]
     args += ["--loadgen", loadgen, "--batch-size", "20"]
     if loadgen == "python":
         args += ["--duration", "0.5"]
@@ -31,15 +33,21 @@ def test_serving_smoke(tiny_bundle_root, tmp_path, loadgen):
     assert result["settings"]["load_generator"] == loadgen
     (config,) = result["configurations"]
     assert config["workers"] == 1
-    rows = {r["name"]: r for r in config["scenarios"]}
-    assert {"floor", "predict-segment", "recommend", "recommend explain=true"} <= set(rows)
-    for row in rows.values():
-        assert row["requests"] > 0, row["name"]
-        assert row["errors"] == 0, row["name"]
-    assert rows["recommend batch of 20"]["customers_per_request"] == 20
-    assert rows["recommend"]["ratio_to_floor"] > 0
-    assert len(config["worker_rss_mb"]) == 1 and config["worker_rss_mb"][0] > 0
-    assert {t["name"] for t in result["targets"]} >= {"batch recommend customers/s per worker"}
+    every = {(r["server"], r["name"]): r for r in config["scenarios"]}
+    assert every[("bare", "bare floor")]["requests"] > 0
+    for server in ("demo", "production"):
+        rows = {name: r for (s, name), r in every.items() if s == server}
+        assert {"floor", "predict-segment", "recommend", "recommend explain=true"} <= set(rows)
+        for row in rows.values():
+            assert row["requests"] > 0, row["name"]
+            assert row["errors"] == 0, row["name"]
+        assert rows["recommend batch of 20"]["customers_per_request"] == 20
+        assert rows["recommend"]["ratio_to_floor"] > 0
+        assert rows["recommend"]["ratio_to_bare"] > 0
+        assert len(config["worker_rss_mb"][server]) == 1 and config["worker_rss_mb"][server][0] > 0
+    names = {t["name"] for t in result["targets"]}
+    assert "demo model: batch recommend customers/s per worker" in names
+    assert "production model: recommend rps / bare floor rps" in names
 
 
 @pytest.mark.slow
@@ -49,7 +57,12 @@ def test_batch_scoring_smoke(tiny_bundle_root, tmp_path):
 
     result = json.loads((tmp_path / "batch_scoring.json").read_text())
     assert result["customers"] == 500
-    assert [r["threads"] for r in result["core"]["results"]] == list(batch_scoring.THREADS)
+    # the tiny bundle has compiled trees: both thread counts, then LightGBM's C API beside them
+    assert [(r["path"], r["threads"]) for r in result["core"]["results"]] == [
+        ("compiled trees", 1),
+        ("compiled trees", 2),
+        ("LightGBM C API", 1),
+    ]
     assert result["core"]["pairs_scored"] == 500 * result["core"]["campaigns"]
     if common.training_available():
         assert result["cli"]["customers_per_s"] > 0
@@ -89,19 +102,23 @@ def test_training_smoke(tmp_path):
 # ---- pure helpers -------------------------------------------------------------------------------
 def test_ratio_to_floor_is_taken_within_each_round():
     scenarios = [
+        serving.Scenario("bare floor", "/bench/floor", b"{}", 1, None, serving.BARE),
         serving.Scenario("floor", "/bench/floor", b"{}", 1, None),
         serving.Scenario("recommend", "/recommend", b"{}", 1, "floor"),
     ]
     per_round = {
-        # the machine got twice as slow in round 1: the per-round ratio stays 0.5
-        "floor": [{"round": 0, "rps": 1000.0}, {"round": 1, "rps": 500.0}],
-        "recommend": [{"round": 0, "rps": 500.0}, {"round": 1, "rps": 250.0}],
+        # the machine got twice as slow in round 1: the per-round ratios stay 0.5 and 0.4
+        "bare/bare floor": [{"round": 0, "rps": 1250.0}, {"round": 1, "rps": 625.0}],
+        "demo/floor": [{"round": 0, "rps": 1000.0}, {"round": 1, "rps": 500.0}],
+        "demo/recommend": [{"round": 0, "rps": 500.0}, {"round": 1, "rps": 250.0}],
     }
     for runs in per_round.values():
         for r in runs:
             r.update(p50_ms=1.0, p99_ms=2.0, errors=0, requests=10)
     rows = {r["name"]: r for r in serving.summarise(scenarios, per_round)}
     assert rows["recommend"]["ratio_to_floor"] == pytest.approx(0.5)
+    assert rows["recommend"]["ratio_to_bare"] == pytest.approx(0.4)
+    assert rows["floor"]["ratio_to_bare"] == pytest.approx(0.8)
     assert rows["floor"]["ratio_to_floor"] is None
 
 
