@@ -445,6 +445,15 @@ class ResponseModelConfig:
         "compile the trees to native code for serving (lleaves, in .venv-compile); false: "
         "LightGBM serves",
     )
+    select_smallest: bool = param(
+        True,
+        "keep the smallest model (rounds x leaves; num_leaves, half and a quarter of it tried) "
+        "whose held-out AUC is within auc_tolerance of the best; false: num_leaves and the "
+        "early-stopping round",
+    )
+    auc_tolerance: float = param(
+        0.002, "AUC points the size selection may give up", Interval(0, 0.5, "left")
+    )
 
 
 @dataclass(frozen=True)

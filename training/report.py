@@ -108,6 +108,10 @@ def render_report(result: TrainResult) -> str:
             f"trained on {m['n_train_customers']} customers ({m['n_train_rows']} rows); "
             f"best round {m['best_iteration']}.",
             "",
+        ]
+        if m.get("size_selection", {}).get("enabled"):
+            out += [f"Size selection: {m['size_selection']['traded']}.", ""]
+        out += [
             f"- AUC (all campaigns pooled): {_fmt(m['auc'])}",
             f"- log loss: {_fmt(m['log_loss'], 4)}",
             f"- Brier score: {_fmt(m['brier'], 4)}",
@@ -362,6 +366,8 @@ def summary(result: TrainResult) -> str:
             f"response model: held-out AUC {_fmt(m['auc'])}, log loss {_fmt(m['log_loss'], 4)}, "
             f"{m['n_valid_customers']:,} held-out customers, best round {m['best_iteration']}"
         )
+        if m.get("size_selection", {}).get("enabled"):
+            lines.append(f"response model size: {m['size_selection']['traded']}")
     uplift = result.bundle.manifest.get("metrics", {}).get("uplift")
     if uplift:
         q = uplift["summary"]["qini"]

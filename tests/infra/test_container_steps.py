@@ -64,13 +64,16 @@ OPTIONAL_MODULES = {"training/engines/dask.py": "requirements-dask.txt"}
 
 
 def _pinned_requirements(name: str = "requirements.txt") -> dict[str, str]:
-    """A requirements file as {normalised name: version}; fails on any unpinned line."""
+    """A requirements file as {normalised name: version}; fails on any unpinned line.
+
+    A pin may carry an environment marker (``lleaves==1.3.0; python_version < "3.13"``).
+    """
     pins = {}
     for line in (ROOT / name).read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
         if not line or line.startswith("-r "):
             continue
-        match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([A-Za-z0-9_.+-]+)", line)
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([A-Za-z0-9_.+-]+)(?:\s*;\s*\S.*)?", line)
         assert match, f"{name} line not pinned with ==: {line!r}"
         pins[re.sub(r"[-_.]+", "-", match[1]).lower()] = match[2]
     return pins

@@ -12,10 +12,13 @@ from training.config import ResponseModelConfig, load_config
 from training.generate import write_demo
 from training.prepare import prepare
 from training.response import (
+    _Fit,
     calibration_table,
     fit_response_model,
+    leaf_options,
     model_feature_names,
     response_matrix,
+    smallest_within,
     split_customers,
 )
 
@@ -125,3 +128,57 @@ def test_calibration_bins_are_equal_count_and_ordered():
     means = [b["mean_predicted"] for b in table]
     assert means == sorted(means)
     assert table[-1]["observed_rate"] > table[0]["observed_rate"]
+
+
+# ---- keeping the smallest model within an AUC tolerance ------------------------------------------
+def _fake_fit(leaves: int, auc: list[float]) -> _Fit:
+    return _Fit(leaves=leaves, booster=None, best=len(auc), auc=auc)
+
+
+def test_smallest_model_within_the_tolerance_is_kept():
+    big = _fake_fit(31, [0.70, 0.78, 0.80, 0.805, 0.806])
+    small = _fake_fit(7, [0.65, 0.72, 0.79, 0.799, 0.8045, 0.805])
+    chosen, rounds, evidence = smallest_within([big, small], tolerance=0.002)
+    # best 0.806 (31 leaves, 5 rounds); within 0.002: 31x4=124 leaves or 7x5=35 leaves
+    assert (chosen.leaves, rounds) == (7, 5)
+    assert evidence["best"] == {"leaves": 31, "rounds": 5, "auc": 0.806}
+    assert evidence["chosen"]["auc"] == pytest.approx(0.8045)
+    # no tolerance: the best itself (the smallest model reaching it)
+    chosen, rounds, _ = smallest_within([big, small], tolerance=0.0)
+    assert (chosen.leaves, rounds) == (31, 5)
+
+
+def test_leaf_options_halve_twice_and_stop_at_four():
+    assert leaf_options(31) == [31, 15, 7]
+    assert leaf_options(15) == [15, 7]
+    assert leaf_options(8) == [8, 4]
+    assert leaf_options(4) == [4]
+
+
+def test_size_selection_trades_rounds_for_auc_and_says_so(prepared, labels):
+    config = ResponseModelConfig(learning_rate=0.2, num_leaves=15, auc_tolerance=0.005)
+    selected = fit_response_model(prepared, labels, config)
+    full = fit_response_model(prepared, labels, dataclasses.replace(config, select_smallest=False))
+    sel = selected.metrics["size_selection"]
+    assert sel["enabled"] and "fewer leaves to walk" in sel["traded"]
+    assert sel["chosen"]["auc"] >= sel["best"]["auc"] - 0.005
+    assert [c["leaves"] for c in sel["candidates"]] == [15, 7]
+    chosen_size = selected.booster.current_iteration() * selected.metrics["params"]["num_leaves"]
+    full_size = full.booster.current_iteration() * full.metrics["params"]["num_leaves"]
+    assert chosen_size <= full_size
+    assert full.metrics["size_selection"] == {"enabled": False}
+    assert full.metrics["params"]["num_leaves"] == 15
+    # the held-out AUC of the kept model, as the metrics report it, honours the tolerance
+    assert selected.metrics["auc"] >= sel["best"]["auc"] - 0.005 - 1e-3
+
+
+def test_auc_tolerance_is_checked(tmp_path):
+    from training.config import ConfigError
+
+    cfg = tmp_path / "bad.toml"
+    text = (ROOT / "examples" / "demo.toml").read_text()
+    cfg.write_text(
+        text.replace("seed = 42\n\n[output]", "seed = 42\nauc_tolerance = -1\n\n[output]")
+    )
+    with pytest.raises(ConfigError, match=r"response_model\.auc_tolerance"):
+        load_config(cfg)
