@@ -17,6 +17,8 @@ cd "$ROOT"
 # shellcheck source=scripts/venv.sh
 source scripts/venv.sh
 ensure_venv requirements-dev.txt
+# the tree compiler's own environment: trained bundles then carry compiled trees
+"$ROOT/scripts/compile-venv.sh"
 PY="$VENV/bin/python"
 
 MODE=--quick

@@ -447,7 +447,7 @@ def _compiled_response_model(
         return None, CompiledStatus(False, "the bundle has no compiled trees")
     sample = np.load(path / str(entry["sample"]), allow_pickle=False)
     return compiled_trees.load_checked(
-        path / str(entry["file"]), path / RESPONSE_TEXT, entry.get("platform", {}), sample, booster
+        path / str(entry["file"]), entry.get("platform", {}), sample, booster
     )
 
 

@@ -6,24 +6,36 @@ million (bench/RESULTS.md). Chosen over treelite/tl2cgen by measurement on the p
 model: lleaves was faster for both 6 and 7,000 rows, compiled in half the time and needs no C
 compiler on the training machine (its LLVM comes inside the llvmlite wheel).
 
+Two environments. lleaves 1.3 needs llvmlite < 0.44, but the service and the Dask engine need
+llvmlite 0.50 (numba). So training compiles in the compiler's own environment
+(``.venv-compile``, requirements-compile.txt, made by scripts/compile-venv.sh; or any
+interpreter named by ``TREE_COMPILER_PYTHON``) by running ``python -m scoring.compiled_trees
+compile MODEL.txt OUT.o`` there, and the service loads the object code with its own llvmlite
+through LLVM's MCJIT, as lleaves itself does (:class:`CompiledForest`, about twenty lines written
+here because lleaves' loader cannot be installed beside llvmlite 0.50). The calling convention is
+lleaves' ``forest_root(double *rows, double *out, int start, int end)``.
+
 The artifact is native code, so it follows the pickles' trust rule: it is written by training,
 listed and hashed in the manifest, and loaded only after ``scoring.bundle.verify``. Loading it
 also requires:
 
-- the platform it was built for: the same target triple, every CPU feature it was compiled with
-  present on this CPU, and the same lleaves major.minor (its calling convention);
+- the platform it was built for: the same target triple, no CPU feature it was compiled with
+  missing on this CPU, and lleaves' major version (its calling convention);
 - agreement with LightGBM within :data:`TOLERANCE` on the fixed sample stored beside it
   (held-out rows of the training data, plus copies with missing values), checked at every load.
 
-When the artifact is absent, lleaves is not installed (it needs llvmlite < 0.44, which has no
-wheels for Python 3.13), the platform differs or the check fails, the bundle is served through
-LightGBM's C API instead and :attr:`CompiledStatus.reason` says why.
+When the artifact is absent, llvmlite is not installed, the platform differs or the check fails,
+the bundle is served through LightGBM's C API instead and :attr:`CompiledStatus.reason` says why.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
+import os
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +52,14 @@ SAMPLE_FILE = "response_model_check.npy"
 TOLERANCE = 1e-9
 #: rows of the check sample taken from the held-out data (each also copied with gaps)
 SAMPLE_ROWS = 256
+#: the entry point lleaves compiles (and its calling convention, from lleaves 1.x)
+ENTRY = "forest_root"
+ABI = "lleaves-1"
+#: the interpreter of the compiler's environment (default: .venv-compile beside the project)
+COMPILER_ENV = "TREE_COMPILER_PYTHON"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _DOUBLE_P = ctypes.POINTER(ctypes.c_double)
+_ENTRY_TYPE = ctypes.CFUNCTYPE(None, _DOUBLE_P, _DOUBLE_P, ctypes.c_int, ctypes.c_int)
 
 
 @dataclass(frozen=True)
@@ -64,13 +83,10 @@ class CompiledStatus:
         return ("compiled trees" if self.compiled else "LightGBM C API") + f" ({self.reason})"
 
 
-def _llvm_platform() -> dict[str, Any]:
-    """This machine as lleaves targets it: triple, CPU name, enabled features, versions."""
-    import lleaves
-    import llvmlite
+def _host() -> dict[str, str]:
+    """This machine as LLVM sees it: target triple, CPU name, CPU features (+x,-y,...)."""
     import llvmlite.binding as llvm
 
-    llvm.initialize()
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     try:
@@ -78,32 +94,28 @@ def _llvm_platform() -> dict[str, Any]:
     except RuntimeError:  # LLVM cannot detect them: lleaves then compiles without any
         features = ""
     return {
-        "compiler": "lleaves",
-        "lleaves": lleaves.__version__ if hasattr(lleaves, "__version__") else _version("lleaves"),
-        "llvmlite": llvmlite.__version__,
         "triple": llvm.get_process_triple(),
         "cpu": llvm.get_host_cpu_name(),
         "features": features,
     }
 
 
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "?"
-
-
 def available() -> str | None:
-    """None when lleaves can be used here, else why not."""
+    """None when compiled trees can be loaded here, else why not."""
     try:
-        import lleaves  # noqa: F401
         import llvmlite.binding  # noqa: F401
     except ImportError as exc:
-        return f"lleaves is not installed ({exc.name})"
+        return f"llvmlite is not installed ({exc.name})"
     return None
+
+
+def compiler_python() -> str | None:
+    """The interpreter that compiles: ``TREE_COMPILER_PYTHON``, else .venv-compile's, else None."""
+    named = os.environ.get(COMPILER_ENV)
+    if named:
+        return named
+    default = PROJECT_ROOT / ".venv-compile" / "bin" / "python"
+    return str(default) if default.is_file() else None
 
 
 def check_sample(held_out: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -117,25 +129,58 @@ def check_sample(held_out: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(np.vstack([rows, gaps]))
 
 
+def _compile_here(model_path: Path, object_path: Path) -> dict[str, Any]:
+    """Compile with the lleaves installed in this interpreter; return the platform record."""
+    from importlib.metadata import version
+
+    import lleaves
+    import llvmlite
+
+    model = lleaves.Model(model_file=str(model_path))
+    model.compile(cache=str(object_path))
+    return {
+        "compiler": "lleaves",
+        "lleaves": version("lleaves"),
+        "llvmlite": llvmlite.__version__,
+        "abi": ABI,
+        "n_features": model.num_feature(),
+        **_host(),
+    }
+
+
 def compile_model(model_text: str, held_out: np.ndarray) -> CompiledArtifact:
     """Compile a LightGBM model (its text format) for this machine with lleaves.
 
-    Raises RuntimeError when lleaves is not available; training catches it and writes the
-    bundle without the artifact (it is then served through LightGBM).
+    Runs in the compiler's environment (:func:`compiler_python`). Raises RuntimeError when there
+    is none or it fails; training then writes the bundle without the artifact.
     """
-    why = available()
-    if why is not None:
-        raise RuntimeError(why)
-    import lleaves
-
+    python = compiler_python()
+    if python is None:
+        raise RuntimeError(
+            "no tree compiler: run scripts/compile-venv.sh (creates .venv-compile) or set "
+            f"{COMPILER_ENV}"
+        )
     with tempfile.TemporaryDirectory(prefix="lleaves-") as tmp:
-        text_path = Path(tmp) / "model.txt"
-        text_path.write_text(model_text)
-        obj_path = Path(tmp) / OBJECT_FILE
-        model = lleaves.Model(model_file=str(text_path))
-        model.compile(cache=str(obj_path))
-        code = obj_path.read_bytes()
-    return CompiledArtifact(code, _llvm_platform(), check_sample(held_out))
+        model_path = Path(tmp) / "model.txt"
+        model_path.write_text(model_text)
+        object_path = Path(tmp) / OBJECT_FILE
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])
+        )
+        run = subprocess.run(
+            [python, "-m", "scoring.compiled_trees", "compile", str(model_path), str(object_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=1800,
+        )
+        if run.returncode != 0 or not object_path.is_file():
+            tail = (run.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"the tree compiler ({python}) failed: {tail}")
+        platform = json.loads(run.stdout.strip().splitlines()[-1])
+        code = object_path.read_bytes()
+    return CompiledArtifact(code, platform, check_sample(held_out))
 
 
 def platform_mismatch(platform: dict[str, Any]) -> str | None:
@@ -143,43 +188,59 @@ def platform_mismatch(platform: dict[str, Any]) -> str | None:
     why = available()
     if why is not None:
         return why
-    here = _llvm_platform()
-    if platform.get("compiler") != "lleaves":
-        return f"compiled by {platform.get('compiler')!r}, this code loads lleaves artifacts"
-    if _major_minor(platform.get("lleaves")) != _major_minor(here["lleaves"]):
-        return f"built with lleaves {platform.get('lleaves')}, installed is {here['lleaves']}"
+    here = _host()
+    if platform.get("compiler") != "lleaves" or platform.get("abi") != ABI:
+        return (
+            f"compiled by {platform.get('compiler')!r} ({platform.get('abi')}), this code "
+            f"loads {ABI} artifacts"
+        )
+    if _major(platform.get("lleaves")) != _major(ABI.split("-")[1]):
+        return f"built with lleaves {platform.get('lleaves')}, this code loads lleaves 1.x"
     if platform.get("triple") != here["triple"]:
         return f"built for {platform.get('triple')}, this machine is {here['triple']}"
-    needed = {f for f in str(platform.get("features", "")).split(",") if f.startswith("+")}
-    present = {f for f in here["features"].split(",") if f.startswith("+")}
-    missing = sorted(f[1:] for f in needed - present)
+    # Features this CPU lacks (LLVM lists it with "-"); a name this LLVM does not know at all
+    # (LLVM versions rename a few) is left to the check sample.
+    needed = {f[1:] for f in str(platform.get("features", "")).split(",") if f.startswith("+")}
+    lacking = {f[1:] for f in here["features"].split(",") if f.startswith("-")}
+    missing = sorted(needed & lacking)
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         return f"built for a CPU with {shown}, which this CPU lacks"
     return None
 
 
-def _major_minor(v: Any) -> tuple[str, ...]:
-    return tuple(str(v).split(".")[:2])
+def _major(v: Any) -> str:
+    return str(v).split(".")[0]
 
 
 class CompiledForest:
     """Probabilities from the compiled trees: the same numbers as LightGBM's, faster."""
 
-    def __init__(self, model: Any, n_features: int) -> None:
-        self._model = model  # keeps the execution engine (and the code) alive
-        self._entry = model._c_entry_func
+    def __init__(self, engine: Any, entry: Any, n_features: int) -> None:
+        self._engine = engine  # keeps the execution engine (and the code) alive
+        self._entry = entry
         self.n_features = n_features
 
     @classmethod
-    def load(cls, object_path: Path, model_text_path: Path) -> CompiledForest:
-        """Load verified object code; lleaves reads the model text only for its shape."""
-        import lleaves
+    def load(cls, object_path: Path, n_features: int) -> CompiledForest:
+        """Load verified object code into an MCJIT engine, as lleaves does from its cache."""
+        import llvmlite.binding as llvm
 
-        model = lleaves.Model(model_file=str(model_text_path))
-        # With an existing cache file lleaves loads that object code and compiles nothing.
-        model.compile(cache=str(object_path))
-        return cls(model, model.num_feature())
+        host = _host()
+        target = llvm.Target.from_triple(host["triple"])
+        machine = target.create_target_machine(
+            cpu=host["cpu"], features=host["features"], reloc="pic", codemodel="large"
+        )
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), machine)
+        code = object_path.read_bytes()
+        # the object cache hands MCJIT our (verified) code instead of compiling the empty module
+        engine.set_object_cache(getbuffer_func=lambda _module: code)
+        engine.finalize_object()
+        engine.run_static_constructors()
+        address = engine.get_function_address(ENTRY)
+        if not address:
+            raise RuntimeError(f"no {ENTRY} in {object_path.name}")
+        return cls(engine, _ENTRY_TYPE(address), n_features)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Probability of response for each row of a (n, n_features) float64 array."""
@@ -207,7 +268,6 @@ class CompiledForest:
 
 def load_checked(
     object_path: Path,
-    model_text_path: Path,
     platform: dict[str, Any],
     sample: np.ndarray,
     booster: Any,
@@ -219,14 +279,17 @@ def load_checked(
     mismatch = platform_mismatch(platform)
     if mismatch is not None:
         return None, CompiledStatus(False, mismatch)
+    if platform.get("n_features") != booster.num_feature():
+        # the compiled code reads that many values per row: never run it on other rows
+        return None, CompiledStatus(
+            False,
+            f"{platform.get('n_features')} features compiled, the model has "
+            f"{booster.num_feature()}",
+        )
     try:
-        forest = CompiledForest.load(object_path, model_text_path)
+        forest = CompiledForest.load(object_path, booster.num_feature())
     except Exception as exc:  # noqa: BLE001 -- any failure to load native code: fall back
         return None, CompiledStatus(False, f"cannot load {object_path.name}: {exc}")
-    if forest.n_features != booster.num_feature():
-        return None, CompiledStatus(
-            False, f"{forest.n_features} features compiled, the model has {booster.num_feature()}"
-        )
     expected = booster.predict(sample)
     got = forest.predict(sample)
     worst = float(np.max(np.abs(got - expected))) if len(sample) else 0.0
@@ -237,3 +300,20 @@ def load_checked(
     return forest, CompiledStatus(
         True, f"lleaves {platform.get('lleaves')}, {len(sample)} check rows within {worst:.1g}"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m scoring.compiled_trees compile MODEL.txt OUT.o``, in the compiler's environment.
+
+    Prints the platform record (JSON) on its last line of output.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3 or args[0] != "compile":
+        print("usage: python -m scoring.compiled_trees compile MODEL.txt OUT.o", file=sys.stderr)
+        return 2
+    print(json.dumps(_compile_here(Path(args[1]), Path(args[2]))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,6 +18,8 @@ cd "$ROOT"
 source scripts/venv.sh
 
 ensure_venv requirements.txt
+# the tree compiler's own environment: trained bundles then carry compiled trees
+"$ROOT/scripts/compile-venv.sh"
 PY="$VENV/bin/python"
 
 export MODEL_ROOT=${MODEL_ROOT:-model_artifacts}

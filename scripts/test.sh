@@ -19,6 +19,8 @@ trap 'exit 143' TERM
 ensure_venv requirements-dev.txt
 # The stream job's own environment (PyFlink + the scoring core; tests/stream runs the job in it).
 "$ROOT/scripts/stream-venv.sh"
+# the tree compiler's own environment: trained bundles then carry compiled trees
+"$ROOT/scripts/compile-venv.sh"
 redis_ensure
 export REDIS_URL
 

@@ -64,22 +64,16 @@ def compile_response_model(
     """The response model compiled to native code for this machine, or None.
 
     None when disabled (``response_model.compile = false``), when there is no model, or when
-    lleaves is unavailable or fails: the bundle is then served through LightGBM, which gives
-    the same numbers more slowly, so training goes on with a warning.
+    the tree compiler is missing or fails: the bundle is then served through LightGBM, which
+    gives the same numbers more slowly, so training goes on with a warning.
     """
     if response is None or not config.compile:
-        return None
-    why = compiled_trees.available()
-    if why is not None:
-        log.warning("response model not compiled: %s; it will be served through LightGBM", why)
         return None
     rows = response.check_rows if response.check_rows is not None else np.empty((0, 0))
     try:
         artifact = compiled_trees.compile_model(response.booster.model_to_string(), rows)
     except Exception as exc:  # noqa: BLE001 -- an optional speed-up must not fail training
-        log.warning(
-            "response model not compiled (%s: %s); served through LightGBM", type(exc).__name__, exc
-        )
+        log.warning("response model not compiled (%s); it will be served through LightGBM", exc)
         return None
     log.info(
         "response model compiled for %s (%s): %d KiB of native code",

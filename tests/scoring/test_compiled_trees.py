@@ -108,19 +108,38 @@ def test_compiled_entry_must_list_its_files(compiled_copy):
         load_current(compiled_copy)
 
 
+def _lacked_feature() -> str:
+    """A CPU feature LLVM knows and this CPU lacks (LLVM lists it with a minus)."""
+    features = compiled_trees._host()["features"].split(",")
+    return next(f[1:] for f in features if f.startswith("-"))
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
         ({"triple": "aarch64-unknown-linux-gnu"}, "built for aarch64-unknown-linux-gnu"),
-        ({"features": "+sse2,+imaginary-feature"}, "imaginary-feature, which this CPU lacks"),
-        ({"lleaves": "0.1.0"}, "built with lleaves 0.1.0"),
+        ({"features": "+FEATURE"}, "FEATURE, which this CPU lacks"),
+        ({"lleaves": "2.0.0"}, "built with lleaves 2.0.0"),
         ({"compiler": "tl2cgen"}, "compiled by 'tl2cgen'"),
     ],
 )
-def test_other_platform_falls_back_to_lightgbm(change, reason):
-    here = compiled_trees._llvm_platform()
+def test_other_platform_falls_back_to_lightgbm(compiled_root, change, reason):
+    here = load_current(compiled_root).manifest[COMPILED]["platform"]
     assert platform_mismatch(here) is None
+    if change.get("features") == "+FEATURE":
+        feature = _lacked_feature()
+        change, reason = {"features": f"+{feature}"}, f"{feature}, which this CPU lacks"
     assert reason in platform_mismatch({**here, **change})
+
+
+def test_compiled_in_its_own_environment_loaded_by_the_service(compiled_root):
+    """lleaves (llvmlite < 0.44) compiles in .venv-compile; the service's llvmlite loads it."""
+    import llvmlite
+
+    platform = load_current(compiled_root).manifest[COMPILED]["platform"]
+    assert platform["llvmlite"].startswith("0.43")
+    assert not llvmlite.__version__.startswith("0.43")
+    assert platform["n_features"] == load_current(compiled_root).response_model.num_feature()
 
 
 def test_foreign_artifact_serves_through_lightgbm(compiled_copy, demo_request):
@@ -163,6 +182,23 @@ def test_artifact_that_disagrees_with_lightgbm_is_not_used(compiled_copy, tmp_pa
     bundle = load_current(compiled_copy)
     assert bundle.compiled_forest is None
     assert f"(> {TOLERANCE:g})" in bundle.compiled_status.reason
+
+
+def test_artifact_for_another_feature_count_is_never_run(compiled_copy):
+    def other_width(manifest):
+        manifest[COMPILED]["platform"]["n_features"] += 1
+
+    _rewrite_manifest(compiled_copy, other_width)
+    bundle = load_current(compiled_copy)
+    assert bundle.compiled_forest is None
+    assert "features compiled, the model has" in bundle.compiled_status.reason
+
+
+def test_no_compiler_means_no_artifact_and_says_how_to_get_one(monkeypatch):
+    monkeypatch.setenv(compiled_trees.COMPILER_ENV, "")
+    monkeypatch.setattr(compiled_trees, "PROJECT_ROOT", compiled_trees.PROJECT_ROOT / "nowhere")
+    with pytest.raises(RuntimeError, match=r"run scripts/compile-venv\.sh"):
+        compile_model("tree", np.zeros((2, 2)))
 
 
 def test_bundle_without_compiled_trees_says_so(fresh_bundle_root):
