@@ -60,13 +60,17 @@ def _copy_target(source: str, dest: str) -> str:
 
 #: modules of optional engines the image does not run, and the requirements file that pins
 #: their extra dependencies (checked against that file instead of requirements.txt)
-OPTIONAL_MODULES = {"training/engines/dask.py": "requirements-dask.txt"}
+OPTIONAL_MODULES = {
+    "training/engines/dask.py": "requirements-dask.txt",
+    # the tree compiler (lleaves) runs in its own environment, .venv-compile
+    "scoring/compiled_trees.py": "requirements-compile.txt",
+}
 
 
 def _pinned_requirements(name: str = "requirements.txt") -> dict[str, str]:
     """A requirements file as {normalised name: version}; fails on any unpinned line.
 
-    A pin may carry an environment marker (``lleaves==1.3.0; python_version < "3.13"``).
+    A pin may carry an environment marker (``pkg==1.0; python_version < "3.13"``).
     """
     pins = {}
     for line in (ROOT / name).read_text(encoding="utf-8").splitlines():
