@@ -59,8 +59,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # (it picks its multiprocess mode once, at import).
     from api.auth import KeyRing
     from api.cache import ProfileCache, redis_client
+    from api.caps import FrequencyCaps
     from api.errors import register_error_handlers
     from api.extensions import EXTENSION, Services
+    from api.feedback import FeedbackStream
     from api.limits import RateLimiter
     from api.metrics import Metrics
     from api.model import ModelState
@@ -99,6 +101,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         keys=KeyRing(settings.API_KEYS, settings.ADMIN_API_KEYS),
         cache=cache,
         model=model,
+        caps=FrequencyCaps(
+            client,
+            prefix=settings.CACHE_PREFIX,
+            fail=settings.CAPS_FAIL,
+            on_failure=metrics.count_caps_failure,
+        ),
+        feedback=FeedbackStream(
+            client, settings.FEEDBACK_STREAM or f"{settings.CACHE_PREFIX}:feedback"
+        ),
         app_version=_app_version(),
         features=FeatureStore(client, metrics, prefix=settings.CACHE_PREFIX),
         routes=routes,

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -131,7 +132,7 @@ class FrequencyCaps:
         self.fail = fail
         self.clock = clock
         self.on_failure = on_failure
-        self._script = client.register_script(_ADMIT) if client is not None else None
+        self._script: Any = None  # registered on first use (a test double may lack scripts)
 
     def keys(self, customer_id: str | None, campaign_id: str) -> tuple[str, str, str]:
         """The three counter keys of a (customer, campaign) pair now ("" without a customer)."""
@@ -174,6 +175,8 @@ class FrequencyCaps:
         try:
             if commit:
                 k = n if top_k is None else top_k
+                if self._script is None:
+                    self._script = self.client.register_script(_ADMIT)
                 codes = self._script(keys=keys, args=[k, *limits, DAY_TTL, WEEK_TTL, DAY_TTL])
                 return self._from_codes([int(c) for c in codes])
             used = [i for i, key in enumerate(keys) if key and limits[i] >= 0]
@@ -208,3 +211,42 @@ class FrequencyCaps:
         if self.fail == OPEN:
             return CapResult([True] * n, [None] * n, status)
         return CapResult([False] * n, ["caps_unavailable"] * n, status)
+
+
+#: why an answer lost every offer to the caps
+ALL_CAPPED = "every campaign with a positive gain is at a frequency cap"
+CAPS_UNAVAILABLE = "frequency caps cannot be checked (Redis unavailable, failing closed)"
+
+
+def apply_caps(
+    caps: FrequencyCaps,
+    limits: Sequence[tuple[int | None, int | None, int | None]],
+    campaign_index: dict[str, int],
+    result: dict,
+    customer_id: object,
+    *,
+    commit: bool,
+    top_k: int | None,
+) -> None:
+    """Keep the answer's offers that pass their caps (counting them with ``commit``), at most
+    ``top_k``, and add ``caps`` {status, capped, committed} to the answer (and a reason when
+    nothing is left)."""
+    items = result["campaigns"]
+    candidates = [
+        (item["campaign_id"], CapLimits(*limits[campaign_index[item["campaign_id"]]]))
+        for item in items
+    ]
+    cid = None if customer_id is None else str(customer_id)
+    checked = caps.check(cid, candidates, commit=commit, top_k=top_k)
+    kept = [item for item, ok in zip(items, checked.allowed, strict=True) if ok]
+    if top_k is not None:
+        kept = kept[:top_k]
+    capped = [
+        item["campaign_id"]
+        for item, ok, why in zip(items, checked.allowed, checked.reasons, strict=True)
+        if not ok and why is not None
+    ]
+    result["campaigns"] = kept
+    result["caps"] = {"status": checked.status, "capped": capped, "committed": commit}
+    if not kept and items and "reason" not in result:
+        result["reason"] = CAPS_UNAVAILABLE if checked.status == f"failed_{CLOSED}" else ALL_CAPPED

@@ -14,7 +14,8 @@ The service's own errors form a small tree; each carries its HTTP status and cod
     ├── ValidationFailed   422    validation_error: field-keyed messages
     ├── TooManyRequests    429    too_many_requests: a rate limit (Retry-After, retry_after)
     ├── NotReady           503    not_ready: no verified bundle loaded yet
-    └── FeatureStoreDown   503    feature_store_unavailable: Redis down (with Retry-After)
+    ├── FeatureStoreDown   503    feature_store_unavailable: Redis down (with Retry-After)
+    └── FeedbackDown       503    feedback_unavailable: the feedback stream cannot be written
 
 Errors from elsewhere are mapped here too: a marshmallow ``ValidationError`` a view lets escape
 is 422 ``validation_error`` with field-keyed messages (one handler, no try/except in views);
@@ -173,6 +174,12 @@ class FeatureStoreDown(ApiError):
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class FeedbackDown(ApiError):
+    """The feedback stream cannot be written (no Redis configured, or Redis failed)."""
+
+    status, code = 503, "feedback_unavailable"
 
 
 def envelope(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from flask import current_app
 
 from api.auth import KeyRing
 from api.cache import ProfileCache
+from api.caps import FrequencyCaps
+from api.feedback import FeedbackStream
 from api.limits import RateLimiter
 from api.metrics import Metrics
 from api.model import ModelState
@@ -30,6 +32,10 @@ class Services:
     app_version: str
     #: stored features for requests by customer id (disabled without Redis)
     features: FeatureStore
+    #: frequency caps (Redis counters; disabled without Redis)
+    caps: FrequencyCaps
+    #: the feedback stream (POST /feedback, hold-out records)
+    feedback: FeedbackStream
     #: the registered routes (api/routes.py): /openapi.json documents these
     routes: tuple = ()
     #: rate limits (api/limits.py; off unless configured)

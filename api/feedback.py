@@ -9,6 +9,7 @@ copy, so nothing here trims it.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -46,3 +47,25 @@ class FeedbackStream:
                 f"feedback stream unavailable ({exc.__class__.__name__})"
             ) from None
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+
+def holdout_events(
+    result: Mapping[str, Any], customer_id: Any, model_version: str, now: float
+) -> list[dict[str, Any]]:
+    """The hold-out records of a committed answer: one per campaign the customer was held out
+    of, with an event id fixed per (customer, campaign, UTC day) so a repeat is folded once."""
+    if customer_id is None:
+        return []
+    day = dt.datetime.fromtimestamp(now, dt.UTC)
+    stamp = day.isoformat(timespec="seconds")
+    return [
+        {
+            "event_id": f"holdout:{customer_id}:{campaign}:{day:%Y%m%d}",
+            "customer_id": str(customer_id),
+            "campaign_id": campaign,
+            "type": HOLDOUT,
+            "timestamp": stamp,
+            "model_version": model_version,
+        }
+        for campaign in result.get("held_out", ())
+    ]

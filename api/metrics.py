@@ -121,9 +121,31 @@ class Metrics:
             registry=r,
             multiprocess_mode="liveall",
         )
+        self.caps_failures = Counter(
+            "segsvc_frequency_caps_unavailable_total",
+            "Requests whose frequency caps could not be checked, by how they failed "
+            "(failed_open: offers let through; failed_closed: none)",
+            ["status"],
+            registry=r,
+        )
+        self.feedback_events = Counter(
+            "segsvc_feedback_events_total",
+            "Feedback events appended to the stream, by type",
+            ["type"],
+            registry=r,
+        )
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._customer_children: dict[str, Counter] = {}
         self._segment_children: dict[tuple[str, int], tuple[Counter, str]] = {}
+
+    def count_caps_failure(self, status: str) -> None:
+        """A request whose caps Redis could not check (failed_open or failed_closed)."""
+        self.caps_failures.labels(status).inc()
+
+    def count_feedback(self, types: list[str]) -> None:
+        """Events appended to the feedback stream."""
+        for t in types:
+            self.feedback_events.labels(t).inc()
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""

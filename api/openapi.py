@@ -196,6 +196,11 @@ ERRORS: dict[str, ErrorDoc] = {
         retry_after=True,
     ),
     "not_ready": ErrorDoc(503, "No verified bundle loaded", "no verified model bundle is loaded"),
+    "feedback_unavailable": ErrorDoc(
+        503,
+        "The feedback stream cannot be written",
+        "feedback needs Redis: set REDIS_URL",
+    ),
     "feature_store_unavailable": ErrorDoc(
         503,
         "The feature store is unavailable",

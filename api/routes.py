@@ -106,6 +106,51 @@ ROUTES: tuple[Route, ...] = (
         components=(sc.RecommendResponse, sc.RecommendBatchResponse),
     ),
     Route(
+        "POST",
+        "/feedback",
+        views.feedback,
+        "Report what happened to offers: impressions, clicks, conversions",
+        plain_response(
+            "Appended to the feedback stream",
+            "FeedbackResponse",
+            {"accepted": {"accepted": 1, "stream_ids": ["1764669600000-0"]}},
+        ),
+        description='One event or `{"events": [...]}` (at most MAX_BATCH_ITEMS). Events go '
+        "to a Redis Stream that `python -m training feedback fold` turns into the next "
+        "training's response history; a repeated `event_id` is folded once.",
+        security=SCORING_KEY,
+        request=plain_request(
+            "FeedbackRequest",
+            {
+                "batch": {
+                    "events": [
+                        {
+                            "event_id": "evt-0001",
+                            "customer_id": "c-42",
+                            "campaign_id": "cashback",
+                            "type": "conversion",
+                            "value": 18.0,
+                            "timestamp": "2026-12-02T10:00:00Z",
+                            "model_version": "v1",
+                        }
+                    ]
+                }
+            },
+        ),
+        errors=(
+            "bad_request",
+            "unauthorized",
+            "forbidden",
+            "payload_too_large",
+            "unsupported_media_type",
+            "validation_error",
+            "too_many_requests",
+            "not_ready",
+            "feedback_unavailable",
+        ),
+        components=(sc.FeedbackEvent, sc.FeedbackRequest, sc.FeedbackResponse),
+    ),
+    Route(
         "GET",
         "/healthz",
         health.healthz,

@@ -18,8 +18,9 @@ the hot path serialises plain dicts with orjson instead of dumping through them.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from scoring.features import FeatureSchema
 
 CUSTOMER_ID = "customer_id"
 CUSTOMERS = "customers"
-OPTION_NAMES = ("top_k", "channel", "exclude", "explain")
+OPTION_NAMES = ("top_k", "channel", "exclude", "explain", "commit")
 CAMPAIGN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_CUSTOMER_ID_LENGTH = 128
 MAX_CATEGORY_LENGTH = 256
@@ -240,6 +241,13 @@ def option_fields(engine: ScoringEngine) -> dict[str, fields.Field]:
         "explain": StrictBoolean(
             metadata={"description": "add each campaign's top feature contributions (log-odds)"}
         ),
+        "commit": StrictBoolean(
+            metadata={
+                "description": "the offers will be sent: check and count the frequency caps in "
+                "one atomic step, and record control-group hold-outs in the feedback stream "
+                "(without it caps are only read)"
+            }
+        ),
     }
 
 
@@ -439,6 +447,8 @@ class RequestSchemas:
             for cid in v:
                 if type(cid) is not str or not CAMPAIGN_ID_RE.match(cid):
                     return False
+        if "commit" in body and type(body["commit"]) is not bool:
+            return False
         return "explain" not in body or type(body["explain"]) is bool
 
     # ---- loading: fast check first, marshmallow for the verdict and the messages ----------------
@@ -651,6 +661,21 @@ class RankedCampaign(Schema):
     )
 
 
+class CapsInfo(Schema):
+    """How the frequency caps treated this answer."""
+
+    status = fields.String(
+        required=True,
+        metadata={"description": "ok, disabled (no Redis), failed_open or failed_closed"},
+    )
+    capped = fields.List(
+        fields.String(), required=True, metadata={"description": "campaigns dropped at a cap"}
+    )
+    committed = fields.Boolean(
+        required=True, metadata={"description": "true when the offers were counted (commit)"}
+    )
+
+
 class RecommendResult(_SegmentAnswer):
     """One customer's segment and ranked campaigns (an item of a batch answer)."""
 
@@ -678,6 +703,10 @@ class RecommendResult(_SegmentAnswer):
         metadata={"description": "present when the request has no customer_id: never held out"}
     )
     reason = fields.String(metadata={"description": "why the campaign list is empty"})
+    caps = fields.Nested(
+        CapsInfo,
+        metadata={"description": "present when the pool has frequency caps or commit is true"},
+    )
 
 
 class RecommendResponse(RecommendResult):
@@ -797,3 +826,96 @@ class ReloadResponse(Schema):
             "RELOAD_POLL_SECONDS, else this_worker"
         },
     )
+
+
+#: the event types a client reports (the service itself records hold-outs)
+FEEDBACK_TYPES = ("impression", "click", "conversion")
+
+
+def _iso_timestamp(value: str) -> bool:
+    try:
+        dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+class FeedbackEvent(_Strict):
+    """One feedback event: what happened to an offer (or a held-out customer)."""
+
+    event_id = StrictString(
+        required=True,
+        validate=validate.Length(min=1, max=128),
+        metadata={"description": "unique id: a repeat is folded once", "example": "evt-0001"},
+    )
+    customer_id = CustomerId(
+        required=True, metadata={"description": "the customer", **CUSTOMER_ID_JSON_SCHEMA}
+    )
+    campaign_id = StrictString(
+        required=True,
+        validate=validate.Regexp(CAMPAIGN_ID_RE),
+        metadata={"description": "a campaign of the served pool"},
+    )
+    type = StrictString(
+        required=True,
+        validate=validate.OneOf(FEEDBACK_TYPES),
+        metadata={"description": "impression, click or conversion"},
+    )
+    value = StrictFloat(
+        allow_none=True,
+        validate=validate.Range(min=-MAX_MAGNITUDE, max=MAX_MAGNITUDE),
+        metadata={"description": "monetary value of a conversion (optional)"},
+    )
+    timestamp = StrictString(
+        required=True,
+        validate=[validate.Length(max=64), lambda v: _iso_timestamp(v) or _raise_timestamp()],
+        metadata={"description": "ISO 8601 time of the event", "example": "2026-12-02T10:00:00Z"},
+    )
+    model_version = StrictString(
+        validate=validate.Length(max=128),
+        metadata={"description": "the model version that made the offer"},
+    )
+
+
+def _raise_timestamp() -> bool:
+    raise ValidationError("Not an ISO 8601 timestamp (e.g. 2026-12-02T10:00:00Z).")
+
+
+class FeedbackRequest(_Strict):
+    """A batch of feedback events (a single event may also be sent on its own)."""
+
+    events = fields.List(
+        fields.Nested(FeedbackEvent),
+        required=True,
+        validate=validate.Length(min=1),
+        metadata={"description": "at most MAX_BATCH_ITEMS events"},
+    )
+
+
+class FeedbackResponse(Schema):
+    """Events appended to the feedback stream."""
+
+    accepted = fields.Integer(required=True)
+    stream_ids = fields.List(fields.String(), required=True)
+
+
+def load_feedback(body: Any, campaign_ids: Collection[str], max_items: int) -> list[dict]:
+    """A /feedback body (one event, or {"events": [...]}) -> events; unknown campaigns and too
+    many events are field errors (422)."""
+    if isinstance(body, dict) and "events" in body:
+        events = FeedbackRequest().load(body)["events"]
+        prefix = "events."
+    else:
+        events = [FeedbackEvent().load(body)]
+        prefix = ""
+    if len(events) > max_items:
+        raise ValidationError({"events": [f"at most {max_items} events per request"]})
+    known = set(campaign_ids)
+    errors: dict[str, Any] = {}
+    for i, event in enumerate(events):
+        if event["campaign_id"] not in known:
+            key = f"{prefix}{i}.campaign_id" if prefix else "campaign_id"
+            errors[key] = [f"unknown campaign {event['campaign_id']!r}; not in the served pool"]
+    if errors:
+        raise ValidationError(errors)
+    return events

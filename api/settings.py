@@ -154,6 +154,13 @@ def _host(name: str, raw: Any) -> str:
     return text
 
 
+def _caps_fail(name: str, raw: Any) -> str:
+    text = (_text(name, raw) or "").lower()
+    if text not in ("open", "closed"):
+        raise SettingsError(f"{name}={raw!r}: expected open or closed")
+    return text
+
+
 def _meta(parse: Callable[[str, Any], Any], *, secret: bool = False) -> dict[str, Any]:
     return {"parse": parse, "secret": secret}
 
@@ -243,6 +250,10 @@ class Settings(_FromEnvironment):
     PROMETHEUS_MULTIPROC_DIR: Path | None = field(default=None, metadata=_meta(_optional_path))
     #: expose POST /bench/floor (the benchmark's baseline endpoint)
     BENCH_FLOOR: bool = field(default=False, metadata=_meta(_bool))
+    #: with Redis down, frequency caps let every offer through ("open") or none ("closed")
+    CAPS_FAIL: str = field(default="open", metadata=_meta(_caps_fail))
+    #: Redis Stream of feedback events (default "{CACHE_PREFIX}:feedback")
+    FEEDBACK_STREAM: str | None = field(default=None, metadata=_meta(_text))
 
     def _check(self) -> None:
         if self.PROFILE_MEMO_SECONDS > self.CACHE_TTL_SECONDS:

@@ -11,6 +11,8 @@ by the one handler in ``api/errors.py``. The views are registered by the route t
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,12 +21,16 @@ from flask import Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.auth import HEADER, SCORING
-from api.errors import BadRequest, Unauthorized, UnsupportedMedia, envelope
+from api.caps import apply_caps
+from api.errors import BadRequest, FeedbackDown, Unauthorized, UnsupportedMedia, envelope
 from api.extensions import Services, get_services
+from api.feedback import FeedbackUnavailable, holdout_events
 from api.model import LoadedModel
 from api.online import LAST_SCORED, complete_batch, complete_one
-from api.schemas import CUSTOMER_ID, CUSTOMERS, RequestSchemas
+from api.schemas import CUSTOMER_ID, CUSTOMERS, RequestSchemas, load_feedback
 from scoring.engine import NoResponseModelError
+
+log = logging.getLogger(__name__)
 
 JSON = "application/json"
 #: Content-Encoding values that leave the body as sent (anything else, e.g. gzip: 415)
@@ -176,6 +182,47 @@ def _score_batch(
     return response
 
 
+def _targeting_options(engine: Any, options: dict[str, Any]) -> tuple[bool, int | None, bool]:
+    """Take ``commit`` (and, when caps apply, ``top_k``) out of the ranking options.
+
+    With frequency caps or a commit, the engine ranks every campaign worth offering and the
+    caps pick the first ``top_k`` that pass; otherwise nothing here touches the request.
+    """
+    commit = bool(options.pop("commit", False))
+    targeted = commit or engine.tables.has_caps
+    top_k = options.pop("top_k", None) if targeted else options.get("top_k")
+    return commit, top_k, targeted
+
+
+def _target(
+    services: Services,
+    loaded: LoadedModel,
+    result: dict[str, Any],
+    customer_id: Any,
+    commit: bool,
+    top_k: int | None,
+) -> None:
+    """Frequency caps on one answer and, for a committed send, its hold-out records."""
+    tables = loaded.engine.tables
+    apply_caps(
+        services.caps,
+        tables.caps,
+        tables.campaign_index,
+        result,
+        customer_id,
+        commit=commit,
+        top_k=top_k,
+    )
+    if commit and result.get("held_out"):
+        events = holdout_events(result, customer_id, loaded.version, time.time())
+        try:
+            services.feedback.append(events)
+            services.metrics.count_feedback([e["type"] for e in events])
+        except FeedbackUnavailable as exc:
+            # the offer still goes out; the control group loses one record, and the log says so
+            log.warning("hold-out records not written: %s", exc)
+
+
 # ---- endpoints ----------------------------------------------------------------------------------
 def predict_segment() -> Response:
     """One customer (or ``{"customers": [...]}``) -> segment, stats and default campaigns."""
@@ -222,26 +269,31 @@ def recommend() -> Response:
     schemas = loaded.schemas
     if type(body) is dict and CUSTOMERS in body:
         batch = schemas.load_batch(body, recommend=True)
-        options = batch.options
-        return _score_batch(
-            services,
-            loaded,
-            schemas,
-            batch.customers,
-            lambda records: engine.recommend(
-                engine.batch_from_records(records),
-                customer_ids=[r.get(CUSTOMER_ID) for r in records],
-                **options,
-            ),
-            "recommend",
-        )
+        options = dict(batch.options)
+        commit, top_k, targeted = _targeting_options(engine, options)
+
+        def score(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            ids = [r.get(CUSTOMER_ID) for r in records]
+            results = engine.recommend(
+                engine.batch_from_records(records), customer_ids=ids, **options
+            )
+            if targeted:
+                for cid, result in zip(ids, results, strict=True):
+                    _target(services, loaded, result, cid, commit, top_k)
+            return results
+
+        return _score_batch(services, loaded, schemas, batch.customers, score, "recommend")
     last_scored = None
     if services.features.names_stored_customer(body, engine.schema):
         completed = complete_one(services.features, schemas, engine.schema, body, recommend=True)
         record, options, last_scored = completed.record, completed.options, completed.last_scored
     else:
         record, options = schemas.load_recommend(body)
+    options = dict(options)
+    commit, top_k, targeted = _targeting_options(engine, options)
     result = engine.recommend_one(record, **options)
+    if targeted:
+        _target(services, loaded, result, record.get(CUSTOMER_ID), commit, top_k)
     out = _answer(result, record, _stats_lookup(services, loaded), last_scored)
     out["model_version"] = loaded.version
     _count(services, loaded, "recommend", [result])
@@ -258,3 +310,23 @@ def bench_floor() -> Response:
     services.model.serving()
     read_json()
     return Response(_FLOOR, content_type=JSON)
+
+
+def feedback() -> Response:
+    """Feedback events (one, or ``{"events": [...]}``) -> appended to the Redis Stream (202).
+
+    Checked like every request: a campaign outside the served pool is a 422 naming it; the
+    whole request is refused if any event is invalid, so a client never half-sends a batch.
+    """
+    services = get_services()
+    authorised(services)
+    loaded = services.model.serving()
+    body = read_json()
+    admitted(services, body)
+    events = load_feedback(body, loaded.engine.campaign_ids, services.settings.MAX_BATCH_ITEMS)
+    try:
+        ids = services.feedback.append(events)
+    except FeedbackUnavailable as exc:
+        raise FeedbackDown(str(exc)) from None
+    services.metrics.count_feedback([e["type"] for e in events])
+    return json_response({"accepted": len(ids), "stream_ids": ids}, status=202)

@@ -93,7 +93,9 @@ class ScoringEngine:
         self.segment_names = list(tables.segment_names)
         self.campaigns = list(tables.campaigns)
         self.campaign_ids = [c.id for c in self.campaigns]
-        self.channels = set(tables.channels)
+        self.channels = set(tables.channels) | {
+            ch for c in self.campaigns for ch in (c.channels or ())
+        }
         self.has_response_model = bundle.response_model is not None
         #: the response model (None for a segmentation-only bundle)
         self.model = (

@@ -85,6 +85,10 @@ class ScoringTables:
     has_holdout: bool
     #: "uplift" (the bundle has a control model) or "response"
     ranking: str
+    #: per campaign: (per_customer_day, per_customer_week, daily_cap), None where uncapped
+    caps: tuple[tuple[int | None, int | None, int | None], ...]
+    #: True when some campaign has a frequency cap
+    has_caps: bool
 
     @classmethod
     def of(cls, bundle: Bundle) -> ScoringTables:
@@ -134,6 +138,12 @@ class ScoringTables:
             dated=any(c.start or c.end for c in campaigns),
             has_holdout=pool.holdout_share > 0 or any(c.holdout_share > 0 for c in campaigns),
             ranking="uplift" if bundle.control_model is not None else "response",
+            caps=(
+                caps := tuple(
+                    (c.per_customer_day, c.per_customer_week, c.daily_cap) for c in campaigns
+                )
+            ),
+            has_caps=any(v is not None for cap in caps for v in cap),
         )
 
     def segment_result(self, s: int, distance: float, atypical: bool) -> dict[str, Any]:
