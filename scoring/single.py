@@ -47,6 +47,7 @@ class SingleCustomerScorer:
         self.today = today or dt.date.today
         self._numeric_names = list(tables.schema.numeric_names)
         self._costs = tables.costs.tolist()
+        self._campaign_ids = [c.id for c in tables.campaigns]
         self._active_day: dt.date | None = None
         self._active: list[bool] = [True] * len(tables.campaigns)
         # Python-list copies of the tables: indexing a list is several times cheaper than
@@ -171,7 +172,7 @@ class SingleCustomerScorer:
             record.get("customer_id"),
             [chosen[r] for r in positive],
             len(chosen),
-            [c.id for c in camps],
+            self._campaign_ids,
             tables.holdout_shares,
             tables.pool.salt,
             tables.pool.holdout_share,
