@@ -16,13 +16,22 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.reliability.harness import Load, Server, summarize
+from bench.reliability.harness import (
+    ADMIN_KEY,
+    CUSTOMER,
+    SCORING_KEY,
+    Load,
+    Server,
+    free_port,
+    summarize,
+)
 from scoring.bundle import MANIFEST, SIGNATURE, load_current, set_current, sign, write_bundle
 
 #: the five ways a bundle can be bad, each refused before anything is unpickled
@@ -293,3 +302,330 @@ def slow_clients(
             "none failed": tally["failed"] == 0,
         },
     }
+
+
+# ---- Redis killed and frozen under load --------------------------------------------------------
+class OwnRedis:
+    """A redis-server of our own on a free loopback port (the shared one is never touched)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="segsvc-redis-"))
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """Its URL."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> OwnRedis:
+        """Start it and wait until it answers."""
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("redis-server did not start")
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to our redis-server (SIGSTOP freezes it, SIGCONT thaws it)."""
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL it and reap it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        """Stop it whatever its state."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def redis_faults(
+    bundle_root: Path, *, fault_seconds: float = 10.0, clients: int = 4
+) -> list[dict[str, Any]]:
+    """Redis killed (then restarted on its port), and frozen (SIGSTOP/SIGCONT), under load.
+
+    Expected: profiles come from memory meanwhile; no request fails; the service finds Redis
+    again by itself.
+    """
+    redis_server = OwnRedis().start()
+    out = []
+    try:
+        env = {"REDIS_URL": redis_server.url, "PROFILE_MEMO_SECONDS": "0.5"}
+        with Server(bundle_root, env=env) as server:
+            for fault in ("kill", "freeze"):
+                load = Load(server, clients=clients).start()
+                time.sleep(2)
+                t0 = time.monotonic()
+                if fault == "kill":
+                    redis_server.kill()
+                    time.sleep(fault_seconds)
+                    redis_server.start()
+                else:
+                    redis_server.signal(signal.SIGSTOP)
+                    time.sleep(fault_seconds)
+                    redis_server.signal(signal.SIGCONT)
+                t1 = time.monotonic()
+                time.sleep(3)
+                answers = load.stop()
+                during = summarize(answers, t0, t1)
+                redis_state = server.readyz().get("redis")
+                out.append(
+                    {
+                        "scenario": f"Redis {'killed' if fault == 'kill' else 'frozen'} under load",
+                        "load": f"{clients} closed-loop clients, /predict-segment",
+                        "injected": f"redis-server {'SIGKILL' if fault == 'kill' else 'SIGSTOP'}"
+                        f" for {fault_seconds:.0f} s, then "
+                        + ("restarted" if fault == "kill" else "SIGCONT"),
+                        **during,
+                        "checks": {
+                            "no request failed or lost": during["failed"] == 0
+                            and during["lost"] == 0,
+                            "requests served during the fault": during["ok"] > 0,
+                            "redis seen again": redis_state in ("ok", "down"),
+                        },
+                    }
+                )
+    finally:
+        redis_server.stop()
+    return out
+
+
+# ---- reload under load ---------------------------------------------------------------------------
+def reload_under_load(bundle_root: Path, *, clients: int = 4) -> dict[str, Any]:
+    """POST /admin/reload to a new bundle under load, recording every answer's version.
+
+    Expected: nothing fails; once every worker reports the new version, no answer carries the
+    old one.
+    """
+    root = copy_root(bundle_root)
+    with Server(root) as server:
+        old = server.readyz()["model_version"]
+        new = add_version(root, "v2-reload", make_current=True).name
+        load = Load(server, clients=clients).start()
+        time.sleep(2)
+        t0 = time.monotonic()
+        status, body, _ = server.call("POST", "/admin/reload", {}, key=ADMIN_KEY)
+        server.wait_for(lambda: server.versions() == {new: 2}, "every worker on the new bundle")
+        t_all = time.monotonic()
+        time.sleep(2)
+        answers = load.stop()
+    late_old = [a for a in answers if a.sent_at > t_all + 0.05 and a.version == old]
+    switch = [a for a in answers if a.version == new]
+    tally = summarize(answers, t0)
+    return {
+        "scenario": "reload under load",
+        "load": f"{clients} closed-loop clients, /predict-segment",
+        "injected": f"POST /admin/reload {old} -> {new}",
+        **tally,
+        "fleet_switch_seconds": round(t_all - t0, 2),
+        "first_new_after_seconds": round(min(a.sent_at for a in switch) - t0, 2)
+        if switch
+        else None,
+        "checks": {
+            "reload answered 200 for all workers": status == 200
+            and body.get("scope") == "all_workers",
+            "no request failed or lost": tally["failed"] == 0 and tally["lost"] == 0,
+            "no old answer after every worker switched": not late_old,
+        },
+    }
+
+
+# ---- bad bundles at start and by /admin/reload -------------------------------------------------
+def bad_bundles(bundle_root: Path, *, kinds: tuple[str, ...] = BAD_BUNDLES) -> dict[str, Any]:
+    """Each bad bundle: as `current` at start (not ready, alive), and by /admin/reload (409)."""
+    root = copy_root(bundle_root)
+    key = b"reliability-hmac-key"
+    source = add_version(root, "v1-signed", hmac_key=key, make_current=True).name
+    env = {"BUNDLE_HMAC_KEY": key.decode()}
+    checks: dict[str, bool] = {}
+    with Server(root, env=env) as server:
+        for kind in kinds:
+            folder = make_bad(root, kind, source, hmac_key=key)
+            status, body, _ = server.call(
+                "POST", "/admin/reload", {"version": folder}, key=ADMIN_KEY
+            )
+            checks[f"reload refuses {kind}"] = (
+                status == 409 and body["error"]["code"] == "bundle_rejected"
+            )
+        checks["still serving the good bundle"] = server.versions() == {source: 2}
+    for kind in kinds:
+        start_root = copy_root(root)
+        set_current(start_root, make_bad(start_root, kind, source, hmac_key=key))
+        server = Server(start_root, env=env)
+        try:
+            server.workers = 0  # start() waits for this many ready workers: none expected
+            server.start()
+            server.wait_for(
+                lambda server=server: len(server.readyz().get("workers", [])) == 2,
+                "both workers tried",
+                120,
+            )
+            ready = server.call("GET", "/readyz", key=None)
+            health = server.call("GET", "/healthz", key=None)
+            checks[f"start on {kind}: alive, not ready"] = ready[0] == 503 and health[0] == 200
+        finally:
+            server.stop()
+    return {
+        "scenario": "bad bundles at start and by /admin/reload",
+        "load": "single requests",
+        "injected": ", ".join(kinds),
+        "sent": len(kinds) * 3,
+        "checks": checks,
+    }
+
+
+# ---- kill -9 of a worker -------------------------------------------------------------------------
+def kill_worker(bundle_root: Path, *, clients: int = 4) -> dict[str, Any]:
+    """SIGKILL one worker under load; count what is lost and how long until 2 are ready again."""
+    with Server(bundle_root) as server:
+        victim = server.readyz()["workers"][0]["pid"]
+        load = Load(server, clients=clients).start()
+        time.sleep(2)
+        t0 = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        server.wait_for(
+            lambda: (
+                server.ready_workers() == 2
+                and victim not in {w["pid"] for w in server.readyz()["workers"]}
+            ),
+            "a ready replacement",
+            180,
+        )
+        replaced = time.monotonic() - t0
+        time.sleep(1)
+        answers = load.stop()
+    tally = summarize(answers, t0 - 2)
+    return {
+        "scenario": "kill -9 of a worker under load",
+        "load": f"{clients} closed-loop clients, /predict-segment",
+        "injected": "SIGKILL to one of 2 workers",
+        **tally,
+        "replacement_ready_seconds": round(replaced, 2),
+        "checks": {
+            "only requests in flight on the victim lost": tally["lost"] <= clients,
+            "nothing answered with an error": tally["failed"] == 0,
+        },
+    }
+
+
+# ---- soak ----------------------------------------------------------------------------------------
+def _rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def soak(bundle_root: Path, *, seconds: float = 300.0, clients: int = 2) -> dict[str, Any]:
+    """Steady load for ``seconds``; RSS of every worker sampled every 10 % of the run."""
+    with Server(bundle_root, env={"GUNICORN_MAX_REQUESTS": "0"}) as server:
+        pids = [w["pid"] for w in server.readyz()["workers"]]
+        load = Load(server, clients=clients).start()
+        samples = []
+        for _ in range(10):
+            time.sleep(seconds / 10)
+            samples.append([_rss_mb(p) for p in pids])
+        answers = load.stop()
+    tally = summarize(answers)
+    first, last = samples[0], samples[-1]
+    growth = max((b or 0) - (a or 0) for a, b in zip(first, last, strict=True))
+    return {
+        "scenario": "soak",
+        "load": f"{clients} closed-loop clients for {seconds:.0f} s, no recycling",
+        "injected": "nothing",
+        **tally,
+        "rss_mb_per_worker": {"first": first, "last": last},
+        "checks": {
+            "no request failed or lost": tally["failed"] == 0 and tally["lost"] == 0,
+            "RSS grew < 20 MB per worker after the first sample": growth < 20,
+        },
+    }
+
+
+# ---- batch abuse ---------------------------------------------------------------------------------
+def batch_abuse(
+    bundle_root: Path,
+    redis_url: str,
+    *,
+    seconds: float = 15.0,
+    abusers: int = 8,
+    limits: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One key sends ``abusers`` parallel 1,000-customer batches with explain; another key
+    sends single customers. With limits (``limits``), the abuser is held to its rate."""
+    prefix = f"segsvc-rel-abuse-{free_port()}"
+    env = {
+        "REDIS_URL": redis_url,
+        "CACHE_PREFIX": prefix,
+        "API_KEYS": f"{SCORING_KEY},abuser-key",
+        **(limits or {}),
+    }
+    batch = {"customers": [dict(CUSTOMER)] * 1000, "explain": True}
+    try:
+        with Server(bundle_root, env=env) as server:
+            abuse = Load(server, clients=abusers, path="/recommend", body=batch, key="abuser-key")
+            victim = Load(server, clients=1, path="/recommend")
+            abuse.start()
+            victim.start()
+            time.sleep(seconds)
+            abused = abuse.stop()
+            answers = victim.stop()
+    finally:
+        _clean_prefix(redis_url, prefix)
+    tally = summarize(answers)
+    abuser = summarize(abused)
+    return {
+        "scenario": "batch abuse" + (" with rate limits" if limits else " without rate limits"),
+        "load": f"1 client of single /recommend; {abusers} parallel 1,000-customer explain "
+        "batches from one key",
+        "injected": ", ".join(f"{k}={v}" for k, v in (limits or {}).items()) or "no limits",
+        **tally,
+        "abuser_ok": abuser["ok"],
+        "abuser_refused": sum(1 for a in abused if a.status == 429),
+        "checks": {"single customers answered": tally["ok"] > 0 and tally["lost"] == 0},
+    }
+
+
+def _clean_prefix(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
