@@ -29,3 +29,13 @@ def test_recycling_never_leaves_no_worker(tiny_bundle_root):
     """(4) Workers past their budget retire one at a time, after the last one's replacement."""
     result = scenarios.recycling(tiny_bundle_root, recycles=3, max_requests=150)
     assert not _failed(result), result
+
+
+def test_reload_under_load_switches_every_worker_without_a_failure(tiny_bundle_root):
+    result = scenarios.reload_under_load(tiny_bundle_root, clients=2)
+    assert not _failed(result), result
+
+
+def test_kill_9_of_a_worker_loses_only_what_it_had_in_hand(tiny_bundle_root):
+    result = scenarios.kill_worker(tiny_bundle_root, clients=2)
+    assert not _failed(result), result
