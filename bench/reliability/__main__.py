@@ -39,6 +39,16 @@ def _before(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _reference(result: dict[str, Any]) -> dict[str, Any]:
+    """The abuse without limits: what the limits are compared with (single customers starve)."""
+    result["checks"] = {
+        "reference without limits: single customers slowed (p50 > 500 ms) or lost": (
+            result["lost"] > 0 or (result["p50_ms"] or 0) > 500
+        )
+    }
+    return result
+
+
 def plan(root: Path, quick: bool, redis_url: str) -> dict[str, Callable[[], Any]]:
     """Scenario name -> a call that runs it (long or short version)."""
     q = quick
@@ -59,7 +69,7 @@ def plan(root: Path, quick: bool, redis_url: str) -> dict[str, Callable[[], Any]
         "kill_worker": lambda: sc.kill_worker(root),
         "redis_faults": lambda: sc.redis_faults(root, fault_seconds=5 if q else 12),
         "batch_abuse": lambda: [
-            sc.batch_abuse(root, redis_url, seconds=8 if q else 20),
+            _reference(sc.batch_abuse(root, redis_url, seconds=8 if q else 20)),
             sc.batch_abuse(root, redis_url, seconds=8 if q else 20, limits=limits),
         ],
         "soak": lambda: sc.soak(root, seconds=30 if q else 300),
