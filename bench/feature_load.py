@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--customers", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    ap.add_argument("--results", type=Path, help="results folder (default bench/results)")
     args = ap.parse_args(argv)
 
     import redis
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "customers_per_second": rate,
         "target": 100_000,
     }
-    publish("feature_load", result, table)
+    publish("feature_load", result, table, args.results)
     return 0
 
 

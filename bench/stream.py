@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--monitor-ms", type=int, default=100)
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--core", default="1", help="core to pin the job to (taskset -c)")
+    ap.add_argument("--results", type=Path, help="results folder (default bench/results)")
     args = ap.parse_args(argv)
 
     import redis
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency_ms": latencies,
         "requests_per_second": per_second,
     }
-    publish("stream", result, table)
+    publish("stream", result, table, args.results)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

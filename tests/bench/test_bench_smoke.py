@@ -148,3 +148,13 @@ def test_run_child_measures_its_own_child():
     ).check("allocating")
     assert run.stdout.strip() == "done"
     assert run.max_rss_mb >= 80
+
+
+def test_feature_load_smoke(tmp_path, redis_url):
+    from bench.feature_load import main
+
+    args = ["--customers", "3000", "--rounds", "1", "--redis-url", redis_url]
+    assert main([*args, "--results", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "feature_load.json").read_text())
+    assert set(result["customers_per_second"]) == {"loader", "redis-py", "floor"}
+    assert all(v > 0 for v in result["customers_per_second"].values())
