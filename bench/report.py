@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import batch_scoring, profile_request, serving, training
+from bench import batch_scoring, evidence, profile_request, serving, training
 from bench.common import RESULTS_DIR, ROOT, fmt, markdown_table
 
 START = "<!-- figures:start (written by python -m bench.report; edits here are overwritten) -->"
@@ -23,6 +23,7 @@ SECTIONS = (
     ("serving", "Serving (issues 3 and 12)", serving.markdown),
     ("batch_scoring", "Offline batch scoring", batch_scoring.markdown),
     ("training", "Training (issue 2)", training.markdown),
+    ("evidence", "Algorithm comparison and reports (issue 13)", evidence.markdown),
     ("profile_request", "Profile of one request", profile_request.markdown),
 )
 TEMPLATE = f"""# Benchmark results
@@ -62,9 +63,8 @@ def figures(directory: Path) -> str:
     """The generated section: a targets summary, then each benchmark's tables."""
     loaded = {name: _load(directory, name) for name, _, _ in SECTIONS}
     targets = []
-    for name in ("serving", "training"):
+    for name, default_issue in (("serving", "3"), ("training", "2"), ("evidence", "13")):
         data = loaded.get(name)
-        default_issue = "3" if name == "serving" else "2"
         for t in (data or {}).get("targets", []):
             issue = t.get("issue", default_issue)
             digits = 2 if isinstance(t["measured"], float) and t["measured"] < 100 else 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: run the benchmarks and refresh bench/RESULTS.md.
 #
-#   bench/run.sh [--quick | --full | --smoke] [serving] [batch] [training] [profile]
+#   bench/run.sh [--quick | --full | --smoke] [serving] [batch] [training] [profile] [evidence]
 #   bench/run.sh features stream     # opt-in: feature-store load, the PyFlink stream job
 #
 #   --quick   (default) smaller sizes and shorter runs: a sanity check in a few minutes
@@ -26,7 +26,7 @@ SELECTED=()
 for arg in "$@"; do
     case "$arg" in
         --quick | --full | --smoke) MODE=$arg ;;
-        serving | batch | training | profile | features | stream) SELECTED+=("$arg") ;;
+        serving | batch | training | profile | evidence | features | stream) SELECTED+=("$arg") ;;
         -h | --help)
             sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
@@ -38,7 +38,7 @@ for arg in "$@"; do
     esac
 done
 if [ ${#SELECTED[@]} -eq 0 ]; then
-    SELECTED=(serving batch training profile)
+    SELECTED=(serving batch training profile evidence)
 fi
 wants() {
     local name
@@ -99,6 +99,10 @@ if wants stream; then
     echo "==> stream job (PyFlink) and requests by customer id"
     scripts/stream-venv.sh
     "$PY" -m bench.stream
+fi
+if wants evidence; then
+    echo "==> algorithm comparison and reports: time added to training"
+    "$PY" -m bench.evidence "$MODE" "${RESULTS[@]}"
 fi
 if [ "$MODE" != "--smoke" ]; then
     "$PY" -m bench.report

@@ -20,6 +20,8 @@ Layout of ``<root>/<version>/``::
     campaigns.json         the campaign pool
     assignments.npz        optional: training customers' ids and segment ids (numpy, no pickle),
                            read only by re-segmentation (:func:`load_assignments`)
+    evidence.json          optional: the data behind the report's charts (map sample, dendrogram,
+                           segment z-scores), so a report can be rebuilt from the bundle alone
 
 ``<root>/current`` is a symlink naming the live version; it is switched atomically.
 
@@ -65,6 +67,7 @@ CONTROL_PICKLE = "control_model.joblib"
 CONTROL_TEXT = "control_model.txt"
 JSON_FILES = ("profiles.json", "campaigns.json")
 ASSIGNMENTS = "assignments.npz"
+EVIDENCE = "evidence.json"
 #: libraries whose major.minor must match between writer and reader (pickle compatibility)
 CHECKED_LIBRARIES = ("scikit-learn", "lightgbm", "numpy")
 #: manifest key describing the compiled response model (absent: none was built)
@@ -107,6 +110,8 @@ class Bundle:
     control_model: Any = None
     #: manifest fields beyond what the writer fills in (config, evidence, metrics, ...)
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: the report's chart data (``evidence.json``), or None
+    evidence: dict[str, Any] | None = None
     path: Path | None = None
     #: True when the manifest carried a signature that was checked against a key
     signature_verified: bool = False
@@ -216,6 +221,8 @@ def write_bundle(
             )
         dump_json(bundle.profiles, tmp / "profiles.json")
         dump_json([c.to_dict() for c in bundle.campaigns], tmp / "campaigns.json")
+        if bundle.evidence is not None:
+            dump_json(bundle.evidence, tmp / EVIDENCE)
 
         files = {
             p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())
@@ -398,6 +405,9 @@ def load_bundle(
         profiles = json.loads((path / "profiles.json").read_text())
         campaigns = [Campaign(**c) for c in json.loads((path / "campaigns.json").read_text())]
         schema = FeatureSchema.from_dict(manifest["feature_schema"])
+        evidence = (
+            json.loads((path / EVIDENCE).read_text()) if EVIDENCE in manifest["files"] else None
+        )
     except BundleError:
         raise
     except Exception as exc:  # noqa: BLE001 -- a verified but inconsistent bundle: say so
@@ -412,6 +422,7 @@ def load_bundle(
         campaigns=campaigns,
         response_model=response_model,
         control_model=control_model,
+        evidence=evidence,
         manifest=manifest,
         path=path,
         signature_verified=bool(hmac_key),

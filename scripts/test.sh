@@ -11,6 +11,8 @@ cd "$ROOT"
 source scripts/venv.sh
 # shellcheck source=scripts/redis.sh
 source scripts/redis.sh
+# shellcheck source=scripts/browser.sh
+source scripts/browser.sh
 
 trap redis_stop EXIT
 trap 'exit 130' INT
@@ -23,6 +25,7 @@ ensure_venv requirements-dev.txt
 "$ROOT/scripts/compile-venv.sh"
 redis_ensure
 export REDIS_URL
+browser_ensure
 
 # Run every check even when an earlier one fails, so one run reports everything; fail at the end.
 failed=()

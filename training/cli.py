@@ -1,4 +1,4 @@
-"""The command line: ``python -m training {train,generate,score,list,verify,features,
+"""The command line: ``python -m training {train,generate,score,list,verify,report,features,
 evaluate-policy,feedback}``.
 
 Thin by design: each command parses its flags, calls the stages or the scoring core and prints
@@ -256,6 +256,29 @@ def build_parser() -> argparse.ArgumentParser:
         "the signature must match",
     )
     _add_quiet(ver)
+
+    rep = sub.add_parser(
+        "report",
+        help="rebuild a bundle's HTML evidence report",
+        description="Verify a bundle, then write its self-contained HTML report (charts, k "
+        "evidence, algorithm comparison, outliers, response model) to "
+        "<root>/reports/<version>.html and print the path.",
+    )
+    rep.add_argument(
+        "version",
+        nargs="?",
+        default="current",
+        help="bundle version under --root, 'current' (default), or a version folder",
+    )
+    rep.add_argument(
+        "--root", default=DEFAULT_ROOT, help="bundle root folder (default model_artifacts)"
+    )
+    rep.add_argument(
+        "--hmac-key-env",
+        default=DEFAULT_KEY_ENV,
+        help=f"environment variable with the signing key to verify (default {DEFAULT_KEY_ENV})",
+    )
+    _add_quiet(rep)
 
     feats = sub.add_parser(
         "features",
@@ -769,6 +792,21 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild the HTML report of a bundle from the bundle alone."""
+    from training.html_report import write_html_report
+
+    given = Path(args.version)
+    if (given / "manifest.json").is_file():
+        path, root = given, given.parent
+    else:
+        root = Path(args.root)
+        path = resolve(root, None if args.version == "current" else args.version)
+    bundle = load_bundle(path, hmac_key=_key_from_env(args.hmac_key_env))
+    print(write_html_report(bundle, root))
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "retrain": cmd_train,
@@ -777,6 +815,7 @@ COMMANDS = {
     "score": cmd_score,
     "list": cmd_list,
     "verify": cmd_verify,
+    "report": cmd_report,
     "features": cmd_features,
     "evaluate-policy": cmd_evaluate_policy,
     "feedback": cmd_feedback,

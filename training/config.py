@@ -1,7 +1,8 @@
 """Typed training configuration: read from a TOML file, overridden by CLI flags.
 
 The TOML file has one table per dataclass below (``[data]``, ``[features]``, ``[campaigns]``,
-``[responses]``, ``[segmentation]``, ``[response_model]``, ``[output]``) and a top-level ``name``.
+``[responses]``, ``[segmentation]``, ``[comparison]``, ``[response_model]``, ``[output]``, ...) and a
+top-level ``name``.
 Unknown keys are refused with a :class:`ConfigError` naming the key. TOML has no null: leave a
 key out for its default, and write ``id_column = ""`` for a table without an id column (rows
 are then numbered).
@@ -418,6 +419,29 @@ class SegmentationConfig:
 
 
 @dataclass(frozen=True)
+class ComparisonConfig:
+    """The algorithm comparison (K-Means against other clustering methods) in the report."""
+
+    enabled: bool = param(
+        True, "compare K-Means with other clustering methods (report and manifest)"
+    )
+    sample: int = param(
+        2_000,
+        "customers (a seeded sample) every method is fitted and measured on",
+        Interval(50, None),
+    )
+    seeds: int = param(
+        2,
+        "refits on 80% sub-samples with other seeds, for each method's stability (ARI)",
+        Interval(0, None),
+    )
+    categorical: tuple[str, ...] = param(
+        doc="categorical features that enter k-prototypes (kmodes); empty: no k-prototypes",
+        default_factory=tuple,
+    )
+
+
+@dataclass(frozen=True)
 class ResponseModelConfig:
     """LightGBM response model settings."""
 
@@ -499,7 +523,10 @@ class OutputConfig:
         "BUNDLE_HMAC_KEY",
         "environment variable holding the HMAC key that signs the manifest (unset: unsigned)",
     )
-    report: bool = param(True, "write the Markdown report to `<root>/reports/<version>.md`")
+    report: bool = param(
+        True,
+        "write the reports: Markdown and HTML (charts) to `<root>/reports/<version>.md|.html`",
+    )
 
 
 @dataclass(frozen=True)
@@ -512,6 +539,9 @@ class TrainConfig:
     campaigns: CampaignsConfig = param(doc="the campaign pool", default_factory=CampaignsConfig)
     responses: ResponsesConfig | None = param(None, "the response history (none: no history)")
     segmentation: SegmentationConfig = param(doc="segmentation", default_factory=SegmentationConfig)
+    comparison: ComparisonConfig = param(
+        doc="algorithm comparison", default_factory=ComparisonConfig
+    )
     response_model: ResponseModelConfig = param(
         doc="response model", default_factory=ResponseModelConfig
     )
@@ -738,6 +768,12 @@ def _check(config: TrainConfig) -> None:
         raise ConfigError(f'features.log: expected "auto" or a list, got {feats.log!r}')
     if seg.k_max < seg.k_min:
         raise ConfigError(f"segmentation.k_max: k_max={seg.k_max} should be >= k_min={seg.k_min}")
+    for column in config.comparison.categorical:
+        if column not in feats.categorical:
+            raise ConfigError(
+                f"comparison.categorical: {column!r} is not a categorical feature; "
+                f"features.categorical has {', '.join(feats.categorical) or 'none'}"
+            )
     responses = config.responses
     if responses is not None and responses.format == "wide" and not responses.columns:
         raise ConfigError("responses.columns: wide responses need a column -> campaign table")

@@ -34,7 +34,10 @@ from scoring.bundle import (
 from scoring.engine import ScoringEngine
 from scoring.features import cluster_matrix
 from training.clv import CLVFit, fit_clv, segment_values
+from training.compare import compare_methods
 from training.config import ConfigError, TrainConfig, config_to_dict
+from training.evidence import build_evidence
+from training.html_report import write_html_report
 from training.naming import SegmentName, load_names_file, name_segments, segment_zscores
 from training.prepare import prepare
 from training.prepared import PreparedData
@@ -91,6 +94,7 @@ class TrainResult:
     clv: CLVFit | None = None
     #: the promotion gate's verdict when re-segmenting against a previous bundle
     gate: GateResult | None = None
+    html_report_path: Path | None = None
 
     @property
     def promoted(self) -> bool:
@@ -154,6 +158,7 @@ def build_manifest(
     warnings: tuple[str, ...] | list[str] = (),
     clv: CLVFit | None = None,
     uplift: UpliftModel | None = None,
+    comparison: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest fields training adds to what the bundle writer fills in."""
     pca = segmentation.pca
@@ -164,6 +169,7 @@ def build_manifest(
         "code_revision": code_revision(),
         "k_selection": segmentation.selection.to_dict(),
         "stability": segmentation.stability,
+        "comparison": comparison,
         "metrics": {
             "segmentation": {
                 "k": segmentation.k,
@@ -342,6 +348,8 @@ def train(
             except ValueError as exc:
                 raise ConfigError(f"segmentation.previous: {exc}") from None
             segmentation = reorder_segmentation(segmentation, matching.order)
+    with stage("comparison"):
+        evidence = segmentation_evidence(X, prepared, segmentation, config)
     with stage("naming"):
         names = segment_names(
             X, segmentation, list(prepared.schema.cluster_features), config.segmentation.names_file
@@ -414,7 +422,16 @@ def train(
 
     with stage("export"):
         manifest = build_manifest(
-            config, prepared, segmentation, response, list(stages), truth_ari, warnings, clv, uplift
+            config,
+            prepared,
+            segmentation,
+            response,
+            list(stages),
+            truth_ari,
+            warnings,
+            clv,
+            uplift,
+            evidence["comparison"],
         )
         manifest["feature_distribution"] = feature_distribution(
             prepared.numeric, list(prepared.schema.numeric_names)
@@ -436,6 +453,7 @@ def train(
             assignments=(prepared.customers.index.to_numpy(), segmentation.labels)
             if config.segmentation.keep_assignments
             else None,
+            evidence=evidence,
         )
         promote = gate_result is None or gate_result.promote
         path = write_bundle(bundle, config.output.root, hmac_key=key, make_current=promote)
@@ -453,9 +471,54 @@ def train(
         gate=gate_result,
     )
     if config.output.report:
-        try:
-            result.report_path = write_report(result, config.output.root)
-        except OSError as exc:
-            # the bundle is written and valid; a report that cannot be saved must not undo it
-            log.warning("could not write the report: %s", exc)
+        with stage("report"):
+            try:
+                result.report_path = write_report(result, config.output.root)
+                result.html_report_path = write_html_report(bundle, config.output.root)
+            except OSError as exc:
+                # the bundle is written and valid; a report that cannot be saved must not undo it
+                log.warning("could not write the report: %s", exc)
     return result
+
+
+def segmentation_evidence(
+    X: np.ndarray, prepared: PreparedData, segmentation: Segmentation, config: TrainConfig
+) -> dict[str, Any]:
+    """The algorithm comparison and the report's chart data, from the cluster matrix ``X``."""
+    schema = prepared.schema
+    Z = segmentation.scaler.transform(X)
+    P = segmentation.pca.transform(Z)
+    features = list(schema.cluster_features)
+    raw = prepared.numeric[:, schema.cluster_index()]
+    comparison = None
+    if config.comparison.enabled:
+        cat_names = schema.categorical_names
+        codes = (
+            prepared.codes[:, [cat_names.index(c) for c in config.comparison.categorical]]
+            if config.comparison.categorical
+            else None
+        )
+        comparison = compare_methods(
+            P,
+            segmentation.k,
+            config.comparison,
+            seed=config.segmentation.seed,
+            ids=prepared.customers.index.to_numpy(),
+            Z=Z,
+            raw=raw,
+            features=features,
+            codes=codes,
+        )
+    labels = segmentation.labels
+    atypical = segmentation.distances > segmentation.outlier_thresholds[labels]
+    return build_evidence(
+        P,
+        Z,
+        labels,
+        atypical,
+        segmentation.kmeans.cluster_centers_,
+        segmentation.pca.explained_variance_ratio_,
+        features,
+        config.segmentation.seed,
+        comparison,
+    )

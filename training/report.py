@@ -384,5 +384,8 @@ def summary(result: TrainResult) -> str:
     lines.append(f"bundle: {result.path}")
     if result.report_path is not None:
         lines.append(f"report: {result.report_path}")
+    html_path = getattr(result, "html_report_path", None)
+    if html_path is not None:
+        lines.append(f"HTML report: {html_path}")
     lines.append(f"total time: {result.total_seconds:.1f} s")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from bench import batch_scoring, common, profile_request, report, serving, training
+from bench import batch_scoring, common, evidence, profile_request, report, serving, training
 
 
 # ---- the scripts, end to end --------------------------------------------------------------------
@@ -96,6 +96,23 @@ def test_training_smoke(tmp_path):
     assert size["stages_s"], "the manifest recorded no stage timings"
     assert size["max_rss_mb"] > 0
     # the 1,000,000-customer targets are reported as not measured, not as met
+    assert all(t["met"] is None for t in result["targets"])
+
+
+@pytest.mark.slow
+def test_evidence_smoke(tmp_path):
+    assert evidence.main(["--smoke", "--results", str(tmp_path)]) == 0
+
+    result = json.loads((tmp_path / "evidence.json").read_text())
+    (size,) = result["sizes"]
+    assert size["customers"] == evidence.MODES["smoke"]["sizes"][0]
+    assert size["bare_wall_s"] > 0 and size["full_wall_s"] > 0
+    # the full run has the comparison and report stages, the bare run has neither
+    (full,) = size["runs"]["full"]
+    (bare,) = size["runs"]["bare"]
+    assert {"comparison", "report"} <= set(full["stages_s"])
+    assert "report" not in bare["stages_s"]
+    # the 100,000-customer target is not claimed from the smoke size
     assert all(t["met"] is None for t in result["targets"])
 
 

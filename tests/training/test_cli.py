@@ -178,11 +178,11 @@ def test_module_entry_point_help_lists_every_command():
         text=True,
         check=True,
     ).stdout
-    for command in ("train", "generate", "score", "list", "verify"):
+    for command in ("train", "generate", "score", "list", "verify", "report"):
         assert command in out
 
 
-@pytest.mark.parametrize("command", ["train", "generate", "score", "list", "verify"])
+@pytest.mark.parametrize("command", ["train", "generate", "score", "list", "verify", "report"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])

@@ -28,6 +28,12 @@ def run(example: str, table: Path, output: Path):
     assert bundle.n_segments == result.segmentation.k
     assert len(set(bundle.segment_names)) == bundle.n_segments
     assert config.segmentation.k_min <= result.segmentation.k <= config.segmentation.k_max
+    # the HTML evidence report builds for every real table, each chart drawn
+    page = result.html_report_path.read_text()
+    assert "could not be drawn" not in page
+    charts = 11 if bundle.response_model is not None else 7
+    assert page.count('<img class="chart"') == charts
+    assert len(bundle.manifest["comparison"]["methods"]) >= 7
     return result, bundle
 
 
