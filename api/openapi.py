@@ -195,6 +195,11 @@ ERRORS: dict[str, ErrorDoc] = {
         "rate limit on requests per second for this API key; retry after 1 s",
         retry_after=True,
     ),
+    "report_not_found": ErrorDoc(
+        404,
+        "The served bundle has no HTML report",
+        "no report for model version v1; `python -m training report <version>` writes it",
+    ),
     "not_ready": ErrorDoc(503, "No verified bundle loaded", "no verified model bundle is loaded"),
     "feedback_unavailable": ErrorDoc(
         503,
@@ -307,6 +312,11 @@ def segment_request(ex: Examples) -> dict[str, Any]:
     )
 
 
+def customer_request(ex: Examples) -> dict[str, Any]:
+    """One customer's features (no batch): /bundle/position."""
+    return json_content("Customer", {"one": ex.customer})
+
+
 def segment_response(ex: Examples) -> dict[str, Any]:
     """/predict-segment answer."""
     return {
@@ -360,6 +370,18 @@ def plain_request(schema: str, examples: dict | None = None):
 
     def document(_: Examples) -> dict[str, Any]:
         return json_content(schema, examples)
+
+    return document
+
+
+def html_response(description: str):
+    """A documenter of a ``text/html`` answer (the what-if page, the evidence report)."""
+
+    def document(_: Examples) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        }
 
     return document
 

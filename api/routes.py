@@ -17,10 +17,12 @@ from typing import Any
 from flask import Flask, Response
 from marshmallow import Schema
 
-from api import admin, health, views
+from api import admin, health, views, whatif
 from api import schemas as sc
 from api.openapi import (
     Examples,
+    customer_request,
+    html_response,
     plain_request,
     plain_response,
     recommend_request,
@@ -220,6 +222,52 @@ ROUTES: tuple[Route, ...] = (
             "too_many_requests",
         ),
         components=(sc.ReloadRequest, sc.ReloadResponse),
+    ),
+    Route(
+        "GET",
+        "/",
+        whatif.page,
+        "The what-if page (HTML; asks for an API key, then calls the endpoints below)",
+        html_response("The page (static HTML; its script and style are under /static/)"),
+    ),
+    Route(
+        "GET",
+        "/bundle",
+        whatif.bundle,
+        "The served bundle: feature schema, segments, campaigns, k evidence, comparison, map",
+        plain_response("The served bundle", "BundleInfo"),
+        security=SCORING_KEY,
+        errors=("unauthorized", "forbidden", "too_many_requests", "not_ready"),
+        components=(sc.BundleInfo,),
+    ),
+    Route(
+        "GET",
+        "/bundle/report",
+        whatif.bundle_report,
+        "The served bundle's HTML evidence report",
+        html_response("The self-contained report written by training"),
+        security=SCORING_KEY,
+        errors=("unauthorized", "forbidden", "report_not_found", "too_many_requests", "not_ready"),
+    ),
+    Route(
+        "POST",
+        "/bundle/position",
+        whatif.bundle_position,
+        "Where one customer sits on the segment map, and the features the model sees",
+        plain_response("PC1/PC2 and the imputed and derived features", "MapPosition"),
+        security=SCORING_KEY,
+        request=customer_request,
+        errors=(
+            "bad_request",
+            "unauthorized",
+            "forbidden",
+            "payload_too_large",
+            "unsupported_media_type",
+            "validation_error",
+            "too_many_requests",
+            "not_ready",
+        ),
+        components=(sc.MapPosition,),
     ),
     Route(
         "POST",

@@ -799,6 +799,69 @@ class VersionInfo(Schema):
     )
 
 
+class BundleInfo(Schema):
+    """The served bundle as the what-if page shows it (GET /bundle)."""
+
+    model_version = fields.String(required=True)
+    name = fields.String(allow_none=True)
+    created_at = fields.String(allow_none=True)
+    k = fields.Integer(required=True)
+    served_model = fields.String(required=True, metadata={"example": "kmeans"})
+    has_response_model = fields.Boolean(required=True)
+    features = fields.Dict(
+        required=True,
+        metadata={
+            "description": "inputs (name, kind, required, median, observed_min/max, minimum, "
+            "maximum), derived ratios and categoricals (name, categories) of the feature schema"
+        },
+    )
+    segments = fields.List(
+        fields.Dict(),
+        required=True,
+        metadata={"description": "id, name, description, size, share, mean, default campaigns"},
+    )
+    population_mean = fields.Dict(keys=fields.String(), values=fields.Float(), required=True)
+    campaigns = fields.List(
+        fields.Dict(),
+        required=True,
+        metadata={
+            "description": "the pool: id, name, channel, value, description, `eligible` (one "
+            "boolean per segment id) and `not_eligible` (why not, per segment; null where "
+            "eligible)"
+        },
+    )
+    k_selection = fields.Dict(
+        required=True, metadata={"description": "chosen_k, knee, reasoning and the table by k"}
+    )
+    comparison = fields.List(
+        fields.Dict(),
+        allow_none=True,
+        metadata={"description": "the algorithm comparison, one row per method"},
+    )
+    map = fields.Dict(
+        allow_none=True,
+        metadata={
+            "description": "a sample of customers on PC1/PC2 (x, y, segment, atypical), "
+            "the segment centres and the variance each axis explains"
+        },
+    )
+    report_available = fields.Boolean(required=True)
+
+
+class MapPosition(Schema):
+    """Where one customer sits on the segment map (POST /bundle/position)."""
+
+    x = fields.Float(required=True, metadata={"description": "first principal component"})
+    y = fields.Float(required=True, metadata={"description": "second principal component"})
+    features = fields.Dict(
+        keys=fields.String(),
+        values=fields.Float(),
+        required=True,
+        metadata={"description": "the numeric features the model sees: imputed, derived"},
+    )
+    model_version = fields.String(required=True)
+
+
 class ReloadRequest(_Strict):
     """Which bundle to load: the one ``current`` names (empty body) or a named version."""
 

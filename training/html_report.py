@@ -4,14 +4,18 @@ Built from a bundle alone (manifest, profiles, campaigns, response model and ``e
 so training writes it right after the bundle and ``python -m training report <version>``
 rebuilds it the same way. It lives beside the Markdown report at
 ``<root>/reports/<version>.html`` (files inside a bundle folder must all be in its manifest).
-Charts come from :mod:`training.charts` as embedded PNGs; the page loads nothing from the
-network and runs no script.
+Charts come from :mod:`training.charts` as embedded SVGs; the page loads nothing from the
+network and runs no script. The sections are laid out first with a placeholder per chart; the
+charts are then drawn by two forked worker processes where the platform allows (drawing is
+nearly all of the report's cost, and each chart is independent), and put in place.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+import multiprocessing
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,11 @@ from training import charts
 log = logging.getLogger(__name__)
 
 REPORTS_DIR = "reports"
+#: processes drawing the charts (at most the machine's cores)
+CHART_WORKERS = 2
+
+#: the charts of the report being rendered: (draw, alt text, caption); read by forked workers
+_PENDING: list[tuple[Callable[[], str], str, str]] = []
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1b1f24;
@@ -102,12 +111,34 @@ def _figure(uri: str, alt: str, caption: str = "") -> str:
 
 
 def _chart(build: Callable[[], str], alt: str, caption: str = "") -> str:
-    """A chart, or a note saying why it could not be drawn (a report must still be written)."""
+    """A placeholder for a chart; :func:`_draw_charts` draws it once every section is laid out."""
+    _PENDING.append((build, alt, caption))
+    return _placeholder(len(_PENDING) - 1)
+
+
+def _placeholder(index: int) -> str:
+    return f"\x00chart-{index}\x00"
+
+
+def _draw(index: int) -> str:
+    """Chart ``index`` as a figure, or a note saying why it could not be drawn."""
+    build, alt, caption = _PENDING[index]
     try:
         return _figure(build(), alt, caption)
     except (ValueError, TypeError, KeyError, IndexError) as exc:
+        # a report must still be written
         log.warning("report: chart %r not drawn: %s", alt, exc)
         return f'<p class="note">Chart "{_e(alt)}" could not be drawn: {_e(exc)}</p>'
+
+
+def _draw_charts() -> list[str]:
+    """Every pending chart, drawn by forked workers (they inherit the pending list) or here."""
+    count = len(_PENDING)
+    workers = min(CHART_WORKERS, os.cpu_count() or 1, count)
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return pool.map(_draw, range(count), chunksize=1)
+    return [_draw(i) for i in range(count)]
 
 
 # ---- sections -----------------------------------------------------------------------------------
@@ -516,6 +547,7 @@ def render_html(bundle: Bundle) -> str:
     fp = manifest.get("data_fingerprint") or {}
     title = f"Segmentation report: {manifest.get('name', '')} {bundle.version}"
     served = manifest.get("segments", {}).get("model", "kmeans")
+    _PENDING.clear()
     body = [
         f"<header><h1>{_e(title)}</h1>",
         f"<p>created {_e(manifest.get('created_at'))} · {_num(fp.get('rows'))} customers · "
@@ -533,10 +565,16 @@ def render_html(bundle: Bundle) -> str:
         _stages_section(manifest),
         "</main>",
     ]
+    try:
+        page = "".join(body)
+        for i, drawn in enumerate(_draw_charts()):
+            page = page.replace(_placeholder(i), drawn, 1)
+    finally:
+        _PENDING.clear()
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}"
-        f"</title><style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n"
+        f"</title><style>{STYLE}</style></head><body>{page}</body></html>\n"
     )
 
 

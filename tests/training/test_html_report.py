@@ -47,7 +47,9 @@ def trained(tmp_path_factory):
 
 def chart_alts(page: str) -> list[str]:
     """The alt texts of the embedded chart images, in order."""
-    return re.findall(r'<img class="chart" src="data:image/png;base64,[^"]+" alt="([^"]+)"', page)
+    return re.findall(
+        r'<img class="chart" src="data:image/svg\+xml;base64,[^"]+" alt="([^"]+)"', page
+    )
 
 
 def test_training_writes_the_html_report_beside_the_bundle(trained):
