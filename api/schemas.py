@@ -601,6 +601,14 @@ class _SegmentAnswer(Schema):
         LastScored,
         metadata={"description": "only for a customer named by id whom the stream job has scored"},
     )
+    membership = fields.List(
+        fields.Float(),
+        metadata={
+            "description": "only when the bundle serves the Gaussian mixture "
+            '([segmentation] model = "gaussian_mixture"): the probability of each segment, by '
+            "segment id (they sum to 1; segment_id is the most probable)"
+        },
+    )
 
 
 class SegmentResult(_SegmentAnswer):

@@ -99,7 +99,7 @@ def bundle_info(loaded: LoadedModel, report_available: bool) -> dict[str, Any]:
         "name": manifest.get("name"),
         "created_at": manifest.get("created_at"),
         "k": k,
-        "served_model": "kmeans",
+        "served_model": manifest.get("served_clustering", "kmeans"),
         "has_response_model": engine.has_response_model,
         "features": {
             "inputs": inputs,

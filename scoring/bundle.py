@@ -16,6 +16,9 @@ Layout of ``<root>/<version>/``::
     control_model.txt      the same model in LightGBM's own text format
     response_model.o       optional: the same trees compiled to native code (lleaves), with
     response_model_check.npy  the fixed sample it must reproduce (scoring/compiled_trees.py)
+    mixture.joblib         sklearn GaussianMixture (full covariances) in PCA space: present when
+                           the bundle serves the mixture (``served_clustering``), whose means
+                           then are the centres and which adds membership probabilities
     profiles.json          per-segment profile (size, share, means, medians, response rates, ...)
     campaigns.json         the campaign pool
     assignments.npz        optional: training customers' ids and segment ids (numpy, no pickle),
@@ -65,6 +68,7 @@ RESPONSE_PICKLE = "response_model.joblib"
 RESPONSE_TEXT = "response_model.txt"
 CONTROL_PICKLE = "control_model.joblib"
 CONTROL_TEXT = "control_model.txt"
+MIXTURE_PICKLE = "mixture.joblib"
 JSON_FILES = ("profiles.json", "campaigns.json")
 ASSIGNMENTS = "assignments.npz"
 EVIDENCE = "evidence.json"
@@ -108,6 +112,8 @@ class Bundle:
     response_model: Any = None
     #: the uplift bundle's model of responding without the campaign (None: rank by response)
     control_model: Any = None
+    #: the served Gaussian mixture (None: K-Means serves, nearest centre)
+    mixture: Any = None
     #: manifest fields beyond what the writer fills in (config, evidence, metrics, ...)
     manifest: dict[str, Any] = field(default_factory=dict)
     #: the report's chart data (``evidence.json``), or None
@@ -212,6 +218,8 @@ def write_bundle(
                 raise BundleError("a control model needs a response model beside it")
             joblib.dump(bundle.control_model, tmp / CONTROL_PICKLE)
             bundle.control_model.save_model(str(tmp / CONTROL_TEXT))
+        if bundle.mixture is not None:
+            joblib.dump(bundle.mixture, tmp / MIXTURE_PICKLE)
         if bundle.assignments is not None:
             ids, segments = bundle.assignments
             np.savez_compressed(
@@ -239,6 +247,7 @@ def write_bundle(
             segments={"k": bundle.n_segments, "names": list(bundle.segment_names)},
             has_response_model=bundle.response_model is not None,
             has_control_model=bundle.control_model is not None,
+            served_clustering="kmeans" if bundle.mixture is None else "gaussian_mixture",
             files=files,
         )
         manifest.pop(COMPILED, None)
@@ -355,6 +364,8 @@ def verify(
         if not isinstance(compiled, dict) or not manifest.get("has_response_model"):
             raise BundleError(f"{manifest_path}: {COMPILED} without a response model")
         required += [RESPONSE_TEXT, str(compiled.get("file")), str(compiled.get("sample"))]
+    if manifest.get("served_clustering") == "gaussian_mixture":
+        required.append(MIXTURE_PICKLE)
     for name in required:
         if name not in files:
             raise BundleError(f"{manifest_path}: required file {name} is not listed")
@@ -398,6 +409,11 @@ def load_bundle(
         response_model = (
             joblib.load(path / RESPONSE_PICKLE) if manifest.get("has_response_model") else None
         )
+        mixture = (
+            joblib.load(path / MIXTURE_PICKLE)
+            if manifest.get("served_clustering") == "gaussian_mixture"
+            else None
+        )
         control_model = (
             joblib.load(path / CONTROL_PICKLE) if manifest.get("has_control_model") else None
         )
@@ -422,6 +438,7 @@ def load_bundle(
         campaigns=campaigns,
         response_model=response_model,
         control_model=control_model,
+        mixture=mixture,
         evidence=evidence,
         manifest=manifest,
         path=path,

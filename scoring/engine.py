@@ -57,6 +57,14 @@ class Assignment:
     segment: np.ndarray
     distance: np.ndarray
     atypical: np.ndarray
+    #: (n, k) membership probabilities when the bundle serves the Gaussian mixture, else None
+    membership: np.ndarray | None = None
+
+    def memberships(self) -> list[list[float] | None]:
+        """Each customer's membership list for the answer (None when K-Means serves)."""
+        if self.membership is None:
+            return [None] * self.segment.shape[0]
+        return self.membership.tolist()
 
 
 @dataclass(frozen=True)
@@ -175,9 +183,22 @@ class ScoringEngine:
         return p
 
     def assign(self, batch: CustomerBatch) -> Assignment:
-        """Nearest centroid of each customer, its distance, and whether it is atypical."""
+        """Nearest centroid of each customer, its distance, and whether it is atypical.
+
+        A bundle serving the Gaussian mixture assigns the most probable component instead
+        (:class:`scoring.mixture.MixtureRule`) and keeps every membership probability; the
+        distance is then to that component's mean.
+        """
         t = self.tables
         p = self.project(batch)
+        if t.mixture is not None:
+            segment, membership = t.mixture.segments(p)
+            d2 = np.zeros(p.shape[0], dtype=np.float64)
+            for k in range(p.shape[1]):
+                diff = p[:, k] - t.centers[segment, k]
+                d2 += diff * diff
+            distance = np.sqrt(d2)
+            return Assignment(segment, distance, distance > t.thresholds[segment], membership)
         # squared distance to every centroid, summed component by component like the
         # single-customer path; the first of equal distances wins in both
         d2 = np.zeros((p.shape[0], t.centers.shape[0]), dtype=np.float64)
@@ -193,9 +214,13 @@ class ScoringEngine:
         a = self.assign(batch)
         result = self.tables.segment_result
         return [
-            result(s, d, at)
-            for s, d, at in zip(
-                a.segment.tolist(), a.distance.tolist(), a.atypical.tolist(), strict=True
+            result(s, d, at, m)
+            for s, d, at, m in zip(
+                a.segment.tolist(),
+                a.distance.tolist(),
+                a.atypical.tolist(),
+                a.memberships(),
+                strict=True,
             )
         ]
 
@@ -358,10 +383,11 @@ class ScoringEngine:
         prob_l, ev_l, gain_l = r.probability.tolist(), r.expected_value.tolist(), r.gain.tolist()
         without_l = None if r.probability_without is None else r.probability_without.tolist()
         order_l, counts_l, eligible_l = r.order.tolist(), r.counts.tolist(), r.mask.sum(1).tolist()
-        segment_l, distance_l, atypical_l = (
+        segment_l, distance_l, atypical_l, membership_l = (
             a.segment.tolist(),
             a.distance.tolist(),
             a.atypical.tolist(),
+            a.memberships(),
         )
         ids = [None] * len(batch) if customer_ids is None else list(customer_ids)
         static = t.items[channel is not None]
@@ -412,7 +438,7 @@ class ScoringEngine:
             if contrib is not None:
                 for k, item in enumerate(ranked):
                     item["contributions"] = contrib[i][k]
-            res = segment_result(s, distance_l[i], atypical_l[i])
+            res = segment_result(s, distance_l[i], atypical_l[i], membership_l[i])
             res["campaigns"] = ranked
             self._policy_fields(res, ids[i], held, reason)
             results.append(res)

@@ -87,8 +87,8 @@ class SingleCustomerScorer:
             out.append(math.nan if v is None else lookup.get(str(v), math.nan))
         return out
 
-    def assign(self, vals: list[float]) -> tuple[int, float, bool]:
-        """(segment, distance to its centroid, atypical) for one customer."""
+    def assign(self, vals: list[float]) -> tuple[int, float, bool, list[float] | None]:
+        """(segment, distance to its centroid, atypical, memberships or None) for one customer."""
         c = [vals[i] for i in self._cluster_idx]
         if self._log_idx:
             # numpy's log1p, not math.log1p: where numpy runs SIMD code the two may differ in
@@ -100,6 +100,17 @@ class SingleCustomerScorer:
         for ci, row in zip(c, self._w, strict=True):
             for k, w in enumerate(row):
                 p[k] += ci * w
+        mixture = self.tables.mixture
+        if mixture is not None:
+            # the mixture's rule itself (scoring.mixture), on this one row: same bits as a batch
+            segment, membership = mixture.segments(np.array([p], dtype=np.float64))
+            best = int(segment[0])
+            d2 = 0.0
+            for pk, ck in zip(p, self._centers[best], strict=True):
+                diff = pk - ck
+                d2 += diff * diff
+            distance = math.sqrt(d2)
+            return best, distance, distance > self._thresholds[best], membership[0].tolist()
         best, best_d2 = 0, math.inf
         for s, center in enumerate(self._centers):
             d2 = 0.0
@@ -109,12 +120,12 @@ class SingleCustomerScorer:
             if d2 < best_d2:
                 best, best_d2 = s, d2
         distance = math.sqrt(best_d2)
-        return best, distance, distance > self._thresholds[best]
+        return best, distance, distance > self._thresholds[best], None
 
     def predict_segment(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """The batch path's ``predict_segment`` answer for one customer."""
-        s, distance, atypical = self.assign(self.numeric(record))
-        return self.tables.segment_result(s, distance, atypical)
+        s, distance, atypical, membership = self.assign(self.numeric(record))
+        return self.tables.segment_result(s, distance, atypical, membership)
 
     # ---- campaigns ---------------------------------------------------------------------
     def recommend(
@@ -132,7 +143,7 @@ class SingleCustomerScorer:
         """
         tables = self.tables
         vals = self.numeric(record)
-        s, distance, atypical = self.assign(vals)
+        s, distance, atypical, membership = self.assign(vals)
         camps = tables.campaigns
         active = self._active_today() if tables.dated else self._active
         chosen = [
@@ -190,7 +201,7 @@ class SingleCustomerScorer:
             item["expected_value"] = evs[r]
             item["expected_gain"] = gains[r]
             ranked.append(item)
-        res = tables.segment_result(s, distance, atypical)
+        res = tables.segment_result(s, distance, atypical, membership)
         res["campaigns"] = ranked
         res["_held"] = held
         res["_reason"] = reason

@@ -2,7 +2,8 @@
 
 Everything a request needs that does not depend on the customer is computed here, once: the
 imputation values, the ratio features' positions, the scaler and PCA fused into one affine map,
-the centroids and outlier thresholds, the segment defaults, the response-row layout, and the
+the centroids (the Gaussian mixture's means and its membership rule when the bundle serves the
+mixture) and outlier thresholds, the segment defaults, the response-row layout, and the
 campaign tables (values, the eligibility of every (segment, campaign) pair with the rule that
 made it eligible, and the fixed part of every answer item). The vectorised engine
 (:mod:`scoring.engine`) and the single-customer path (:mod:`scoring.single`) both read this
@@ -19,6 +20,7 @@ import numpy as np
 from scoring.bundle import Bundle
 from scoring.campaigns import Campaign, PoolSettings, eligibility_table
 from scoring.features import FeatureSchema, ResponseLayout
+from scoring.mixture import MixtureRule
 
 
 def _frozen(array: Any, dtype: Any = np.float64) -> np.ndarray:
@@ -51,7 +53,7 @@ class ScoringTables:
     #: scaler then PCA as one affine map: projection = cluster features @ w + b
     w: np.ndarray
     b: np.ndarray
-    #: (k, n_components) centroids in PCA space
+    #: (k, n_components) centroids in PCA space (the mixture's means when it is served)
     centers: np.ndarray
     #: (k,) distance beyond which a customer of the segment is atypical
     thresholds: np.ndarray
@@ -89,6 +91,8 @@ class ScoringTables:
     caps: tuple[tuple[int | None, int | None, int | None], ...]
     #: True when some campaign has a frequency cap
     has_caps: bool
+    #: the served Gaussian mixture's membership rule; None when K-Means serves (nearest centre)
+    mixture: MixtureRule | None = None
 
     @classmethod
     def of(cls, bundle: Bundle) -> ScoringTables:
@@ -120,7 +124,9 @@ class ScoringTables:
             log_index=_frozen(np.flatnonzero(schema.log_mask()), np.intp),
             w=_frozen(comps.T / scale[:, None]),
             b=_frozen(-(mean / scale) @ comps.T - pca_mean @ comps.T),
-            centers=_frozen(bundle.kmeans.cluster_centers_),
+            centers=_frozen(
+                bundle.kmeans.cluster_centers_ if bundle.mixture is None else bundle.mixture.means_
+            ),
             thresholds=_frozen(
                 [float(p.get("outlier_threshold", np.inf)) for p in bundle.profiles]
             ),
@@ -144,17 +150,27 @@ class ScoringTables:
                 )
             ),
             has_caps=any(v is not None for cap in caps for v in cap),
+            mixture=None if bundle.mixture is None else MixtureRule.from_estimator(bundle.mixture),
         )
 
-    def segment_result(self, s: int, distance: float, atypical: bool) -> dict[str, Any]:
-        """The segment part of an answer (both scorers build it here)."""
-        return {
+    def segment_result(
+        self, s: int, distance: float, atypical: bool, membership: list[float] | None = None
+    ) -> dict[str, Any]:
+        """The segment part of an answer (both scorers build it here).
+
+        A bundle serving the Gaussian mixture adds ``membership``: the probability of every
+        segment, by segment id.
+        """
+        out = {
             "segment_id": s,
             "segment_name": self.segment_names[s],
             "distance": distance,
             "atypical": atypical,
             "recommended_campaigns": self.defaults[s],
         }
+        if membership is not None:
+            out["membership"] = membership
+        return out
 
 
 def _answer_items(

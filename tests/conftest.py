@@ -98,3 +98,27 @@ def demo_request() -> dict:
         "return_rate": 0.05,
         "mobile_usage": 0.8,
     }
+
+
+@pytest.fixture(scope="session")
+def mixture_bundle(tmp_path_factory) -> tuple[Path, Path]:
+    """(bundle root, data folder): a bundle serving the Gaussian mixture, 2,000 demo customers."""
+    import dataclasses
+
+    from training.config import load_config
+    from training.generate import write_demo
+    from training.pipeline import train
+
+    data = tmp_path_factory.mktemp("mixture-demo")
+    write_demo(data, n_customers=2000, seed=6)
+    root = tmp_path_factory.mktemp("mixture-bundles")
+    config = load_config(
+        ROOT / "examples" / "demo.toml", {"data_dir": str(data), "output": str(root)}
+    )
+    config = dataclasses.replace(
+        config,
+        segmentation=dataclasses.replace(config.segmentation, model="gaussian_mixture"),
+        output=dataclasses.replace(config.output, report=False),
+    )
+    train(config, environ={})
+    return root, data

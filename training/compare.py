@@ -62,7 +62,7 @@ OUTLIER_IDS = 10
 OUTLIER_FEATURES = 3
 #: rows on which each method's silhouette is measured (a seeded sub-sample of the clustered rows)
 SILHOUETTE_ROWS = 1_000
-#: the method the service answers with
+#: the method the service answers with unless the config serves the mixture
 SERVED = "kmeans"
 
 
@@ -269,6 +269,7 @@ def compare_methods(
     raw: np.ndarray,
     features: list[str],
     codes: np.ndarray | None = None,
+    served: str = SERVED,
 ) -> dict[str, Any]:
     """Fit and measure every method on one sample of the PCA rows ``P``; the manifest's record.
 
@@ -299,10 +300,10 @@ def compare_methods(
         except (ValueError, MemoryError, np.linalg.LinAlgError) as exc:
             # one method failing on an odd table must not stop training: the row says why
             log.warning("comparison: %s failed: %s", method.label, exc)
-            results.append(_row(method, None, None, time.perf_counter() - start, str(exc)))
+            results.append(_row(method, served, None, None, time.perf_counter() - start, str(exc)))
             continue
         measures = cluster_measures(X, labels)
-        results.append(_row(method, measures, stable, seconds))
+        results.append(_row(method, served, measures, stable, seconds))
         if method.key in ("dbscan", "hdbscan"):
             outliers[method.key] = describe_outliers(
                 labels < 0, ids[rows], Z[rows], raw[rows], features
@@ -319,7 +320,7 @@ def compare_methods(
         "rows": int(P.shape[0]),
         "k": int(k),
         "seeds": int(config.seeds),
-        "served": SERVED,
+        "served": served,
         "methods": results,
         "outliers": outliers,
         "space": f"the bundle's PCA space ({P.shape[1]} components)",
@@ -328,6 +329,7 @@ def compare_methods(
 
 def _row(
     method: Method,
+    served: str,
     measures: dict[str, Any] | None,
     stable: float | None,
     seconds: float,
@@ -339,7 +341,7 @@ def _row(
     return {
         "method": method.key,
         "label": method.label,
-        "served": method.key == SERVED,
+        "served": method.key == served,
         "assigns_new_customers": method.assigns_new,
         **(measures or {}),
         "stability_ari": stable,

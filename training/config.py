@@ -416,6 +416,12 @@ class SegmentationConfig:
     names_file: str | None = param(
         None, "TOML/JSON file mapping segment id (or generated name) -> name"
     )
+    model: str = param(
+        "kmeans",
+        "the served clustering: kmeans (nearest centre) or gaussian_mixture (most probable "
+        "component; answers then carry every segment's membership probability)",
+        Options(("kmeans", "gaussian_mixture")),
+    )
 
 
 @dataclass(frozen=True)

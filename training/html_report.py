@@ -546,7 +546,7 @@ def render_html(bundle: Bundle) -> str:
     comparison = manifest.get("comparison") or evidence.get("comparison")
     fp = manifest.get("data_fingerprint") or {}
     title = f"Segmentation report: {manifest.get('name', '')} {bundle.version}"
-    served = manifest.get("segments", {}).get("model", "kmeans")
+    served = manifest.get("served_clustering", "kmeans")
     _PENDING.clear()
     body = [
         f"<header><h1>{_e(title)}</h1>",

@@ -449,6 +449,7 @@ def train(
             response_model=None if response is None else response.booster,
             control_model=None if uplift is None else uplift.control,
             compiled=compiled,
+            mixture=segmentation.mixture,
             manifest=manifest,
             assignments=(prepared.customers.index.to_numpy(), segmentation.labels)
             if config.segmentation.keep_assignments
@@ -508,6 +509,7 @@ def segmentation_evidence(
             raw=raw,
             features=features,
             codes=codes,
+            served=config.segmentation.model,
         )
     labels = segmentation.labels
     atypical = segmentation.distances > segmentation.outlier_thresholds[labels]
@@ -516,7 +518,9 @@ def segmentation_evidence(
         Z,
         labels,
         atypical,
-        segmentation.kmeans.cluster_centers_,
+        segmentation.kmeans.cluster_centers_
+        if segmentation.mixture is None
+        else segmentation.mixture.means_,
         segmentation.pca.explained_variance_ratio_,
         features,
         config.segmentation.seed,

@@ -51,9 +51,11 @@ from sklearn.metrics import (
     calinski_harabasz_score,
     davies_bouldin_score,
 )
+from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from scoring.mixture import MixtureRule
 from training.config import SegmentationConfig
 from training.validate import TableError
 
@@ -124,8 +126,11 @@ class Segmentation:
     outlier_thresholds: np.ndarray
     selection: KSelection
     stability: dict[str, Any] = field(default_factory=dict)
-    #: seconds per sub-stage: pca, k_search, final_fit, stability
+    #: seconds per sub-stage: pca, k_search, final_fit, stability (and mixture)
     timings: dict[str, float] = field(default_factory=dict)
+    #: the served Gaussian mixture (``segmentation.model = "gaussian_mixture"``), else None;
+    #: ``labels``, ``distances`` and ``outlier_thresholds`` then follow the mixture
+    mixture: GaussianMixture | None = None
 
     @property
     def k(self) -> int:
@@ -403,6 +408,10 @@ def reorder_segmentation(segmentation: Segmentation, order: np.ndarray) -> Segme
     kmeans.cluster_centers_ = np.ascontiguousarray(kmeans.cluster_centers_[inverse])
     labels = order[segmentation.labels].astype(segmentation.labels.dtype)
     kmeans.labels_ = labels
+    mixture = segmentation.mixture
+    if mixture is not None:
+        for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
+            setattr(mixture, name, np.ascontiguousarray(getattr(mixture, name)[inverse]))
     return dataclasses.replace(
         segmentation,
         kmeans=kmeans,
@@ -562,6 +571,14 @@ def _fit_segmentation(
     lap("final_fit")
     stability = measure_stability(P, final, config)
     lap("stability")
+    mixture = None
+    if config.model == "gaussian_mixture":
+        mixture = fit_mixture(P, final, labels, config)
+        # the serving rule itself labels the training rows, so profiles describe what is served
+        labels, _ = MixtureRule.from_estimator(mixture).segments(P)
+        distances = centroid_distances(P, mixture.means_, labels)
+        thresholds = outlier_thresholds(distances, labels, k, config.outlier_quantile)
+        lap("mixture")
     return Segmentation(
         scaler=scaler,
         pca=pca,
@@ -572,4 +589,33 @@ def _fit_segmentation(
         selection=selection,
         stability=stability,
         timings=timings,
+        mixture=mixture,
     )
+
+
+def fit_mixture(
+    P: np.ndarray, kmeans: KMeans, labels: np.ndarray, config: SegmentationConfig
+) -> GaussianMixture:
+    """A full-covariance Gaussian mixture started from the final K-Means (component = segment).
+
+    Started from the K-Means centres and sizes, component j stays segment j. Large tables are
+    fitted on a seeded sample of ``search_sample`` rows (the rule is then applied to all rows).
+    """
+    k = kmeans.n_clusters
+    n = P.shape[0]
+    rng = np.random.default_rng(config.seed + 31)
+    idx = _sample(rng, n, config.search_sample)
+    sizes = np.bincount(labels, minlength=k).astype(np.float64)
+    mixture = GaussianMixture(
+        n_components=k,
+        covariance_type="full",
+        means_init=kmeans.cluster_centers_,
+        weights_init=np.maximum(sizes, 1.0) / np.maximum(sizes, 1.0).sum(),
+        random_state=config.seed,
+        max_iter=100,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mixture.fit(P if idx is None else P[idx])
+    log.info("Gaussian mixture: %d components, converged=%s", k, mixture.converged_)
+    return mixture

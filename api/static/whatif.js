@@ -177,6 +177,12 @@
     $("segment-detail").replaceChildren(
       `${segment.description} · ${fmt(segment.size, 0)} customers (${fmt(100 * segment.share, 1)}%)`
       + ` · distance to the centre ${fmt(result.distance)} `, badge);
+    if (result.membership) {
+      // a bundle serving the Gaussian mixture: the probability of every segment
+      $("segment-detail").append(el("div", { id: "membership", class: "hint" },
+        "membership: " + result.membership.map((p, i) =>
+          `${bundle.segments[i].name} ${fmt(100 * p, 1)}%`).join(" · ")));
+    }
 
     const offered = new Set();
     const rows = [];
