@@ -39,3 +39,9 @@ def test_reload_under_load_switches_every_worker_without_a_failure(tiny_bundle_r
 def test_kill_9_of_a_worker_loses_only_what_it_had_in_hand(tiny_bundle_root):
     result = scenarios.kill_worker(tiny_bundle_root, clients=2)
     assert not _failed(result), result
+
+
+def test_redis_killed_or_frozen_under_load_fails_nothing(tiny_bundle_root):
+    """Our own redis-server (never the shared one) killed, then frozen, for a few seconds."""
+    for result in scenarios.redis_faults(tiny_bundle_root, fault_seconds=3, clients=2):
+        assert not _failed(result), result
