@@ -307,15 +307,14 @@ def importance(gains: dict[str, float], top: int = 15) -> str:
     return _svg(fig)
 
 
-def lines(title: str, xlabel: str, ylabel: str, series: dict[str, tuple[list, list]]) -> str:
-    """Generic line chart (Qini, lifetime value, ...): name -> (x, y)."""
-    fig = _figure()
+def bars(labels: Sequence[str], values: Sequence[float], title: str, xlabel: str) -> str:
+    """One horizontal bar per label (segment colours)."""
+    fig = _figure(6.4, 0.6 + 0.42 * len(labels))
     ax = fig.add_subplot()
-    for name, (x, y) in series.items():
-        ax.plot(x, y, label=name)
+    ypos = np.arange(len(labels))
+    ax.barh(ypos, values, color=[_colour(i) for i in range(len(labels))])
+    ax.set_yticks(ypos, labels, fontsize=8)
+    ax.invert_yaxis()
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
     ax.set_title(title)
-    if len(series) > 1 or any(series):
-        ax.legend(fontsize=7)
     return _svg(fig)

@@ -462,66 +462,82 @@ def _response_section(bundle: Bundle) -> str:
     return "".join(out)
 
 
-def _curves(entry: Any) -> dict[str, tuple[list, list]]:
-    """Line series from a figure entry of the manifest: {name: {"x": [...], "y": [...]}}."""
-    series = {}
-    if isinstance(entry, dict):
-        for name, curve in entry.items():
-            if (
-                isinstance(curve, dict)
-                and isinstance(curve.get("x"), list)
-                and isinstance(curve.get("y"), list)
-            ):
-                series[str(name)] = (curve["x"], curve["y"])
-    return series
+def _extra_section(bundle: Bundle) -> str:
+    """Uplift (Qini), lifetime value and migration figures, when the bundle has them.
 
-
-def _extra_section(manifest: dict[str, Any]) -> str:
-    """Uplift (Qini), lifetime value and migration figures, when the bundle has them."""
+    The shapes are the ones training writes: ``metrics.uplift.per_campaign[id].qini`` (Qini
+    coefficients of ranking by uplift and by response), each profile's ``clv`` (mean, total,
+    share) and ``resegmentation.migration.counts`` (previous segment x new segment).
+    """
+    manifest = bundle.manifest
     parts = []
-    uplift = manifest.get("uplift") or {}
-    qini = _curves(uplift.get("qini")) if isinstance(uplift, dict) else {}
+    uplift = ((manifest.get("metrics") or {}).get("uplift") or {}).get("per_campaign") or {}
+    qini = {cid: e["qini"] for cid, e in uplift.items() if isinstance(e, dict) and "qini" in e}
     if qini:
-        parts.append(
-            _chart(
-                lambda: charts.lines(
-                    "Qini curves", "customers targeted (share)", "incremental responders", qini
-                ),
-                "Qini curves",
-            )
-        )
-    clv = manifest.get("clv") or {}
-    if isinstance(clv, dict):
-        curves = _curves(clv.get("curves"))
-        if curves:
-            parts.append(
-                _chart(
-                    lambda: charts.lines(
-                        "Lifetime value", clv.get("xlabel", "x"), clv.get("ylabel", "value"), curves
-                    ),
-                    "lifetime value",
-                )
-            )
-        if isinstance(clv.get("by_segment"), dict):
-            parts.append(
-                "<h3>Lifetime value by segment</h3>"
-                + _table(["segment", "value"], [[k, v] for k, v in clv["by_segment"].items()])
-            )
-    migration = manifest.get("migration") or {}
-    matrix = migration.get("matrix") if isinstance(migration, dict) else None
-    if matrix:
-        rows = migration.get("from") or [str(i) for i in range(len(matrix))]
-        cols = migration.get("to") or [str(i) for i in range(len(matrix[0]))]
+        campaigns = list(qini)
+        values = np.array(
+            [[np.nan if qini[c].get(k) is None else qini[c][k] for k in ("uplift", "response")]
+             for c in campaigns],
+            dtype=np.float64,
+        )  # fmt: skip
         parts.append(
             _chart(
                 lambda: charts.heatmap(
-                    np.asarray(matrix, dtype=np.float64),
-                    rows,
-                    cols,
-                    "Segment migration",
+                    values,
+                    campaigns,
+                    ["ranked by uplift", "ranked by response"],
+                    "Qini coefficient by campaign (held-out)",
+                    diverging=True,
+                    fmt="{:.3f}",
+                    colorbar="Qini coefficient",
+                ),
+                "Qini coefficients",
+                "Area between each ranking's Qini curve and random targeting, per campaign: "
+                "higher finds more of the customers the campaign actually moves.",
+            )
+        )
+    profiles = bundle.profiles
+    if profiles and all(isinstance(p.get("clv"), dict) for p in profiles):
+        names = [f"{p['segment_id']}: {p['name']}" for p in profiles]
+        means = [float(p["clv"].get("mean") or 0.0) for p in profiles]
+        parts.append(
+            _chart(
+                lambda: charts.bars(names, means, "Lifetime value per customer, by segment", "CLV"),
+                "lifetime value by segment",
+            )
+        )
+        parts.append(
+            _table(
+                ["segment", "mean CLV", "total CLV", "share of total %"],
+                [
+                    [
+                        n,
+                        p["clv"].get("mean"),
+                        p["clv"].get("total"),
+                        100 * (p["clv"].get("share") or 0),
+                    ]
+                    for n, p in zip(names, profiles, strict=True)
+                ],
+            )
+        )
+    migration = (manifest.get("resegmentation") or {}).get("migration") or {}
+    counts = migration.get("counts") if isinstance(migration, dict) else None
+    if counts:
+        matrix = np.asarray(counts, dtype=np.float64)
+        retention = migration.get("retention")
+        parts.append(
+            _chart(
+                lambda: charts.heatmap(
+                    matrix,
+                    [f"previous {i}" for i in range(matrix.shape[0])],
+                    [f"{p['segment_id']}: {p['name']}" for p in profiles],
+                    "Segment migration (customers in both snapshots)",
                     diverging=False,
+                    fmt="{:.0f}",
+                    colorbar="customers",
                 ),
                 "segment migration",
+                f"Retention (customers who stayed in their matched segment): {_num(retention)}.",
             )
         )
     if not parts:
@@ -529,7 +545,7 @@ def _extra_section(manifest: dict[str, Any]) -> str:
     return (
         '<section id="extra"><h2>Uplift, lifetime value, migration</h2>'
         + "".join(parts)
-        + ("</section>")
+        + "</section>"
     )
 
 
@@ -561,7 +577,7 @@ def render_html(bundle: Bundle) -> str:
         _segments_section(bundle, evidence),
         _comparison_section(comparison),
         _response_section(bundle),
-        _extra_section(manifest),
+        _extra_section(bundle),
         _stages_section(manifest),
         "</main>",
     ]

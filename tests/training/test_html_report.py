@@ -133,3 +133,36 @@ def test_segmentation_only_bundle_says_why_there_is_no_response_section(tmp_path
     assert "No response model" in page
     assert "No comparison was run" in page
     assert "ROC curve" not in chart_alts(page)
+
+
+def test_uplift_lifetime_value_and_migration_are_drawn_when_present(tiny_bundle):
+    import dataclasses
+
+    from training.html_report import render_html
+
+    bundle = tiny_bundle  # replaced, not modified: the fixture is shared
+    k = bundle.n_segments
+    manifest = dict(bundle.manifest)
+    manifest["metrics"] = {
+        **(manifest.get("metrics") or {}),
+        "uplift": {
+            "per_campaign": {
+                c.id: {"qini": {"uplift": 0.05, "response": 0.01}} for c in bundle.campaigns
+            }
+        },
+    }
+    manifest["resegmentation"] = {
+        "migration": {"counts": [[10 * (i == j) + 1 for j in range(k)] for i in range(k)],
+                      "retention": 0.9}
+    }  # fmt: skip
+    profiles = [
+        {**p, "clv": {"mean": 10.0 + i, "total": 100.0 * (i + 1), "share": 1 / k}}
+        for i, p in enumerate(bundle.profiles)
+    ]
+    page = render_html(dataclasses.replace(bundle, manifest=manifest, profiles=profiles))
+    alts = chart_alts(page)
+    assert {"Qini coefficients", "lifetime value by segment", "segment migration"} <= set(alts)
+    assert "could not be drawn" not in page
+    assert "Retention (customers who stayed in their matched segment): 0.900" in page
+    # a bundle without them has no such section
+    assert 'id="extra"' not in render_html(tiny_bundle)
