@@ -152,16 +152,30 @@ def customer_value(
     horizon, ``p_alive`` and ``expected_spend`` per purchase, from transaction features."""
     x, t_x, T = bgnbd_inputs(frequency, recency_days, tenure_days, model.period_days)
     spend = expected_spend(model.gamma_gamma, np.asarray(frequency, np.float64), monetary_avg)
-    clv = np.zeros_like(x)
-    previous = np.zeros_like(x)
+    # the purchase forecast depends on (x, t_x, T) only, and customers share those histories:
+    # the hypergeometric function (the costly part) runs once per distinct history
+    stacked = np.column_stack([x, t_x, T])
+    if len(x):
+        order = np.lexsort((T, t_x, x))
+        ordered = stacked[order]
+        starts = np.ones(len(order), dtype=bool)
+        starts[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+        ux, ut, uT = ordered[starts].T
+        back = np.empty(len(order), dtype=np.int64)
+        back[order] = np.cumsum(starts) - 1
+    else:
+        ux = ut = uT = x
+        back = np.zeros(0, dtype=np.int64)
+    discounted = np.zeros_like(ux)
+    previous = np.zeros_like(ux)
     for month in range(1, model.horizon_months + 1):
         t = month * MONTH_DAYS / model.period_days
-        cumulative = expected_purchases(model.bgnbd, t, x, t_x, T)
-        clv += spend * (cumulative - previous) / (1.0 + model.discount_rate) ** month
+        cumulative = expected_purchases(model.bgnbd, t, ux, ut, uT)
+        discounted += (cumulative - previous) / (1.0 + model.discount_rate) ** month
         previous = cumulative
     return {
-        "clv": clv,
-        "expected_purchases": previous,
+        "clv": spend * discounted[back],
+        "expected_purchases": previous[back],
         "p_alive": probability_alive(model.bgnbd, x, t_x, T),
         "expected_spend": spend,
     }

@@ -76,10 +76,23 @@ class ModelFit:
 
 
 def _compress(*columns: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Distinct rows of the columns and how often each occurs."""
-    stacked = np.column_stack([np.asarray(c, dtype=np.float64) for c in columns])
-    unique, counts = np.unique(stacked, axis=0, return_counts=True)
-    return [unique[:, j] for j in range(unique.shape[1])], counts.astype(np.float64)
+    """Distinct rows of the columns and how often each occurs.
+
+    A lexicographic sort and a comparison of neighbours (``np.unique(axis=0)`` is many times
+    slower on a million rows).
+    """
+    cols = [np.asarray(c, dtype=np.float64) for c in columns]
+    if not len(cols[0]):
+        return cols, np.zeros(0)
+    order = np.lexsort(cols[::-1])
+    ordered = [c[order] for c in cols]
+    starts = np.zeros(len(order), dtype=bool)
+    starts[0] = True
+    for c in ordered:
+        starts[1:] |= c[1:] != c[:-1]
+    index = np.flatnonzero(starts)
+    counts = np.diff(np.append(index, len(order))).astype(np.float64)
+    return [c[index] for c in ordered], counts
 
 
 def bgnbd_log_likelihood(
