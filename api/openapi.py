@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from apispec import APISpec
@@ -23,9 +23,6 @@ from marshmallow import fields
 from api import schemas as sc
 from api.errors import envelope
 from api.model import LoadedModel
-
-if TYPE_CHECKING:
-    from api.routes import Route
 
 TITLE = "Customer segmentation and campaign recommendation"
 DESCRIPTION = """\
@@ -247,11 +244,27 @@ def error_responses(codes: Iterable[str], examples: Examples) -> dict[str, Any]:
 
 
 # ---- the document -----------------------------------------------------------------------------
+class DocumentedRoute(Protocol):
+    """What the document reads of a route (an ``api.routes.Route``; a protocol here, so this
+    module need not import the route table that imports the views that serve this document)."""
+
+    method: str
+    path: str
+    summary: str
+    description: str
+    security: str | None
+    request: Any
+    response: Any
+    errors: tuple[str, ...]
+    components: tuple[type, ...]
+    documented: bool
+
+
 #: response and request schemas every document carries (routes add their own)
 COMPONENTS = (sc.ErrorEnvelope,)
 
 
-def build_spec(loaded: LoadedModel, app_version: str, routes: Iterable[Route]) -> APISpec:
+def build_spec(loaded: LoadedModel, app_version: str, routes: Iterable[DocumentedRoute]) -> APISpec:
     """The apispec object for the served model and ``routes`` (also used by tests)."""
     plugin = MarshmallowPlugin()
     spec = APISpec(

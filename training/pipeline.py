@@ -15,7 +15,6 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +58,7 @@ from training.response import (
     fit_response_model,
     skip_reason,
 )
+from training.result import StageRecord, TrainResult
 from training.segmentation import Segmentation, fit_segmentation, reorder_segmentation
 from training.uplift import UpliftModel, fit_uplift_model
 from training.uplift import skip_reason as uplift_skip_reason
@@ -67,44 +67,6 @@ from training.validate import eligibility_warnings
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class StageRecord:
-    """How long a stage took and the process's peak resident memory once it finished."""
-
-    name: str
-    seconds: float
-    peak_rss_mb: float
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced: the written bundle and the evidence behind it."""
-
-    bundle: Bundle
-    path: Path
-    segmentation: Segmentation
-    names: list[SegmentName]
-    response: ResponseModel | None
-    uplift: UpliftModel | None = None
-    stages: list[StageRecord] = field(default_factory=list)
-    truth_ari: float | None = None
-    report_path: Path | None = None
-    clv: CLVFit | None = None
-    #: the promotion gate's verdict when re-segmenting against a previous bundle
-    gate: GateResult | None = None
-    html_report_path: Path | None = None
-
-    @property
-    def promoted(self) -> bool:
-        """True when ``current`` now names this bundle."""
-        return self.gate is None or self.gate.promote
-
-    @property
-    def total_seconds(self) -> float:
-        """Wall time of all stages."""
-        return sum(s.seconds for s in self.stages)
 
 
 def peak_rss_mb() -> float:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the pipeline imports this module to write the report
-    from training.pipeline import TrainResult
+if TYPE_CHECKING:
+    from training.result import TrainResult
 
 REPORTS_DIR = "reports"
 
