@@ -171,6 +171,27 @@ def test_requirements_cover_every_third_party_import():
     assert not missing, f"imported but not in requirements.txt: {missing}"
 
 
+def _direct_requirements() -> list[str]:
+    """Normalised names of requirements.txt's direct dependencies (before the transitive block)."""
+    text = (ROOT / "requirements.txt").read_text(encoding="utf-8")
+    direct = text.split("# Transitive dependencies", 1)[0]
+    return [
+        re.sub(r"[-_.]+", "-", line.split("==")[0]).lower()
+        for line in direct.splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+
+def test_every_direct_requirement_is_imported():
+    """A direct pin the code never imports is dead weight in the image (kneed was one)."""
+    distributions = importlib.metadata.packages_distributions()
+    imported = set()
+    for module in _third_party_imports():
+        imported |= {re.sub(r"[-_.]+", "-", d).lower() for d in distributions.get(module, [module])}
+    unused = [name for name in _direct_requirements() if name not in imported]
+    assert unused == [], f"pinned as direct dependencies but never imported: {unused}"
+
+
 def test_optional_engines_pin_their_imports():
     """An optional engine's imports are pinned in its own requirements file (or the base one)."""
     distributions = importlib.metadata.packages_distributions()
