@@ -522,45 +522,6 @@ def write_frame(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(path, index=False)
 
 
-def score_frame(engine, frame: pd.DataFrame) -> pd.DataFrame:
-    """Segment and campaign scores of the customers in ``frame`` (one batch).
-
-    Everything comes from the scoring core's ranking (``ScoringEngine.rank``), the same call
-    ``/recommend`` makes: ``best_campaign`` is the first campaign ``/recommend`` returns.
-    """
-    import numpy as np
-    import pandas as pd
-
-    from scoring.clv import CLV_FEATURES, customer_value, model_from_manifest
-
-    batch = engine.batch_from_frame(frame)
-    ranking = engine.rank(batch) if engine.has_response_model else None
-    a = engine.assign(batch) if ranking is None else ranking.assignment
-    out = {
-        "segment_id": a.segment.astype(np.int64),
-        "segment_name": np.asarray(engine.segment_names, dtype=object)[a.segment],
-        "distance": a.distance,
-        "atypical": a.atypical,
-    }
-    if ranking is not None:
-        best = ranking.order[:, 0]
-        has_any = ranking.counts > 0
-        ids = np.array(engine.campaign_ids, dtype=object)
-        best_ev = ranking.expected_value[np.arange(len(best)), best]
-        out["best_campaign"] = np.where(has_any, ids[best], None)
-        out["best_expected_value"] = np.where(has_any, best_ev, np.nan)
-        for j, cid in enumerate(engine.campaign_ids):
-            out[f"p_{cid}"] = ranking.probability[:, j]
-    clv_model = model_from_manifest(engine.bundle.manifest)
-    if clv_model is not None and all(c in frame.columns for c in CLV_FEATURES):
-        values = customer_value(
-            clv_model, *(pd.to_numeric(frame[c]).to_numpy(np.float64) for c in CLV_FEATURES)
-        )
-        for name in ("clv", "p_alive", "expected_purchases"):
-            out[name] = values[name]
-    return pd.DataFrame(out)
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     """Batch-score a customer file (or, with ``--engine dask``, a partitioned dataset)."""
     bundle = load_bundle(bundle_path(args.bundle), hmac_key=_key_from_env(args.hmac_key_env))
