@@ -185,8 +185,9 @@ def _direct_requirements() -> list[str]:
 def test_every_direct_requirement_is_imported():
     """A direct pin the code never imports is dead weight in the image (kneed was one)."""
     distributions = importlib.metadata.packages_distributions()
+    optional = [ROOT / path for path in OPTIONAL_MODULES]
     imported = set()
-    for module in _third_party_imports():
+    for module in _third_party_imports() | _third_party_imports(optional):
         imported |= {re.sub(r"[-_.]+", "-", d).lower() for d in distributions.get(module, [module])}
     unused = [name for name in _direct_requirements() if name not in imported]
     assert unused == [], f"pinned as direct dependencies but never imported: {unused}"
