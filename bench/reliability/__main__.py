@@ -73,7 +73,9 @@ def plan(root: Path, quick: bool, redis_url: str) -> dict[str, Callable[[], Any]
             sc.batch_abuse(root, redis_url, seconds=8 if q else 20, limits=limits),
         ],
         "soak": lambda: sc.soak(root, seconds=30 if q else 300),
-        "schemathesis": lambda: sc.schemathesis_fuzz(root, cases=200 if q else 2000),
+        "schemathesis": lambda: sc.schemathesis_fuzz(
+            root, cases=200 if q else 2000, redis_url=redis_url
+        ),
     }
 
 

@@ -632,7 +632,9 @@ def _clean_prefix(url: str, prefix: str) -> None:
 
 
 # ---- schemathesis against the live server -------------------------------------------------------
-def schemathesis_fuzz(bundle_root: Path, *, cases: int = 2000) -> dict[str, Any]:
+def schemathesis_fuzz(
+    bundle_root: Path, *, cases: int = 2000, redis_url: str | None = None
+) -> dict[str, Any]:
     """At least ``cases`` generated requests (valid and invalid) from the served /openapi.json,
     through gunicorn, admin key for admin routes: no 5xx, every answer as documented."""
     import schemathesis
@@ -641,7 +643,12 @@ def schemathesis_fuzz(bundle_root: Path, *, cases: int = 2000) -> dict[str, Any]
 
     sent = failures = 0
     errors: list[str] = []
-    with Server(bundle_root) as server:
+    env = (
+        {"REDIS_URL": redis_url, "CACHE_PREFIX": f"segsvc-rel-fuzz-{free_port()}"}
+        if redis_url
+        else {}
+    )
+    with Server(bundle_root, env=env) as server:
         schema = schemathesis.openapi.from_url(f"http://127.0.0.1:{server.port}/openapi.json")
         operations = [r.ok() for r in schema.get_all_operations()]
         # operations with a body get the budget; the bodiless GETs have few distinct cases
@@ -674,7 +681,14 @@ def schemathesis_fuzz(bundle_root: Path, *, cases: int = 2000) -> dict[str, Any]
                     if len(errors) < 5:
                         errors.append(f"{case.method} {case.path}: {str(exc)[:200]}")
 
-            check()
+            try:
+                check()
+            except Exception as exc:  # noqa: BLE001 -- hypothesis re-raises what it found
+                failures += 1
+                if len(errors) < 5:
+                    errors.append(f"{operation.method.upper()} {operation.path}: {str(exc)[:300]}")
+    if env:
+        _clean_prefix(redis_url, env["CACHE_PREFIX"])
     return {
         "scenario": "schemathesis against /openapi.json",
         "load": "one generated request at a time",
