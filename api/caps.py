@@ -133,18 +133,29 @@ class FrequencyCaps:
         self.clock = clock
         self.on_failure = on_failure
         self._script: Any = None  # registered on first use (a test double may lack scripts)
+        self._period_ordinal = -1
+        self._period_labels = ("", "")
+
+    def _period(self) -> tuple[str, str]:
+        """Today's day and ISO-week labels (UTC), recomputed once a day."""
+        now = self.clock()
+        ordinal = int(now // 86_400)
+        if ordinal != self._period_ordinal:
+            moment = dt.datetime.fromtimestamp(now, dt.UTC)
+            year, week, _ = moment.isocalendar()
+            self._period_labels = (moment.strftime("%Y%m%d"), f"{year}{week:02d}")
+            self._period_ordinal = ordinal
+        return self._period_labels
 
     def keys(self, customer_id: str | None, campaign_id: str) -> tuple[str, str, str]:
         """The three counter keys of a (customer, campaign) pair now ("" without a customer)."""
-        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
-        day = now.strftime("%Y%m%d")
-        year, week, _ = now.isocalendar()
+        day, week = self._period()
         base = f"{self.prefix}:cap:{campaign_id}"
         if customer_id is None:
             return ("", "", f"{base}:d:{day}")
         return (
             f"{base}:c:{customer_id}:d:{day}",
-            f"{base}:c:{customer_id}:w:{year}{week:02d}",
+            f"{base}:c:{customer_id}:w:{week}",
             f"{base}:d:{day}",
         )
 
