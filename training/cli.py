@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_training_flags(train)
+    _add_engine(train)
 
     retrain = sub.add_parser(
         "retrain",
@@ -191,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="demo",
         help="demo: 7 features, 7 campaigns; production: 12 features, 6 campaigns, responses "
         "that need a production-sized model (train with examples/production.toml)",
+    )
+    gen.add_argument(
+        "--rows-per-file",
+        type=_positive_int,
+        help="write customers.parquet/ and responses.parquet/ as folders of files of this many "
+        "customers, generated one file at a time (for tables larger than memory; the Dask "
+        "engine reads each file as a partition)",
     )
     _add_quiet(gen)
 
@@ -452,7 +460,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, _training_overrides(args))
     if args.command == "retrain" and not config.segmentation.previous:
         raise CommandError("retrain needs --previous or segmentation.previous in the config")
-    result = train(config, force=getattr(args, "force", False))
+    if getattr(args, "engine", "local") == "dask":
+        from training.engines.dask import connect
+        from training.engines.dask import train as train_on_dask
+
+        with connect(args.scheduler, args.workers) as (client, info):
+            _dashboard_line(info)
+            result = train_on_dask(config, client, info)
+    else:
+        result = train(config, force=getattr(args, "force", False))
     print(summary(result))
     return 0 if result.promoted else EXIT_NOT_PROMOTED
 
@@ -471,7 +487,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Write the demo data."""
     from training.generate import write_demo
 
-    paths = write_demo(args.out, n_customers=args.customers, seed=args.seed, shape=args.shape)
+    if args.rows_per_file:
+        if args.shape != "demo":
+            raise CommandError("--rows-per-file writes the demo shape only (leave out --shape)")
+        from training.generate import write_demo_partitioned
+
+        paths = write_demo_partitioned(
+            args.out, n_customers=args.customers, seed=args.seed, rows_per_file=args.rows_per_file
+        )
+    else:
+        paths = write_demo(args.out, n_customers=args.customers, seed=args.seed, shape=args.shape)
     for role, path in paths.items():
         print(f"{role}: {path}")
     return 0

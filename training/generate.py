@@ -452,3 +452,61 @@ def write_demo(
         "wrote %d customers and %d responses to %s", len(demo.customers), len(demo.responses), out
     )
     return paths
+
+
+def write_demo_partitioned(
+    out_dir: str | Path,
+    n_customers: int,
+    seed: int = 42,
+    rows_per_file: int = 500_000,
+) -> dict[str, Path]:
+    """The demo data as partitioned Parquet, generated one file at a time (memory stays at one
+    file's worth whatever ``n_customers`` is).
+
+    Writes ``customers.parquet/part-NNNNN.parquet`` and ``responses.parquet/part-NNNNN.parquet``
+    (folders: the Dask engine reads each file as a partition; pandas and pyarrow read a folder as
+    one table) and ``campaigns.json``. File ``i`` is drawn from its own generator seeded by
+    ``(seed, i)``, so files can be produced independently; ids run on across files.
+    """
+    if n_customers < len(SEGMENTS):
+        raise ValueError(
+            f"n_customers={n_customers} should be >= {len(SEGMENTS)} (one per segment)"
+        )
+    if rows_per_file < len(SEGMENTS):
+        raise ValueError(f"rows_per_file={rows_per_file} should be >= {len(SEGMENTS)}")
+    out = Path(out_dir)
+    paths = {
+        "customers": out / "customers.parquet",
+        "campaigns": out / "campaigns.json",
+        "responses": out / "responses.parquet",
+    }
+    for folder in (paths["customers"], paths["responses"]):
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("part-*.parquet"):
+            old.unlink()
+    width = max(7, len(str(n_customers)))
+    written = responses = 0
+    index = 0
+    while written < n_customers:
+        size = min(rows_per_file, n_customers - written)
+        rng = np.random.default_rng([seed, index])
+        customers = _draw_customers(rng, size)
+        customers["customer_id"] = [f"W{written + i:0{width}d}" for i in range(1, size + 1)]
+        drawn, _ = _draw_responses(rng, customers)
+        name = f"part-{index:05d}.parquet"
+        customers.to_parquet(paths["customers"] / name, index=False)
+        drawn.to_parquet(paths["responses"] / name, index=False)
+        written += size
+        responses += len(drawn)
+        index += 1
+        logger.info("generated %d of %d customers", written, n_customers)
+    pool = [c.to_dict() for c in CAMPAIGNS]
+    paths["campaigns"].write_text(json.dumps(pool, indent=2) + "\n", encoding="utf-8")
+    logger.info(
+        "wrote %d customers and %d responses in %d file(s) each to %s",
+        written,
+        responses,
+        index,
+        out,
+    )
+    return paths

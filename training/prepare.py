@@ -47,7 +47,11 @@ MAX_CATEGORIES = 100
 
 def categories_of(values: pd.Series, limit: int = MAX_CATEGORIES) -> tuple[str, ...]:
     """Categories of a column as text: most frequent first, ties by name, at most ``limit``."""
-    counts = values.dropna().astype("string").value_counts()
+    return categories_from_counts(values.dropna().astype("string").value_counts(), limit)
+
+
+def categories_from_counts(counts: pd.Series, limit: int = MAX_CATEGORIES) -> tuple[str, ...]:
+    """:func:`categories_of` from the counts of each value (index = value as text)."""
     ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return tuple(str(name) for name, _ in ordered[:limit])
 
@@ -65,18 +69,40 @@ def build_schema(
     config: TrainConfig, frame: pd.DataFrame, medians: np.ndarray, numeric_names: list[str]
 ) -> FeatureSchema:
     """The feature schema without log features (decided once the derived values exist)."""
+    ranges = {}
+    for column in config.features.numeric:
+        values = frame[column].to_numpy(dtype=np.float64)
+        ranges[column] = (
+            not bool(np.isnan(values).any()),
+            float(np.nanmin(values)),
+            float(np.nanmax(values)),
+        )
+    categories = {column: categories_of(frame[column]) for column in config.features.categorical}
+    return schema_from_stats(config, ranges, medians, numeric_names, categories)
+
+
+def schema_from_stats(
+    config: TrainConfig,
+    ranges: dict[str, tuple[bool, float, float]],
+    medians: np.ndarray,
+    numeric_names: list[str],
+    categories: dict[str, tuple[str, ...]],
+) -> FeatureSchema:
+    """The feature schema from per-column statistics: ``ranges`` maps each numeric input to
+    (required = no value missing, observed minimum, observed maximum); ``categories`` each
+    categorical column to its categories (both engines build the schema here)."""
     feats = config.features
     inputs = []
     for column, median in zip(feats.numeric, medians, strict=True):
-        values = frame[column].to_numpy(dtype=np.float64)
+        required, low, high = ranges[column]
         inputs.append(
             NumericInput(
                 name=column,
                 kind=feats.kinds.get(column, "numeric"),
-                required=not bool(np.isnan(values).any()),
+                required=required,
                 median=float(median),
-                observed_min=float(np.nanmin(values)),
-                observed_max=float(np.nanmax(values)),
+                observed_min=low,
+                observed_max=high,
             )
         )
     derived = tuple(
@@ -84,8 +110,7 @@ def build_schema(
         for d in feats.derived
     )
     categoricals = tuple(
-        CategoricalInput(name=column, categories=categories_of(frame[column]))
-        for column in feats.categorical
+        CategoricalInput(name=column, categories=categories[column]) for column in feats.categorical
     )
     return FeatureSchema(
         inputs=tuple(inputs),

@@ -77,17 +77,37 @@ def build_profiles(
 ) -> list[dict[str, Any]]:
     """The profile of every segment, index = segment id."""
     k = len(names)
-    n = numeric.shape[0]
     rates, _ = segment_response_rates(responses, labels, k, len(campaigns))
     order, bounds = _segment_slices(labels, k)
-    profiles = []
+    sizes = np.zeros(k, dtype=np.int64)
+    means = np.zeros((k, len(feature_names)))
+    medians = np.zeros((k, len(feature_names)))
     for s in range(k):
         rows = numeric[order[bounds[s] : bounds[s + 1]]]
-        size = rows.shape[0]
-        if size:
-            means, medians = rows.mean(axis=0), np.median(rows, axis=0)
-        else:
-            means = medians = np.zeros(len(feature_names))
+        sizes[s] = rows.shape[0]
+        if sizes[s]:
+            means[s], medians[s] = rows.mean(axis=0), np.median(rows, axis=0)
+    return profiles_from_stats(
+        feature_names, sizes, means, medians, names, campaigns, rates, outlier_thresholds
+    )
+
+
+def profiles_from_stats(
+    feature_names: list[str],
+    sizes: np.ndarray,
+    means: np.ndarray,
+    medians: np.ndarray,
+    names: list[SegmentName],
+    campaigns: list[Campaign],
+    rates: np.ndarray,
+    outlier_thresholds: np.ndarray,
+) -> list[dict[str, Any]]:
+    """Profiles from per-segment statistics: sizes (k,), means and medians (k, features) and
+    response rates (k, campaigns; NaN where never offered). Both engines end here."""
+    n = int(np.sum(sizes))
+    profiles = []
+    for s in range(len(names)):
+        size = int(sizes[s])
         profiles.append(
             {
                 "segment_id": s,
@@ -95,8 +115,8 @@ def build_profiles(
                 "description": names[s].description,
                 "size": int(size),
                 "share": float(size / n) if n else 0.0,
-                "mean": {f: float(v) for f, v in zip(feature_names, means, strict=True)},
-                "median": {f: float(v) for f, v in zip(feature_names, medians, strict=True)},
+                "mean": {f: float(v) for f, v in zip(feature_names, means[s], strict=True)},
+                "median": {f: float(v) for f, v in zip(feature_names, medians[s], strict=True)},
                 "response_rate": {
                     c.id: float(rates[s, j])
                     for j, c in enumerate(campaigns)

@@ -244,11 +244,20 @@ def fit_projection(X: np.ndarray, config: SegmentationConfig) -> tuple[StandardS
         n_comp = min(int(config.pca_components), n_features)
     else:
         full = PCA(svd_solver="covariance_eigh").fit(Z)
-        cum = np.cumsum(full.explained_variance_ratio_)
-        n_comp = int(np.searchsorted(cum, config.pca_variance - 1e-12) + 1)
-        n_comp = max(1, min(n_comp, n_features))
+        n_comp = components_for(full.explained_variance_ratio_, config)
     pca = PCA(n_components=n_comp, svd_solver="covariance_eigh").fit(Z)
     return scaler, pca
+
+
+def components_for(explained_variance_ratio: np.ndarray, config: SegmentationConfig) -> int:
+    """PCA components kept: ``pca_components`` when fixed, else the fewest that explain at
+    least ``pca_variance`` (ratios of the full decomposition, largest first)."""
+    n_features = len(explained_variance_ratio)
+    if config.pca_components:
+        return min(int(config.pca_components), n_features)
+    cum = np.cumsum(explained_variance_ratio)
+    n_comp = int(np.searchsorted(cum, config.pca_variance - 1e-12) + 1)
+    return max(1, min(n_comp, n_features))
 
 
 def search_k(
@@ -383,11 +392,8 @@ def _sample(rng: np.random.Generator, n: int, size: int) -> np.ndarray | None:
 def relabel_by_size(kmeans: KMeans, labels: np.ndarray) -> np.ndarray:
     """Renumber segments largest first (ties by centroid); updates ``kmeans`` and returns labels."""
     k = kmeans.n_clusters
-    sizes = np.bincount(labels, minlength=k)
     centers = kmeans.cluster_centers_
-    # lexsort: last key is primary -> size descending, then centroid coordinates ascending
-    keys = [centers[:, j] for j in range(centers.shape[1] - 1, -1, -1)] + [-sizes]
-    order = np.lexsort(keys)
+    order = size_order(centers, np.bincount(labels, minlength=k))
     new_of_old = np.empty(k, dtype=np.int32)
     new_of_old[order] = np.arange(k, dtype=np.int32)
     kmeans.cluster_centers_ = np.ascontiguousarray(centers[order])
@@ -418,6 +424,13 @@ def reorder_segmentation(segmentation: Segmentation, order: np.ndarray) -> Segme
         labels=labels,
         outlier_thresholds=segmentation.outlier_thresholds[inverse],
     )
+
+
+def size_order(centers: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Old segment ids in their new order: largest first, ties by centroid coordinates."""
+    # lexsort: last key is primary -> size descending, then centroid coordinates ascending
+    keys = [centers[:, j] for j in range(centers.shape[1] - 1, -1, -1)] + [-np.asarray(sizes)]
+    return np.lexsort(keys)
 
 
 def centroid_distances(P: np.ndarray, centers: np.ndarray, labels: np.ndarray) -> np.ndarray:

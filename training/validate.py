@@ -48,7 +48,99 @@ def _ids(frame: pd.DataFrame, config: TrainConfig) -> pd.Series:
 
 
 def _row_label(ids: pd.Series, position: int) -> str:
-    return f"row {position} (id {ids.iloc[position]!s})"
+    return row_label(position, ids.iloc[position])
+
+
+# ---- the problems, worded once (the single-process checks below and the Dask engine's
+# ---- per-partition summaries in training/partitioned.py raise the same messages) ----------
+def row_label(position: int, customer_id: object) -> str:
+    """How a message names a row: its position in the table and its id."""
+    return f"row {position} (id {customer_id!s})"
+
+
+def missing_ids_error(column: str, count: int, first_row: int) -> TableError:
+    """Some ids are missing."""
+    return TableError(f"{count} missing id(s), first at row {first_row}", column=column)
+
+
+def duplicate_ids_error(column: str, n_ids: int, example: object, times: int) -> TableError:
+    """Some ids occur more than once."""
+    return TableError(
+        f"duplicate ids: {n_ids} id(s) occur more than once, e.g. {example!s} ({times} times)",
+        column=column,
+    )
+
+
+def non_numeric_error(column: str, example: object, where: str, count: int) -> TableError:
+    """A numeric feature holds text that is not a number (with a hint for local formats)."""
+    hint = _number_hint(example) if isinstance(example, str) else ""
+    return TableError(
+        f"non-numeric value {example!r} at {where} ({count} such value(s)){hint}", column=column
+    )
+
+
+def dates_error(column: str, dtype: object) -> TableError:
+    """A numeric feature holds dates or durations."""
+    return TableError(
+        f"holds dates or durations ({dtype}), not numbers; derive a number from "
+        "it (such as days since) or leave it out",
+        column=column,
+    )
+
+
+def constant_numeric_error(column: str, value: float) -> TableError:
+    """A numeric feature has one value."""
+    return TableError(
+        f"constant column (every value is {value:g}): it cannot separate customers", column=column
+    )
+
+
+def constant_categorical_error(column: str, value: object) -> TableError:
+    """A categorical feature has one value."""
+    return TableError(
+        f"constant column (every value is {value!r}): it carries no information", column=column
+    )
+
+
+def feature_bounds(column: str, config: TrainConfig) -> tuple[float | None, float | None]:
+    """The (low, high) values a numeric feature may take: its kind's domain, and >= 0 when a
+    log transform is asked for it explicitly."""
+    feats = config.features
+    low, high = KIND_DOMAINS[feats.kinds.get(column, "numeric")]
+    if not isinstance(feats.log, str) and column in feats.log and low is None:
+        low = 0.0
+    return low, high
+
+
+def outside_domain_error(
+    column: str, value: float, where: str, count: int, below: bool, config: TrainConfig
+) -> TableError:
+    """A numeric feature holds ``count`` values outside its bounds (``below`` the low one)."""
+    feats = config.features
+    kind = feats.kinds.get(column, "numeric")
+    low, high = feature_bounds(column, config)
+    explicit_log = not isinstance(feats.log, str) and column in feats.log
+    bound = low if below else high
+    reason = (
+        "a log transform is asked for it"
+        if explicit_log and kind not in ("amount", "count", "days", "ratio")
+        else f"kind {kind!r} allows [{low:g}, {'inf' if high is None else f'{high:g}'}]"
+    )
+    return TableError(
+        f"value {value:g} at {where} is "
+        f"{'negative' if below and bound == 0 else 'outside the allowed range'}, "
+        f"but {reason} ({count} such value(s))",
+        column=column,
+    )
+
+
+def negative_log_error(name: str, value: float, position: int, count: int) -> TableError:
+    """A feature that gets log1p holds negative values."""
+    return TableError(
+        f"negative value {value:g} at row {position} "
+        f"({count} such value(s)), but a log transform is asked for it",
+        column=name,
+    )
 
 
 def check_columns(frame: pd.DataFrame, config: TrainConfig) -> None:
@@ -109,20 +201,12 @@ def check_ids(frame: pd.DataFrame, config: TrainConfig) -> None:
     ids = frame[column]
     missing = ids.isna().to_numpy()
     if missing.any():
-        raise TableError(
-            f"{int(missing.sum())} missing id(s), first at row {int(np.argmax(missing))}",
-            column=column,
-        )
+        raise missing_ids_error(column, int(missing.sum()), int(np.argmax(missing)))
     text = ids.astype("string")
     duplicated = text.duplicated(keep=False)
     if duplicated.any():
         counts = text[duplicated].value_counts()
-        example = counts.index[0]
-        raise TableError(
-            f"duplicate ids: {len(counts)} id(s) occur more than once, "
-            f"e.g. {example!s} ({int(counts.iloc[0])} times)",
-            column=column,
-        )
+        raise duplicate_ids_error(column, len(counts), counts.index[0], int(counts.iloc[0]))
 
 
 #: text that is a number written with thousands separators (1,234.50) or a decimal comma (12,5)
@@ -153,22 +237,12 @@ def numeric_values(frame: pd.DataFrame, column: str, ids: pd.Series) -> np.ndarr
     if pd.api.types.is_bool_dtype(series):
         return series.astype("float64").to_numpy()
     if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series):
-        raise TableError(
-            f"holds dates or durations ({series.dtype}), not numbers; derive a number from "
-            "it (such as days since) or leave it out",
-            column=column,
-        )
+        raise dates_error(column, series.dtype)
     values = pd.to_numeric(series, errors="coerce")
     bad = (values.isna() & series.notna()).to_numpy()
     if bad.any():
         pos = int(np.argmax(bad))
-        example = series.iloc[pos]
-        hint = _number_hint(example) if isinstance(example, str) else ""
-        raise TableError(
-            f"non-numeric value {example!r} at {_row_label(ids, pos)} "
-            f"({int(bad.sum())} such value(s)){hint}",
-            column=column,
-        )
+        raise non_numeric_error(column, series.iloc[pos], _row_label(ids, pos), int(bad.sum()))
     out = values.to_numpy(dtype=np.float64, na_value=np.nan)
     infinite = np.isinf(out)
     if infinite.any():
@@ -184,7 +258,6 @@ def check_features(frame: pd.DataFrame, config: TrainConfig) -> dict[str, np.nda
     """
     feats = config.features
     ids = _ids(frame, config)
-    explicit_log = set() if isinstance(feats.log, str) else set(feats.log)
     columns: dict[str, np.ndarray] = {}
     for column in feats.numeric:
         values = numeric_values(frame, column, ids)
@@ -192,30 +265,16 @@ def check_features(frame: pd.DataFrame, config: TrainConfig) -> dict[str, np.nda
         if observed.size == 0:
             raise TableError("all values are missing", column=column)
         if np.all(observed == observed[0]):
-            raise TableError(
-                f"constant column (every value is {observed[0]:g}): it cannot separate customers",
-                column=column,
-            )
-        kind = feats.kinds.get(column, "numeric")
-        low, high = KIND_DOMAINS[kind]
-        if column in explicit_log and low is None:
-            low = 0.0
+            raise constant_numeric_error(column, observed[0])
+        low, high = feature_bounds(column, config)
         for bound, below in ((low, True), (high, False)):
             if bound is None:
                 continue
             outside = (values < bound) if below else (values > bound)
             if outside.any():
                 pos = int(np.argmax(outside))
-                reason = (
-                    "a log transform is asked for it"
-                    if column in explicit_log and kind not in ("amount", "count", "days", "ratio")
-                    else f"kind {kind!r} allows [{low:g}, {'inf' if high is None else f'{high:g}'}]"
-                )
-                raise TableError(
-                    f"value {values[pos]:g} at {_row_label(ids, pos)} is "
-                    f"{'negative' if below and bound == 0 else 'outside the allowed range'}, "
-                    f"but {reason} ({int(outside.sum())} such value(s))",
-                    column=column,
+                raise outside_domain_error(
+                    column, values[pos], _row_label(ids, pos), int(outside.sum()), below, config
                 )
         columns[column] = values
     for column in feats.categorical:
@@ -223,10 +282,7 @@ def check_features(frame: pd.DataFrame, config: TrainConfig) -> dict[str, np.nda
         if observed.empty:
             raise TableError("all values are missing", column=column)
         if observed.astype("string").nunique() == 1:
-            raise TableError(
-                f"constant column (every value is {observed.iloc[0]!r}): it carries no information",
-                column=column,
-            )
+            raise constant_categorical_error(column, observed.iloc[0])
     return columns
 
 
@@ -252,11 +308,7 @@ def check_log_values(
         negative = values < 0
         if negative.any():
             pos = int(np.argmax(negative))
-            raise TableError(
-                f"negative value {values[pos]:g} at row {pos} "
-                f"({int(negative.sum())} such value(s)), but a log transform is asked for it",
-                column=name,
-            )
+            raise negative_log_error(name, values[pos], pos, int(negative.sum()))
 
 
 def decide_log_features(
@@ -264,22 +316,31 @@ def decide_log_features(
 ) -> tuple[str, ...]:
     """Cluster features to log1p: the explicit list, or with ``"auto"`` the non-negative ones
     whose skewness (on observed values) exceeds ``features.skew_threshold``."""
+    return log_features_from_skews({name: skewness(columns[name]) for name in cluster}, config)
+
+
+def skewness(values: np.ndarray) -> float | None:
+    """Skewness of the observed values; None when it does not decide a log transform (fewer
+    than 3 values, a negative value, or no spread)."""
+    observed = values[~np.isnan(values)]
+    if observed.size < 3 or observed.min() < 0:
+        return None
+    std = observed.std()
+    if std == 0:
+        return None
+    return float(np.mean(((observed - observed.mean()) / std) ** 3))
+
+
+def log_features_from_skews(
+    skews: Mapping[str, float | None], config: TrainConfig
+) -> tuple[str, ...]:
+    """The rule of :func:`decide_log_features` on precomputed skewness (cluster features in
+    order, None for those that cannot take a log)."""
     log = config.features.log
     if not isinstance(log, str):
-        return tuple(name for name in cluster if name in set(log))
-    chosen = []
-    for name in cluster:
-        values = columns[name]
-        observed = values[~np.isnan(values)]
-        if observed.size < 3 or observed.min() < 0:
-            continue
-        std = observed.std()
-        if std == 0:
-            continue
-        skew = float(np.mean(((observed - observed.mean()) / std) ** 3))
-        if skew > config.features.skew_threshold:
-            chosen.append(name)
-    return tuple(chosen)
+        return tuple(name for name in skews if name in set(log))
+    threshold = config.features.skew_threshold
+    return tuple(name for name, skew in skews.items() if skew is not None and skew > threshold)
 
 
 def check_campaigns(campaigns: Sequence[Campaign]) -> None:

@@ -175,3 +175,17 @@ def test_feature_load_smoke(tmp_path, redis_url):
     result = json.loads((tmp_path / "feature_load.json").read_text())
     assert set(result["customers_per_second"]) == {"loader", "redis-py", "floor"}
     assert all(v > 0 for v in result["customers_per_second"].values())
+
+
+@pytest.mark.slow
+def test_dask_training_smoke(tmp_path):
+    from bench import dask_training
+
+    args = ["--smoke", "--workers", "1", "--results", str(tmp_path)]
+    assert dask_training.main(args) == 0
+    result = json.loads((tmp_path / "dask_training.json").read_text())
+    (run,) = result["runs"]
+    assert run["workers"] == 1 and run["k"] >= 2
+    assert run["train_peak_tree_mb"] > 0 and run["score_wall_s"] > 0
+    assert set(run["stages_s"]) >= {"prepare", "segmentation", "response_model"}
+    assert result["generation"]["customers"] == 20_000

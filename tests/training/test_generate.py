@@ -197,3 +197,21 @@ def test_production_shape_has_twelve_features_and_six_campaigns():
 def test_unknown_shape_is_refused():
     with pytest.raises(ValueError, match="shape='huge' should be one of demo, production"):
         generate_demo(100, shape="huge")
+
+
+def test_partitioned_demo_streams_files_with_ids_running_on(tmp_path):
+    from training.generate import write_demo_partitioned
+
+    paths = write_demo_partitioned(tmp_path, n_customers=2_500, seed=4, rows_per_file=1_000)
+    files = sorted(p.name for p in paths["customers"].iterdir())
+    assert files == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    customers = pd.read_parquet(paths["customers"])
+    responses = pd.read_parquet(paths["responses"])
+    assert len(customers) == 2_500 and customers["customer_id"].is_unique
+    assert set(responses["customer_id"]) <= set(customers["customer_id"])
+    sizes = [len(pd.read_parquet(paths["customers"] / name)) for name in files]
+    assert sizes == [1_000, 1_000, 500]
+    # file i depends only on (seed, i): a rerun with more customers keeps the first files
+    again = write_demo_partitioned(tmp_path / "b", n_customers=3_000, seed=4, rows_per_file=1_000)
+    first = pd.read_parquet(again["customers"] / files[0])
+    pd.testing.assert_frame_equal(first, pd.read_parquet(paths["customers"] / files[0]))

@@ -252,3 +252,913 @@ def score_dataset(
         output=out,
         seconds=time.perf_counter() - start,
     )
+
+
+# ---- training ----------------------------------------------------------------------------------
+#: what the Dask engine computes differently from the single-process path (kept in the manifest)
+APPROXIMATIONS = (
+    "imputation medians and per-segment medians and outlier thresholds from approximate "
+    "quantiles (per-partition percentiles, merged)",
+    "k search, silhouette and stability on a fixed random sample of the projected rows",
+    "final K-Means: dask-ml with k-means|| initialisation on all rows",
+    "response model: customers sampled by a hash of their id (to max_train_rows) and split "
+    "train/held-out by another hash; unknown-customer check and response rates on that sample",
+    "response model: lightgbm.dask for max_rounds, then trimmed to the round early stopping "
+    "would have chosen on the held-out loss curve",
+)
+
+
+def _text_ids(frame: pd.DataFrame, column: str | None) -> pd.DataFrame:
+    """The partition with its id column as text (``scoring.ids``: "007" stays "007")."""
+    from scoring.ids import ids_as_text
+
+    if column is None or column not in frame.columns:
+        return frame
+    frame = frame.copy()
+    frame[column] = ids_as_text(frame[column])
+    return frame
+
+
+def _file_digest(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _matrices(frame: pd.DataFrame, schema) -> tuple:
+    """(raw inputs with NaN, categorical codes, numeric matrix) of one partition."""
+    import numpy as np
+
+    from scoring.features import frame_to_raw, numeric_matrix
+    from training.partitioned import numeric_inputs
+
+    converted = numeric_inputs(frame, schema.input_names)
+    for name in schema.categorical_names:
+        converted[name] = frame[name].to_numpy()
+    raw, codes = frame_to_raw(converted, schema)
+    return raw, codes, np.ascontiguousarray(numeric_matrix(raw, schema))
+
+
+def _observed_moments(frame: pd.DataFrame, schema):
+    """Moments of the inputs as observed (NaN kept) and of the derived features, for skewness
+    and the log check, exactly as the single-process path measures them."""
+    import numpy as np
+
+    from training.partitioned import Moments
+
+    raw, _, numeric = _matrices(frame, schema)
+    n_inputs = len(schema.inputs)
+    return len(frame), Moments.of(np.hstack([raw, numeric[:, n_inputs:]]))
+
+
+def _cluster_moments(frame: pd.DataFrame, schema):
+    from scoring.features import cluster_matrix
+    from training.partitioned import Moments
+
+    _, _, numeric = _matrices(frame, schema)
+    return len(frame), Moments.of(cluster_matrix(numeric, schema), cross=True)
+
+
+def _projection(frame: pd.DataFrame, schema, scaler, pca):
+    from scoring.features import cluster_matrix
+
+    _, _, numeric = _matrices(frame, schema)
+    return pca.transform(scaler.transform(cluster_matrix(numeric, schema)))
+
+
+def _sample_rows(P, seed: int, index: int, rate: float):
+    """Rows of one partition's projection kept with probability ``rate`` (seeded per part)."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, index])
+    return P[rng.random(P.shape[0]) < rate]
+
+
+def _nearest(P, centers):
+    import numpy as np
+
+    d2 = (P**2).sum(axis=1)[:, None] - 2.0 * P @ centers.T + (centers**2).sum(axis=1)[None, :]
+    labels = np.argmin(d2, axis=1)
+    diff = P - centers[labels]
+    return labels.astype(np.int32), np.sqrt(np.einsum("ij,ij->i", diff, diff))
+
+
+def _segment_counts(P, centers) -> Any:
+    import numpy as np
+
+    labels, _ = _nearest(P, centers)
+    return np.bincount(labels, minlength=centers.shape[0])
+
+
+def _assigned(frame: pd.DataFrame, P, schema, scaler, centers, truth_column) -> pd.DataFrame:
+    """One partition as the later stages need it: id, segment, distance, every numeric feature,
+    the categorical codes, the standardised cluster features and the planted truth."""
+    from scoring.features import cluster_matrix
+
+    _, codes, numeric = _matrices(frame, schema)
+    labels, distances = _nearest(P, centers)
+    out = {
+        "_id": frame[schema.id_column].to_numpy(dtype=object)
+        if schema.id_column in frame.columns
+        else None,
+        "_segment": labels,
+        "_distance": distances,
+    }
+    for j in range(numeric.shape[1]):
+        out[f"n{j}"] = numeric[:, j]
+    for j in range(codes.shape[1]):
+        out[f"c{j}"] = codes[:, j]
+    Z = scaler.transform(cluster_matrix(numeric, schema))
+    for j in range(Z.shape[1]):
+        out[f"z{j}"] = Z[:, j]
+    if truth_column is not None:
+        out["_truth"] = frame[truth_column].astype("string").to_numpy(dtype=object)
+    result = pd.DataFrame({k: v for k, v in out.items() if v is not None})
+    return result
+
+
+def _segment_sums(part: pd.DataFrame, k: int, columns: list[str]):
+    import numpy as np
+
+    labels = part["_segment"].to_numpy()
+    counts = np.bincount(labels, minlength=k)
+    sums = np.zeros((k, len(columns)))
+    for j, column in enumerate(columns):
+        sums[:, j] = np.bincount(labels, weights=part[column].to_numpy(), minlength=k)
+    truth = None
+    if "_truth" in part.columns:
+        truth = part.groupby(["_segment", "_truth"]).size()
+    return counts, sums, truth
+
+
+def scaler_from_moments(moments) -> Any:
+    """A fitted ``StandardScaler`` equal to fitting on the rows the moments summarise."""
+    import numpy as np
+    from sklearn.preprocessing import StandardScaler
+
+    n = float(moments.n[0])
+    var = moments.m2 / n
+    scale = np.sqrt(var)
+    scale[scale < 10 * np.finfo(scale.dtype).eps] = 1.0  # as sklearn: constant -> unit scale
+    scaler = StandardScaler()
+    scaler.mean_ = moments.mean.copy()
+    scaler.var_ = var
+    scaler.scale_ = scale
+    scaler.n_samples_seen_ = int(n)
+    scaler.n_features_in_ = len(var)
+    return scaler
+
+
+def pca_from_moments(moments, scaler, config) -> Any:
+    """A fitted ``PCA(svd_solver="covariance_eigh")`` of the scaled rows, from their moments.
+
+    The same computation as scikit-learn's covariance_eigh solver (eigenvectors of the
+    covariance, largest first, sign fixed so each component's largest loading is positive),
+    with the covariance reduced over partitions instead of computed in one process.
+    """
+    import numpy as np
+    from sklearn.decomposition import PCA
+    from sklearn.utils.extmath import svd_flip
+
+    from training.segmentation import components_for
+
+    n = float(moments.n[0])
+    cov = moments.scatter / (n - 1.0) / np.outer(scaler.scale_, scaler.scale_)
+    values, vectors = np.linalg.eigh(cov)
+    values, vectors = values[::-1].copy(), vectors[:, ::-1].copy()
+    values[values < 0.0] = 0.0
+    _, Vt = svd_flip(None, vectors.T, u_based_decision=False)
+    total = values.sum()
+    ratio = values / total if total > 0 else np.zeros_like(values)
+    k = components_for(ratio, config)
+    pca = PCA(n_components=k, svd_solver="covariance_eigh")
+    pca.n_components_ = k
+    pca.components_ = Vt[:k]
+    pca.explained_variance_ = values[:k]
+    pca.explained_variance_ratio_ = ratio[:k]
+    pca.singular_values_ = np.sqrt(values[:k] * (n - 1.0))
+    pca.mean_ = np.zeros(len(values))  # scaled rows have mean 0
+    pca.noise_variance_ = float(values[k:].mean()) if k < min(int(n), len(values)) else 0.0
+    pca.n_samples_ = int(n)
+    pca.n_features_in_ = len(values)
+    pca._fit_svd_solver = "covariance_eigh"
+    return pca
+
+
+def kmeans_with_centers(centers) -> Any:
+    """A fitted scikit-learn ``KMeans`` whose centres are exactly ``centers``.
+
+    Fitted on the centres themselves, each its own cluster: the object the service loads,
+    without Dask or dask-ml on the serving side.
+    """
+    import numpy as np
+    from sklearn.cluster import KMeans
+
+    centers = np.ascontiguousarray(centers, dtype=np.float64)
+    return KMeans(n_clusters=len(centers), init=centers, n_init=1, max_iter=1).fit(centers)
+
+
+def best_round(losses, patience: int, min_delta: float) -> int:
+    """The round (1-based) LightGBM's early stopping would keep on this held-out loss curve."""
+    best, best_i = float("inf"), 0
+    for i, loss in enumerate(losses):
+        if loss < best - min_delta:
+            best, best_i = float(loss), i
+        elif i - best_i >= patience:
+            break
+    return best_i + 1
+
+
+def _hash_unit(ids: pd.Series, salt: str):
+    """A stable pseudo-random number in [0, 1) per id (the same on every worker and run)."""
+    import numpy as np
+
+    hashed = pd.util.hash_pandas_object(
+        ids.astype("string"), index=False, hash_key=salt[:16].ljust(16, "0")
+    )
+    return (hashed.to_numpy() >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _response_rows(part: pd.DataFrame, layout, n_numeric: int, n_codes: int):
+    """(X rows, y, customer ids, held-out flags) of a merged response partition."""
+    import numpy as np
+
+    numeric = part[[f"n{j}" for j in range(n_numeric)]].to_numpy(dtype=np.float64)
+    codes = (
+        part[[f"c{j}" for j in range(n_codes)]].to_numpy(dtype=np.float64)
+        if n_codes
+        else np.empty((len(part), 0))
+    )
+    r = np.arange(len(part))
+    X = layout.rows(
+        numeric,
+        codes,
+        part["_segment"].to_numpy(),
+        r,
+        part["_campaign"].to_numpy(dtype=np.int64),
+    )
+    return X, part["_responded"].to_numpy(dtype=np.float64)
+
+
+def _responses_partition(frame: pd.DataFrame, config, pool: list[str]) -> pd.DataFrame:
+    """Long responses of one partition: _id, _campaign (pool position), _responded (0/1)."""
+    import numpy as np
+
+    from scoring.ids import ids_as_text
+    from training.validate import positions, response_values
+
+    rc = config.responses
+    if rc.treated_column is not None:
+        # the control arm (treated = 0) feeds the uplift model, which this engine does not fit
+        sent = response_values(
+            frame[rc.treated_column].reset_index(drop=True), config, rc.treated_column
+        ).astype(bool)
+        frame = frame.loc[sent]
+    ids = ids_as_text(frame[rc.customer_column])
+    campaigns = frame[rc.campaign_column].astype("string")
+    found = positions(campaigns, pool)
+    unknown = found < 0
+    if unknown.any():
+        counts = campaigns[unknown].value_counts()
+        raise TableError(
+            f"{int(counts.iloc[0])} response(s) for a campaign that is not in the pool "
+            f"(pool: {', '.join(sorted(pool))})",
+            campaign=str(counts.index[0]),
+        )
+    responded = response_values(
+        frame[rc.responded_column].reset_index(drop=True), config, rc.responded_column
+    )
+    return pd.DataFrame(
+        {
+            "_id": ids.to_numpy(dtype=object),
+            "_campaign": found.astype(np.int64),
+            "_responded": responded.astype(np.int8),
+        }
+    )
+
+
+def train(
+    config,
+    client: Client,
+    info: ClusterInfo,
+    *,
+    environ=None,
+):
+    """Train a bundle from ``config`` on the cluster behind ``client``; see the module docstring.
+
+    Returns the same ``TrainResult`` as ``training.pipeline.train`` (per-row labels and
+    distances stay on the cluster: the result's segmentation holds none).
+    """
+    import dask
+    import numpy as np
+    from dask import delayed
+    from sklearn.impute import SimpleImputer
+
+    from scoring.bundle import write_bundle
+    from training.config import ConfigError, config_to_dict
+    from training.load import load_campaigns, read_pool_settings
+    from training.naming import load_names_file, name_segments
+    from training.partitioned import (
+        adjusted_rand_from_contingency,
+        check_features,
+        check_ids,
+        combine,
+        combine_moments,
+        summarize,
+    )
+    from training.pipeline import (
+        StageRecord,
+        TrainResult,
+        code_revision,
+        peak_rss_mb,
+        signing_key,
+    )
+    from training.prepare import categories_from_counts, schema_from_stats
+    from training.profiles import profiles_from_stats
+    from training.report import write_report
+    from training.segmentation import (
+        KSelection,
+        Segmentation,
+        choose_k,
+        distinct_rows,
+        measure_stability,
+        search_k,
+        size_order,
+    )
+    from training.validate import (
+        check_campaigns,
+        check_columns,
+        check_row_count,
+        duplicate_ids_error,
+        eligibility_warnings,
+        log_features_from_skews,
+    )
+
+    stages: list[StageRecord] = []
+    worker_peaks: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def done(name: str) -> None:
+        now = time.perf_counter()
+        stages.append(StageRecord(name, now - clock[0], peak_rss_mb()))
+        peaks = client.run(peak_rss_mb)
+        worker_peaks[name] = round(float(sum(peaks.values())), 1)
+        log.info(
+            "stage %s done in %.1f s (client peak %.0f MiB, workers %.0f MiB)",
+            name,
+            now - clock[0],
+            stages[-1].peak_rss_mb,
+            worker_peaks[name],
+        )
+        clock[0] = time.perf_counter()
+
+    key = signing_key(config, os.environ if environ is None else environ)
+    data = config.data
+    if data.transactions is not None or data.customers is None:
+        raise TableError(
+            "the dask engine trains on a customer table (data.customers, Parquet); derive "
+            "features from transactions with --engine local"
+        )
+    if config.responses is not None and (
+        config.responses.control_values or config.responses.campaign_map
+    ):
+        raise TableError(
+            "the dask engine reads responses whose campaign column holds pool ids "
+            "(responses.control_values and responses.campaign_map need --engine local)"
+        )
+    if config.responses is not None and config.responses.path is None:
+        raise TableError(
+            "the dask engine reads responses in long form from their own Parquet files "
+            "(responses.path); wide response columns need --engine local"
+        )
+    feats = config.features
+
+    # ---- prepare: read, validate, statistics ---------------------------------------------------
+    files = parquet_files(data.customers)
+    raw = read_partitions(data.customers)
+    probe = raw.head(1, npartitions=-1)
+    check_columns(probe if len(probe) else raw._meta, config)
+    for column in feats.numeric:
+        dtype = raw._meta[column].dtype
+        if pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype):
+            from training.validate import dates_error
+
+            raise dates_error(column, dtype)
+    keep = [c for c in (data.id_column, *feats.numeric, *feats.categorical, data.truth_column) if c]
+    keep = list(dict.fromkeys(keep))
+    frame = raw[keep].map_partitions(_text_ids, data.id_column)
+    parts = frame.to_delayed()
+    summaries = dask.compute(*[delayed(summarize)(p, config) for p in parts])
+    summary = combine(list(summaries))
+    check_row_count(summary.rows, config)
+    check_ids(summary, config)
+    if data.id_column is not None:
+        # hash-partitioned counts: no single task holds every id
+        counts = frame[data.id_column].value_counts(split_out=max(1, frame.npartitions // 4))
+        duplicated = counts[counts > 1].compute()
+        if len(duplicated):
+            ordered = sorted(duplicated.items(), key=lambda item: (-item[1], str(item[0])))
+            raise duplicate_ids_error(
+                data.id_column, len(ordered), ordered[0][0], int(ordered[0][1])
+            )
+    check_features(summary, config)
+    campaigns = load_campaigns(config)
+    check_campaigns(campaigns)
+    row_counts = [s.rows for s in summaries]
+
+    from training.partitioned import numeric_inputs
+
+    numeric_frame = frame.map_partitions(
+        numeric_inputs,
+        list(feats.numeric),
+        meta=pd.DataFrame({c: pd.Series(dtype="float64") for c in feats.numeric}),
+    )
+    medians = np.array(
+        dask.compute(*[numeric_frame[c].dropna().quantile(0.5) for c in feats.numeric]),
+        dtype=np.float64,
+    )
+    imputer = SimpleImputer(strategy="median").fit(medians[None, :])  # statistics_ = medians
+    category_counts = dask.compute(
+        *[frame[c].dropna().astype("string").value_counts() for c in feats.categorical]
+    )
+    numeric_names = list(feats.numeric) + [d.name for d in feats.derived]
+    ranges = {
+        c: (s.missing == 0, float(s.minimum), float(s.maximum)) for c, s in summary.numeric.items()
+    }
+    categories = {
+        c: categories_from_counts(counts)
+        for c, counts in zip(feats.categorical, category_counts, strict=True)
+    }
+    schema = schema_from_stats(config, ranges, imputer.statistics_, numeric_names, categories)
+    observed = combine_moments(
+        list(dask.compute(*[delayed(_observed_moments)(p, schema) for p in parts]))
+    )
+    skews = {
+        name: observed.skewness(
+            numeric_names.index(name), observed.negative[numeric_names.index(name)] == 0
+        )
+        for name in schema.cluster_features
+    }
+    import dataclasses
+
+    log_features = log_features_from_skews(skews, config)
+    observed.check_log_values(numeric_names, log_features)
+    schema = dataclasses.replace(schema, log_features=log_features)
+    digests = dask.compute(*[delayed(_file_digest)(f) for f in files])
+    fingerprint = {
+        "sha256": _combined_digest(digests, config),
+        "rows": summary.rows,
+        "columns": [str(c) for c in raw.columns],
+        "sources": [str(data.customers)],
+        "files": len(files),
+    }
+    log.info(
+        "%d customers in %d partition(s); log1p on %s",
+        summary.rows,
+        len(parts),
+        ", ".join(log_features) or "none",
+    )
+    done("prepare")
+
+    # ---- segmentation --------------------------------------------------------------------------
+    seg = config.segmentation
+    n = summary.rows
+    timings: dict[str, float] = {}
+    lap = time.perf_counter()
+    cluster_moments = combine_moments(
+        list(dask.compute(*[delayed(_cluster_moments)(p, schema) for p in parts]))
+    )
+    scaler = scaler_from_moments(cluster_moments)
+    pca = pca_from_moments(cluster_moments, scaler, seg)
+    import dask.array as da
+
+    blocks = [delayed(_projection)(p, schema, scaler, pca) for p in parts]
+    P = da.concatenate(
+        [
+            da.from_delayed(b, shape=(rows, pca.n_components_), dtype=np.float64)
+            for b, rows in zip(blocks, row_counts, strict=True)
+            if rows
+        ]
+    )
+    P = client.persist(P)
+    timings["pca"] = round(time.perf_counter() - lap, 3)
+    lap = time.perf_counter()
+    rate = min(1.0, seg.search_sample / n) if seg.search_sample > 0 else 1.0
+    sample_parts = [
+        delayed(_sample_rows)(b, seg.seed, i, rate) for i, b in enumerate(P.to_delayed().ravel())
+    ]
+    S = np.concatenate(dask.compute(*sample_parts))
+    needed = seg.k if seg.k is not None else seg.k_min
+    n_distinct = distinct_rows(S, enough=max(needed, seg.k_max))
+    if n_distinct < needed:
+        raise TableError(
+            f"the cluster features have only {n_distinct} distinct row(s) among {n} customers; "
+            f"{'k' if seg.k is not None else 'k_min'}={needed} needs at least {needed}"
+        )
+    table, _, search_rows, sil_rows = search_k(S, seg, n_distinct)
+    k_rule, knee, reasoning = choose_k(table, seg.min_segment_share)
+    if seg.k is not None:
+        k, overridden = int(seg.k), True
+        reasoning = f"k={k} set by configuration (the rule would choose k={k_rule}: {reasoning})"
+    else:
+        k, overridden = k_rule, False
+    log.info("chosen k=%d: %s", k, reasoning)
+    selection = KSelection(table, knee, k, reasoning, overridden, search_rows, sil_rows)
+    timings["k_search"] = round(time.perf_counter() - lap, 3)
+    lap = time.perf_counter()
+    from dask_ml.cluster import KMeans as DaskKMeans
+
+    fitted = DaskKMeans(n_clusters=k, init="k-means||", random_state=seg.seed).fit(P)
+    centers = np.asarray(fitted.cluster_centers_, dtype=np.float64)
+    sizes = np.sum(
+        dask.compute(*[delayed(_segment_counts)(b, centers) for b in P.to_delayed().ravel()]),
+        axis=0,
+    )
+    order = size_order(centers, sizes)
+    kmeans = kmeans_with_centers(centers[order])
+    centers = kmeans.cluster_centers_
+    smallest = float(sizes.min() / n)
+    if smallest < seg.min_segment_share:
+        warning = (
+            f"segmentation: the smallest of the k={k} segments holds {100 * smallest:.2f}% of "
+            f"the customers, under segmentation.min_segment_share = {seg.min_segment_share:g}"
+        )
+        log.warning("%s", warning)
+        selection.warnings.append(warning)
+    meta = _assigned(
+        frame._meta_nonempty.head(1),
+        np.zeros((1, pca.n_components_)),
+        schema,
+        scaler,
+        centers,
+        data.truth_column,
+    ).iloc[:0]
+    import dask.dataframe as dd
+
+    assigned = dd.from_delayed(
+        [
+            delayed(_assigned)(p, b, schema, scaler, centers, data.truth_column)
+            for p, b in zip(
+                [p for p, rows in zip(parts, row_counts, strict=True) if rows],
+                P.to_delayed().ravel(),
+                strict=True,
+            )
+        ],
+        meta=meta,
+        verify_meta=False,
+    )
+    assigned = client.persist(assigned)
+    numeric_cols = [f"n{j}" for j in range(len(numeric_names))]
+    z_cols = [f"z{j}" for j in range(len(schema.cluster_features))]
+    sums = dask.compute(
+        *[delayed(_segment_sums)(p, k, numeric_cols + z_cols) for p in assigned.to_delayed()]
+    )
+    counts = np.sum([s[0] for s in sums], axis=0)
+    totals = np.sum([s[1] for s in sums], axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means_all = np.nan_to_num(totals / counts[:, None], nan=0.0)
+    means = means_all[:, : len(numeric_cols)]
+    zscores = means_all[:, len(numeric_cols) :]
+    q = seg.outlier_quantile
+    per_segment = []
+    for s in range(k):
+        rows = assigned[assigned["_segment"] == s]
+        per_segment.append(rows[numeric_cols].quantile(0.5))
+        per_segment.append(rows["_distance"].quantile(q))
+    quantiles = dask.compute(*per_segment)
+    medians_by_segment = np.zeros((k, len(numeric_cols)))
+    thresholds = np.zeros(k)
+    for s in range(k):
+        if counts[s]:
+            medians_by_segment[s] = np.asarray(quantiles[2 * s], dtype=np.float64)
+            thresholds[s] = float(quantiles[2 * s + 1])
+    timings["final_fit"] = round(time.perf_counter() - lap, 3)
+    lap = time.perf_counter()
+    stability = measure_stability(S, kmeans, seg)
+    timings["stability"] = round(time.perf_counter() - lap, 3)
+    segmentation = Segmentation(
+        scaler=scaler,
+        pca=pca,
+        kmeans=kmeans,
+        labels=np.empty(0, dtype=np.int32),  # per-row labels stay on the cluster
+        distances=np.empty(0),
+        outlier_thresholds=thresholds,
+        selection=selection,
+        stability=stability,
+        timings=timings,
+    )
+    truth_ari = None
+    if data.truth_column is not None:
+        crosstab = pd.concat([s[2] for s in sums]).groupby(level=[0, 1]).sum().unstack(fill_value=0)
+        truth_ari = adjusted_rand_from_contingency(crosstab.to_numpy())
+        log.info("adjusted Rand index against the planted segments: %.3f", truth_ari)
+    done("segmentation")
+
+    # ---- naming --------------------------------------------------------------------------------
+    try:
+        overrides = load_names_file(seg.names_file) if seg.names_file else None
+        names = name_segments(list(schema.cluster_features), zscores, overrides)
+    except ValueError as exc:
+        raise ConfigError(f"segmentation.names_file: {exc}") from None
+    warnings = list(selection.warnings)
+    for warning in eligibility_warnings(campaigns, [nm.name for nm in names]):
+        log.warning("%s", warning)
+        warnings.append(warning)
+    done("naming")
+
+    # ---- response model (its rates feed the profiles) ------------------------------------------
+    response, rates, skipped, response_warnings = _fit_response_on_dask(
+        client, config, schema, campaigns, assigned, k
+    )
+    warnings += response_warnings
+    profiles = profiles_from_stats(
+        numeric_names, counts, means, medians_by_segment, names, campaigns, rates, thresholds
+    )
+    done("response_model")
+
+    # ---- export --------------------------------------------------------------------------------
+    stage_timings = {s.name: round(s.seconds, 3) for s in stages}
+    manifest = {
+        "name": config.name,
+        "data_fingerprint": fingerprint,
+        "config": config_to_dict(config),
+        "code_revision": code_revision(),
+        "k_selection": selection.to_dict(),
+        "stability": stability,
+        "metrics": {
+            "segmentation": {
+                "k": k,
+                "pca_components": int(pca.n_components_),
+                "pca_explained_variance": float(np.sum(pca.explained_variance_ratio_)),
+                "sizes": [int(c) for c in counts],
+                "truth_ari": truth_ari,
+            },
+            "response_model": None if response is None else response.metrics,
+            "response_model_skipped": skipped,
+        },
+        "warnings": warnings,
+        "timings": stage_timings | {f"segmentation/{a}": b for a, b in timings.items()},
+        "peak_rss_mb": {s.name: round(s.peak_rss_mb, 1) for s in stages},
+        "transactions": None,
+        "ranking": "response",
+        "clv": None,
+        "pool": read_pool_settings(config.campaigns.pool).to_dict(),
+        "engine": {
+            "name": "dask",
+            "cluster": info.to_dict(),
+            "partitions": len(parts),
+            "workers_peak_rss_mb": worker_peaks,
+            "approximations": list(APPROXIMATIONS),
+        },
+    }
+    bundle = Bundle(
+        schema=schema,
+        imputer=imputer,
+        scaler=scaler,
+        pca=pca,
+        kmeans=kmeans,
+        segment_names=[nm.name for nm in names],
+        profiles=profiles,
+        campaigns=list(campaigns),
+        response_model=None if response is None else response.booster,
+        manifest=manifest,
+    )
+    path = write_bundle(bundle, config.output.root, hmac_key=key)
+    done("export")
+    log.info("bundle written to %s", path)
+    result = TrainResult(
+        bundle=bundle,
+        path=path,
+        segmentation=segmentation,
+        names=names,
+        response=response,
+        stages=stages,
+        truth_ari=truth_ari,
+    )
+    if config.output.report:
+        try:
+            result.report_path = write_report(result, config.output.root)
+        except OSError as exc:
+            log.warning("could not write the report: %s", exc)
+    return result
+
+
+def _combined_digest(digests, config) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in digests:
+        digest.update(part.encode())
+    digest.update(repr(config.campaigns.inline).encode())
+    return digest.hexdigest()
+
+
+def _fit_response_on_dask(client, config, schema, campaigns, assigned, k):
+    """(ResponseModel or None, per-(segment, campaign) response rates, why no model, warnings)."""
+    import dask
+    import lightgbm as lgb
+    import numpy as np
+    from lightgbm.dask import DaskLGBMClassifier
+
+    from training.response import (
+        EARLY_STOPPING_MIN_DELTA,
+        FEATURE_FRACTION,
+        ResponseModel,
+        evaluate,
+        model_feature_names,
+    )
+
+    rc = config.responses
+    rm = config.response_model
+    no_rates = np.full((k, len(campaigns)), np.nan)
+    if not rm.enabled:
+        return None, no_rates, "disabled by configuration (response_model.enabled = false)", []
+    if rc is None:
+        return None, no_rates, "no response history", []
+    if not campaigns:
+        raise TableError(
+            "there is a response history but the campaign pool is empty", column="campaign_id"
+        )
+    pool = [c.id for c in campaigns]
+    raw = read_partitions(rc.path)
+    for column in (rc.customer_column, rc.campaign_column, rc.responded_column, rc.treated_column):
+        if column is not None and column not in raw.columns:
+            raise TableError(
+                "configured response column absent; the response file has: "
+                + ", ".join(map(str, raw.columns)),
+                column=column,
+            )
+    meta = pd.DataFrame(
+        {
+            "_id": pd.Series(dtype=object),
+            "_campaign": pd.Series(dtype="int64"),
+            "_responded": pd.Series(dtype="int8"),
+        }
+    )
+    wanted = [rc.customer_column, rc.campaign_column, rc.responded_column]
+    if rc.treated_column is not None:
+        wanted.append(rc.treated_column)
+    responses = raw[wanted].map_partitions(_responses_partition, config, pool, meta=meta)
+    n_rows = int(responses.shape[0].compute())
+    if n_rows == 0:
+        raise TableError("the response history is empty (0 rows)", column="responded")
+    fraction = min(1.0, rm.max_train_rows / n_rows) if rm.max_train_rows else 1.0
+    salt = f"sample{rm.seed}"
+    if fraction < 1.0:
+        responses = responses[
+            responses["_id"].map_partitions(
+                lambda ids: pd.Series(_hash_unit(ids, salt) < fraction, index=ids.index),
+                meta=("_id", bool),
+            )
+        ]
+        log.info("response model: customers sampled to %.1f%% of %d rows", 100 * fraction, n_rows)
+    warnings = []
+    if rc.treated_column is not None:
+        warning = (
+            "dask engine: control rows (responses.treated_column = 0) are left out and no "
+            "uplift model is fitted: campaigns are ranked by response (use --engine local "
+            "for uplift)"
+        )
+        log.warning("%s", warning)
+        warnings.append(warning)
+    pairs = responses.groupby(["_id", "_campaign"])["_responded"].max().reset_index()
+    n_pairs, n_kept = dask.compute(pairs.shape[0], responses.shape[0])
+    if n_kept > n_pairs:
+        warning = (
+            f"responses: {n_kept - n_pairs} duplicate (customer, campaign) record(s) collapsed, "
+            "keeping the maximum (responded if any record says so)"
+        )
+        log.warning("%s", warning)
+        warnings.append(warning)
+    n_numeric = len(schema.numeric_names)
+    n_codes = len(schema.categoricals)
+    customer_cols = (
+        ["_id", "_segment"]
+        + [f"n{j}" for j in range(n_numeric)]
+        + [f"c{j}" for j in range(n_codes)]
+    )
+    customers = assigned[customer_cols]
+    if fraction < 1.0:
+        # the same hash picks the same customers: only theirs take part in the join
+        customers = customers[
+            customers["_id"].map_partitions(
+                lambda ids: pd.Series(_hash_unit(ids, salt) < fraction, index=ids.index),
+                meta=("_id", bool),
+            )
+        ]
+    pairs["_id"] = pairs["_id"].astype("string")
+    customers["_id"] = customers["_id"].astype("string")
+    merged = pairs.merge(customers, on="_id", how="left")
+    merged = client.persist(merged)
+    unknown = merged[merged["_segment"].isna()]
+    n_unknown, example = dask.compute(unknown.shape[0], unknown["_id"].head(1, npartitions=-1))
+    if n_unknown:
+        raise TableError(
+            f"{int(n_unknown)} response(s) for customer(s) not in the customer table, "
+            f"e.g. {example.iloc[0]!s}",
+            column="customer_id",
+        )
+    cell = merged["_segment"].astype("int64") * len(campaigns) + merged["_campaign"]
+    stats = merged.assign(_cell=cell).groupby("_cell")["_responded"].agg(["count", "sum"])
+    stats, y_all = dask.compute(stats, merged["_responded"].unique())
+    offers = np.zeros(k * len(campaigns))
+    hits = np.zeros(k * len(campaigns))
+    offers[stats.index.to_numpy()] = stats["count"].to_numpy()
+    hits[stats.index.to_numpy()] = stats["sum"].to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rates = np.where(offers > 0, hits / np.maximum(offers, 1), np.nan).reshape(k, -1)
+    if len(y_all) < 2:
+        reason = f"every recorded response is {int(y_all[0])}: there is nothing to learn"
+        log.warning("response model skipped: %s", reason)
+        return None, rates, reason, warnings
+    held = merged["_id"].map_partitions(
+        lambda ids: pd.Series(
+            _hash_unit(ids, f"split{rm.seed}") < rm.validation_fraction, index=ids.index
+        ),
+        meta=("_id", bool),
+    )
+    layout = schema.response_layout()
+    train_part, valid_part = merged[~held], merged[held]
+
+    def arrays(part):
+        import dask.array as da
+        from dask import delayed
+
+        rows = part.map_partitions(len).compute().tolist()
+        pieces = [delayed(_response_rows)(p, layout, n_numeric, n_codes) for p in part.to_delayed()]
+        X = da.concatenate(
+            [
+                da.from_delayed(pc[0], shape=(r, layout.width), dtype=np.float64)
+                for pc, r in zip(pieces, rows, strict=True)
+                if r
+            ]
+        )
+        y = da.concatenate(
+            [
+                da.from_delayed(pc[1], shape=(r,), dtype=np.float64)
+                for pc, r in zip(pieces, rows, strict=True)
+                if r
+            ]
+        )
+        return X, y, sum(rows)
+
+    X_train, y_train, n_train = arrays(train_part)
+    X_train, y_train = client.persist([X_train.rechunk({1: -1}), y_train])
+    X_valid, y_valid, n_valid = arrays(valid_part)
+    if n_train == 0 or n_valid == 0:
+        reason = "responses from a single customer cannot be split into training and held-out"
+        return None, rates, reason, warnings
+    columns = model_feature_names(list(layout.columns))
+    categorical = [
+        *range(layout.code_slots.start, layout.code_slots.stop),
+        layout.segment_slot,
+        layout.campaign_slot,
+    ]
+    params = {
+        "objective": "binary",
+        "learning_rate": rm.learning_rate,
+        "num_leaves": rm.num_leaves,
+        "min_child_samples": rm.min_child_samples,
+        "colsample_bytree": FEATURE_FRACTION,
+        "deterministic": True,
+        "force_row_wise": True,
+        "random_state": rm.seed,
+        "verbose": -1,
+    }
+    log.info("response model: %d training rows, %d held-out rows on the cluster", n_train, n_valid)
+    model = DaskLGBMClassifier(n_estimators=rm.max_rounds, client=client, **params)
+    model.fit(X_train, y_train, feature_name=columns, categorical_feature=categorical)
+    booster = model.booster_
+    Xv, yv = dask.compute(X_valid, y_valid)
+    raw_score = np.zeros(len(yv))
+    losses = []
+    for i in range(booster.current_iteration()):
+        raw_score += booster.predict(Xv, raw_score=True, start_iteration=i, num_iteration=1)
+        p = np.clip(1.0 / (1.0 + np.exp(-raw_score)), 1e-15, 1 - 1e-15)
+        losses.append(float(-np.mean(yv * np.log(p) + (1 - yv) * np.log(1 - p))))
+    best = best_round(losses, rm.early_stopping_rounds, EARLY_STOPPING_MIN_DELTA)
+    trimmed = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    p_valid = trimmed.predict(Xv)
+    metrics = evaluate(yv, p_valid, Xv[:, layout.campaign_slot].astype(int), pool)
+    n_train_customers, n_valid_customers = dask.compute(
+        train_part["_id"].nunique(), valid_part["_id"].nunique()
+    )
+    metrics.update(
+        best_iteration=int(best),
+        n_train_rows=int(n_train),
+        n_valid_rows=int(n_valid),
+        n_train_customers=int(n_train_customers),
+        n_valid_customers=int(n_valid_customers),
+        params={kk: v for kk, v in params.items() if kk != "verbose"}
+        | {"engine": "lightgbm.dask", "rounds_trained": booster.current_iteration()},
+    )
+    log.info(
+        "response model: best round %d, held-out AUC %s",
+        best,
+        "n/a" if metrics["auc"] is None else f"{metrics['auc']:.3f}",
+    )
+    return ResponseModel(trimmed, metrics), rates, None, warnings

@@ -1,0 +1,244 @@
+"""Training on a real Dask LocalCluster (2 worker processes, 1 thread each) against one process.
+
+On the same partitioned data the Dask bundle and the single-process bundle agree: the same k,
+adjusted Rand index >= 0.95 between their assignments, response AUC within 0.01 on the same
+independent customers; bad tables are refused with the single-process path's own messages.
+The pieces that replace whole-table fits (moments -> scaler and PCA, combined summaries,
+contingency ARI, the early-stopping rule) are checked against scikit-learn and pandas directly.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_rand_score, roc_auc_score
+from sklearn.preprocessing import StandardScaler
+
+from scoring.bundle import load_current, verify
+from scoring.engine import ScoringEngine
+from training.cli import main
+from training.config import load_config
+from training.engines.dask import (
+    best_round,
+    connect,
+    kmeans_with_centers,
+    pca_from_moments,
+    scaler_from_moments,
+)
+from training.engines.dask import train as train_on_dask
+from training.generate import write_demo
+from training.partitioned import (
+    Moments,
+    adjusted_rand_from_contingency,
+    combine,
+    combine_moments,
+    summarize,
+)
+from training.prepare import prepare
+from training.validate import TableError, skewness
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = ROOT / "examples" / "demo.toml"
+PARTS = 4
+
+
+def split_demo(source: Path, target: Path, parts: int = PARTS) -> Path:
+    """The demo files as partitioned datasets: <name>.parquet/ folders of ``parts`` files."""
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source / "campaigns.json", target / "campaigns.json")
+    for name in ("customers", "responses"):
+        frame = pd.read_parquet(source / f"{name}.parquet")
+        folder = target / f"{name}.parquet"
+        folder.mkdir()
+        size = -(-len(frame) // parts)
+        for i in range(parts):
+            frame.iloc[i * size : (i + 1) * size].to_parquet(folder / f"part-{i}.parquet")
+    return target
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A LocalCluster of two single-threaded worker processes."""
+    with connect(workers=2) as (client, info):
+        yield client, info
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cluster):
+    """6,000 demo customers trained by both engines (Dask through the CLI on the running
+    scheduler), and 4,000 independent customers to compare the two bundles on."""
+    _, info = cluster
+    base = tmp_path_factory.mktemp("dask-training")
+    write_demo(base / "one", n_customers=6000, seed=3)
+    split_demo(base / "one", base / "parts")
+    write_demo(base / "fresh", n_customers=4000, seed=77)
+    args = ["-q", "train", "--config", str(DEMO_CONFIG)]
+    dask_args = [*args, "--data-dir", str(base / "parts"), "--output", str(base / "dask")]
+    assert main([*dask_args, "--engine", "dask", "--scheduler", info.scheduler]) == 0
+    assert main([*args, "--data-dir", str(base / "one"), "--output", str(base / "local")]) == 0
+    return load_current(base / "dask"), load_current(base / "local"), base
+
+
+def _fresh_auc(bundle, base: Path) -> float:
+    customers = pd.read_parquet(base / "fresh" / "customers.parquet")
+    responses = pd.read_parquet(base / "fresh" / "responses.parquet")
+    engine = ScoringEngine(bundle)
+    ranking = engine.rank(engine.batch_from_frame(customers))
+    row = pd.Index(customers["customer_id"]).get_indexer(responses["customer_id"])
+    col = pd.Index(engine.campaign_ids).get_indexer(responses["campaign_id"])
+    return float(roc_auc_score(responses["responded"], ranking.probability[row, col]))
+
+
+def test_dask_and_local_bundles_agree(trained):
+    on_dask, local, base = trained
+    assert on_dask.n_segments == local.n_segments == 5
+    customers = pd.read_parquet(base / "one" / "customers.parquet")
+    labels = [
+        ScoringEngine(b).assign(ScoringEngine(b).batch_from_frame(customers)).segment
+        for b in (on_dask, local)
+    ]
+    assert adjusted_rand_score(*labels) >= 0.95
+    # the same independent customers for both models (their own held-out sets differ)
+    assert abs(_fresh_auc(on_dask, base) - _fresh_auc(local, base)) <= 0.01
+    assert on_dask.schema.log_features == local.schema.log_features
+    assert on_dask.manifest["metrics"]["segmentation"]["truth_ari"] >= 0.95
+
+
+def test_the_dask_bundle_is_the_same_format_and_says_how_it_was_made(trained):
+    on_dask, local, base = trained
+    verify((base / "dask" / "current").resolve())
+    assert set(local.manifest) <= set(on_dask.manifest)
+    engine = on_dask.manifest["engine"]
+    assert engine["name"] == "dask" and engine["partitions"] == PARTS
+    assert engine["cluster"]["workers"] == 2 and engine["approximations"]
+    # as in the local manifest, written during export: the stages before it
+    for stage in ("prepare", "segmentation", "naming", "response_model"):
+        assert on_dask.manifest["timings"][stage] >= 0
+        assert engine["workers_peak_rss_mb"][stage] > 0
+    assert on_dask.manifest["data_fingerprint"]["rows"] == 6000
+    assert on_dask.manifest["metrics"]["response_model"]["params"]["engine"] == "lightgbm.dask"
+    # the files the service reads are plain scikit-learn / LightGBM objects
+    assert type(on_dask.kmeans) is type(local.kmeans)
+    assert type(on_dask.pca) is type(local.pca)
+
+
+BAD_TABLES = {
+    "non-numeric": lambda f: _set(
+        f.assign(order_count=f["order_count"].astype(str)), 4321, "order_count", "12,5"
+    ),
+    "negative amount": lambda f: _set(_set(f, 2500, "total_spend", -3.0), 5000, "total_spend", -1),
+    "ratio above one": lambda f: _set(f, 4800, "discount_usage", 1.5),
+    "infinite": lambda f: _set(f, 3333, "return_rate", np.inf),
+    "missing id": lambda f: _set(_set(f, 3100, "customer_id", None), 5900, "customer_id", None),
+    "duplicate id": lambda f: _set(f, 5999, "customer_id", f["customer_id"].iloc[10]),
+    "constant": lambda f: f.assign(unique_products=3),
+    "all missing": lambda f: f.assign(mobile_usage=np.nan),
+    "too few rows": lambda f: f.head(8),
+}
+
+
+def _set(frame: pd.DataFrame, row: int, column: str, value) -> pd.DataFrame:
+    frame = frame.copy()
+    if value is None or isinstance(value, str):
+        frame[column] = frame[column].astype(object)
+    frame.loc[frame.index[row], column] = value
+    return frame
+
+
+@pytest.mark.parametrize("problem", sorted(BAD_TABLES))
+def test_bad_tables_get_the_single_process_message(problem, trained, cluster, tmp_path):
+    client, info = cluster
+    _, _, base = trained
+    customers = BAD_TABLES[problem](pd.read_parquet(base / "one" / "customers.parquet"))
+    one, parts = tmp_path / "one", tmp_path / "parts"
+    one.mkdir()
+    customers.to_parquet(one / "customers.parquet")
+    for name in ("responses.parquet", "campaigns.json"):
+        shutil.copy(base / "one" / name, one / name)
+    split_demo(one, parts)
+    local_config = load_config(DEMO_CONFIG, {"data_dir": str(one), "output": str(tmp_path / "o")})
+    with pytest.raises(TableError) as local_error:
+        prepare(local_config)
+    dask_config = load_config(DEMO_CONFIG, {"data_dir": str(parts), "output": str(tmp_path / "o")})
+    with pytest.raises(TableError) as dask_error:
+        train_on_dask(dask_config, client, info)
+    assert str(dask_error.value) == str(local_error.value)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+# ---- the pieces, without a cluster ------------------------------------------------------------
+def _parts(X: np.ndarray, sizes=(7, 300, 1, 692)) -> list[np.ndarray]:
+    return np.split(X, np.cumsum(sizes)[:-1])
+
+
+def test_scaler_and_pca_from_moments_equal_sklearn_fits():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1000, 5)) @ rng.normal(size=(5, 5)) + [3, -1, 0, 10, 2]
+    moments = combine_moments([(len(p), Moments.of(p, cross=True)) for p in _parts(X)])
+    scaler = scaler_from_moments(moments)
+    reference = StandardScaler().fit(X)
+    np.testing.assert_allclose(scaler.mean_, reference.mean_, rtol=1e-12)
+    np.testing.assert_allclose(scaler.scale_, reference.scale_, rtol=1e-12)
+    config = load_config(DEMO_CONFIG).segmentation
+    pca = pca_from_moments(moments, scaler, config)
+    Z = reference.transform(X)
+    ref_pca = PCA(n_components=pca.n_components_, svd_solver="covariance_eigh").fit(Z)
+    np.testing.assert_allclose(pca.explained_variance_, ref_pca.explained_variance_, rtol=1e-9)
+    np.testing.assert_allclose(pca.transform(Z), ref_pca.transform(Z), atol=1e-9)
+
+
+def test_combined_moments_give_the_single_process_skewness_and_log_check():
+    rng = np.random.default_rng(1)
+    x = rng.lognormal(size=1000)
+    x[[5, 600]] = np.nan
+    moments = combine_moments([(len(p), Moments.of(p[:, None])) for p in _parts(x)])
+    assert moments.skewness(0, True) == pytest.approx(skewness(x), rel=1e-10)
+    y = x.copy()
+    y[[400, 900]] = -2.0
+    moments = combine_moments([(len(p), Moments.of(p[:, None])) for p in _parts(y)])
+    with pytest.raises(TableError, match=r"negative value -2 at row 400 \(2 such value\(s\)\)"):
+        moments.check_log_values(["y"], ("y",))
+
+
+def test_summaries_combine_positions_and_counts_across_partitions():
+    config = load_config(DEMO_CONFIG)
+    frame = pd.DataFrame(
+        {c: np.arange(20.0) for c in config.features.numeric}
+        | {"customer_id": [f"c{i}" for i in range(20)], "true_segment": "x"}
+    )
+    frame.loc[13, "total_spend"] = -4.0
+    frame.loc[17, "total_spend"] = -1.0
+    parts = [
+        summarize(frame.iloc[a:b].reset_index(drop=True), config) for a, b in ((0, 12), (12, 20))
+    ]
+    total = combine(parts)
+    spend = total.numeric["total_spend"]
+    assert (total.rows, spend.below, spend.first_below.position) == (20, 2, 13)
+    assert spend.first_below.customer == "c13"
+
+
+def test_ari_from_a_contingency_table_equals_sklearn():
+    rng = np.random.default_rng(2)
+    a, b = rng.integers(0, 4, 500), rng.integers(0, 3, 500)
+    b[:300] = a[:300] % 3
+    table = pd.crosstab(a, b).to_numpy()
+    assert adjusted_rand_from_contingency(table) == pytest.approx(adjusted_rand_score(a, b))
+
+
+def test_best_round_follows_lightgbm_early_stopping():
+    losses = [0.9, 0.8, 0.7, 0.69999, 0.71, 0.72, 0.73, 0.6]
+    # 0.69999 is not better by more than min_delta; patience 3 stops before the late 0.6
+    assert best_round(losses, patience=3, min_delta=1e-4) == 3
+    assert best_round(losses, patience=10, min_delta=1e-4) == 8
+
+
+def test_kmeans_with_centers_keeps_the_centres():
+    centers = np.array([[0.0, 1.0], [5.0, 5.0], [-3.0, 2.0]])
+    kmeans = kmeans_with_centers(centers)
+    np.testing.assert_array_equal(kmeans.cluster_centers_, centers)
+    assert kmeans.predict(np.array([[4.9, 5.2]])).tolist() == [1]
