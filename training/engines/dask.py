@@ -623,6 +623,11 @@ def train(
             "the dask engine trains on a customer table (data.customers, Parquet); derive "
             "features from transactions with --engine local"
         )
+    if getattr(config.segmentation, "previous", None):
+        raise TableError(
+            "re-segmentation against a previous bundle (segmentation.previous) needs "
+            "--engine local"
+        )
     if config.responses is not None and (
         config.responses.control_values or config.responses.campaign_map
     ):
