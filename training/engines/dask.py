@@ -395,6 +395,44 @@ def _segment_sums(part: pd.DataFrame, k: int, columns: list[str]):
     return counts, sums, truth
 
 
+def _bin_counts(part: pd.DataFrame, columns: list[str], edges: list) -> list:
+    """Per column: the rows of one partition in each bin of ``edges`` (finite values only)."""
+    import numpy as np
+
+    out = []
+    for column, cuts in zip(columns, edges, strict=True):
+        values = part[column].to_numpy()
+        values = values[np.isfinite(values)]
+        bins = np.searchsorted(cuts, values, side="right")
+        out.append(np.bincount(bins, minlength=len(cuts) + 1))
+    return out
+
+
+def feature_distribution(assigned, names: list[str]) -> dict[str, dict[str, list]]:
+    """``training.resegment.feature_distribution`` on the cluster: inner decile edges from
+    approximate quantiles, then the share of rows in each bin counted per partition."""
+    import dask
+    import numpy as np
+    from dask import delayed
+
+    from training.resegment import PSI_BINS
+
+    columns = [f"n{j}" for j in range(len(names))]
+    inner = list(np.linspace(0, 1, PSI_BINS + 1)[1:-1])
+    quantiles = dask.compute(*[assigned[c].quantile(inner) for c in columns])
+    edges = [np.unique(np.asarray(q, dtype=np.float64)) for q in quantiles]
+    parts = dask.compute(*[delayed(_bin_counts)(p, columns, edges) for p in assigned.to_delayed()])
+    out = {}
+    for j, name in enumerate(names):
+        counts = np.sum([p[j] for p in parts], axis=0)
+        if counts.sum():
+            out[name] = {
+                "edges": edges[j].tolist(),
+                "shares": (counts / counts.sum()).tolist(),
+            }
+    return out
+
+
 def scaler_from_moments(moments) -> Any:
     """A fitted ``StandardScaler`` equal to fitting on the rows the moments summarise."""
     import numpy as np
@@ -625,8 +663,7 @@ def train(
         )
     if getattr(config.segmentation, "previous", None):
         raise TableError(
-            "re-segmentation against a previous bundle (segmentation.previous) needs "
-            "--engine local"
+            "re-segmentation against a previous bundle (segmentation.previous) needs --engine local"
         )
     if config.responses is not None and (
         config.responses.control_values or config.responses.campaign_map
@@ -856,6 +893,7 @@ def train(
         stability=stability,
         timings=timings,
     )
+    distribution = feature_distribution(assigned, numeric_names)
     truth_ari = None
     if data.truth_column is not None:
         crosstab = pd.concat([s[2] for s in sums]).groupby(level=[0, 1]).sum().unstack(fill_value=0)
@@ -911,6 +949,8 @@ def train(
         "transactions": None,
         "ranking": "response",
         "clv": None,
+        "feature_distribution": distribution,
+        "resegmentation": None,
         "pool": read_pool_settings(config.campaigns.pool).to_dict(),
         "engine": {
             "name": "dask",
