@@ -30,6 +30,8 @@ CHARTS = [
     "calibration curve",
     "feature importance",
     "response rate heatmap",
+    # the demo history has a randomized control arm, so the bundle has an uplift model
+    "Qini coefficients",
 ]
 
 
