@@ -317,6 +317,41 @@ def search_k(
     return table, centers, S.shape[0], len(sil_idx) if sil_idx is not None else S.shape[0]
 
 
+def select_k(
+    P: np.ndarray,
+    config: SegmentationConfig,
+    *,
+    distinct_of: np.ndarray | None = None,
+    n_rows: int | None = None,
+) -> tuple[KSelection, dict[int, np.ndarray]]:
+    """The k search on the PCA rows ``P`` and the choice the rule (or ``config.k``) makes.
+
+    The one k-selection stage of both engines (the Dask engine passes its fixed sample of the
+    projected rows). Distinct rows are counted on ``distinct_of`` (default ``P``); ``n_rows``
+    (default ``len(P)``) is the table's size, named in the refusal. Returns the selection and
+    the centres the search found for each k.
+    """
+    n = P.shape[0] if n_rows is None else n_rows
+    needed = config.k if config.k is not None else config.k_min
+    n_distinct = distinct_rows(
+        P if distinct_of is None else distinct_of, enough=max(needed, config.k_max)
+    )
+    if n_distinct < needed:
+        raise TableError(
+            f"the cluster features have only {n_distinct} distinct row(s) among {n} customers; "
+            f"{'k' if config.k is not None else 'k_min'}={needed} needs at least {needed}"
+        )
+    table, centers, search_rows, sil_rows = search_k(P, config, n_distinct)
+    k_rule, knee, reasoning = choose_k(table, config.min_segment_share)
+    if config.k is not None:
+        k, overridden = int(config.k), True
+        reasoning = f"k={k} set by configuration (the rule would choose k={k_rule}: {reasoning})"
+    else:
+        k, overridden = k_rule, False
+    log.info("chosen k=%d: %s", k, reasoning)
+    return KSelection(table, knee, k, reasoning, overridden, search_rows, sil_rows), centers
+
+
 def silhouettes(X: np.ndarray, labelings: list[np.ndarray], chunk: int = 1024) -> list[float]:
     """Mean silhouette coefficient of ``X`` under each labelling, sharing one distance pass.
 
@@ -541,24 +576,10 @@ def _fit_segmentation(
         100 * float(np.sum(pca.explained_variance_ratio_)),
     )
 
-    needed = config.k if config.k is not None else config.k_min
     # counted on the cluster matrix itself: identical customers stay bit-identical there
-    n_distinct = distinct_rows(X, enough=max(needed, config.k_max))
-    if n_distinct < needed:
-        raise TableError(
-            f"the cluster features have only {n_distinct} distinct row(s) among {n} customers; "
-            f"{'k' if config.k is not None else 'k_min'}={needed} needs at least {needed}"
-        )
-    table, centers, search_rows, sil_rows = search_k(P, config, n_distinct)
+    selection, centers = select_k(P, config, distinct_of=X)
     lap("k_search")
-    k_rule, knee, reasoning = choose_k(table, config.min_segment_share)
-    if config.k is not None:
-        k, overridden = int(config.k), True
-        reasoning = f"k={k} set by configuration (the rule would choose k={k_rule}: {reasoning})"
-    else:
-        k, overridden = k_rule, False
-    log.info("chosen k=%d: %s", k, reasoning)
-    selection = KSelection(table, knee, k, reasoning, overridden, search_rows, sil_rows)
+    k = selection.chosen
 
     warm = _warm_centres(P, warm_labels, k)
     if warm is not None:

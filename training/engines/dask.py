@@ -619,12 +619,9 @@ def train(
     from training.profiles import profiles_from_stats
     from training.report import write_report
     from training.segmentation import (
-        KSelection,
         Segmentation,
-        choose_k,
-        distinct_rows,
         measure_stability,
-        search_k,
+        select_k,
         size_order,
     )
     from training.validate import (
@@ -794,22 +791,8 @@ def train(
         delayed(_sample_rows)(b, seg.seed, i, rate) for i, b in enumerate(P.to_delayed().ravel())
     ]
     S = np.concatenate(dask.compute(*sample_parts))
-    needed = seg.k if seg.k is not None else seg.k_min
-    n_distinct = distinct_rows(S, enough=max(needed, seg.k_max))
-    if n_distinct < needed:
-        raise TableError(
-            f"the cluster features have only {n_distinct} distinct row(s) among {n} customers; "
-            f"{'k' if seg.k is not None else 'k_min'}={needed} needs at least {needed}"
-        )
-    table, _, search_rows, sil_rows = search_k(S, seg, n_distinct)
-    k_rule, knee, reasoning = choose_k(table, seg.min_segment_share)
-    if seg.k is not None:
-        k, overridden = int(seg.k), True
-        reasoning = f"k={k} set by configuration (the rule would choose k={k_rule}: {reasoning})"
-    else:
-        k, overridden = k_rule, False
-    log.info("chosen k=%d: %s", k, reasoning)
-    selection = KSelection(table, knee, k, reasoning, overridden, search_rows, sil_rows)
+    selection, _ = select_k(S, seg, n_rows=n)
+    k = selection.chosen
     timings["k_search"] = round(time.perf_counter() - lap, 3)
     lap = time.perf_counter()
     from dask_ml.cluster import KMeans as DaskKMeans
