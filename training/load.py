@@ -26,7 +26,7 @@ import pandas as pd
 from scoring.campaigns import Campaign, PoolSettings
 from scoring.ids import ids_as_text
 from training.config import TrainConfig, TransactionsConfig
-from training.transactions import FEATURE_COLUMNS, features_from_transactions
+from training.transactions import FEATURE_COLUMNS, ZERO_WHEN_ABSENT, features_from_transactions
 from training.validate import TableError
 
 logger = logging.getLogger("training")
@@ -408,15 +408,7 @@ def load_tables(config: TrainConfig) -> LoadedData:
             merged = left.merge(
                 rfm.rename(columns={id_column: "_key"}), on="_key", how="left"
             ).drop(columns="_key")
-            zero_when_absent = (
-                "frequency",
-                "transaction_count",
-                "monetary_total",
-                "monetary_avg",
-                "return_count",
-                "return_share",
-            )
-            for column in zero_when_absent:
+            for column in ZERO_WHEN_ABSENT:
                 merged[column] = merged[column].fillna(0.0)
             customers = merged
     campaigns = load_campaigns(config)

@@ -56,6 +56,16 @@ FEATURE_KINDS = {name: kind for name, (kind, _) in TRANSACTION_FEATURES.items()}
 RETURN_MODES = ("net", "drop", "own")
 #: a column more unreadable than this is refused as misconfigured rather than cleaned
 UNREADABLE_LIMIT = 0.5
+#: features that are 0 for a customer of the customer table with no transaction (recency, tenure
+#: and the purchase gap have no value then: left missing, to be imputed)
+ZERO_WHEN_ABSENT = (
+    "frequency",
+    "transaction_count",
+    "monetary_total",
+    "monetary_avg",
+    "return_count",
+    "return_share",
+)
 #: the normal form :func:`clean_transactions` returns and :func:`customer_features` reads
 NORMAL_COLUMNS = ("customer", "day", "amount", "is_return", "invoice")
 
@@ -131,7 +141,8 @@ def _item(values: Any, pos: int) -> Any:
     return item.item() if hasattr(item, "item") else item
 
 
-def _require(transactions: pd.DataFrame, column: str | None) -> None:
+def require_column(transactions: pd.DataFrame, column: str | None) -> None:
+    """Refuse a configured column the transactions do not have, listing the ones they do."""
     if column is not None and column not in transactions.columns:
         raise TableError(
             "configured transaction column absent; the transactions have: "
@@ -193,24 +204,25 @@ def customer_ids(raw: pd.Series) -> pd.Series:
 
 
 def clean_transactions(
-    transactions: pd.DataFrame, config: TransactionsConfig
+    transactions: pd.DataFrame, config: TransactionsConfig, *, allow_empty: bool = False
 ) -> tuple[pd.DataFrame, CleaningSummary]:
     """The configured columns in normal form (:data:`NORMAL_COLUMNS`), and what was dropped.
 
     ``customer`` is categorical (the ids as text), ``invoice`` categorical or all missing.
     ``amount`` is the configured amount column, or quantity x price; it is positive for purchases
     and the (positive) value returned for returns. Each dropped row is counted once, under the
-    first reason that applies. ``transactions`` is not modified.
+    first reason that applies. ``transactions`` is not modified. A table with no usable row is
+    refused unless ``allow_empty`` (one partition of a larger table: the caller judges the whole).
     """
     summary = CleaningSummary(rows_in=len(transactions))
     qty_price = (config.quantity_column, config.price_column)
     for column in (config.customer_column, config.date_column, config.invoice_column):
-        _require(transactions, column)
+        require_column(transactions, column)
     if any(qty_price):
         for column in qty_price:
-            _require(transactions, column)
+            require_column(transactions, column)
     else:
-        _require(transactions, config.amount_column)
+        require_column(transactions, config.amount_column)
 
     alive = np.ones(len(transactions), dtype=bool)
 
@@ -287,12 +299,8 @@ def clean_transactions(
         )
     keep = np.flatnonzero(alive)
     summary.rows_kept = len(keep)
-    if not len(keep):
-        raise TableError(
-            f"no usable transactions: all {summary.rows_in:,} rows were dropped ("
-            + "; ".join(f"{reason}: {n:,}" for reason, n in summary.dropped.items())
-            + ")"
-        )
+    if not len(keep) and not allow_empty:
+        raise nothing_usable(summary)
     customer = pd.Categorical.from_codes(
         id_codes[keep], pd.Index(np.asarray(id_values, dtype=object), dtype="string")
     )
@@ -306,6 +314,15 @@ def clean_transactions(
         }
     )
     return clean, summary
+
+
+def nothing_usable(summary: CleaningSummary) -> TableError:
+    """The refusal of a table whose every row was dropped, with the counts by reason."""
+    return TableError(
+        f"no usable transactions: all {summary.rows_in:,} rows were dropped ("
+        + "; ".join(f"{reason}: {n:,}" for reason, n in summary.dropped.items())
+        + ")"
+    )
 
 
 def _codes(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
@@ -415,10 +432,8 @@ def snapshot_date(clean: pd.DataFrame, as_of: str | None) -> pd.Timestamp:
     return pd.Timestamp(as_of) if as_of else pd.Timestamp(clean["day"].max()) + pd.Timedelta(days=1)
 
 
-def features_from_transactions(
-    transactions: pd.DataFrame, config: TransactionsConfig, id_column: str = "customer_id"
-) -> CustomerFeatures:
-    """Clean ``transactions`` and build the per-customer features, with the cleaning summary."""
+def check_settings(config: TransactionsConfig) -> None:
+    """Refuse a returns mode or return-invoice pattern that cannot be applied."""
     if config.returns not in RETURN_MODES:
         raise TableError(f"returns={config.returns!r}; expected one of {', '.join(RETURN_MODES)}")
     if config.return_invoice_pattern is not None:
@@ -429,20 +444,37 @@ def features_from_transactions(
                 f"return_invoice_pattern {config.return_invoice_pattern!r} is not a valid "
                 f"regular expression: {exc}"
             ) from None
-    clean, summary = clean_transactions(transactions, config)
-    as_of = snapshot_date(clean, config.as_of)
-    features = customer_features(clean, as_of, config.returns, id_column, summary)
-    if features.empty:
-        raise TableError(f"no customer has a purchase before the snapshot date {as_of.date()}")
-    summary.customers = len(features)
-    summary.as_of = str(as_of.date())
+
+
+def no_customers_error(as_of: pd.Timestamp) -> TableError:
+    """The refusal of a table in which no customer bought anything before the snapshot date."""
+    return TableError(f"no customer has a purchase before the snapshot date {as_of.date()}")
+
+
+def report(summary: CleaningSummary) -> None:
+    """Log the cleaning summary's warnings and what was built (both engines)."""
     for warning in summary.warnings():
         logger.warning("%s", warning)
     logger.info(
         "built features for %d customers from %d of %d transactions (as of %s)",
-        len(features),
+        summary.customers,
         summary.rows_kept,
         summary.rows_in,
         summary.as_of,
     )
+
+
+def features_from_transactions(
+    transactions: pd.DataFrame, config: TransactionsConfig, id_column: str = "customer_id"
+) -> CustomerFeatures:
+    """Clean ``transactions`` and build the per-customer features, with the cleaning summary."""
+    check_settings(config)
+    clean, summary = clean_transactions(transactions, config)
+    as_of = snapshot_date(clean, config.as_of)
+    features = customer_features(clean, as_of, config.returns, id_column, summary)
+    if features.empty:
+        raise no_customers_error(as_of)
+    summary.customers = len(features)
+    summary.as_of = str(as_of.date())
+    report(summary)
     return CustomerFeatures(features=features, summary=summary, as_of=as_of)

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from scoring.bundle import Bundle
+from training.engines.dask_transactions import APPROXIMATION as TRANSACTIONS_APPROXIMATION
 from training.validate import TableError
 
 if TYPE_CHECKING:
@@ -653,11 +654,8 @@ def train(
 
     key = signing_key(config, os.environ if environ is None else environ)
     data = config.data
-    if data.transactions is not None or data.customers is None:
-        raise TableError(
-            "the dask engine trains on a customer table (data.customers, Parquet); derive "
-            "features from transactions with --engine local"
-        )
+    if data.transactions is None and data.customers is None:
+        raise TableError("the dask engine needs data.customers or data.transactions (Parquet)")
     if getattr(config.segmentation, "previous", None):
         raise TableError(
             "re-segmentation against a previous bundle (segmentation.previous) needs --engine local"
@@ -677,8 +675,7 @@ def train(
     feats = config.features
 
     # ---- prepare: read, validate, statistics ---------------------------------------------------
-    files = parquet_files(data.customers)
-    raw = read_partitions(data.customers)
+    raw, files, sources, tx_summary = _customer_frame(client, config)
     probe = raw.head(1, npartitions=-1)
     check_columns(probe if len(probe) else raw._meta, config)
     for column in feats.numeric:
@@ -752,7 +749,7 @@ def train(
         "sha256": _combined_digest(digests, config),
         "rows": summary.rows,
         "columns": [str(c) for c in raw.columns],
-        "sources": [str(data.customers)],
+        "sources": sources,
         "files": len(files),
     }
     log.info(
@@ -890,7 +887,7 @@ def train(
         names = name_segments(list(schema.cluster_features), zscores, overrides)
     except ValueError as exc:
         raise ConfigError(f"segmentation.names_file: {exc}") from None
-    warnings = list(selection.warnings)
+    warnings = ([] if tx_summary is None else tx_summary.warnings()) + list(selection.warnings)
     for warning in eligibility_warnings(campaigns, [nm.name for nm in names]):
         log.warning("%s", warning)
         warnings.append(warning)
@@ -929,7 +926,7 @@ def train(
         "warnings": warnings,
         "timings": stage_timings | {f"segmentation/{a}": b for a, b in timings.items()},
         "peak_rss_mb": {s.name: round(s.peak_rss_mb, 1) for s in stages},
-        "transactions": None,
+        "transactions": None if tx_summary is None else tx_summary.to_dict(),
         "ranking": "response",
         "clv": None,
         "feature_distribution": distribution,
@@ -940,7 +937,8 @@ def train(
             "cluster": info.to_dict(),
             "partitions": len(parts),
             "workers_peak_rss_mb": worker_peaks,
-            "approximations": list(APPROXIMATIONS),
+            "approximations": list(APPROXIMATIONS)
+            + ([] if tx_summary is None else [TRANSACTIONS_APPROXIMATION]),
         },
     }
     bundle = Bundle(
@@ -973,6 +971,37 @@ def train(
         except OSError as exc:
             log.warning("could not write the report: %s", exc)
     return result
+
+
+def _customer_frame(client: Client, config) -> tuple:
+    """(one row per customer as a Dask frame, the Parquet files read, their sources, the
+    transactions' cleaning summary or None): the customer table, the features built from
+    transactions on the cluster, or the table with those features joined on the id."""
+    from training.engines.dask_transactions import features_on_cluster, join_customers
+
+    data = config.data
+    files, sources, summary = [], [], None
+    frame = None
+    if data.customers is not None:
+        files += parquet_files(data.customers)
+        sources.append(str(data.customers))
+        frame = read_partitions(data.customers)
+    if data.transactions is not None:
+        tx = data.transactions
+        id_column = data.id_column or "customer_id"
+        files += parquet_files(tx.path)
+        sources.append(str(tx.path))
+        features, summary = features_on_cluster(client, read_partitions(tx.path), tx, id_column)
+        if frame is None:
+            frame = features
+        else:
+            if id_column not in frame.columns:
+                raise TableError(
+                    "the customer table needs its id column to join the transactions",
+                    column=id_column,
+                )
+            frame = join_customers(frame.map_partitions(_text_ids, id_column), features, id_column)
+    return frame, files, sources, summary
 
 
 def _combined_digest(digests, config) -> str:
