@@ -62,6 +62,7 @@ def _copy_target(source: str, dest: str) -> str:
 #: their extra dependencies (checked against that file instead of requirements.txt)
 OPTIONAL_MODULES = {
     "training/engines/dask.py": "requirements-dask.txt",
+    "training/engines/dask_transactions.py": "requirements-dask.txt",
     # the tree compiler (lleaves) runs in its own environment, .venv-compile
     "scoring/compiled_trees.py": "requirements-compile.txt",
 }
