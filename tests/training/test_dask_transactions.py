@@ -42,7 +42,7 @@ def invoices(n_customers: int = 600, seed: int = 5) -> pd.DataFrame:
         visits = [rng.integers(12, 30), rng.integers(2, 6), rng.integers(1, 3)][kind]
         low, high = [(0, 360), (100, 360), (0, 120)][kind]
         price = [30.0, 5.0, 12.0][kind]
-        for v in range(visits):
+        for _ in range(visits):
             day = pd.Timestamp("2011-01-01") + pd.Timedelta(days=int(rng.integers(low, high)))
             rows.append(
                 {
@@ -166,13 +166,11 @@ def test_summaries_add_up_and_keep_the_first_example():
     assert total.examples == {"x": "'a'"}
 
 
-def test_training_from_transactions_on_dask_agrees_with_the_local_engine(
-    table, cluster, tmp_path
-):
+def test_training_from_transactions_on_dask_agrees_with_the_local_engine(table, cluster, tmp_path):
     frame, folder = table
     _, info = cluster
     frame.to_parquet(tmp_path / "invoices-one.parquet")
-    common = f"""
+    common = """
 [data]
 id_column = "customer_id"
 [data.transactions]
