@@ -18,10 +18,13 @@ Three behaviours differ from gunicorn's defaults, each to keep at least one work
   loads, the master names it in the reload marker and every worker swaps it in place (loaded in
   the background, as after ``/admin/reload``); when it fails, the refusal is logged and the last
   good bundle keeps serving. Restart the service to run new code.
-- **Recycling is staggered.** gunicorn's own ``max_requests`` would retire workers under balanced
-  load within a second of each other, leaving none ready while their replacements boot. Here a
-  worker past its request budget retires only when every other worker is ready and no other is
-  retiring (``Roster.claim_retirement``); until then it keeps serving.
+- **Recycling starts the replacement first.** gunicorn's own ``max_requests`` stops a worker
+  and only then forks the next one, which must load and verify the bundle before it answers: with
+  one worker that was a stall of over a second, and with two, balanced load retired both within a
+  second. Here a worker past its request budget keeps serving and asks the master for a
+  replacement (``api/fleet.py``); the master forks one extra worker, waits until it is ready and
+  only then stops the old one gracefully. One replacement at a time, so every configured worker
+  slot always has a ready worker.
 - **Slow clients cannot hold a thread.** The worker class (``api/worker.py``) reads each request
   whole in its event loop before a thread takes it.
 """
@@ -43,7 +46,7 @@ from pathlib import Path
 import orjson
 from gunicorn import glogging, util
 
-from api.fleet import Roster, write_marker
+from api.fleet import Recycler, Roster, write_marker
 from api.settings import ServerSettings
 
 _server = ServerSettings.load()
@@ -52,8 +55,8 @@ _runtime = Path(tempfile.gettempdir()) / f"segsvc-{os.getpid()}"
 _metrics_dir = _server.PROMETHEUS_MULTIPROC_DIR or _runtime / "metrics"
 _reload_marker = _server.RELOAD_MARKER or _runtime / "reload.json"
 _roster_dir = _server.WORKER_ROSTER or _runtime / "workers"
-#: a worker past its request budget asks again every this many requests while it must wait
-RETIRE_RETRY_REQUESTS = 50
+#: longest a replacement worker may take to load its bundle before recycling gives it up, seconds
+REPLACEMENT_READY_SECONDS = 300
 #: longest a SIGHUP trial load may take before the roll-out is abandoned, seconds
 TRIAL_LOAD_SECONDS = 300
 
@@ -179,8 +182,17 @@ def on_starting(server) -> None:
 
 
 def when_ready(server) -> None:
-    """Master ready: SIGHUP becomes a verified bundle roll-out (see the module docstring)."""
+    """Master ready: SIGHUP becomes a verified bundle roll-out, recycling starts replacements
+    first (see the module docstring)."""
     server.handle_hup = lambda: roll_out_bundle(server)
+    recycler = Recycler(Roster(_roster_dir), ready_timeout=REPLACEMENT_READY_SECONDS)
+    manage_workers = server.manage_workers
+
+    def manage_workers_recycling() -> None:
+        recycler.step(server)
+        manage_workers()
+
+    server.manage_workers = manage_workers_recycling
 
 
 def roll_out_bundle(server) -> bool:
@@ -242,33 +254,31 @@ def post_fork(server, worker) -> None:
 
 
 def pre_request(worker, req) -> None:
-    """Count requests; past the budget, retire once every other worker is ready.
+    """Count requests; at the budget, ask the master for a replacement and keep serving.
 
-    Setting ``alive`` False is what gunicorn itself does at max_requests: this response closes
-    its connection, the worker finishes what it has in hand and exits, the master starts a new
-    one (which loads the bundle the reload marker names).
+    The master stops this worker once the replacement is ready (``api.fleet.Recycler``). Only
+    when the request cannot be written does the worker retire at once, as gunicorn itself does
+    at max_requests (``alive`` False: this response closes its connection, the worker finishes
+    what it has in hand and exits).
     """
     budget = getattr(worker, "segsvc_budget", None)
     if budget is None or not worker.alive:
         return
     worker.segsvc_requests += 1
-    over = worker.segsvc_requests - budget
-    if over < 0 or over % RETIRE_RETRY_REQUESTS:
+    if worker.segsvc_requests != budget:
         return
     pid = os.getpid()
-    if Roster(_roster_dir).claim_retirement(pid, worker.cfg.workers):
+    if Roster(_roster_dir).request_retirement(pid):
         worker.log.info(
-            "recycling worker %s after %s requests (every other worker is ready)",
-            pid,
-            worker.segsvc_requests,
-        )
-        worker.alive = False
-    elif over == 0:
-        worker.log.info(
-            "worker %s reached its %s requests; recycling waits until the others are ready",
+            "worker %s reached its %s requests: asking for a replacement, serving until it is ready",
             pid,
             budget,
         )
+    else:
+        worker.log.warning(
+            "recycling worker %s after %s requests without a replacement", pid, budget
+        )
+        worker.alive = False
 
 
 def post_worker_init(worker) -> None:

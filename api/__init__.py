@@ -118,7 +118,23 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_routes(app, routes)
     register_error_handlers(app)
     _observe_requests(app, metrics)
+    _trust_proxies(app, settings.TRUSTED_PROXY_HOPS)
     return app
+
+
+def _trust_proxies(app: Flask, hops: int) -> None:
+    """Behind ``hops`` trusted proxies, the client address is taken from X-Forwarded-For.
+
+    werkzeug's ProxyFix replaces ``REMOTE_ADDR`` with the address the outermost trusted proxy
+    saw (the ``hops``-th entry from the right of X-Forwarded-For), so the per-address throttle
+    of wrong keys and the access log see the client, not the proxy. Entries further left are
+    whatever the client wrote and are never used. Off by default: without a proxy that sets the
+    header, any client could choose its address.
+    """
+    if hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=0, x_host=0, x_port=0, x_prefix=0)
 
 
 def _configure_logging(settings: Settings) -> None:

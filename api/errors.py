@@ -15,7 +15,7 @@ The service's own errors form a small tree; each carries its HTTP status and cod
     ├── TooManyRequests    429    too_many_requests: a rate limit (Retry-After, retry_after)
     ├── NotReady           503    not_ready: no verified bundle loaded yet
     ├── FeatureStoreDown   503    feature_store_unavailable: Redis down (with Retry-After)
-    └── FeedbackDown       503    feedback_unavailable: the feedback stream cannot be written
+    └── FeedbackDown       503    feedback_unavailable: the stream cannot be written (Retry-After)
 
 Errors from elsewhere are mapped here too: a marshmallow ``ValidationError`` a view lets escape
 is 422 ``validation_error`` with field-keyed messages (one handler, no try/except in views);
@@ -177,9 +177,18 @@ class FeatureStoreDown(ApiError):
 
 
 class FeedbackDown(ApiError):
-    """The feedback stream cannot be written (no Redis configured, or Redis failed)."""
+    """The feedback stream cannot be written (no Redis configured, or Redis failed).
+
+    Nothing of the request was recorded (the events of one request are appended in one
+    MULTI/EXEC); the client should send the same events again after ``retry_after`` seconds
+    (events are folded once per ``event_id``, so a retry is never counted twice).
+    """
 
     status, code = 503, "feedback_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int | None = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def envelope(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -34,17 +34,23 @@ class FeedbackStream:
         self.key = key
 
     def append(self, events: Iterable[Mapping[str, Any]]) -> list[str]:
-        """Append events in order; return their stream ids."""
+        """Append events in order, all or none; return their stream ids.
+
+        One MULTI/EXEC: if Redis fails part-way, none of the events is in the stream, so the
+        caller can answer 503 and the client send them all again (fold deduplicates by
+        ``event_id`` the rare case where EXEC ran but its answer was lost).
+        """
         if self.client is None:
             raise FeedbackUnavailable("feedback needs Redis: set REDIS_URL")
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=True)
         for event in events:
             pipe.xadd(self.key, {FIELD: orjson.dumps(dict(event))})
         try:
             ids = pipe.execute()
         except redis.RedisError as exc:
             raise FeedbackUnavailable(
-                f"feedback stream unavailable ({exc.__class__.__name__})"
+                f"feedback stream unavailable ({exc.__class__.__name__}): nothing was "
+                "recorded, send the same events again"
             ) from None
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 

@@ -240,6 +240,8 @@ class Settings(_FromEnvironment):
     RATE_LIMIT_EXPLAIN_WEIGHT: float = field(default=4.0, metadata=_meta(_float(1.0)))
     #: per client address: requests with a wrong or missing key per minute before 429 (0: off)
     AUTH_FAILURES_PER_MINUTE: float = field(default=0.0, metadata=_meta(_float(0.0)))
+    #: proxies in front of the service whose X-Forwarded-For is trusted (0: none, use the peer)
+    TRUSTED_PROXY_HOPS: int = field(default=0, metadata=_meta(_int(0, 10)))
     #: file through which gunicorn workers agree on the bundle version (set by gunicorn.conf.py)
     RELOAD_MARKER: Path | None = field(default=None, metadata=_meta(_optional_path))
     #: folder where each gunicorn worker publishes its state (set by gunicorn.conf.py)
@@ -294,6 +296,11 @@ class Settings(_FromEnvironment):
             log.warning("ADMIN_API_KEYS is empty: /admin/reload will be refused with 401")
         if self.REDIS_URL is None:
             log.info("REDIS_URL unset: profiles are cached in-process only")
+        if self.TRUSTED_PROXY_HOPS:
+            log.info(
+                "client addresses come from X-Forwarded-For (%s trusted proxies in front)",
+                self.TRUSTED_PROXY_HOPS,
+            )
 
 
 @dataclass(frozen=True, repr=False)

@@ -327,6 +327,8 @@ def feedback() -> Response:
     try:
         ids = services.feedback.append(events)
     except FeedbackUnavailable as exc:
-        raise FeedbackDown(str(exc)) from None
+        # Redis down: worth retrying soon; no Redis configured: it never will be
+        retry = 1 if services.feedback.client is not None else None
+        raise FeedbackDown(str(exc), retry_after=retry) from None
     services.metrics.count_feedback([e["type"] for e in events])
     return json_response({"accepted": len(ids), "stream_ids": ids}, status=202)

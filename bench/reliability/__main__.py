@@ -63,7 +63,10 @@ def plan(root: Path, quick: bool, redis_url: str) -> dict[str, Callable[[], Any]
             sc.slow_clients(root, slow=200, seconds=8 if q else 20, body=True),
         ],
         "sighup_bad_current": lambda: sc.sighup_bad_current(root),
-        "recycling": lambda: sc.recycling(root, recycles=3 if q else 6, max_requests=300),
+        "recycling": lambda: [
+            sc.recycling(root, recycles=3 if q else 6, max_requests=300),
+            sc.recycling(root, recycles=3 if q else 6, max_requests=300, workers=1, clients=8),
+        ],
         "reload_under_load": lambda: sc.reload_under_load(root),
         "bad_bundles": lambda: sc.bad_bundles(root),
         "kill_worker": lambda: sc.kill_worker(root),

@@ -107,6 +107,33 @@ def test_wrong_keys_are_throttled_per_address(limited, demo_request):
     assert r.status_code == 429
 
 
+def _guess(client, addr, forwarded):
+    return client.post(
+        "/predict-segment",
+        json={},
+        headers={"X-API-Key": "guess", "X-Forwarded-For": forwarded},
+        environ_base={"REMOTE_ADDR": addr},
+    ).status_code
+
+
+def test_behind_a_trusted_proxy_wrong_keys_are_throttled_per_client(limited):
+    """TRUSTED_PROXY_HOPS=1: the address the proxy appended counts, not the proxy's own."""
+    client = limited(AUTH_FAILURES_PER_MINUTE=2, TRUSTED_PROXY_HOPS=1).test_client()
+    proxy = "10.9.9.9"
+    assert [_guess(client, proxy, "203.0.113.7") for _ in range(3)] == [401, 401, 429]
+    # another client behind the same proxy is not punished for the first one's guesses
+    assert _guess(client, proxy, "203.0.113.8") == 401
+    # what a client writes before the proxy's entry is its own choice and never trusted
+    assert _guess(client, proxy, "198.51.100.1, 203.0.113.7") == 429
+
+
+def test_without_trusted_proxies_x_forwarded_for_is_ignored(limited):
+    """Off by default: a client cannot pick a new address per request to dodge the throttle."""
+    client = limited(AUTH_FAILURES_PER_MINUTE=2).test_client()
+    codes = [_guess(client, "10.0.0.5", f"203.0.113.{i}") for i in range(3)]
+    assert codes == [401, 401, 429]
+
+
 def test_limits_fail_open_when_redis_is_down(make_app, demo_request):
     app = make_app(
         REDIS_URL="redis://127.0.0.1:1/0",  # nothing listens on port 1
@@ -118,6 +145,12 @@ def test_limits_fail_open_when_redis_is_down(make_app, demo_request):
     metrics = client.get("/metrics").get_data(as_text=True)
     line = next(x for x in metrics.splitlines() if x.startswith("segsvc_rate_limit_fail_open"))
     assert float(line.split()[-1]) >= 3
+
+
+def test_trusted_proxy_hops_are_checked():
+    with pytest.raises(SettingsError, match="TRUSTED_PROXY_HOPS"):
+        Settings.load({"TRUSTED_PROXY_HOPS": "-1"}, environ={})
+    assert Settings.load({}, environ={}).TRUSTED_PROXY_HOPS == 0
 
 
 def test_limits_need_redis():

@@ -162,3 +162,20 @@ def test_feedback_limits_and_needs_redis(make_app, redis_url, redis_prefix):
     r = no_redis.post("/feedback", json=EVENT, headers=SCORING)
     assert r.status_code == 503 and r.get_json()["error"]["code"] == "feedback_unavailable"
     assert no_redis.post("/feedback", json=EVENT).status_code == 401
+
+
+def test_feedback_with_redis_down_is_a_503_to_retry_and_records_nothing(make_app):
+    """Redis unreachable: 503 feedback_unavailable with Retry-After, never a silent 202."""
+    client = make_app(REDIS_URL="redis://127.0.0.1:1/0").test_client()  # nothing on port 1
+    events = [{**EVENT, "event_id": f"down-{i}"} for i in range(3)]
+    r = client.post("/feedback", json={"events": events}, headers=SCORING)
+    assert r.status_code == 503
+    error = r.get_json()["error"]
+    assert (
+        error["code"] == "feedback_unavailable" and "send the same events again" in error["message"]
+    )
+    assert r.headers["Retry-After"] == "1"
+    assert "Traceback" not in r.get_data(as_text=True)
+    # no Redis configured at all: still 503, but no promise that a retry will help
+    r = make_app().test_client().post("/feedback", json=EVENT, headers=SCORING)
+    assert r.status_code == 503 and "Retry-After" not in r.headers

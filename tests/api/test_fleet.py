@@ -1,8 +1,15 @@
-"""The worker roster and the recycling guard: never more than one worker away at a time."""
+"""The worker roster and recycling: a replacement is ready before the worker it replaces leaves.
+
+The master side (:class:`api.fleet.Recycler`) is driven here with a stand-in for gunicorn's
+Arbiter (the attributes and methods it uses); tests/reliability runs it inside a real gunicorn.
+"""
 
 from __future__ import annotations
 
-from api.fleet import Roster
+import signal
+from dataclasses import dataclass, field
+
+from api.fleet import Recycler, Roster
 
 
 def _ready(roster: Roster, *pids: int) -> None:
@@ -10,30 +17,158 @@ def _ready(roster: Roster, *pids: int) -> None:
         roster.publish(pid, ready=True, version="v1", folder="v1")
 
 
-def test_one_worker_retires_at_a_time_and_only_when_the_others_are_ready(tmp_path):
+@dataclass
+class _Worker:
+    age: int
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def _add(self, msg: str, *args: object) -> None:
+        self.lines.append(msg % args)
+
+    info = warning = error = _add
+
+
+@dataclass
+class _Arbiter:
+    """What Recycler touches on gunicorn's Arbiter; signals are recorded, not sent."""
+
+    num_workers: int
+    WORKERS: dict[int, _Worker] = field(default_factory=dict)
+    signals: list[tuple[int, int]] = field(default_factory=list)
+    log: _Log = field(default_factory=_Log)
+    next_pid: int = 1000
+
+    def spawn_worker(self) -> int:
+        self.next_pid += 1
+        self.WORKERS[self.next_pid] = _Worker(age=self.next_pid)
+        return self.next_pid
+
+    def kill_worker(self, pid: int, sig: int) -> None:
+        self.signals.append((pid, sig))
+
+    def reap(self, pid: int, roster: Roster) -> None:
+        """The worker exited: gunicorn forgets it, child_exit clears its roster files."""
+        del self.WORKERS[pid]
+        roster.remove(pid)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_roster_lists_live_workers_and_retirement_requests(tmp_path):
     roster = Roster(tmp_path)
-    _ready(roster, 101, 102)
-    assert roster.claim_retirement(101, workers=2)
-    # 101 is still finishing its requests: 102 must wait
-    assert not roster.claim_retirement(102, workers=2)
-    roster.remove(101)  # 101 exited (the master's child_exit)
-    assert not roster.claim_retirement(102, workers=2)  # its replacement is not ready yet
-    roster.publish(103, ready=False, version=None, folder=None)  # booting, bundle not loaded
-    assert not roster.claim_retirement(102, workers=2)
-    _ready(roster, 103)
-    assert roster.claim_retirement(102, workers=2)
-    assert [e["pid"] for e in roster.entries()] == [102, 103]
+    _ready(roster, 12, 11)
+    assert [e["pid"] for e in roster.entries()] == [11, 12]
+    assert roster.entry(12)["ready"] and roster.entry(13) is None
+    assert roster.request_retirement(11)
+    assert roster.retirement_requests() == {11}
+    roster.remove(11)
+    assert roster.retirement_requests() == set()
+    assert [e["pid"] for e in roster.entries()] == [12]
 
 
-def test_a_worker_whose_peer_cannot_serve_does_not_retire(tmp_path):
+def test_a_single_worker_is_stopped_only_once_its_replacement_is_ready(tmp_path):
     roster = Roster(tmp_path)
-    _ready(roster, 201)
-    roster.publish(202, ready=False, version=None, folder=None)
-    assert not roster.claim_retirement(201, workers=2)
-    assert not roster.claim_retirement(201, workers=3)
+    server = _Arbiter(num_workers=1, WORKERS={7: _Worker(age=1)})
+    _ready(roster, 7)
+    recycler = Recycler(roster)
+    recycler.step(server)
+    assert server.signals == [] and len(server.WORKERS) == 1  # nobody asked
+
+    roster.request_retirement(7)
+    recycler.step(server)
+    new = recycler.new
+    assert new in server.WORKERS and server.num_workers == 2  # gunicorn keeps the extra one
+    recycler.step(server)
+    assert server.signals == []  # the replacement has not loaded its bundle yet: 7 serves
+
+    _ready(roster, new)
+    recycler.step(server)
+    assert server.signals == [(7, signal.SIGTERM)]
+    recycler.step(server)
+    assert server.signals == [(7, signal.SIGTERM)]  # sent once, 7 finishes its requests
+
+    server.reap(7, roster)
+    recycler.step(server)
+    assert server.num_workers == 1 and list(server.WORKERS) == [new]
+    assert recycler.old is None
+    assert any("recycled worker 7" in line for line in server.log.lines)
 
 
-def test_a_single_worker_may_always_retire(tmp_path):
+def test_one_replacement_at_a_time_oldest_first(tmp_path):
     roster = Roster(tmp_path)
-    _ready(roster, 301)
-    assert roster.claim_retirement(301, workers=1)
+    server = _Arbiter(num_workers=2, WORKERS={21: _Worker(age=2), 20: _Worker(age=1)})
+    _ready(roster, 20, 21)
+    roster.request_retirement(21)
+    roster.request_retirement(20)
+    recycler = Recycler(roster)
+    recycler.step(server)
+    first = recycler.new
+    assert recycler.old == 20 and server.num_workers == 3
+    recycler.step(server)
+    assert len(server.WORKERS) == 3  # 21 waits for its turn
+
+    _ready(roster, first)
+    recycler.step(server)
+    server.reap(20, roster)
+    recycler.step(server)
+    assert server.num_workers == 2
+    recycler.step(server)
+    assert recycler.old == 21 and recycler.new != first and server.num_workers == 3
+
+
+def test_a_replacement_that_cannot_load_is_stopped_and_the_old_worker_keeps_serving(tmp_path):
+    roster = Roster(tmp_path)
+    clock = _Clock()
+    server = _Arbiter(num_workers=1, WORKERS={7: _Worker(age=1)})
+    _ready(roster, 7)
+    roster.request_retirement(7)
+    recycler = Recycler(roster, retry_after=30.0, clock=clock)
+    recycler.step(server)
+    new = recycler.new
+    roster.publish(new, ready=False, version=None, folder=None)  # its bundle was refused
+    recycler.step(server)
+    assert server.signals == [(new, signal.SIGTERM)]
+
+    server.reap(new, roster)
+    recycler.step(server)
+    assert server.num_workers == 1 and list(server.WORKERS) == [7]
+    recycler.step(server)
+    assert len(server.WORKERS) == 1  # no new attempt before retry_after
+    clock.now += 31
+    recycler.step(server)
+    assert len(server.WORKERS) == 2 and recycler.old == 7
+
+
+def test_a_replacement_that_never_gets_ready_is_given_up(tmp_path):
+    roster = Roster(tmp_path)
+    clock = _Clock()
+    server = _Arbiter(num_workers=1, WORKERS={7: _Worker(age=1)})
+    roster.request_retirement(7)
+    recycler = Recycler(roster, ready_timeout=60.0, clock=clock)
+    recycler.step(server)
+    new = recycler.new
+    clock.now += 30
+    recycler.step(server)
+    assert server.signals == []
+    clock.now += 31
+    recycler.step(server)
+    assert server.signals == [(new, signal.SIGTERM)]
+
+
+def test_no_replacement_while_gunicorn_is_short_of_workers(tmp_path):
+    """A crashed worker is being replaced by gunicorn itself: recycling waits."""
+    roster = Roster(tmp_path)
+    server = _Arbiter(num_workers=2, WORKERS={7: _Worker(age=1)})
+    roster.request_retirement(7)
+    Recycler(roster).step(server)
+    assert list(server.WORKERS) == [7] and server.num_workers == 2

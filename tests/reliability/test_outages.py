@@ -26,8 +26,18 @@ def test_sighup_onto_bad_bundles_keeps_serving(tiny_bundle_root):
 
 
 def test_recycling_never_leaves_no_worker(tiny_bundle_root):
-    """(4) Workers past their budget retire one at a time, after the last one's replacement."""
+    """(4) Workers past their budget retire one at a time, each after its replacement is ready."""
     result = scenarios.recycling(tiny_bundle_root, recycles=3, max_requests=150)
+    assert not _failed(result), result
+
+
+def test_a_single_worker_recycles_without_a_failed_or_lost_request(tiny_bundle_root):
+    """(issue 12) One worker, 8 clients: its replacement is ready before it leaves, so no
+    request is refused, reset, timed out or answered with an error through the recycles."""
+    result = scenarios.recycling(
+        tiny_bundle_root, recycles=2, max_requests=300, workers=1, clients=8
+    )
+    assert result["sent"] > 600, result  # the budget was really used up, twice
     assert not _failed(result), result
 
 
