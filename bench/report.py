@@ -63,7 +63,12 @@ def figures(directory: Path) -> str:
     """The generated section: a targets summary, then each benchmark's tables."""
     loaded = {name: _load(directory, name) for name, _, _ in SECTIONS}
     targets = []
-    for name, default_issue in (("serving", "3"), ("training", "2"), ("evidence", "13")):
+    for name, default_issue in (
+        ("serving", "3"),
+        ("batch_scoring", "12"),
+        ("training", "2"),
+        ("evidence", "13"),
+    ):
         data = loaded.get(name)
         for t in (data or {}).get("targets", []):
             issue = t.get("issue", default_issue)

@@ -242,15 +242,23 @@ class CompiledForest:
             raise RuntimeError(f"no {ENTRY} in {object_path.name}")
         return cls(engine, _ENTRY_TYPE(address), n_features)
 
-    def predict(self, rows: np.ndarray) -> np.ndarray:
-        """Probability of response for each row of a (n, n_features) float64 array."""
+    def predict(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Probability of response for each row of a (n, n_features) float64 array.
+
+        ``out`` (a contiguous float64 array of at least n values) receives them when given.
+        """
         rows = np.ascontiguousarray(rows, dtype=np.float64)
         n = rows.shape[0]
-        out = np.empty(n, dtype=np.float64)
+        if rows.ndim != 2 or rows.shape[1] != self.n_features:
+            raise ValueError(f"rows have shape {rows.shape}, the model {self.n_features} columns")
+        if out is None:
+            out = np.empty(n, dtype=np.float64)
+        elif out.dtype != np.float64 or not out.flags.c_contiguous or out.shape[0] < n:
+            raise ValueError("out must be a contiguous float64 array of at least n values")
         if n:
             # lleaves' entry point releases the GIL and walks rows [0, n)
             self._entry(rows.ctypes.data_as(_DOUBLE_P), out.ctypes.data_as(_DOUBLE_P), 0, n)
-        return out
+        return out[:n]
 
     def predict_rows(self, rows: list[list[float]]) -> list[float]:
         """Probabilities for a few rows given as Python lists (no numpy on this path)."""

@@ -308,6 +308,20 @@ class ResponseLayout:
         rows[:, self.campaign_slot] = campaign
         return rows
 
+    def dense_rows(
+        self, numeric: np.ndarray, codes: np.ndarray, segment: np.ndarray, m: int
+    ) -> np.ndarray:
+        """:meth:`rows` for every (customer, campaign) pair of ``m`` campaigns, customer-major:
+        row ``i * m + j`` is customer i with campaign j. Built by broadcasting, no index arrays."""
+        n = numeric.shape[0]
+        rows = np.empty((n, m, self.width), dtype=np.float64)
+        rows[:, :, self.numeric_slots] = numeric[:, list(self.numeric_index)][:, None, :]
+        if codes.shape[1]:
+            rows[:, :, self.code_slots] = codes[:, None, :]
+        rows[:, :, self.segment_slot] = segment[:, None]
+        rows[:, :, self.campaign_slot] = np.arange(m, dtype=np.float64)
+        return rows.reshape(n * m, self.width)
+
     def row(self, numeric: list[float], codes: list[float], segment: int, campaign: int) -> list:
         """One model row in plain Python (the single-customer path): ``numeric`` is the full
         numeric feature list of the customer, ``codes`` its categorical codes."""

@@ -45,6 +45,7 @@ class PropensityModel:
         self._params = _lgb._c_str(f"num_threads={int(threads)}" if threads else "")
         self._fast = hasattr(booster, "_handle") and hasattr(_lgb, "_LIB")
         self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
 
     def _fast_config(self) -> ctypes.c_void_p:
         """This thread's single-row FastConfig handle (not shareable between threads)."""
@@ -156,12 +157,18 @@ class PropensityModel:
         if self._threads == 1 or n < 10_000:
             return self.compiled.predict(rows)
         rows = np.ascontiguousarray(rows, dtype=np.float64)
-        parts = np.array_split(np.arange(n), self._threads)
-        with ThreadPoolExecutor(max_workers=self._threads) as pool:
-            outs = list(
-                pool.map(lambda idx: self.compiled.predict(rows[idx[0] : idx[-1] + 1]), parts)
-            )
-        return np.concatenate(outs)
+        out = np.empty(n, dtype=np.float64)
+        bounds = np.linspace(0, n, self._threads + 1).astype(int).tolist()
+        # one pool for the model's life: callers score big tables block by block
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self._threads)
+        done = self._pool.map(
+            lambda k: self.compiled.predict(rows[bounds[k] : bounds[k + 1]], out[bounds[k] :]),
+            range(self._threads),
+        )
+        for _ in done:
+            pass
+        return out
 
     def contributions(self, rows: np.ndarray) -> np.ndarray:
         """Per-feature contributions in log-odds (n, n_features); the bias column is dropped."""

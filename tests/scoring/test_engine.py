@@ -233,3 +233,26 @@ def test_one_customer_and_batch_agree_to_the_bit_over_many_customers(engine):
     batch = engine.predict_segment(engine.batch_from_records(records))
     for record, expected in zip(records, batch, strict=True):
         assert engine.predict_segment_one(record) == expected
+
+
+def test_blocks_give_the_same_bits_as_one_pass(engine, demo_customers, monkeypatch):
+    # the vectorised stages run block by block (scoring.engine.BLOCK); block edges must not
+    # change a single bit, with every pair scored or only some
+    frame, _ = demo_customers
+    batch = engine.batch_from_frame(frame)
+    whole = engine.assign(batch)
+    n, m = len(batch), len(engine.campaigns)
+    customer, campaign = np.nonzero(np.ones((n, m), dtype=bool))
+    rows = engine.model_rows(batch, whole.segment, customer, campaign)
+    expected = engine.model.predict(rows).reshape(n, m)
+    mask = np.random.default_rng(3).random((n, m)) < 0.6
+    monkeypatch.setattr("scoring.engine.BLOCK", 7)
+    blocked = engine.assign(batch)
+    for name in ("segment", "distance", "atypical"):
+        np.testing.assert_array_equal(getattr(blocked, name), getattr(whole, name))
+    np.testing.assert_array_equal(engine.propensities(batch, whole.segment), expected)
+    np.testing.assert_array_equal(
+        engine.propensities(batch, whole.segment, mask), np.where(mask, expected, np.nan)
+    )
+    dense = engine.tables.layout.dense_rows(batch.numeric, batch.codes, whole.segment, m)
+    np.testing.assert_array_equal(dense, rows)
