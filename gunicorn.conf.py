@@ -5,8 +5,13 @@ Environment (parsed and checked by ``api.settings.ServerSettings``): BIND (or HO
 GUNICORN_GRACEFUL_TIMEOUT (20), GUNICORN_MAX_REQUESTS (20000, plus up to 10% jitter),
 PROMETHEUS_MULTIPROC_DIR, RELOAD_MARKER, WORKER_ROSTER, LOG_LEVEL.
 
-Each worker loads and verifies the bundle once when it boots (no preload: nothing is shared
-across fork). Workers agree on the bundle through a reload marker (see ``api/model.py``) and
+The master loads and verifies the bundle once before forking (``api.model.preload``) and
+workers inherit it, so a worker that replaces another (recycling, a crash) answers at once
+instead of after a full import and bundle load. Only the loaded model crosses the fork: the app,
+its metrics, Redis connections and threads are created in each worker (``preload_app`` stays
+off). LightGBM's OpenMP runtime is not fork-safe once it has started threads, so the master
+sets ``OMP_NUM_THREADS=1`` when unset (one worker is one core) and does not preload when it is
+set to more. Without a preload (it failed, or was skipped) workers load the bundle themselves. Workers agree on the bundle through a reload marker (see ``api/model.py``) and
 publish their state to a worker roster (``api/fleet.py``); metrics are aggregated across workers
 with prometheus_client's multiprocess mode. All three live in a folder private to this server
 unless the environment names them.
@@ -182,10 +187,15 @@ def on_starting(server) -> None:
 
 
 def when_ready(server) -> None:
-    """Master ready: SIGHUP becomes a verified bundle roll-out, recycling starts replacements
-    first (see the module docstring)."""
+    """Master ready: the bundle is preloaded, SIGHUP becomes a verified bundle roll-out,
+    recycling starts replacements first (see the module docstring)."""
+    preload_bundle(server)
     server.handle_hup = lambda: roll_out_bundle(server)
-    recycler = Recycler(Roster(_roster_dir), ready_timeout=REPLACEMENT_READY_SECONDS)
+    recycler = Recycler(
+        Roster(_roster_dir),
+        ready_timeout=REPLACEMENT_READY_SECONDS,
+        before_spawn=lambda: refresh_preload(server),
+    )
     manage_workers = server.manage_workers
 
     def manage_workers_recycling() -> None:
@@ -193,6 +203,45 @@ def when_ready(server) -> None:
         manage_workers()
 
     server.manage_workers = manage_workers_recycling
+
+
+def preload_bundle(server, folder: str | None = None) -> None:
+    """Load the bundle in the master for workers to inherit (see the module docstring)."""
+    threads = os.environ.get("OMP_NUM_THREADS", "1")
+    if threads.strip() != "1":
+        server.log.info(
+            "bundle not preloaded: OMP_NUM_THREADS=%s (OpenMP threads do not survive fork)",
+            threads,
+        )
+        return
+    os.environ["OMP_NUM_THREADS"] = "1"
+    from api import model
+    from api.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.load()
+    except SettingsError:
+        return  # every worker reports it
+    started = time.monotonic()
+    loaded = model.preload(settings, folder)
+    if loaded is not None:
+        # start-up objects out of the collector's reach: forked workers share their pages
+        gc.freeze()
+        server.log.info(
+            "master: bundle %s (folder %s) preloaded in %.2f s for workers to inherit",
+            loaded.version,
+            loaded.folder,
+            time.monotonic() - started,
+        )
+
+
+def refresh_preload(server) -> None:
+    """Before forking a replacement: preload the bundle the marker names if it changed."""
+    model = sys.modules.get("api.model")
+    folder = _marker_folder()
+    if model is None or folder is None or folder == model.preloaded_folder():
+        return
+    preload_bundle(server, folder)
 
 
 def roll_out_bundle(server) -> bool:
@@ -232,6 +281,8 @@ def roll_out_bundle(server) -> bool:
         answer["version"],
         answer["folder"],
     )
+    if "api.model" in sys.modules:
+        preload_bundle(server, answer["folder"])  # workers forked from now on inherit it
     return True
 
 

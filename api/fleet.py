@@ -134,8 +134,12 @@ class Recycler:
         ready_timeout: float = 300.0,
         retry_after: float = 30.0,
         clock: Any = time.monotonic,
+        before_spawn: Any = None,
     ) -> None:
         self.roster = roster
+        #: called in the master before a replacement is forked (gunicorn.conf.py refreshes the
+        #: preloaded bundle there, so the replacement inherits the one the marker names)
+        self.before_spawn = before_spawn
         #: longest a replacement may take to load its bundle before it is given up
         self.ready_timeout = ready_timeout
         #: pause before trying again after a replacement failed
@@ -163,6 +167,8 @@ class Recycler:
         if not asking:
             return
         old = min(asking, key=lambda pid: workers[pid].age)
+        if self.before_spawn is not None:
+            self.before_spawn()
         server.num_workers += 1
         self.old, self.started, self.retiring = old, now, False
         self.new = server.spawn_worker()  # in the child this never returns

@@ -19,7 +19,15 @@ later (recycling, a crash) read the same marker, so the fleet never drifts on it
 marker (one process, e.g. the Flask test client) a reload affects the answering process only.
 
 Each state change is also published to the worker roster (``WORKER_ROSTER``, see
-``api/fleet.py``), which ``/readyz`` and the recycling guard read.
+``api/fleet.py``), which ``/readyz`` and the master's recycler read.
+
+**Preloaded in the master.** Under gunicorn the master loads and verifies the bundle the marker
+names once (:func:`preload`, from gunicorn.conf.py) and keeps it; a worker forked afterwards finds
+it in this module and serves it without loading anything, provided it is the bundle that worker
+would load (same folder, same manifest file). A replacement worker (recycling, a crash) is then
+ready within milliseconds instead of after a full import and load. Only the loaded model crosses
+the fork; everything with a process or a thread of its own (metrics, Redis connections, the
+roster entry, LightGBM's per-thread prediction handles) is created by each worker.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from api.fleet import Roster, write_marker
 from api.metrics import Metrics
 from api.schemas import RequestSchemas
 from api.settings import Settings
-from scoring.bundle import MANIFEST, Bundle, BundleError, load_current
+from scoring.bundle import MANIFEST, Bundle, BundleError, load_current, resolve
 from scoring.engine import ScoringEngine
 
 log = logging.getLogger(__name__)
@@ -62,6 +70,92 @@ class LoadedModel:
     loaded_at: float
     #: the bundle's folder under the model root (what the reload marker names)
     folder: str
+
+
+#: the bundle the gunicorn master loaded before forking (see the module docstring)
+_preloaded: tuple[LoadedModel, tuple[int, int, int]] | None = None
+
+
+def _identity(folder_path: Path) -> tuple[int, int, int]:
+    """Which manifest file a bundle folder holds now (a folder replaced in place differs)."""
+    st = os.stat(folder_path / MANIFEST)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def load_model(settings: Settings, folder: str | None, schemas: dict | None = None) -> LoadedModel:
+    """Verify and load bundle ``folder`` (None: the one ``current`` names) with its schemas.
+
+    Raises BundleMissingError or BundleError. ``schemas`` caches request schemas by version.
+    """
+    root = settings.MODEL_ROOT
+    if folder and not (Path(root) / folder / MANIFEST).is_file():
+        raise BundleMissingError(f"no bundle version {folder!r} under the model root")
+    bundle = load_current(root, folder or None, hmac_key=settings.BUNDLE_HMAC_KEY)
+    engine = ScoringEngine(bundle)
+    name = bundle.path.name if bundle.path is not None else engine.version
+    if name != engine.version:
+        log.warning(
+            "bundle folder %s declares version %s in its manifest: serving it as %s",
+            name,
+            engine.version,
+            engine.version,
+        )
+    cache = schemas if schemas is not None else {}
+    request_schemas = cache.get(engine.version)
+    if request_schemas is None:
+        request_schemas = RequestSchemas(engine, settings.MAX_BATCH_ITEMS)
+        cache[engine.version] = request_schemas
+    return LoadedModel(bundle, engine, request_schemas, engine.version, time.time(), name)
+
+
+def preload(settings: Settings, folder: str | None = None) -> LoadedModel | None:
+    """In the gunicorn master: load the bundle workers will serve, for them to inherit.
+
+    ``folder`` None: the one the reload marker names, else the one the settings select. Returns
+    None (and workers load for themselves) when it cannot be loaded; the refusal is logged by
+    the workers as usual.
+    """
+    global _preloaded
+    if folder is None:
+        marker = _read_json(settings.RELOAD_MARKER) if settings.RELOAD_MARKER else None
+        folder = _marker_folder(marker) if marker else settings.MODEL_VERSION
+    try:
+        loaded = load_model(settings, folder)
+        identity = _identity(loaded.bundle.path) if loaded.bundle.path is not None else None
+    except (BundleError, OSError) as exc:
+        _preloaded = None
+        log.warning("master: bundle not preloaded (workers load it themselves): %s", exc)
+        return None
+    _preloaded = (loaded, identity) if identity is not None else None
+    return loaded
+
+
+def preloaded_folder() -> str | None:
+    """The folder of the bundle the master holds (None: none)."""
+    return _preloaded[0].folder if _preloaded is not None else None
+
+
+def _inherited(settings: Settings, folder: str | None) -> LoadedModel | None:
+    """The master's preloaded model when it is the bundle ``folder`` names, now."""
+    held = _preloaded
+    if held is None or held[0].bundle.path is None:
+        return None
+    loaded, identity = held
+    try:
+        path = resolve(settings.MODEL_ROOT, folder or None).resolve()
+        if path != loaded.bundle.path.resolve() or _identity(path) != identity:
+            return None
+    except (BundleError, OSError):
+        return None
+    return loaded
+
+
+def _read_json(path: os.PathLike | str) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(Path(path).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 class ModelState:
@@ -218,25 +312,16 @@ class ModelState:
 
     # ---- internals ---------------------------------------------------------------------------
     def _load(self, folder: str | None) -> LoadedModel:
-        """Verify and load a bundle; ``folder`` None means the one ``current`` names."""
-        root = self.settings.MODEL_ROOT
-        if folder and not (Path(root) / folder / MANIFEST).is_file():
-            raise BundleMissingError(f"no bundle version {folder!r} under the model root")
-        bundle = load_current(root, folder or None, hmac_key=self.settings.BUNDLE_HMAC_KEY)
-        engine = ScoringEngine(bundle)
-        name = bundle.path.name if bundle.path is not None else engine.version
-        if name != engine.version:
-            log.warning(
-                "bundle folder %s declares version %s in its manifest: serving it as %s",
-                name,
-                engine.version,
-                engine.version,
-            )
-        schemas = self._schemas.get(engine.version)
-        if schemas is None:
-            schemas = RequestSchemas(engine, self.settings.MAX_BATCH_ITEMS)
-            self._schemas[engine.version] = schemas
-        return LoadedModel(bundle, engine, schemas, engine.version, time.time(), name)
+        """Verify and load a bundle; ``folder`` None means the one ``current`` names.
+
+        When the master preloaded that very bundle (same folder, same manifest file), a forked
+        worker already holds it, verified by the master's load: it is taken as it is.
+        """
+        inherited = _inherited(self.settings, folder)
+        if inherited is not None:
+            self._schemas.setdefault(inherited.version, inherited.schemas)
+            return inherited
+        return load_model(self.settings, folder, self._schemas)
 
     def _swap(self, loaded: LoadedModel, *, initial: bool = False) -> None:
         previous = self.current.version if self.current else None
@@ -315,7 +400,7 @@ def trial_load(settings: Settings) -> LoadedModel:
     The master runs this in a separate process (``python -m api.model``) before a SIGHUP
     roll-out, so a bundle no worker could load never reaches the reload marker.
     """
-    return ModelState(settings, Metrics())._load(settings.MODEL_VERSION)
+    return load_model(settings, settings.MODEL_VERSION)
 
 
 def _main() -> int:

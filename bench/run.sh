@@ -2,6 +2,7 @@
 # `make bench`: run the benchmarks and refresh bench/RESULTS.md.
 #
 #   bench/run.sh [--quick | --full | --smoke] [serving] [batch] [training] [profile] [evidence]
+#   bench/run.sh --full recycling   # opt-in: latency through worker recycles and SIGHUP roll-outs
 #   bench/run.sh features stream     # opt-in: feature-store load, the PyFlink stream job
 #
 #   --quick   (default) smaller sizes and shorter runs: a sanity check in a few minutes
@@ -26,7 +27,7 @@ SELECTED=()
 for arg in "$@"; do
     case "$arg" in
         --quick | --full | --smoke) MODE=$arg ;;
-        serving | batch | training | profile | evidence | features | stream) SELECTED+=("$arg") ;;
+        serving | batch | training | profile | evidence | features | stream | recycling) SELECTED+=("$arg") ;;
         -h | --help)
             sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
@@ -60,7 +61,7 @@ if [ "$MODE" = "--smoke" ]; then
 fi
 
 PRODUCTION=()
-if wants serving || wants batch || wants profile; then
+if wants serving || wants batch || wants profile || wants recycling; then
     customers=75000
     [ "$MODE" = "--smoke" ] && customers=5000
     echo "==> preparing the shared demo bundle ($customers customers)"
@@ -77,6 +78,14 @@ if wants serving; then
     echo "==> serving"
     "$PY" -m bench.serving "$MODE" --model-root "$WORK/model_artifacts" "${PRODUCTION[@]}" \
         "${RESULTS[@]}"
+fi
+if wants recycling; then
+    # one worker: recycles and SIGHUP roll-outs against no recycling, on the production-sized
+    # bundle when there is one (its load is the one a replacement used to wait for)
+    echo "==> recycling"
+    root="$WORK/model_artifacts"
+    [ ${#PRODUCTION[@]} -gt 0 ] && root="${PRODUCTION[1]}"
+    "$PY" -m bench.recycling "$MODE" --model-root "$root" "${RESULTS[@]}"
 fi
 if wants profile; then
     echo "==> profile of one request"

@@ -13,6 +13,8 @@ source scripts/venv.sh
 source scripts/redis.sh
 # shellcheck source=scripts/browser.sh
 source scripts/browser.sh
+# shellcheck source=scripts/nginx.sh
+source scripts/nginx.sh
 
 trap redis_stop EXIT
 trap 'exit 130' INT
@@ -26,6 +28,7 @@ ensure_venv requirements-dev.txt
 redis_ensure
 export REDIS_URL
 browser_ensure
+nginx_ensure
 
 # Run every check even when an earlier one fails, so one run reports everything; fail at the end.
 failed=()

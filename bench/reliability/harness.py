@@ -210,6 +210,82 @@ class Server:
         return counts
 
 
+class Nginx:
+    """nginx on a free loopback port in front of one gunicorn (deploy/nginx-loopback.conf).
+
+    Runs in the foreground of its own session (``daemon off``), stopped by its pid like the
+    server. ``port`` is what clients talk to; the :class:`Load` and scenario helpers take any
+    object with a ``port``.
+    """
+
+    TEMPLATE = ROOT / "deploy" / "nginx-loopback.conf"
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.run_dir = Path(tempfile.mkdtemp(prefix="segsvc-nginx-"))
+        # nginx started by root serves from unprivileged worker processes: let them in
+        self.run_dir.chmod(0o755)
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> Nginx:
+        """Write the configuration, start nginx, wait until its port accepts connections."""
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        conf = self.run_dir / "nginx.conf"
+        text = self.TEMPLATE.read_text()
+        for name, value in (
+            ("@RUN@", str(self.run_dir)),
+            ("@PORT@", str(self.port)),
+            ("@UPSTREAM@", str(self.upstream_port)),
+        ):
+            text = text.replace(name, value)
+        conf.write_text(text)
+        with open(self.run_dir / "stdout.log", "ab") as out:
+            self.process = subprocess.Popen(
+                [binary, "-p", str(self.run_dir), "-c", str(conf), "-g", "daemon off;"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nginx exited early:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"nginx did not listen within {timeout:.0f} s:\n{self.log()}")
+
+    def stop(self) -> None:
+        """SIGQUIT (graceful), SIGKILL its group if it lingers; remove the run folder."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGQUIT)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def log(self) -> str:
+        """nginx's error log and output."""
+        parts = []
+        for name in ("error.log", "stdout.log"):
+            path = self.run_dir / name
+            if path.is_file():
+                parts.append(path.read_text(errors="replace")[-3000:])
+        return "\n".join(parts)
+
+    def __enter__(self) -> Nginx:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 # ---- load --------------------------------------------------------------------------------------
 @dataclass
 class Answer:

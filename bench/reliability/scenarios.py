@@ -9,6 +9,7 @@ writes RELIABILITY.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from bench.reliability.harness import (
     CUSTOMER,
     SCORING_KEY,
     Load,
+    Nginx,
     Server,
     free_port,
     summarize,
@@ -180,6 +182,7 @@ def recycling(
     max_requests: int = 200,
     clients: int = 4,
     workers: int = 2,
+    nginx: bool = False,
 ) -> dict[str, Any]:
     """Balanced load with a small request budget until ``recycles`` recycles.
 
@@ -189,8 +192,10 @@ def recycling(
     ``max_seconds``.
     """
     server = Server(bundle_root, workers=workers, env={"GUNICORN_MAX_REQUESTS": str(max_requests)})
-    with server:
-        load = Load(server, clients=clients).start()
+    with server, contextlib.ExitStack() as stack:
+        # behind nginx: its kept-alive upstream connections must survive a worker leaving
+        target = stack.enter_context(Nginx(server.port)) if nginx else server
+        load = Load(target, clients=clients).start()
         t0 = time.monotonic()
         deadline = t0 + max_seconds
         while time.monotonic() < deadline and recycling_order(server.log())[0] < recycles:
@@ -202,8 +207,10 @@ def recycling(
     tally = summarize(answers)
     plural = "s" if workers > 1 else ""
     return {
-        "scenario": f"worker recycling under load, {workers} worker{plural}",
-        "load": f"{clients} closed-loop clients for {seconds:.0f} s, {workers} worker{plural}",
+        "scenario": f"worker recycling under load, {workers} worker{plural}"
+        + (" behind nginx" if nginx else ""),
+        "load": f"{clients} closed-loop clients for {seconds:.0f} s, {workers} worker{plural}"
+        + (", through nginx" if nginx else ""),
         "injected": f"GUNICORN_MAX_REQUESTS={max_requests} (+10% jitter)",
         **tally,
         "recycles": seen,
@@ -275,26 +282,31 @@ def slow_clients(
     body: bool = False,
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
+    nginx: bool = False,
 ) -> dict[str, Any]:
     """Normal load alone, then with ``slow`` slowloris connections open; compare.
 
     Expected: the normal clients keep being answered, with a p99 of the same order as without
-    the slow connections. ``args`` (gunicorn options) compares other worker models.
+    the slow connections. ``args`` (gunicorn options) compares other worker models; ``nginx``
+    puts nginx in front (deploy/nginx-loopback.conf), and every client talks to it.
     """
     server = Server(bundle_root, env=env, args=args)
-    with server:
-        baseline = summarize(Load(server, clients=clients).run_for(seconds / 3))
-        trickle = SlowClients(server.port, slow, body=body).start()
+    with server, contextlib.ExitStack() as stack:
+        target = stack.enter_context(Nginx(server.port)) if nginx else server
+        baseline = summarize(Load(target, clients=clients).run_for(seconds / 3))
+        trickle = SlowClients(target.port, slow, body=body).start()
         time.sleep(1.0)  # let them all connect and start trickling
-        load = Load(server, clients=clients, timeout=5.0)
+        load = Load(target, clients=clients, timeout=5.0)
         answers = load.run_for(seconds)
         trickle.stop()
     tally = summarize(answers)
     return {
         "scenario": "slow clients"
         + (" (slow bodies)" if body else " (slow headers)")
+        + (" behind nginx" if nginx else "")
         + (f" [{' '.join(args)}]" if args else ""),
-        "load": f"{clients} closed-loop clients, /predict-segment, 2 workers",
+        "load": f"{clients} closed-loop clients, /predict-segment, 2 workers"
+        + (", through nginx" if nginx else ""),
         "injected": f"{slow} connections sending one "
         + ("body byte" if body else "header line")
         + f" every 2 s for {seconds:.0f} s",
