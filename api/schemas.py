@@ -24,6 +24,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from api.errors import validation_messages
@@ -320,6 +321,22 @@ def _schema_class(
 
 
 @dataclass(frozen=True)
+class CheckedBatch:
+    """The valid items of a batch as columns, for the engine, and the others' messages."""
+
+    #: (v, inputs) numeric inputs of the valid items, NaN where an optional one is missing
+    raw: np.ndarray
+    #: one list per categorical input: the valid items' values (None: missing)
+    categoricals: list[list[Any]]
+    #: the valid items' customer ids (None: not sent)
+    ids: list[Any]
+    #: the valid items' positions in the batch, ascending
+    positions: list[int]
+    #: field messages of the invalid items, by position
+    errors: dict[int, dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class BatchEnvelope:
     """Top-level parts of a batch body, items not yet validated."""
 
@@ -523,6 +540,149 @@ class RequestSchemas:
             except ValidationError as exc:
                 errors[i] = validation_messages(exc)
         return records, positions, errors
+
+    def check_batch(self, items: list[Any]) -> CheckedBatch:
+        """Batch items -> their valid part as columns, and field messages of the others.
+
+        The same verdicts as :meth:`check_items`, reached column by column: each input's values
+        are gathered once, their types checked as a set and their ranges with numpy, so a
+        1,000-customer batch costs about what a few dozen single checks cost. An item this
+        check does not certainly accept goes through marshmallow alone, as in
+        :meth:`check_items` (tests/api/test_api_schemas.py holds the two to the same verdicts
+        and the same columns).
+        """
+        n = len(items)
+        dicts = [i for i, item in enumerate(items) if type(item) is dict]
+        records = items if len(dicts) == n else [items[i] for i in dicts]
+        ok = np.fromiter(map(self._customer_keys.issuperset, records), bool, len(records))
+        columns = []
+        for name, required, lo, hi in self._numeric:
+            values, good = _number_column([r.get(name) for r in records], required, lo, hi)
+            ok &= good
+            columns.append(values)
+        cats = []
+        for name, required in self._categorical:
+            col = [r.get(name) for r in records]
+            ok &= _text_column(col, required)
+            cats.append(col)
+        if self._ratios:
+            index = {name: j for j, (name, *_rest) in enumerate(self._numeric)}
+            with np.errstate(all="ignore"):
+                for ratio in self._ratios:
+                    den = columns[index[ratio.denominator]]
+                    num = columns[index[ratio.numerator]]
+                    den = np.where(np.isnan(den), ratio.denominator_median, den)
+                    num = np.where(np.isnan(num), ratio.numerator_median, num)
+                    ok &= ~(den > 0) | (np.abs(num / den) <= MAX_MAGNITUDE)
+        ids = [r.get(CUSTOMER_ID) for r in records]
+        ok &= _id_column(ids, records)
+        good = np.flatnonzero(ok)
+        raw = np.column_stack(columns)[good] if columns else np.empty((good.size, 0))
+        fast = dict(zip((dicts[k] for k in good.tolist()), good.tolist(), strict=True))
+        if len(fast) == n:
+            return CheckedBatch(
+                raw,
+                [[c[k] for k in good.tolist()] for c in cats] if cats else [],
+                [ids[k] for k in good.tolist()],
+                list(range(n)),
+                {},
+            )
+        # the rest through marshmallow, one by one: it accepts or rejects with messages
+        slow: dict[int, dict[str, Any]] = {}
+        errors: dict[int, dict[str, Any]] = {}
+        for i, item in enumerate(items):
+            if i in fast:
+                continue
+            try:
+                slow[i] = self._customer.load(item)
+            except ValidationError as exc:
+                errors[i] = validation_messages(exc)
+        positions = sorted([*fast, *slow])
+        names = [name for name, *_rest in self._numeric]
+        rows = np.empty((len(positions), len(names)), dtype=np.float64)
+        out_cats: list[list[Any]] = [[] for _ in cats]
+        out_ids = []
+        for row, i in enumerate(positions):
+            k = fast.get(i)
+            if k is not None:
+                rows[row] = [c[k] for c in columns]
+                for j, c in enumerate(cats):
+                    out_cats[j].append(c[k])
+                out_ids.append(ids[k])
+            else:
+                record = slow[i]
+                rows[row] = np.array([record.get(name) for name in names], dtype=np.float64)
+                for j, (name, _) in enumerate(self._categorical):
+                    out_cats[j].append(record.get(name))
+                out_ids.append(record.get(CUSTOMER_ID))
+        return CheckedBatch(rows, out_cats, out_ids, positions, errors)
+
+
+_NUMBER = frozenset([int, float])
+_NUMBER_OR_NONE = frozenset([int, float, type(None)])
+
+
+def _number_column(
+    values: list[Any], required: bool, lo: float, hi: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(values as float64 with NaN for None, which of them marshmallow would accept)."""
+    kinds = set(map(type, values))
+    if kinds <= (_NUMBER if required else _NUMBER_OR_NONE):
+        try:
+            column = np.array(values, dtype=np.float64)  # None -> NaN
+        except OverflowError:  # an integer beyond a double: value by value below
+            pass
+        else:
+            with np.errstate(invalid="ignore"):
+                good = (column >= lo) & (column <= hi)
+            if type(None) in kinds:
+                good |= np.fromiter((v is None for v in values), bool, len(values))
+            return column, good
+    column = np.full(len(values), np.nan)
+    good = np.zeros(len(values), dtype=bool)
+    for k, v in enumerate(values):
+        t = type(v)
+        if t is float or t is int:
+            try:
+                f = float(v)
+            except OverflowError:
+                continue
+            if lo <= v <= hi:
+                column[k] = f
+                good[k] = True
+        elif v is None and not required:
+            good[k] = True
+    return column, good
+
+
+def _text_column(values: list[Any], required: bool) -> np.ndarray:
+    """Which categorical values marshmallow would accept: text up to its length, or None."""
+    if set(map(type, values)) == {str}:
+        return np.fromiter(map(len, values), np.int64, len(values)) <= MAX_CATEGORY_LENGTH
+    return np.fromiter(
+        (
+            (type(v) is str and len(v) <= MAX_CATEGORY_LENGTH) or (v is None and not required)
+            for v in values
+        ),
+        bool,
+        len(values),
+    )
+
+
+def _id_column(ids: list[Any], records: list[dict[str, Any]]) -> np.ndarray:
+    """Which customer ids marshmallow would accept (absent is fine; a null is not certain)."""
+    kinds = set(map(type, ids))
+    if kinds == {str}:
+        lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+        return (lengths > 0) & (lengths <= MAX_CUSTOMER_ID_LENGTH)
+    return np.fromiter(
+        (
+            _valid_customer_id(cid) if cid is not None else CUSTOMER_ID not in r
+            for cid, r in zip(ids, records, strict=True)
+        ),
+        bool,
+        len(ids),
+    )
 
 
 def _bound(value: float | None, default: float) -> float:

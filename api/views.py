@@ -4,7 +4,9 @@ Each view: check the key, take the served model once, load the body with the ver
 schemas (a body naming a stored customer is completed from the feature store first, see
 ``api/online.py``), call the scoring engine, add the cached segment profile and answer with
 orjson. Batch items are validated one by one; a bad item gets its own error entry and the others
-are scored. A body that does not fit its schema raises marshmallow's ValidationError, answered 422
+are scored. A plain batch /recommend (no explain, caps, commit or stored customers) takes the
+column path instead: validated column by column, ranked in one engine call and written straight
+to JSON by ``api/batch_answer.py``, the same bytes as the item-by-item path (tested). A body that does not fit its schema raises marshmallow's ValidationError, answered 422
 by the one handler in ``api/errors.py``. The views are registered by the route table
 (``api/routes.py``), which also documents them.
 """
@@ -21,12 +23,13 @@ from flask import Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.auth import HEADER, SCORING
+from api.batch_answer import encode_results, encoder_for
 from api.caps import apply_caps
 from api.errors import BadRequest, FeedbackDown, Unauthorized, UnsupportedMedia, envelope
 from api.extensions import Services, get_services
 from api.feedback import FeedbackUnavailable, holdout_events
 from api.model import LoadedModel
-from api.online import LAST_SCORED, complete_batch, complete_one
+from api.online import LAST_SCORED, BatchLookup, complete_batch, complete_one
 from api.schemas import CUSTOMER_ID, CUSTOMERS, RequestSchemas, load_feedback
 from scoring.engine import NoResponseModelError
 
@@ -143,12 +146,15 @@ def _score_batch(
     customers: list[Any],
     score: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
     endpoint: str,
+    lookup: BatchLookup | None = None,
 ) -> Response:
     """Validate items one by one, score the valid ones in one engine call, answer in order.
 
-    Items naming a stored customer are completed from the feature store first (one read).
+    Items naming a stored customer are completed from the feature store first (one read),
+    unless the caller already did (``lookup``).
     """
-    lookup = complete_batch(services.features, schemas, loaded.engine.schema, customers)
+    if lookup is None:
+        lookup = complete_batch(services.features, schemas, loaded.engine.schema, customers)
     results: list[Any] = [None] * len(customers)
     if lookup.records or lookup.errors:
         plain_positions = [
@@ -180,6 +186,63 @@ def _score_batch(
     if lookup.retry_after is not None:
         response.headers["Retry-After"] = str(lookup.retry_after)
     return response
+
+
+def columns_apply(
+    engine: Any, options: dict[str, Any], targeted: bool, lookup: BatchLookup
+) -> bool:
+    """True when a batch /recommend can take the column path: no explain, caps or commit, no
+    item named by a stored customer, a bundle that serves K-Means (not the mixture)."""
+    return (
+        not targeted
+        and not options.get("explain")
+        and engine.tables.mixture is None
+        and not lookup.records
+        and not lookup.errors
+    )
+
+
+def _recommend_columns(
+    services: Services, loaded: LoadedModel, customers: list[Any], options: dict[str, Any]
+) -> Response:
+    """A batch /recommend without explain, caps, commit or stored customers, column by column.
+
+    Validated as columns (``RequestSchemas.check_batch``), ranked in one engine call and
+    written straight to JSON (``api/batch_answer.py``): the same bytes as the item-by-item path.
+    """
+    engine, schemas = loaded.engine, loaded.schemas
+    checked = schemas.check_batch(customers)
+    errors = {
+        i: envelope("validation_error", f"customers[{i}] does not match the schema", messages)
+        for i, messages in checked.errors.items()
+    }
+    if checked.positions:
+        channel = options.get("channel")
+        ranking = engine.rank(
+            engine.batch_from_columns(checked.raw, checked.categoricals),
+            channel=channel,
+            exclude=options.get("exclude", ()),
+        )
+        choice = engine.choose(ranking, checked.ids, options.get("top_k"))
+        results = encode_results(
+            encoder_for(engine),
+            ranking,
+            choice,
+            checked.ids,
+            _stats_lookup(services, loaded),
+            channel=channel is not None,
+            total=len(customers),
+            positions=checked.positions,
+            errors=errors,
+        )
+        services.metrics.count_customers("recommend", len(checked.positions))
+        services.metrics.count_segments(
+            loaded.version, engine.segment_names, ranking.assignment.segment.tolist()
+        )
+    else:
+        results = orjson.dumps([errors[i] for i in range(len(customers))], option=_DUMP_OPTIONS)
+    body = b'{"model_version":' + orjson.dumps(loaded.version) + b',"results":' + results + b"}"
+    return Response(body, status=200, content_type=JSON)
 
 
 def _targeting_options(engine: Any, options: dict[str, Any]) -> tuple[bool, int | None, bool]:
@@ -271,6 +334,9 @@ def recommend() -> Response:
         batch = schemas.load_batch(body, recommend=True)
         options = dict(batch.options)
         commit, top_k, targeted = _targeting_options(engine, options)
+        lookup = complete_batch(services.features, schemas, engine.schema, batch.customers)
+        if columns_apply(engine, options, targeted, lookup):
+            return _recommend_columns(services, loaded, batch.customers, options)
 
         def score(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ids = [r.get(CUSTOMER_ID) for r in records]
@@ -282,7 +348,7 @@ def recommend() -> Response:
                     _target(services, loaded, result, cid, commit, top_k)
             return results
 
-        return _score_batch(services, loaded, schemas, batch.customers, score, "recommend")
+        return _score_batch(services, loaded, schemas, batch.customers, score, "recommend", lookup)
     last_scored = None
     if services.features.names_stored_customer(body, engine.schema):
         completed = complete_one(services.features, schemas, engine.schema, body, recommend=True)

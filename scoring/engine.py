@@ -21,8 +21,20 @@ import numpy as np
 
 from scoring.bundle import Bundle
 from scoring.campaigns import condition_columns, rank
-from scoring.features import encode_categoricals, frame_to_raw, log1p_clipped
-from scoring.policy import NO_ID_NOTE, choose, expected_gain
+from scoring.features import (
+    encode_categoricals,
+    encode_columns,
+    frame_to_raw,
+    log1p_clipped,
+)
+from scoring.policy import (
+    NO_ELIGIBLE,
+    NO_ID_NOTE,
+    NO_OFFER_REQUESTED,
+    NO_POSITIVE_GAIN,
+    choose,
+    expected_gain,
+)
 from scoring.propensity import PropensityModel
 from scoring.single import SingleCustomerScorer
 from scoring.tables import ScoringTables
@@ -88,6 +100,22 @@ class Ranking:
     #: ``order[i, :counts[i]]``: customer i's campaigns with a positive gain, best first
     order: np.ndarray
     counts: np.ndarray
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What each customer of a ranked batch is offered (:func:`scoring.policy.choose`)."""
+
+    #: every offer, customer after customer, best first: the customer's index in the batch ...
+    customer: np.ndarray
+    #: ... and the campaign's pool position
+    campaign: np.ndarray
+    #: (n,) offers per customer
+    counts: np.ndarray
+    #: per customer: pool positions of the campaigns it is held out of (control groups)
+    held: list[list[int]]
+    #: per customer: why nothing is offered (None when something is)
+    reasons: list[str | None]
 
 
 class ScoringEngine:
@@ -161,6 +189,14 @@ class ScoringEngine:
         else:
             codes = np.empty((len(records), 0), dtype=np.float64)
         return self._batch(raw, codes)
+
+    def batch_from_columns(
+        self, raw: np.ndarray, categoricals: Sequence[Sequence[Any]]
+    ) -> CustomerBatch:
+        """Validated columns -> batch: ``raw`` (n, inputs) float64 with NaN where an optional
+        input is missing, ``categoricals`` one sequence of values (None: missing) per
+        categorical input. The same batch as :meth:`batch_from_records` of the same records."""
+        return self._batch(raw, encode_columns(categoricals, self.schema, raw.shape[0]))
 
     def batch_from_frame(self, frame: Any) -> CustomerBatch:
         """A pandas frame with the schema's columns (extra columns ignored) -> batch."""
@@ -401,6 +437,55 @@ class ScoringEngine:
         order, counts = rank(gain, offer)
         return Ranking(a, mask, prob, ev, gain, without, order, counts)
 
+    def choose(
+        self, r: Ranking, customer_ids: Sequence[Any] | None = None, top_k: int | None = None
+    ) -> Choice:
+        """The offers of a ranked batch: :func:`scoring.policy.choose` for every customer.
+
+        Without control groups (the pool holds nobody out) nobody is held out and the offers
+        are the first ``top_k`` of each ranking, taken with array operations; otherwise each
+        customer goes through :func:`scoring.policy.choose`.
+        """
+        t = self.tables
+        n, m = r.order.shape
+        eligible = r.mask.sum(1)
+        if not t.has_holdout:
+            limit = r.counts if top_k is None else np.minimum(r.counts, top_k)
+            keep = np.arange(m) < limit[:, None]
+            reasons: list[str | None] = [None] * n
+            for i in np.flatnonzero(limit == 0).tolist():
+                reasons[i] = (
+                    NO_ELIGIBLE
+                    if eligible[i] == 0
+                    else NO_POSITIVE_GAIN
+                    if r.counts[i] == 0
+                    else NO_OFFER_REQUESTED
+                )
+            return Choice(
+                np.nonzero(keep)[0], r.order[keep], limit, [[] for _ in range(n)], reasons
+            )
+        ids = [None] * n if customer_ids is None else list(customer_ids)
+        order_l, counts_l, eligible_l = r.order.tolist(), r.counts.tolist(), eligible.tolist()
+        pool = t.pool
+        offers_all, held_all, reasons = [], [], []
+        for i in range(n):
+            offers, held, reason = choose(
+                ids[i],
+                order_l[i][: counts_l[i]],
+                eligible_l[i],
+                self.campaign_ids,
+                t.holdout_shares,
+                pool.salt,
+                pool.holdout_share,
+                top_k,
+            )
+            offers_all.append(offers)
+            held_all.append(held)
+            reasons.append(reason)
+        counts = np.array([len(o) for o in offers_all], dtype=np.intp)
+        campaign = np.array([j for o in offers_all for j in o], dtype=np.intp)
+        return Choice(np.repeat(np.arange(n), counts), campaign, counts, held_all, reasons)
+
     def recommend(
         self,
         batch: CustomerBatch,
@@ -423,7 +508,6 @@ class ScoringEngine:
         # the whole ranking for a 1,000-customer batch.
         prob_l, ev_l, gain_l = r.probability.tolist(), r.expected_value.tolist(), r.gain.tolist()
         without_l = None if r.probability_without is None else r.probability_without.tolist()
-        order_l, counts_l, eligible_l = r.order.tolist(), r.counts.tolist(), r.mask.sum(1).tolist()
         segment_l, distance_l, atypical_l, membership_l = (
             a.segment.tolist(),
             a.distance.tolist(),
@@ -433,21 +517,13 @@ class ScoringEngine:
         ids = [None] * len(batch) if customer_ids is None else list(customer_ids)
         static = t.items[channel is not None]
         segment_result = t.segment_result
-        campaign_ids = self.campaign_ids
-        pool = t.pool
+        choice = self.choose(r, ids, top_k)
+        flat = choice.campaign.tolist()
         chosen = []
-        for i in range(len(batch)):
-            offers, held, reason = choose(
-                ids[i],
-                order_l[i][: counts_l[i]],
-                eligible_l[i],
-                campaign_ids,
-                t.holdout_shares,
-                pool.salt,
-                pool.holdout_share,
-                top_k,
-            )
-            chosen.append((offers, held, reason))
+        at = 0
+        for i, k in enumerate(choice.counts.tolist()):
+            chosen.append((flat[at : at + k], choice.held[i], choice.reasons[i]))
+            at += k
         contrib = self._contributions(batch, a.segment, [c[0] for c in chosen]) if explain else None
         results = []
         for i, (offers, held, reason) in enumerate(chosen):

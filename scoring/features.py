@@ -230,6 +230,17 @@ def encode_categoricals(values: list[list[Any]] | np.ndarray, schema: FeatureSch
     return out
 
 
+def encode_columns(columns: list[list[Any]] | Any, schema: FeatureSchema, n: int) -> np.ndarray:
+    """:func:`encode_categoricals` for values given column by column (one list per categorical,
+    ``n`` values each): the same codes."""
+    out = np.full((n, len(schema.categoricals)), np.nan, dtype=np.float64)
+    for j, cat in enumerate(schema.categoricals):
+        lookup = {v: float(i) for i, v in enumerate(cat.categories)}
+        nan = np.nan
+        out[:, j] = [nan if v is None else lookup.get(str(v), nan) for v in columns[j]]
+    return out
+
+
 def frame_to_raw(frame, schema: FeatureSchema) -> tuple[np.ndarray, np.ndarray]:
     """Pandas frame -> (raw numeric inputs with NaN, categorical codes), columns in schema order."""
     raw = frame[schema.input_names].to_numpy(dtype=np.float64, na_value=np.nan)
