@@ -18,6 +18,10 @@ cd "$ROOT"
 # shellcheck source=scripts/venv.sh
 source scripts/venv.sh
 ensure_venv requirements-dev.txt
+# shellcheck source=scripts/wrk.sh
+source scripts/wrk.sh
+# the serving benchmarks load the servers with wrk
+wrk_ensure
 # the tree compiler's own environment: trained bundles then carry compiled trees
 "$ROOT/scripts/compile-venv.sh"
 PY="$VENV/bin/python"

@@ -15,6 +15,8 @@ source scripts/redis.sh
 source scripts/browser.sh
 # shellcheck source=scripts/nginx.sh
 source scripts/nginx.sh
+# shellcheck source=scripts/wrk.sh
+source scripts/wrk.sh
 
 trap redis_stop EXIT
 trap 'exit 130' INT
@@ -29,6 +31,7 @@ redis_ensure
 export REDIS_URL
 browser_ensure
 nginx_ensure
+wrk_ensure
 
 # Run every check even when an earlier one fails, so one run reports everything; fail at the end.
 failed=()
