@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import batch_scoring, evidence, profile_request, serving, training
+from bench import batch_scoring, evidence, profile_request, serving, training, transactions
 from bench.common import RESULTS_DIR, ROOT, fmt, markdown_table
 
 START = "<!-- figures:start (written by python -m bench.report; edits here are overwritten) -->"
@@ -24,6 +24,7 @@ SECTIONS = (
     ("batch_scoring", "Offline batch scoring", batch_scoring.markdown),
     ("training", "Training (issue 2)", training.markdown),
     ("evidence", "Algorithm comparison and reports (issue 13)", evidence.markdown),
+    ("transactions", "Transactions to features and the CLV fit (issue 10)", transactions.markdown),
     ("profile_request", "Profile of one request", profile_request.markdown),
 )
 TEMPLATE = f"""# Benchmark results
@@ -68,6 +69,7 @@ def figures(directory: Path) -> str:
         ("batch_scoring", "12"),
         ("training", "2"),
         ("evidence", "13"),
+        ("transactions", "10"),
     ):
         data = loaded.get(name)
         for t in (data or {}).get("targets", []):

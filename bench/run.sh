@@ -2,12 +2,14 @@
 # `make bench`: run the benchmarks and refresh bench/RESULTS.md.
 #
 #   bench/run.sh [--quick | --full | --smoke] [serving] [batch] [training] [profile] [evidence]
+#                [transactions]
 #   bench/run.sh --full recycling   # opt-in: latency through worker recycles and SIGHUP roll-outs
 #   bench/run.sh features stream     # opt-in: feature-store load, the PyFlink stream job
 #
 #   --quick   (default) smaller sizes and shorter runs: a sanity check in a few minutes
 #   --full    the sizes the issues name: 3 rounds x 5 s per endpoint with 1 and 2 workers,
-#             1,000,000 customers scored, training at 10,000 / 100,000 / 1,000,000 customers
+#             1,000,000 customers scored, training at 10,000 / 100,000 / 1,000,000 customers,
+#             10,000,000 transaction rows -> features and the CLV fit on their ~1M customers
 #   --smoke   tiny sizes; what tests/bench/test_bench_smoke.py runs to keep the scripts working
 # Names pick benchmarks (default: all). Results: bench/results/*.json, tables on the terminal,
 # and the figures section of bench/RESULTS.md (only for --quick and --full).
@@ -31,9 +33,11 @@ SELECTED=()
 for arg in "$@"; do
     case "$arg" in
         --quick | --full | --smoke) MODE=$arg ;;
-        serving | batch | training | profile | evidence | features | stream | recycling) SELECTED+=("$arg") ;;
+        serving | batch | training | profile | evidence | transactions | features | stream | recycling)
+            SELECTED+=("$arg")
+            ;;
         -h | --help)
-            sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -43,7 +47,7 @@ for arg in "$@"; do
     esac
 done
 if [ ${#SELECTED[@]} -eq 0 ]; then
-    SELECTED=(serving batch training profile evidence)
+    SELECTED=(serving batch training profile evidence transactions)
 fi
 wants() {
     local name
@@ -116,6 +120,10 @@ fi
 if wants evidence; then
     echo "==> algorithm comparison and reports: time added to training"
     "$PY" -m bench.evidence "$MODE" "${RESULTS[@]}"
+fi
+if wants transactions; then
+    echo "==> transactions -> features, BG/NBD + Gamma-Gamma fit and valuation"
+    "$PY" -m bench.transactions "$MODE" "${RESULTS[@]}"
 fi
 if [ "$MODE" != "--smoke" ]; then
     "$PY" -m bench.report

@@ -97,6 +97,25 @@ def run(rows: int, scratch: Path) -> dict[str, Any]:
     )
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The benchmark's table: seconds per step, peak memory, and the fits' boundary notes."""
+    figures = result["figures"]
+    table = markdown_table(
+        ["rows", "customers", "read s", "clean s", "features s", "to features s", "BG/NBD s",
+         "Gamma-Gamma s", "fit s", "valuation s", "peak MB"],
+        [[fmt(figures["rows"]), fmt(figures["customers"]), fmt(figures["read_s"], 1),
+          fmt(figures["clean_s"], 1), fmt(figures["features_s"], 1),
+          fmt(figures["to_features_s"], 1), fmt(figures.get("bgnbd_s"), 1),
+          fmt(figures.get("gamma_gamma_s"), 1), fmt(figures["fit_s"], 1),
+          fmt(figures["valuation_s"], 1), fmt(figures["max_rss_mb"])]],
+    )  # fmt: skip
+    notes = figures.get("notes") or []
+    if notes:
+        table += "\n\nWhat the fits reported (synthetic purchases are uniform in time: no "
+        table += "drop-out, no heterogeneity):\n\n" + "\n".join(f"- {n}" for n in notes)
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark in the chosen mode and publish its results."""
     argv = sys.argv[1:] if argv is None else argv
@@ -106,30 +125,35 @@ def main(argv: list[str] | None = None) -> int:
     rows = MODES[args.mode or "quick"]
     with tempfile.TemporaryDirectory(prefix="bench-tx-") as scratch:
         figures = run(rows, Path(scratch))
+    full = rows == TARGET_ROWS
     result = {
         "machine": machine_info("bench.transactions", argv),
         "figures": figures,
         "targets": [
             {
+                "issue": "10",
                 "name": "10M transaction rows -> features (s)",
-                "target": TARGET_FEATURES_S,
-                "measured": figures["to_features_s"] if rows == TARGET_ROWS else None,
+                "target": f"{TARGET_FEATURES_S:g} s",
+                "measured": figures["to_features_s"] if full else None,
+                "met": figures["to_features_s"] <= TARGET_FEATURES_S if full else None,
             },
             {
+                "issue": "10",
+                "name": "10M transaction rows -> features, peak memory (MB)",
+                "target": f"{TARGET_PEAK_MB:g} MB",
+                "measured": figures["max_rss_mb"] if full else None,
+                "met": figures["max_rss_mb"] <= TARGET_PEAK_MB if full else None,
+            },
+            {
+                "issue": "10",
                 "name": "BG/NBD + Gamma-Gamma fit, ~1M customers (s)",
-                "target": TARGET_FIT_S,
-                "measured": figures["fit_s"] if rows == TARGET_ROWS else None,
+                "target": f"{TARGET_FIT_S:g} s",
+                "measured": figures["fit_s"] if full else None,
+                "met": figures["fit_s"] <= TARGET_FIT_S if full else None,
             },
         ],
     }
-    table = markdown_table(
-        ["rows", "customers", "read s", "clean s", "features s", "to features s", "fit s",
-         "valuation s", "peak MB"],
-        [[fmt(rows), fmt(figures["customers"]), fmt(figures["read_s"], 1),
-          fmt(figures["clean_s"], 1), fmt(figures["features_s"], 1),
-          fmt(figures["to_features_s"], 1), fmt(figures["fit_s"], 1),
-          fmt(figures["valuation_s"], 1), fmt(figures["max_rss_mb"])]],
-    )  # fmt: skip
+    table = markdown(result)
     publish("transactions", result, table, args.results)
     return 0
 

@@ -29,6 +29,8 @@ from scipy.special import hyp2f1
 
 #: days per month of the CLV horizon (discounting is monthly)
 MONTH_DAYS = 30.0
+#: terms of the hypergeometric series summed where scipy's hyp2f1 gives no number
+SERIES_TERMS = 500
 #: the transaction features a customer's CLV is computed from
 CLV_FEATURES = ("frequency", "recency_days", "tenure_days", "monetary_avg")
 
@@ -117,19 +119,61 @@ def probability_alive(
     return 1.0 / (1.0 + np.exp(_log_odds_dead(params, x, t_x, T)))
 
 
+def _series_tail(A: np.ndarray, B: np.ndarray, C: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Gauss's series of 2F1(A, B; C; w) less its leading 1, for |w| < 1 (NaN where it has not
+    converged in :data:`SERIES_TERMS` terms)."""
+    term = np.ones_like(w)
+    total = np.zeros_like(w)
+    converged = np.zeros(w.shape, dtype=bool)
+    for k in range(SERIES_TERMS):
+        term = term * (A + k) * (B + k) / ((C + k) * (k + 1.0)) * w
+        total = total + term
+        converged = np.abs(term) <= 1e-15 * np.maximum(np.abs(total), 1e-300)
+        if converged.all():
+            break
+    return np.where(converged & (np.abs(w) < 1.0), total, np.nan)
+
+
+def _purchases_if_alive(
+    params: BGNBDParams, t: float | np.ndarray, x: np.ndarray, T: np.ndarray
+) -> np.ndarray:
+    """Expected purchases in the next ``t`` periods divided by P(alive): a function of (x, T)
+    alone (t_x enters only through P(alive)), so it is computed once per distinct (x, T).
+
+    ``scipy.special.hyp2f1`` returns NaN for large first parameters (r + x above ~10,000, as on
+    a boundary optimum with alpha at its upper bound); there the Euler-transformed form
+    2F1(r+x, a-1; a+b+x-1; -t/(alpha+T)), whose series converges fast for t << alpha + T, is
+    summed directly; what neither gives takes the no-drop-out limit (r+x) t / (alpha+T).
+    """
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    if abs(a - 1.0) < 1e-9:  # the closed form divides by a - 1; the limit is continuous
+        a = 1.0 + 1e-9
+    t, x, T = np.broadcast_arrays(
+        np.asarray(t, dtype=np.float64),
+        np.asarray(x, dtype=np.float64),
+        np.asarray(T, dtype=np.float64),
+    )
+    z = t / (alpha + T + t)
+    head = (a + b + x - 1.0) / (a - 1.0)
+    with np.errstate(all="ignore"):
+        ratio = np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + t)))
+        value = head * (1.0 - ratio * hyp2f1(r + x, b + x, a + b + x - 1.0, z))
+    bad = ~np.isfinite(value)
+    if bad.any():
+        xb, Tb, tb = x[bad], T[bad], t[bad]
+        with np.errstate(all="ignore"):
+            tail = _series_tail(r + xb, a - 1.0, a + b + xb - 1.0, -tb / (alpha + Tb))
+            fallback = head[bad] * -tail
+        value[bad] = np.where(np.isfinite(fallback), fallback, (r + xb) * tb / (alpha + Tb))
+    return value
+
+
 def expected_purchases(
     params: BGNBDParams, t: float | np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
 ) -> np.ndarray:
     """Expected purchases in the next ``t`` periods given the history (x, t_x, T)."""
-    r, alpha, a, b = params.r, params.alpha, params.a, params.b
-    if abs(a - 1.0) < 1e-9:  # the closed form divides by a - 1; the limit is continuous
-        a = 1.0 + 1e-9
     t = np.asarray(t, dtype=np.float64)
-    z = t / (alpha + T + t)
-    head = (a + b + x - 1.0) / (a - 1.0)
-    ratio = np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + t)))
-    body = 1.0 - ratio * hyp2f1(r + x, b + x, a + b + x - 1.0, z)
-    out = head * body * probability_alive(params, x, t_x, T)
+    out = _purchases_if_alive(params, t, x, T) * probability_alive(params, x, t_x, T)
     return np.where(t > 0, np.maximum(out, 0.0), 0.0)
 
 
@@ -152,31 +196,32 @@ def customer_value(
     horizon, ``p_alive`` and ``expected_spend`` per purchase, from transaction features."""
     x, t_x, T = bgnbd_inputs(frequency, recency_days, tenure_days, model.period_days)
     spend = expected_spend(model.gamma_gamma, np.asarray(frequency, np.float64), monetary_avg)
-    # the purchase forecast depends on (x, t_x, T) only, and customers share those histories:
-    # the hypergeometric function (the costly part) runs once per distinct history
-    stacked = np.column_stack([x, t_x, T])
+    # the purchase forecast is P(alive | x, t_x, T) times a function of (x, T) alone, and
+    # customers share (x, T) pairs (whole days, few purchase counts: ~20,000 pairs for a
+    # million customers): the hypergeometric function, the costly part, runs once per pair
     if len(x):
-        order = np.lexsort((T, t_x, x))
-        ordered = stacked[order]
+        order = np.lexsort((T, x))
+        ox, oT = x[order], T[order]
         starts = np.ones(len(order), dtype=bool)
-        starts[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
-        ux, ut, uT = ordered[starts].T
+        starts[1:] = (ox[1:] != ox[:-1]) | (oT[1:] != oT[:-1])
+        ux, uT = ox[starts], oT[starts]
         back = np.empty(len(order), dtype=np.int64)
         back[order] = np.cumsum(starts) - 1
     else:
-        ux = ut = uT = x
+        ux = uT = x
         back = np.zeros(0, dtype=np.int64)
     discounted = np.zeros_like(ux)
     previous = np.zeros_like(ux)
     for month in range(1, model.horizon_months + 1):
         t = month * MONTH_DAYS / model.period_days
-        cumulative = expected_purchases(model.bgnbd, t, ux, ut, uT)
+        cumulative = np.maximum(_purchases_if_alive(model.bgnbd, t, ux, uT), 0.0)
         discounted += (cumulative - previous) / (1.0 + model.discount_rate) ** month
         previous = cumulative
+    p_alive = probability_alive(model.bgnbd, x, t_x, T)
     return {
-        "clv": spend * discounted[back],
-        "expected_purchases": previous[back],
-        "p_alive": probability_alive(model.bgnbd, x, t_x, T),
+        "clv": spend * discounted[back] * p_alive,
+        "expected_purchases": previous[back] * p_alive,
+        "p_alive": p_alive,
         "expected_spend": spend,
     }
 

@@ -5,8 +5,9 @@ and raises ConvergenceError on real retail tables; its fork ``btyd`` has had no 
 2022 beta; ``pymc-marketing`` is maintained but brings PyMC and PyTensor (a compiler toolchain
 and hundreds of MB) for what is a four-parameter likelihood. The likelihoods are the published
 closed forms (Fader, Hardie & Lee 2005; Fader & Hardie 2013), maximised over log-parameters
-with L-BFGS-B inside wide bounds, on the distinct (x, t_x, T) histories weighted by their
-counts (a million customers have far fewer distinct histories).
+with L-BFGS-B inside wide bounds using their analytic gradients
+(:mod:`training.clv_likelihood`, which also compresses the data: a million customers have far
+fewer distinct histories).
 
 A fit never raises on data it can read: an optimum on a bound (e.g. ``a`` at its lower bound:
 the data show no drop-out) or an optimiser that stops early is reported in
@@ -23,7 +24,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
-from scipy.special import gammaln
 
 from scoring.clv import (
     BGNBDParams,
@@ -32,6 +32,12 @@ from scoring.clv import (
     bgnbd_inputs,
     customer_value,
     expected_purchases,
+)
+from training.clv_likelihood import (
+    BGNBDData,
+    GammaGammaData,
+    bgnbd_log_likelihood,
+    gamma_gamma_log_likelihood,
 )
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,9 @@ LOWER, UPPER = 1e-5, 1e5
 BOUND_TOLERANCE = 1e-3
 #: a mean drop-out probability per purchase below this is "no drop-out"
 NO_DROPOUT = 1e-6
+#: Gamma-Gamma q above this: the customers' mean spends vary by under 3% (1/sqrt(q)), the
+#: optimum lies at infinity along a ridge (q, gamma -> inf with gamma/q fixed)
+HOMOGENEOUS_SPEND_Q = 1e3
 #: what an optimum on each bound means, for the notes
 BOUND_MEANING = {
     ("r", "upper"): "purchase rates barely vary between customers",
@@ -75,81 +84,39 @@ class ModelFit:
         }
 
 
-def _compress(*columns: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Distinct rows of the columns and how often each occurs.
-
-    A lexicographic sort and a comparison of neighbours (``np.unique(axis=0)`` is many times
-    slower on a million rows).
-    """
-    cols = [np.asarray(c, dtype=np.float64) for c in columns]
-    if not len(cols[0]):
-        return cols, np.zeros(0)
-    order = np.lexsort(cols[::-1])
-    ordered = [c[order] for c in cols]
-    starts = np.zeros(len(order), dtype=bool)
-    starts[0] = True
-    for c in ordered:
-        starts[1:] |= c[1:] != c[:-1]
-    index = np.flatnonzero(starts)
-    counts = np.diff(np.append(index, len(order))).astype(np.float64)
-    return [c[index] for c in ordered], counts
-
-
-def bgnbd_log_likelihood(
-    params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, weights: np.ndarray
-) -> float:
-    """Total BG/NBD log-likelihood of (r, alpha, a, b) over weighted histories."""
-    r, alpha, a, b = params
-    a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
-    a2 = gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x)
-    a3 = -(r + x) * np.log(alpha + T)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a4 = np.where(
-            x > 0,
-            np.log(a) - np.log(np.maximum(b + x - 1.0, 1e-300)) - (r + x) * np.log(alpha + t_x),
-            -np.inf,
-        )
-    return float(np.sum(weights * (a1 + a2 + np.logaddexp(a3, a4))))
-
-
-def gamma_gamma_log_likelihood(
-    params: np.ndarray, n: np.ndarray, zbar: np.ndarray, weights: np.ndarray
-) -> float:
-    """Total Gamma-Gamma log-likelihood of (p, q, gamma) over weighted (n, zbar)."""
-    p, q, gamma = params
-    px = p * n
-    ll = (
-        gammaln(px + q)
-        - gammaln(px)
-        - gammaln(q)
-        + q * np.log(gamma)
-        + (px - 1.0) * np.log(zbar)
-        + px * np.log(n)
-        - (px + q) * np.log(gamma + n * zbar)
-    )
-    return float(np.sum(weights * ll))
-
-
 def _maximise(
     loglik, names: tuple[str, ...], start: np.ndarray, lower: dict[str, float] | None = None
 ) -> tuple[np.ndarray, float, bool, list[str]]:
-    """Maximise ``loglik(params)`` over log-parameters within the bounds; never raises."""
+    """Maximise ``loglik(params) -> (value, gradient)`` over log-parameters within the bounds.
+
+    L-BFGS-B with the analytic gradient (chain rule: d/d log(p) = p d/dp); never raises.
+    """
     lower = lower or {}
     bounds = [(np.log(lower.get(n, LOWER)), np.log(UPPER)) for n in names]
     scale = [1.0]
 
-    def objective(theta: np.ndarray) -> float:
-        value = loglik(np.exp(theta))
-        return -value / scale[0] if np.isfinite(value) else 1e300
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        params = np.exp(theta)
+        value, grad = loglik(params)
+        if not (np.isfinite(value) and np.all(np.isfinite(grad))):
+            # outside where the closed forms can be evaluated: a wall the line search backs off
+            return 1e300, np.zeros_like(theta)
+        return -value / scale[0], -grad * params / scale[0]
+
+    def value_only(theta: np.ndarray) -> float:
+        return objective(theta)[0]
 
     theta0 = np.log(start)
-    first = loglik(start)
+    first = loglik(start)[0]
+    # the likelihood of a million customers is ~1e7: scaled, L-BFGS-B's tolerances mean the same
+    # on any table size
     scale[0] = max(abs(first), 1.0) if np.isfinite(first) else 1.0
     notes: list[str] = []
     try:
         result = minimize(
             objective,
             theta0,
+            jac=True,
             method="L-BFGS-B",
             bounds=bounds,
             options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10},
@@ -163,10 +130,10 @@ def _maximise(
             # the line search ends abnormally against a bound: the bound is the optimum
             converged = True
         elif not converged:
-            # a derivative-free pass from there: flat ridges and optima on a bound can stop
-            # L-BFGS-B's line search before the optimum
+            # a derivative-free pass from there: flat ridges can stop L-BFGS-B's line search
+            # before the optimum
             polish = minimize(
-                objective,
+                value_only,
                 result.x,
                 method="Nelder-Mead",
                 bounds=bounds,
@@ -188,19 +155,17 @@ def _maximise(
                 notes.append(
                     f"{name} is at its {side} bound {np.exp(edge):g} (boundary optimum: {meaning})"
                 )
-    return params, loglik(params), converged, notes
+    return params, loglik(params)[0], converged, notes
 
 
 def fit_bgnbd(x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> ModelFit:
     """Maximum-likelihood BG/NBD on repeat purchases ``x``, last-purchase time ``t_x``, age ``T``."""
-    (ux, ut, uT), w = _compress(x, t_x, T)
+    data = BGNBDData.build(x, t_x, T)
     names = ("r", "alpha", "a", "b")
-    mean_T = float(np.average(uT, weights=w)) or 1.0
+    mean_T = float(np.average(data.T_values[data.T_index], weights=data.weights)) or 1.0
     start = np.array([1.0, max(mean_T, 1e-3), 1.0, 1.0])
-    params, ll, converged, notes = _maximise(
-        lambda p: bgnbd_log_likelihood(p, ux, ut, uT, w), names, start
-    )
-    fit = ModelFit(dict(zip(names, map(float, params), strict=True)), ll, int(w.sum()), converged)
+    params, ll, converged, notes = _maximise(lambda p: bgnbd_log_likelihood(p, data), names, start)
+    fit = ModelFit(dict(zip(names, map(float, params), strict=True)), ll, data.customers, converged)
     a, b = fit.params["a"], fit.params["b"]
     if a / (a + b) < NO_DROPOUT and not any("drop-out" in n for n in notes):
         # the no-drop-out optimum lies at infinity along a ridge (a -> 0, b -> inf), often
@@ -225,13 +190,18 @@ def fit_gamma_gamma(n: np.ndarray, zbar: np.ndarray) -> ModelFit:
             "Gamma-Gamma: fewer than 3 customers with a positive spend; spend set to the mean"
         )
         return fit
-    (un, uz), w = _compress(n[keep], zbar[keep])
-    start = np.array([1.0, 2.0, float(np.average(uz, weights=w))])
+    data = GammaGammaData.build(n[keep], zbar[keep])
+    start = np.array([1.0, 2.0, float(np.mean(zbar[keep]))])
     # q > 1 keeps the expected spend finite
     params, ll, converged, notes = _maximise(
-        lambda p: gamma_gamma_log_likelihood(p, un, uz, w), names, start, {"q": 1.0 + 1e-3}
+        lambda p: gamma_gamma_log_likelihood(p, data), names, start, {"q": 1.0 + 1e-3}
     )
-    fit = ModelFit(dict(zip(names, map(float, params), strict=True)), ll, int(w.sum()), converged)
+    fit = ModelFit(dict(zip(names, map(float, params), strict=True)), ll, data.customers, converged)
+    if fit.params["q"] > HOMOGENEOUS_SPEND_Q and not any("q is at" in n for n in notes):
+        notes.append(
+            f"q = {fit.params['q']:.3g} (boundary optimum: the customers' mean spend per purchase "
+            "barely varies; expected spend is ~ the overall mean for everyone)"
+        )
     fit.notes = [f"Gamma-Gamma: {note}" for note in notes]
     return fit
 

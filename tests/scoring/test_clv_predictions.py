@@ -75,3 +75,34 @@ def test_customer_value_discounts_and_round_trips_through_the_manifest():
     assert discounted["clv"][0] < plain["clv"][0]
     assert model_from_manifest({"clv": {"model": model.to_dict()}}) == model
     assert model_from_manifest({"clv": None}) is None
+
+
+def test_the_series_fallback_agrees_with_scipy_where_scipy_answers():
+    from scipy.special import hyp2f1
+
+    from scoring.clv import _series_tail
+
+    A = np.array([0.5, 3.0, 850.0, 1.2])
+    B = np.array([-0.2, -0.99, -0.99999, 2.0])
+    C = np.array([3.0, 5.0, 1300.0, 4.0])
+    w = np.array([-0.5, -0.1, -4e-4, 0.3])
+    np.testing.assert_allclose(_series_tail(A, B, C, w), hyp2f1(A, B, C, w) - 1.0, rtol=1e-9)
+    assert np.isnan(
+        _series_tail(np.array([1.0]), np.array([1.0]), np.array([2.0]), np.array([-1.5]))
+    )
+
+
+def test_a_boundary_fit_where_scipy_hyp2f1_fails_still_values_everyone():
+    """alpha on its upper bound and r ~ 14,000 (no drop-out, no heterogeneity in the rates):
+    scipy's hyp2f1 gives NaN there; the forecast is the no-drop-out Poisson one."""
+    params = BGNBDParams(r=14147.2, alpha=1e5, a=1.5e-5, b=1289.6)
+    x = np.array([0.0, 2.0, 10.0, 30.0])
+    T = np.array([30.0, 50.0, 5.0, 52.0])
+    t_x = np.minimum(T, np.array([0.0, 20.0, 4.0, 50.0]))
+    got = expected_purchases(params, 4.3, x, t_x, T)
+    assert np.isfinite(got).all()
+    poisson = (params.r + x) * 4.3 / (params.alpha + T)
+    np.testing.assert_allclose(got, poisson * probability_alive(params, x, t_x, T), rtol=1e-3)
+    model = CLVModel(params, GammaGammaParams(2.0, 400.0, 8000.0))
+    values = customer_value(model, x + 1, 7 * (T - t_x), 7 * T + 1, np.full(4, 40.0))
+    assert np.isfinite(values["clv"]).all() and (values["clv"] > 0).all()

@@ -13,6 +13,12 @@ import pandas as pd
 import pytest
 
 from training.clv import fit_bgnbd, fit_clv, fit_gamma_gamma, holdout_check, segment_values
+from training.clv_likelihood import (
+    BGNBDData,
+    GammaGammaData,
+    bgnbd_log_likelihood,
+    gamma_gamma_log_likelihood,
+)
 from training.config import TransactionsConfig, load_config
 from training.pipeline import train
 from training.transactions import features_from_transactions
@@ -154,3 +160,63 @@ def test_cdnow_bundle_carries_clv_per_segment_and_batch_scoring_per_customer(sha
     assert (scored["clv"] >= 0).all() and scored["p_alive"].between(0, 1).all()
     # the same customers valued in training get the same CLV in batch scoring
     assert scored["clv"].sum() == pytest.approx(result.clv.values["clv"][:500].sum(), rel=1e-9)
+
+
+def _numeric_gradient(loglik, params, step=1e-6):
+    """Central differences of ``loglik(params)[0]``, relative steps."""
+    grad = np.zeros(len(params))
+    for i in range(len(params)):
+        h = step * params[i]
+        up, down = params.copy(), params.copy()
+        up[i] += h
+        down[i] -= h
+        grad[i] = (loglik(up)[0] - loglik(down)[0]) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize(
+    "params", [[0.5, 5.0, 1.5, 3.0], [0.24, 4.4, 0.79, 2.43], [2.0, 1.0, 0.01, 80.0]]
+)
+def test_bgnbd_gradient_matches_finite_differences(params):
+    x, t_x, T = simulate_bgnbd(800, 0.5, 5.0, 1.5, 3.0, seed=3)
+    data = BGNBDData.build(np.round(x), np.round(t_x, 1), np.round(T, 1))
+    params = np.array(params)
+    value, grad = bgnbd_log_likelihood(params, data)
+    assert np.isfinite(value)
+    np.testing.assert_allclose(
+        grad,
+        _numeric_gradient(lambda p: bgnbd_log_likelihood(p, data), params),
+        rtol=1e-5,
+        atol=1e-4,
+    )
+
+
+@pytest.mark.parametrize("params", [[3.0, 4.0, 20.0], [6.25, 3.74, 15.44], [0.5, 1.2, 300.0]])
+def test_gamma_gamma_gradient_matches_finite_differences(params):
+    rng = np.random.default_rng(2)
+    n = rng.integers(1, 8, 700).astype(float)
+    zbar = rng.gamma(3.0, 10.0, 700)
+    data = GammaGammaData.build(n, zbar)
+    params = np.array(params)
+    value, grad = gamma_gamma_log_likelihood(params, data)
+    assert np.isfinite(value)
+    np.testing.assert_allclose(
+        grad,
+        _numeric_gradient(lambda p: gamma_gamma_log_likelihood(p, data), params),
+        rtol=1e-5,
+        atol=1e-4,
+    )
+
+
+def test_compressed_likelihood_equals_the_sum_over_customers():
+    """Weighted distinct histories give the same likelihood as one term per customer."""
+    x, t_x, T = simulate_bgnbd(300, 0.5, 5.0, 1.5, 3.0, seed=4)
+    x, t_x, T = np.round(x), np.round(t_x), np.round(T)  # whole periods: histories repeat
+    params = np.array([0.4, 3.0, 1.2, 2.5])
+    whole, _ = bgnbd_log_likelihood(params, BGNBDData.build(x, t_x, T))
+    one_by_one = sum(
+        bgnbd_log_likelihood(params, BGNBDData.build(x[i : i + 1], t_x[i : i + 1], T[i : i + 1]))[0]
+        for i in range(len(x))
+    )
+    assert BGNBDData.build(x, t_x, T).weights.size < len(x)
+    assert whole == pytest.approx(one_by_one, rel=1e-10)
