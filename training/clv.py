@@ -58,6 +58,8 @@ BOUND_MEANING = {
     ("a", "lower"): "the data show almost no drop-out",
     ("b", "upper"): "the data show almost no drop-out",
     ("q", "lower"): "spend per purchase is so dispersed its mean is barely finite",
+    ("q", "upper"): "the customers' mean spend per purchase barely varies",
+    ("gamma", "upper"): "the customers' mean spend per purchase barely varies",
 }
 
 
@@ -197,7 +199,7 @@ def fit_gamma_gamma(n: np.ndarray, zbar: np.ndarray) -> ModelFit:
         lambda p: gamma_gamma_log_likelihood(p, data), names, start, {"q": 1.0 + 1e-3}
     )
     fit = ModelFit(dict(zip(names, map(float, params), strict=True)), ll, data.customers, converged)
-    if fit.params["q"] > HOMOGENEOUS_SPEND_Q and not any("q is at" in n for n in notes):
+    if fit.params["q"] > HOMOGENEOUS_SPEND_Q and not notes:
         notes.append(
             f"q = {fit.params['q']:.3g} (boundary optimum: the customers' mean spend per purchase "
             "barely varies; expected spend is ~ the overall mean for everyone)"

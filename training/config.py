@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from scoring.features import KIND_DOMAINS
+from training.source_url import is_url, table_parts, url_problem
 
 
 # ---- declaring parameters ---------------------------------------------------------------------
@@ -146,6 +147,43 @@ class DerivedSpec:
     fill: float = param(0.0, "value when the denominator is <= 0")
 
 
+ENV_NAME = Check(
+    lambda v: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) is not None,
+    "an environment variable name",
+)
+TABLE_NAME = Check(lambda v: table_parts(v) is not None, "a table name, or schema.table")
+
+
+def _table_param():
+    return param(
+        None,
+        "PostgreSQL source: the table read (`name` or `schema.name`; quoted, so case and spaces "
+        "are kept); or `query`",
+        TABLE_NAME,
+    )
+
+
+def _query_param():
+    return param(None, "PostgreSQL source: a SELECT whose result is the table (instead of `table`)")
+
+
+def _password_env_param():
+    return param(
+        None,
+        "PostgreSQL source: environment variable holding the password (never in the config or "
+        "the URL); unset: no password (trust, peer or ~/.pgpass)",
+        ENV_NAME,
+    )
+
+
+def _fetch_rows_param():
+    return param(
+        50_000,
+        "PostgreSQL source: rows fetched per round trip of the server-side cursor",
+        Interval(1, None),
+    )
+
+
 #: the per-customer features built from ``[data.transactions]``: name -> (kind, meaning)
 TRANSACTION_FEATURES = {
     "recency_days": ("days", "days from the last purchase day to the snapshot date"),
@@ -170,7 +208,14 @@ TRANSACTION_FEATURES = {
 class TransactionsConfig:
     """Raw transactions from which RFM features are derived (instead of a customer table)."""
 
-    path: str = param(doc="CSV or Parquet file of transactions, one row per line item")
+    path: str = param(
+        doc="CSV or Parquet file of transactions, one row per line item, or a PostgreSQL URL "
+        "`postgresql://user@host:5432/db` with `table` or `query`"
+    )
+    table: str | None = _table_param()
+    query: str | None = _query_param()
+    password_env: str | None = _password_env_param()
+    fetch_rows: int = _fetch_rows_param()
     customer_column: str = param("customer_id", "customer id column")
     date_column: str = param("date", "transaction date column")
     amount_column: str = param(
@@ -219,8 +264,14 @@ class DataConfig:
     """Where the customer table is and how to read it."""
 
     customers: str | None = param(
-        None, "CSV or Parquet, one row per customer (or none when `transactions` is given)"
+        None,
+        "CSV or Parquet, one row per customer (or none when `transactions` is given), or a "
+        "PostgreSQL URL `postgresql://user@host:5432/db` with `table` or `query`",
     )
+    table: str | None = _table_param()
+    query: str | None = _query_param()
+    password_env: str | None = _password_env_param()
+    fetch_rows: int = _fetch_rows_param()
     separator: str | None = param(
         None,
         'CSV delimiter; default: detected (comma, semicolon, tab, else runs of whitespace; " " '
@@ -687,8 +738,8 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
 
 def _resolve_input(path: str | None, base_dir: Path) -> str | None:
     """Absolute path of an input file: the working directory first, then the config folder."""
-    if path is None:
-        return None
+    if path is None or is_url(path):
+        return path  # a database (or an unsupported URL, refused by _check_source)
     p = Path(path).expanduser()
     if p.is_absolute():
         return str(p)
@@ -703,7 +754,9 @@ def _resolve_input(path: str | None, base_dir: Path) -> str | None:
 
 def _move(path: str | None, folder: str) -> str | None:
     """``path`` with its folder replaced by ``folder`` (the ``data_dir`` override)."""
-    return None if path is None else str(Path(folder) / Path(path).name)
+    if path is None or is_url(path):
+        return path  # a database is not a file in the data folder
+    return str(Path(folder) / Path(path).name)
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -750,6 +803,31 @@ def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return raw
 
 
+def _check_source(where: str, key: str, section: Any) -> None:
+    """A PostgreSQL source needs a table or a query (not both) and no password in its URL; a
+    file source takes none of the database keys."""
+    location = getattr(section, key)
+    if is_url(location):
+        problem = url_problem(location)
+        if problem:
+            # the URL is not repeated: it may hold the password
+            raise ConfigError(f"{where}.{key}: {problem}")
+        if (section.table is None) == (section.query is None):
+            raise ConfigError(
+                f"{where}.table / {where}.query: a PostgreSQL source needs a table or a query "
+                f"(one of them), got {'both' if section.table else 'neither'}"
+            )
+        if section.query is not None and not section.query.strip():
+            raise ConfigError(f"{where}.query: the query is empty")
+        return
+    for name in ("table", "query", "password_env"):
+        if getattr(section, name) is not None:
+            raise ConfigError(
+                f"{where}.{name}: only for a PostgreSQL source ({where}.{key} = "
+                f'"postgresql://user@host:5432/db"); {where}.{key} is a file'
+            )
+
+
 def _check(config: TrainConfig) -> None:
     """Checks across fields, which one field's declaration cannot express."""
     data, feats, seg = config.data, config.features, config.segmentation
@@ -761,6 +839,9 @@ def _check(config: TrainConfig) -> None:
                 f"{where}.thousands: expected one character other than the decimal mark "
                 f"{marks.decimal!r}, got {marks.thousands!r}"
             )
+    _check_source("data", "customers", data)
+    if data.transactions is not None:
+        _check_source("data.transactions", "path", data.transactions)
     tx = data.transactions
     if tx is not None:
         if (tx.quantity_column is None) != (tx.price_column is None):

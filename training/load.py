@@ -1,7 +1,8 @@
 """Reading the inputs: customer table (or transactions -> RFM), campaign pool, response history.
 
 Tables are CSV (comma, semicolon, tab or whitespace separated; detected when not configured) or
-Parquet, chosen by extension. Id columns are read as text so that ``00042`` stays ``00042``.
+Parquet, chosen by extension; the customer table and the transactions may also come from
+PostgreSQL (:mod:`training.database`), then checked exactly as files are. Id columns are read as text so that ``00042`` stays ``00042``.
 Response histories come out in long form (customer_id, campaign_id, responded) whatever their
 shape on disk; wide 0/1 columns may sit in the customer table itself, and a missing value in a
 wide column means the campaign was not offered to that customer. Reading raises
@@ -25,7 +26,9 @@ import pandas as pd
 
 from scoring.campaigns import Campaign, PoolSettings
 from scoring.ids import ids_as_text
-from training.config import TrainConfig, TransactionsConfig
+from training.config import DataConfig, TrainConfig, TransactionsConfig
+from training.database import DatabaseSource, read_database
+from training.source_url import is_database_url
 from training.transactions import FEATURE_COLUMNS, ZERO_WHEN_ABSENT, features_from_transactions
 from training.validate import TableError
 
@@ -55,6 +58,8 @@ class LoadedData:
     transactions: dict[str, Any] | None = None
     #: the pool file's own settings (control-group salt, global holdout share)
     pool: PoolSettings = field(default_factory=PoolSettings)
+    #: source -> SHA-256 of the rows read, for sources that are not files (databases)
+    digests: dict[str, str] = field(default_factory=dict)
 
 
 def detect_separator(path: str | Path) -> str:
@@ -143,6 +148,48 @@ def read_table(
             frame[column] = ids_as_text(frame[column])
     logger.info("read %s: %d rows x %d columns", path, len(frame), frame.shape[1])
     return frame
+
+
+def database_source(section: DataConfig | TransactionsConfig) -> DatabaseSource | None:
+    """The PostgreSQL source a ``[data]`` or ``[data.transactions]`` section names, or None."""
+    location = section.customers if isinstance(section, DataConfig) else section.path
+    if not is_database_url(location):
+        return None
+    return DatabaseSource(
+        url=str(location),
+        table=section.table,
+        query=section.query,
+        password_env=section.password_env,
+        fetch_rows=section.fetch_rows,
+    )
+
+
+def read_source(
+    section: DataConfig | TransactionsConfig, text_columns: tuple[str, ...]
+) -> tuple[pd.DataFrame, str, str | None]:
+    """The table a section names, from its file or its database: (frame, source, digest).
+
+    ``source`` names it for messages and the manifest (never with a password); ``digest`` is
+    the SHA-256 of the rows when they came from a database (a file is hashed from its bytes).
+    """
+    db = database_source(section)
+    if db is not None:
+        table = read_database(db, text_columns)
+        return table.frame, db.describe(), table.sha256
+    path = section.customers if isinstance(section, DataConfig) else section.path
+    frame = read_table(
+        path,
+        section.separator,
+        text_columns=text_columns,
+        decimal=section.decimal,
+        thousands=section.thousands,
+    )
+    return frame, str(path), None
+
+
+def read_transactions(tx_config: TransactionsConfig) -> tuple[pd.DataFrame, str, str | None]:
+    """The raw transactions a ``[data.transactions]`` section names (see :func:`read_source`)."""
+    return read_source(tx_config, (tx_config.customer_column,))
 
 
 def rfm_from_transactions(
@@ -370,26 +417,19 @@ def load_tables(config: TrainConfig) -> LoadedData:
     customers = None
     warnings: tuple[str, ...] = ()
     summary = None
+    digests: dict[str, str] = {}
     if data.customers is not None:
         text = (data.id_column,) if data.id_column else ()
-        customers = read_table(
-            data.customers,
-            data.separator,
-            text_columns=text,
-            decimal=data.decimal,
-            thousands=data.thousands,
-        )
-        sources.append(str(data.customers))
+        customers, source, digest = read_source(data, text)
+        sources.append(source)
+        if digest:
+            digests[source] = digest
     if data.transactions is not None:
         tx_config = data.transactions
-        transactions = read_table(
-            tx_config.path,
-            tx_config.separator,
-            text_columns=(tx_config.customer_column,),
-            decimal=tx_config.decimal,
-            thousands=tx_config.thousands,
-        )
-        sources.append(str(tx_config.path))
+        transactions, source, digest = read_transactions(tx_config)
+        sources.append(source)
+        if digest:
+            digests[source] = digest
         built = features_from_transactions(transactions, tx_config, id_column)
         rfm = built.features
         warnings = tuple(built.summary.warnings())
@@ -425,4 +465,5 @@ def load_tables(config: TrainConfig) -> LoadedData:
         warnings=warnings,
         transactions=summary,
         pool=pool,
+        digests=digests,
     )

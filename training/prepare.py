@@ -240,10 +240,13 @@ def map_control_rows(
 
 
 def fingerprint(loaded: LoadedData, config: TrainConfig) -> dict:
-    """SHA-256 over the bytes of every source file and the inline campaigns, with the table's
-    rows, columns and the source paths."""
+    """SHA-256 over the bytes of every source file (the rows read, for a database source) and
+    the inline campaigns, with the table's rows, columns and the sources."""
     digest = hashlib.sha256()
     for source in loaded.sources:
+        if source in loaded.digests:
+            digest.update(loaded.digests[source].encode())
+            continue
         with open(source, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)

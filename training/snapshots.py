@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from training.config import ConfigError, TrainConfig
-from training.load import read_table
+from training.load import read_transactions
 from training.pipeline import train
 from training.transactions import parse_dates
 
@@ -52,9 +52,7 @@ def snapshot_dates(
         raise ConfigError("snapshots: the config needs [data.transactions]")
     if every not in FREQUENCIES:
         raise ConfigError(f"snapshots: every={every!r}; expected one of {', '.join(FREQUENCIES)}")
-    frame = read_table(
-        tx.path, tx.separator, text_columns=(tx.customer_column,), decimal=tx.decimal
-    )
+    frame, _, _ = read_transactions(tx)
     if tx.date_column not in frame.columns:
         raise ConfigError(f"data.transactions.date_column: {tx.date_column!r} is absent")
     days = parse_dates(frame[tx.date_column], tx.date_format).dropna().dt.normalize()

@@ -1,8 +1,11 @@
-"""bench/transactions.py runs end to end in its --smoke mode (no timing is asserted)."""
+"""bench/transactions.py and bench/database_read.py run end to end in their --smoke modes (no
+timing is asserted)."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from bench import transactions
 
@@ -27,3 +30,14 @@ def test_the_report_carries_the_transactions_section_and_targets(tmp_path):
     text = report.figures(tmp_path)
     assert "## Transactions to features and the CLV fit (issue 10)" in text
     assert "| #10 | BG/NBD + Gamma-Gamma fit, ~1M customers (s) | 30 s |" in text
+
+
+def test_database_read_smoke(tmp_path):
+    """bench/database_read.py against the test PostgreSQL (its own schema, dropped after)."""
+    pytest.importorskip("psycopg")
+    from bench import database_read
+
+    assert database_read.main(["--smoke", "--results", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "database_read.json").read_text())
+    assert [f["fetch_rows"] for f in result["figures"]] == list(database_read.FETCH_ROWS)
+    assert all(f["rows_per_s"] > 0 for f in result["figures"])

@@ -53,6 +53,7 @@ import pandas as pd
 
 from scoring.bundle import Bundle
 from training.engines.dask_transactions import APPROXIMATION as TRANSACTIONS_APPROXIMATION
+from training.source_url import is_database_url
 from training.validate import TableError
 
 if TYPE_CHECKING:
@@ -656,6 +657,13 @@ def train(
     data = config.data
     if data.transactions is None and data.customers is None:
         raise TableError("the dask engine needs data.customers or data.transactions (Parquet)")
+    if is_database_url(data.customers) or (
+        data.transactions is not None and is_database_url(data.transactions.path)
+    ):
+        raise TableError(
+            "the dask engine reads Parquet files; a PostgreSQL source (data.customers or "
+            "data.transactions.path) trains with --engine local"
+        )
     if getattr(config.segmentation, "previous", None):
         raise TableError(
             "re-segmentation against a previous bundle (segmentation.previous) needs --engine local"
