@@ -24,6 +24,7 @@ it, even when the server or the driver would echo it.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import os
@@ -98,14 +99,26 @@ def _statement(source: DatabaseSource):
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
-    """Dates and timestamps (Python objects from the driver) as datetime columns."""
+    """Date and timestamp columns (Python objects from the driver) as datetime columns.
+
+    ``timestamptz`` values keep their wall-clock time in the session's time zone (as the server
+    sends them) without the zone: purchase days are those a person in that zone would name,
+    and they compare with the config's ``as_of`` date.
+    """
     for column in frame.columns:
         values = frame[column]
+        if isinstance(values.dtype, pd.DatetimeTZDtype):
+            frame[column] = values.dt.tz_localize(None)
+            continue
         if values.dtype != object:
             continue
         sample = values.dropna()
-        if len(sample) and hasattr(sample.iloc[0], "isoformat"):
-            frame[column] = pd.to_datetime(values, errors="coerce")
+        if not len(sample) or not isinstance(sample.iloc[0], dt.date):
+            continue  # datetime.time, UUID, JSON...: left as the driver gave them
+        parsed = pd.to_datetime(values, utc=False)
+        if getattr(parsed.dt, "tz", None) is not None:
+            parsed = parsed.dt.tz_localize(None)
+        frame[column] = parsed
     return frame
 
 

@@ -175,6 +175,24 @@ def test_transactions_from_a_table_give_the_features_of_the_same_file(schema, tm
     assert from_db.sources == [f"{PG_URL} table {name}.sales"]
 
 
+def test_timestamps_with_a_time_zone_give_the_same_purchase_days(schema, tmp_path):
+    name, _, _ = schema
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE TABLE {name}.sales_ts AS SELECT cust, "
+            "(day + time '13:30') AT TIME ZONE 'UTC' AS at, amount FROM " + f"{name}.sales"
+        )
+    features = {"features": {"numeric": ["recency_days", "frequency", "monetary_total"]}}
+
+    def load(table, date_column):
+        tx = {"path": PG_URL, "table": f"{name}.{table}", "customer_column": "cust"}
+        tx |= {"date_column": date_column, "as_of": "2024-11-01"}
+        config = config_from_dict({"data": {"transactions": tx}, **features}, tmp_path)
+        return load_tables(config).customers.sort_values("customer_id").reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(load("sales_ts", "at"), load("sales", "day"))
+
+
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
