@@ -330,3 +330,19 @@ def test_a_wrong_password_is_one_clear_line_that_never_shows_it(
     assert wrong not in err and password not in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"customers": PG_URL, "table": "t"},
+        {"transactions": {"path": PG_URL, "table": "t"}},
+    ],
+)
+def test_the_dask_engine_refuses_a_database_source_before_touching_a_cluster(data):
+    pytest.importorskip("dask")
+    from training.engines.dask import train as train_on_dask
+
+    config = config_from_dict({"data": data, "features": {"numeric": ["spend"]}})
+    with pytest.raises(TableError, match="--engine local"):
+        train_on_dask(config, None, None)  # no cluster: the refusal comes first
