@@ -65,6 +65,10 @@ def version() -> Response:
             "propensity": None
             if loaded.bundle.compiled_status is None
             else loaded.bundle.compiled_status.describe(),
+            # the same for an uplift bundle's control model (null without one)
+            "control_propensity": None
+            if loaded.bundle.compiled_control_status is None
+            else loaded.bundle.compiled_control_status.describe(),
             "app_version": services.app_version,
             **_versions_served(services),
         }

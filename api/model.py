@@ -333,11 +333,13 @@ class ModelState:
             self.metrics.reloads.labels("loaded").inc()
         self._publish()
         status = loaded.bundle.compiled_status
+        control = loaded.bundle.compiled_control_status
         log.info(
-            "serving bundle %s (previous: %s)%s",
+            "serving bundle %s (previous: %s)%s%s",
             loaded.version,
             previous,
             "" if status is None else f"; campaign probabilities: {status.describe()}",
+            "" if control is None else f"; without the campaign: {control.describe()}",
         )
 
     def _fail(self, message: str) -> None:

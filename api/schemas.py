@@ -959,6 +959,13 @@ class VersionInfo(Schema):
             "'LightGBM C API (why the compiled trees are not used)'; null without a response model"
         },
     )
+    control_propensity = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "the same for the uplift bundle's control model (probability without "
+            "the campaign); null when the bundle ranks by response"
+        },
+    )
     app_version = fields.String(required=True)
     workers = fields.Dict(
         keys=fields.String(),

@@ -16,6 +16,8 @@ Layout of ``<root>/<version>/``::
     control_model.txt      the same model in LightGBM's own text format
     response_model.o       optional: the same trees compiled to native code (lleaves), with
     response_model_check.npy  the fixed sample it must reproduce (scoring/compiled_trees.py)
+    control_model.o        optional: the control model compiled the same way, with
+    control_model_check.npy   its own check sample
     mixture.joblib         sklearn GaussianMixture (full covariances) in PCA space: present when
                            the bundle serves the mixture (``served_clustering``), whose means
                            then are the centres and which adds membership probabilities
@@ -31,9 +33,9 @@ Layout of ``<root>/<version>/``::
 Loading verifies, *before anything is unpickled*: the manifest's format, the optional HMAC
 signature, that every required file is listed, present and has the recorded SHA-256, and that
 the installed scikit-learn, LightGBM and NumPy match the versions the bundle was written with.
-The compiled response model is native code and follows the same rule; it is used only on the
-platform it was built for and when it reproduces LightGBM on its check sample (else LightGBM
-serves, and ``Bundle.compiled_status`` says why).
+The compiled response and control models are native code and follow the same rule; each is used
+only on the platform it was built for and when it reproduces LightGBM on its check sample (else
+LightGBM serves that model, and ``Bundle.compiled_status`` / ``compiled_control_status`` say why).
 """
 
 from __future__ import annotations
@@ -76,6 +78,16 @@ EVIDENCE = "evidence.json"
 CHECKED_LIBRARIES = ("scikit-learn", "lightgbm", "numpy")
 #: manifest key describing the compiled response model (absent: none was built)
 COMPILED = "compiled_response_model"
+#: manifest key describing the compiled control model of an uplift bundle (absent: none)
+COMPILED_CONTROL = "compiled_control_model"
+#: per compiled model: manifest key, the manifest flag of its booster, its booster's text file,
+#: the object and check-sample file names
+_COMPILED_KINDS = (
+    (COMPILED, "has_response_model", RESPONSE_TEXT, compiled_trees.OBJECT_FILE,
+     compiled_trees.SAMPLE_FILE),
+    (COMPILED_CONTROL, "has_control_model", CONTROL_TEXT, compiled_trees.CONTROL_OBJECT_FILE,
+     compiled_trees.CONTROL_SAMPLE_FILE),
+)  # fmt: skip
 #: files that are code when loaded: a bundle folder may not hold one its manifest does not list
 CODE_SUFFIXES = (".joblib", ".pkl", ".pickle", ".o", ".so", ".npy")
 
@@ -129,6 +141,10 @@ class Bundle:
     #: after loading: the compiled trees when they may be used here, and which path serves
     compiled_forest: CompiledForest | None = None
     compiled_status: CompiledStatus | None = None
+    #: the same for the control model of an uplift bundle
+    compiled_control: CompiledArtifact | None = None
+    compiled_control_forest: CompiledForest | None = None
+    compiled_control_status: CompiledStatus | None = None
 
     @property
     def version(self) -> str:
@@ -218,6 +234,10 @@ def write_bundle(
                 raise BundleError("a control model needs a response model beside it")
             joblib.dump(bundle.control_model, tmp / CONTROL_PICKLE)
             bundle.control_model.save_model(str(tmp / CONTROL_TEXT))
+            if bundle.compiled_control is not None:
+                code = bundle.compiled_control.object_code
+                (tmp / compiled_trees.CONTROL_OBJECT_FILE).write_bytes(code)
+                np.save(tmp / compiled_trees.CONTROL_SAMPLE_FILE, bundle.compiled_control.sample)
         if bundle.mixture is not None:
             joblib.dump(bundle.mixture, tmp / MIXTURE_PICKLE)
         if bundle.assignments is not None:
@@ -250,14 +270,19 @@ def write_bundle(
             served_clustering="kmeans" if bundle.mixture is None else "gaussian_mixture",
             files=files,
         )
-        manifest.pop(COMPILED, None)
-        if bundle.response_model is not None and bundle.compiled is not None:
-            manifest[COMPILED] = {
-                "file": compiled_trees.OBJECT_FILE,
-                "sample": compiled_trees.SAMPLE_FILE,
-                "platform": bundle.compiled.platform,
-                "tolerance": compiled_trees.TOLERANCE,
-            }
+        artifacts = {
+            COMPILED: bundle.compiled if bundle.response_model is not None else None,
+            COMPILED_CONTROL: bundle.compiled_control if bundle.control_model is not None else None,
+        }
+        for key, _, _, object_file, sample_file in _COMPILED_KINDS:
+            manifest.pop(key, None)
+            if artifacts[key] is not None:
+                manifest[key] = {
+                    "file": object_file,
+                    "sample": sample_file,
+                    "platform": artifacts[key].platform,
+                    "tolerance": compiled_trees.TOLERANCE,
+                }
         dump_json(manifest, tmp / MANIFEST)
         if hmac_key:
             (tmp / SIGNATURE).write_text(sign((tmp / MANIFEST).read_bytes(), hmac_key) + "\n")
@@ -359,11 +384,12 @@ def verify(
         required.append(RESPONSE_PICKLE)
     if manifest.get("has_control_model"):
         required.append(CONTROL_PICKLE)
-    compiled = manifest.get(COMPILED)
-    if compiled is not None:
-        if not isinstance(compiled, dict) or not manifest.get("has_response_model"):
-            raise BundleError(f"{manifest_path}: {COMPILED} without a response model")
-        required += [RESPONSE_TEXT, str(compiled.get("file")), str(compiled.get("sample"))]
+    for key, has_model, text_file, _, _ in _COMPILED_KINDS:
+        compiled = manifest.get(key)
+        if compiled is not None:
+            if not isinstance(compiled, dict) or not manifest.get(has_model):
+                raise BundleError(f"{manifest_path}: {key} without its model ({has_model})")
+            required += [text_file, str(compiled.get("file")), str(compiled.get("sample"))]
     if manifest.get("served_clustering") == "gaussian_mixture":
         required.append(MIXTURE_PICKLE)
     for name in required:
@@ -417,7 +443,10 @@ def load_bundle(
         control_model = (
             joblib.load(path / CONTROL_PICKLE) if manifest.get("has_control_model") else None
         )
-        forest, status = _compiled_response_model(path, manifest, response_model)
+        forest, status = _compiled_model(path, manifest, response_model, COMPILED)
+        control_forest, control_status = _compiled_model(
+            path, manifest, control_model, COMPILED_CONTROL
+        )
         profiles = json.loads((path / "profiles.json").read_text())
         campaigns = [Campaign(**c) for c in json.loads((path / "campaigns.json").read_text())]
         schema = FeatureSchema.from_dict(manifest["feature_schema"])
@@ -445,6 +474,8 @@ def load_bundle(
         signature_verified=bool(hmac_key),
         compiled_forest=forest,
         compiled_status=status,
+        compiled_control_forest=control_forest,
+        compiled_control_status=control_status,
         **objs,
     )
 
@@ -464,13 +495,14 @@ def load_assignments(
         raise BundleError(f"{path / ASSIGNMENTS}: unreadable ({exc})") from None
 
 
-def _compiled_response_model(
-    path: Path, manifest: dict[str, Any], booster: Any
+def _compiled_model(
+    path: Path, manifest: dict[str, Any], booster: Any, key: str
 ) -> tuple[CompiledForest | None, CompiledStatus | None]:
-    """The verified bundle's compiled trees, if they may serve here (see compiled_trees)."""
+    """The verified bundle's compiled trees of ``booster`` (manifest entry ``key``), if they may
+    serve here (see compiled_trees); (None, None) without the booster."""
     if booster is None:
         return None, None
-    entry = manifest.get(COMPILED)
+    entry = manifest.get(key)
     if entry is None:
         return None, CompiledStatus(False, "the bundle has no compiled trees")
     sample = np.load(path / str(entry["sample"]), allow_pickle=False)

@@ -1,4 +1,7 @@
-"""The response model compiled to native code (lleaves), kept in the bundle beside LightGBM's.
+"""LightGBM models compiled to native code (lleaves), kept in the bundle beside LightGBM's.
+
+Two models are compiled the same way: the response model and, in an uplift bundle, the control
+model (response without the campaign), each with its own object file and check sample.
 
 Walking 200 trees of 31 leaves through LightGBM's C API costs several microseconds per row; the
 same trees compiled to machine code by lleaves (LLVM) cost a fraction of that, for one row or a
@@ -45,9 +48,12 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-#: bundle file names
+#: bundle file names of the compiled response model and its check sample
 OBJECT_FILE = "response_model.o"
 SAMPLE_FILE = "response_model_check.npy"
+#: the same for an uplift bundle's control model (response without the campaign)
+CONTROL_OBJECT_FILE = "control_model.o"
+CONTROL_SAMPLE_FILE = "control_model_check.npy"
 #: largest |compiled - LightGBM| allowed on the check sample (probabilities)
 TOLERANCE = 1e-9
 #: rows of the check sample taken from the held-out data (each also copied with gaps)

@@ -33,6 +33,7 @@ from scoring.policy import (
     NO_OFFER_REQUESTED,
     NO_POSITIVE_GAIN,
     choose,
+    control_group_rule,
     expected_gain,
 )
 from scoring.propensity import PropensityModel
@@ -145,13 +146,19 @@ class ScoringEngine:
         #: an uplift bundle also predicts the response without the campaign
         self.has_uplift_model = self.has_response_model and bundle.control_model is not None
         self._control = (
-            PropensityModel(bundle.control_model, threads=threads)
+            PropensityModel(
+                bundle.control_model, threads=threads, compiled=bundle.compiled_control_forest
+            )
             if self.has_uplift_model
             else None
         )
         #: seconds since the epoch; decides which campaigns are within their dates (UTC)
         self.clock = clock
         self.ranking = tables.ranking
+        self._control_rules = {
+            c.id: control_group_rule(share, tables.pool.holdout_share)
+            for c, share in zip(self.campaigns, tables.holdout_shares, strict=True)
+        }
         self._single = SingleCustomerScorer(tables, self.model, self._control, self.today)
 
     def today(self) -> dt.date:
@@ -567,8 +574,16 @@ class ScoringEngine:
         """The answer's ranking, control-group and empty-answer fields (both paths)."""
         res["ranking"] = self.ranking
         res["held_out"] = [self.campaign_ids[j] for j in held]
-        if customer_id is None and self.tables.has_holdout:
-            res["holdout_note"] = NO_ID_NOTE
+        if self.tables.has_holdout:
+            if customer_id is None:
+                res["holdout_note"] = NO_ID_NOTE
+            else:
+                # the offer passed its control-group draw: say so (a new list: the table's
+                # rules are shared by every answer)
+                for item in res["campaigns"]:
+                    rule = self._control_rules[item["campaign_id"]]
+                    if rule is not None:
+                        item["rules"] = [*item["rules"], rule]
         if reason is not None:
             res["reason"] = reason
 

@@ -53,6 +53,23 @@ def held_out(customer_id: str | None, campaign_id: str, share: float, salt: str)
     return holdout_draw(customer_id, campaign_id, salt) < share
 
 
+def gain_rule(ranking: str) -> str:
+    """The rule every offer passed, as an answer item's ``rules`` states it."""
+    if ranking == UPLIFT:
+        return "expected gain > 0: (probability with - without the offer) x value - cost"
+    return "expected gain > 0: probability x value - cost"
+
+
+def control_group_rule(share: float, global_share: float) -> str | None:
+    """The control-group rule an offer to a customer with an id passed (None: no groups)."""
+    parts = []
+    if share > 0.0:
+        parts.append(f"outside its control group ({share * 100:g}% held out)")
+    if global_share > 0.0:
+        parts.append(f"outside the global control group ({global_share * 100:g}% held out)")
+    return "; ".join(parts) or None
+
+
 def expected_gain(p_treated: float, p_control: float | None, value: float, cost: float) -> float:
     """(p_treated - p_control) x value - cost; p_control None means "rank by response"."""
     lift = p_treated if p_control is None else p_treated - p_control

@@ -21,6 +21,7 @@ from scoring.bundle import Bundle
 from scoring.campaigns import Campaign, PoolSettings, eligibility_table
 from scoring.features import FeatureSchema, ResponseLayout
 from scoring.mixture import MixtureRule
+from scoring.policy import gain_rule
 
 
 def _frozen(array: Any, dtype: Any = np.float64) -> np.ndarray:
@@ -136,7 +137,11 @@ class ScoringTables:
             eligible=_frozen(eligible, bool),
             campaign_index={c.id: j for j, c in enumerate(campaigns)},
             channels=tuple(c.channel for c in campaigns),
-            items=_answer_items(campaigns, rules),
+            items=_answer_items(
+                campaigns,
+                rules,
+                gain_rule("uplift" if bundle.control_model is not None else "response"),
+            ),
             costs=_frozen([c.cost for c in campaigns]),
             holdout_shares=tuple(c.holdout_share for c in campaigns),
             pool=(pool := PoolSettings.from_dict(bundle.manifest.get("pool"))),
@@ -174,10 +179,10 @@ class ScoringTables:
 
 
 def _answer_items(
-    campaigns: tuple[Campaign, ...], rules: list[list[str]]
+    campaigns: tuple[Campaign, ...], rules: list[list[str]], gain: str
 ) -> dict[bool, tuple[tuple[dict[str, Any], ...], ...]]:
     """The fixed part of every answer item: an item is this dict plus probability and
-    expected value."""
+    expected value. ``gain``: the text of the positive-gain rule every offer passed."""
     return {
         with_channel: tuple(
             tuple(
@@ -188,11 +193,13 @@ def _answer_items(
                     "value": c.value,
                     "cost": c.cost,
                     "eligibility": f"{rule}; channel '{c.channel}'" if with_channel else rule,
-                    # every rule that admitted the offer (the gain rule is added per answer)
+                    # every rule that admitted the offer; the control-group rule is added per
+                    # answer (only a request with a customer id passes it), the caps' by api/
                     "rules": [
                         rule,
                         *([f"channel '{c.channel}'"] if with_channel else []),
                         *c.static_rules(),
+                        gain,
                     ],
                 }
                 for c, rule in zip(campaigns, segment_rules, strict=True)

@@ -54,6 +54,7 @@ from training.resegment import (
 )
 from training.response import (
     ResponseModel,
+    compile_booster,
     compile_response_model,
     fit_response_model,
     skip_reason,
@@ -351,8 +352,6 @@ def train(
             warnings += clv.notes
     with stage("response_model"):
         response = fit_response_model(prepared, segmentation.labels, config.response_model)
-    with stage("compile"):
-        compiled = compile_response_model(response, config.response_model)
     uplift = None
     if response is not None and prepared.controls is not None:
         with stage("uplift"):
@@ -364,6 +363,15 @@ def train(
                 config.response_model,
                 [n.name for n in names],
             )
+    with stage("compile"):
+        compiled = compile_response_model(response, config.response_model)
+        compiled_control = (
+            None
+            if uplift is None
+            else compile_booster(
+                uplift.control, uplift.check_rows, config.response_model, "control model"
+            )
+        )
 
     truth_ari = None
     if prepared.truth is not None:
@@ -411,6 +419,7 @@ def train(
             response_model=None if response is None else response.booster,
             control_model=None if uplift is None else uplift.control,
             compiled=compiled,
+            compiled_control=compiled_control,
             mixture=segmentation.mixture,
             manifest=manifest,
             assignments=(prepared.customers.index.to_numpy(), segmentation.labels)

@@ -69,16 +69,28 @@ def compile_response_model(
     the tree compiler is missing or fails: the bundle is then served through LightGBM, which
     gives the same numbers more slowly, so training goes on with a warning.
     """
-    if response is None or not config.compile:
+    if response is None:
         return None
-    rows = response.check_rows if response.check_rows is not None else np.empty((0, 0))
+    return compile_booster(response.booster, response.check_rows, config, "response model")
+
+
+def compile_booster(
+    booster: lgb.Booster, check_rows: np.ndarray | None, config: ResponseModelConfig, what: str
+) -> CompiledArtifact | None:
+    """``booster`` compiled for this machine with its check sample ``check_rows``, or None
+    (compiling disabled, or the compiler missing or failing: ``what`` is then served through
+    LightGBM and the log says so). The response and the control model both come through here."""
+    if not config.compile:
+        return None
+    rows = check_rows if check_rows is not None else np.empty((0, 0))
     try:
-        artifact = compiled_trees.compile_model(response.booster.model_to_string(), rows)
+        artifact = compiled_trees.compile_model(booster.model_to_string(), rows)
     except Exception as exc:  # noqa: BLE001 -- an optional speed-up must not fail training
-        log.warning("response model not compiled (%s); it will be served through LightGBM", exc)
+        log.warning("%s not compiled (%s); it will be served through LightGBM", what, exc)
         return None
     log.info(
-        "response model compiled for %s (%s): %d KiB of native code",
+        "%s compiled for %s (%s): %d KiB of native code",
+        what,
         artifact.platform["triple"],
         artifact.platform["cpu"],
         len(artifact.object_code) // 1024,
@@ -152,17 +164,35 @@ def split_customers(
     return np.flatnonzero(row_side == 0), np.flatnonzero(row_side == 1)
 
 
-def _progress(period: int):
+def _progress(period: int, what: str):
     def callback(env: lgb.callback.CallbackEnv) -> None:
         if (env.iteration + 1) % period == 0 and env.evaluation_result_list:
             _, metric, value, _ = env.evaluation_result_list[0][:4]
-            log.info("response model: round %d, held-out %s %.5f", env.iteration + 1, metric, value)
+            log.info("%s: round %d, held-out %s %.5f", what, env.iteration + 1, metric, value)
 
     return callback
 
 
+def lightgbm_params(config: ResponseModelConfig, n_train_rows: int) -> dict[str, Any]:
+    """LightGBM parameters of a response-style model (the response and the control model)."""
+    return {
+        "objective": "binary",
+        "metric": "binary_logloss",
+        "learning_rate": config.learning_rate,
+        "num_leaves": config.num_leaves,
+        "min_child_samples": config.min_child_samples,
+        "feature_fraction": FEATURE_FRACTION,
+        # one thread for small tables: as fast there, and immune to a busy machine
+        "num_threads": 1 if n_train_rows < SINGLE_THREAD_ROWS else 2,
+        "deterministic": True,
+        "force_row_wise": True,
+        "seed": config.seed,
+        "verbosity": -1,
+    }
+
+
 @dataclass(frozen=True)
-class _Fit:
+class Fit:
     """One LightGBM run: the booster, its early-stopping round, held-out AUC after each round."""
 
     leaves: int
@@ -170,10 +200,24 @@ class _Fit:
     best: int
     auc: list[float]
 
+    def trimmed(self, rounds: int | None = None) -> lgb.Booster:
+        """A booster holding exactly ``rounds`` (default: the early-stopping round) rounds, so
+        ``predict()`` gives the same numbers everywhere (text format, compiled trees)."""
+        n = self.best if rounds is None else rounds
+        return lgb.Booster(model_str=self.booster.model_to_string(num_iteration=n))
 
-def _fit(
-    params: dict[str, Any], train_set: lgb.Dataset, valid_set: lgb.Dataset, config: Any
-) -> _Fit:
+
+def fit_early_stopped(
+    params: dict[str, Any],
+    train_set: lgb.Dataset,
+    valid_set: lgb.Dataset,
+    config: ResponseModelConfig,
+    what: str = "response model",
+) -> Fit:
+    """Boost up to ``config.max_rounds``, early-stopped on the held-out log loss (the first
+    metric) after ``config.early_stopping_rounds`` rounds without a gain of
+    :data:`EARLY_STOPPING_MIN_DELTA`; records the held-out AUC per round when it is a metric.
+    The one fitting loop of the response model, its size selection and the control model."""
     history: dict[str, dict[str, list[float]]] = {}
     booster = lgb.train(
         params,
@@ -189,12 +233,12 @@ def _fit(
                 min_delta=EARLY_STOPPING_MIN_DELTA,
             ),
             lgb.record_evaluation(history),
-            _progress(PROGRESS_EVERY),
+            _progress(PROGRESS_EVERY, what),
         ],
     )
     best = booster.best_iteration or booster.current_iteration()
     auc = list(history.get("held_out", {}).get("auc", []))
-    return _Fit(int(params["num_leaves"]), booster, int(best), auc)
+    return Fit(int(params["num_leaves"]), booster, int(best), auc)
 
 
 def leaf_options(num_leaves: int) -> list[int]:
@@ -207,7 +251,7 @@ def leaf_options(num_leaves: int) -> list[int]:
     return options
 
 
-def smallest_within(fits: list[_Fit], tolerance: float) -> tuple[_Fit, int, dict[str, Any]]:
+def smallest_within(fits: list[Fit], tolerance: float) -> tuple[Fit, int, dict[str, Any]]:
     """The fit and round count of the smallest model (rounds x leaves) whose held-out AUC is
     within ``tolerance`` of the best over every fit and round, and the evidence."""
     best_auc, best_fit, best_round = -1.0, fits[0], fits[0].best
@@ -345,20 +389,7 @@ def fit_response_model(
         layout.segment_slot,
         layout.campaign_slot,
     ]
-    params = {
-        "objective": "binary",
-        "metric": "binary_logloss",
-        "learning_rate": config.learning_rate,
-        "num_leaves": config.num_leaves,
-        "min_child_samples": config.min_child_samples,
-        "feature_fraction": FEATURE_FRACTION,
-        # one thread for small tables: as fast there, and immune to a busy machine
-        "num_threads": 1 if len(y_train) < SINGLE_THREAD_ROWS else 2,
-        "deterministic": True,
-        "force_row_wise": True,
-        "seed": config.seed,
-        "verbosity": -1,
-    }
+    params = lightgbm_params(config, len(y_train))
     train_set = lgb.Dataset(
         X_train, y_train, feature_name=columns, categorical_feature=categorical, free_raw_data=True
     )
@@ -374,15 +405,16 @@ def fit_response_model(
     if select:
         # early stopping still watches the log loss (the first metric); AUC is only recorded
         params["metric"] = ["binary_logloss", "auc"]
-    first = _fit(params, train_set, valid_set, config)
-    booster, best = first.booster, first.best
+    first = fit_early_stopped(params, train_set, valid_set, config)
+    chosen, best = first, first.best
     if select:
         fits = [first]
         for leaves in leaf_options(config.num_leaves)[1:]:
             log.info("response model: size selection, fitting %d leaves", leaves)
-            fits.append(_fit({**params, "num_leaves": leaves}, train_set, valid_set, config))
+            fits.append(
+                fit_early_stopped({**params, "num_leaves": leaves}, train_set, valid_set, config)
+            )
         chosen, best, selection = smallest_within(fits, config.auc_tolerance)
-        booster = chosen.booster
         params = {**params, "num_leaves": chosen.leaves}
         reference = first.best * first.leaves
         selection.update(
@@ -395,8 +427,7 @@ def fit_response_model(
             ),
         )
         log.info("response model: size selection kept %s", selection["traded"])
-    # a model holding exactly the best iteration: predict() is then the same everywhere
-    trimmed = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    trimmed = chosen.trimmed(best)
     p_valid = trimmed.predict(X_valid)
     metrics = evaluate(
         y_valid,

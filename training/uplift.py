@@ -31,13 +31,13 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
+from scoring import compiled_trees
 from training.config import ResponseModelConfig, UpliftConfig
 from training.prepared import PreparedData
 from training.response import (
-    EARLY_STOPPING_MIN_DELTA,
-    FEATURE_FRACTION,
-    SINGLE_THREAD_ROWS,
     ResponseModel,
+    fit_early_stopped,
+    lightgbm_params,
     model_feature_names,
     response_matrix,
     split_customers,
@@ -55,6 +55,8 @@ class UpliftModel:
 
     control: lgb.Booster
     metrics: dict[str, Any]
+    #: held-out control rows (and copies with gaps) the compiled control trees must reproduce
+    check_rows: np.ndarray | None = None
 
 
 # ---- metrics (scikit-uplift's definitions) ------------------------------------------------------
@@ -166,9 +168,10 @@ def skip_reason(prepared: PreparedData, config: UpliftConfig) -> str | None:
 # ---- fitting --------------------------------------------------------------------------------
 def fit_control_model(
     prepared: PreparedData, labels: np.ndarray, config: ResponseModelConfig
-) -> tuple[lgb.Booster, dict[str, Any]]:
+) -> tuple[lgb.Booster, dict[str, Any], np.ndarray]:
     """The LightGBM model of responding without the campaign, with the response model's
-    parameters, early-stopped on held-out control customers."""
+    parameters, early-stopped on held-out control customers; its facts for the manifest; and
+    the check sample its compiled trees must reproduce (from the held-out control rows)."""
     train_rows, valid_rows, _ = split_control(prepared, config)
     if not len(valid_rows) or not len(train_rows):
         raise ValueError("the control rows cannot be split into training and held-out customers")
@@ -176,19 +179,6 @@ def fit_control_model(
     X_valid, y_valid = control_matrix(prepared, labels, valid_rows)
     columns = model_feature_names(prepared.schema.response_model_columns)
     n_num = len(prepared.schema.response_features)
-    params = {
-        "objective": "binary",
-        "metric": "binary_logloss",
-        "learning_rate": config.learning_rate,
-        "num_leaves": config.num_leaves,
-        "min_child_samples": config.min_child_samples,
-        "feature_fraction": FEATURE_FRACTION,
-        "num_threads": 1 if len(y_train) < SINGLE_THREAD_ROWS else 2,
-        "deterministic": True,
-        "force_row_wise": True,
-        "seed": config.seed,
-        "verbosity": -1,
-    }
     train_set = lgb.Dataset(
         X_train,
         y_train,
@@ -197,20 +187,11 @@ def fit_control_model(
         free_raw_data=True,
     )
     valid_set = lgb.Dataset(X_valid, y_valid, reference=train_set)
-    booster = lgb.train(
-        params,
-        train_set,
-        num_boost_round=config.max_rounds,
-        valid_sets=[valid_set],
-        valid_names=["held_out"],
-        callbacks=[
-            lgb.early_stopping(
-                config.early_stopping_rounds, verbose=False, min_delta=EARLY_STOPPING_MIN_DELTA
-            )
-        ],
+    fit = fit_early_stopped(
+        lightgbm_params(config, len(y_train)), train_set, valid_set, config, "control model"
     )
-    best = booster.best_iteration or booster.current_iteration()
-    trimmed = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    best = fit.best
+    trimmed = fit.trimmed()
     info = {
         "best_iteration": int(best),
         "n_train_rows": len(y_train),
@@ -218,7 +199,7 @@ def fit_control_model(
         "base_rate": float(y_train.mean()),
         "campaign_specific": bool((prepared.controls["campaign_idx"].to_numpy() >= 0).any()),
     }
-    return trimmed, info
+    return trimmed, info, compiled_trees.check_sample(X_valid, config.seed)
 
 
 def evaluate_uplift(
@@ -340,7 +321,7 @@ def fit_uplift_model(
         if prepared.controls is not None:
             log.warning("uplift model skipped: %s", reason)
         return None
-    control, info = fit_control_model(prepared, labels, model_config)
+    control, info, check_rows = fit_control_model(prepared, labels, model_config)
     _, _, held_out = split_control(prepared, model_config)
     evaluation = evaluate_uplift(prepared, labels, response.booster, control, held_out)
     summary = evaluation["summary"]
@@ -352,7 +333,9 @@ def fit_uplift_model(
     )
     names = segment_names or [str(s) for s in range(int(labels.max()) + 1)]
     evaluation["measured_lift"] = measured_lift(prepared, labels, names)
-    return UpliftModel(control=control, metrics={"control_model": info, **evaluation})
+    return UpliftModel(
+        control=control, metrics={"control_model": info, **evaluation}, check_rows=check_rows
+    )
 
 
 def _fmt(value: float | None) -> str:

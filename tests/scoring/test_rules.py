@@ -130,6 +130,34 @@ def test_control_groups_are_deterministic_and_need_a_customer_id(tiny_bundle, de
         assert a["held_out"] == [] and a["holdout_note"] == NO_ID_NOTE
 
 
+def test_control_groups_survive_a_new_bundle_version_written_and_reloaded(
+    tiny_bundle, demo_customers, tmp_path
+):
+    """The salt lives in the pool, not the bundle: a retrained bundle (another version, written
+    and verified from disk) holds out exactly the same customers."""
+    from scoring.bundle import load_current, write_bundle
+
+    pool = {"salt": "pool-salt-1", "holdout_share": 0.1}
+    engine = _engine(tiny_bundle, pool=pool, cashback={"holdout_share": 0.5})
+    records = _records(demo_customers)
+    before = [a["held_out"] for a in _both(engine, records)]
+    assert any(before)
+    versions = []
+    for version in ("v-monday", "v-tuesday"):
+        bundle = copy.copy(engine.bundle)
+        bundle.manifest = {k: v for k, v in bundle.manifest.items() if k in ("config", "metrics")}
+        bundle.manifest["pool"] = pool
+        write_bundle(bundle, tmp_path, version=version)
+        versions.append(load_current(tmp_path))
+    for reloaded in versions:
+        again = ScoringEngine(reloaded, clock=lambda: NOW)
+        assert again.version != engine.version
+        assert [a["held_out"] for a in _both(again, records)] == before
+        # the rules of an offer to a customer with an id say it passed the control-group draw
+        offered = [c for a in _both(again, records[:20]) for c in a["campaigns"]]
+        assert any("outside the global control group (10% held out)" in c["rules"] for c in offered)
+
+
 def test_the_global_control_group_gets_nothing(tiny_bundle, demo_customers):
     engine = _engine(tiny_bundle, pool={"salt": "s", "holdout_share": 0.3})
     answers = _both(engine, _records(demo_customers))

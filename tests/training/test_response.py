@@ -12,7 +12,7 @@ from training.config import ResponseModelConfig, load_config
 from training.generate import write_demo
 from training.prepare import prepare
 from training.response import (
-    _Fit,
+    Fit,
     calibration_table,
     fit_response_model,
     leaf_options,
@@ -131,8 +131,8 @@ def test_calibration_bins_are_equal_count_and_ordered():
 
 
 # ---- keeping the smallest model within an AUC tolerance ------------------------------------------
-def _fake_fit(leaves: int, auc: list[float]) -> _Fit:
-    return _Fit(leaves=leaves, booster=None, best=len(auc), auc=auc)
+def _fake_fit(leaves: int, auc: list[float]) -> Fit:
+    return Fit(leaves=leaves, booster=None, best=len(auc), auc=auc)
 
 
 def test_smallest_model_within_the_tolerance_is_kept():

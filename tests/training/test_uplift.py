@@ -112,6 +112,50 @@ def test_the_control_model_is_verified_before_loading(uplift_result, tmp_path):
         load_bundle(copy)
 
 
+def test_the_control_model_is_compiled_hashed_and_checked_like_the_response_model(
+    uplift_result, tmp_path
+):
+    import hashlib
+    import shutil
+
+    from scoring import compiled_trees
+    from scoring.engine import ScoringEngine
+
+    bundle = load_bundle(uplift_result.path)
+    entry = bundle.manifest["compiled_control_model"]
+    assert entry["file"] == compiled_trees.CONTROL_OBJECT_FILE
+    assert {entry["file"], entry["sample"]} <= set(bundle.manifest["files"])
+    assert bundle.compiled_control_status.compiled, bundle.compiled_control_status.reason
+    # the served control probabilities are the compiled ones, equal to LightGBM's within 1e-9
+    sample = np.load(bundle.path / entry["sample"])
+    engine = ScoringEngine(bundle)
+    assert engine._control.compiled is bundle.compiled_control_forest
+    got = np.asarray(engine._control.predict_rows(sample.tolist()))
+    assert np.max(np.abs(got - bundle.control_model.predict(sample))) <= compiled_trees.TOLERANCE
+    # tampered native code is refused before it is loaded
+    copy = tmp_path / "copy"
+    shutil.copytree(uplift_result.path, copy)
+    with open(copy / entry["file"], "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(BundleError, match=r"control_model\.o: SHA-256"):
+        load_bundle(copy)
+    # an artifact that does not reproduce LightGBM: the C API serves the control model instead
+    shutil.copytree(uplift_result.path, tmp_path / "swapped")
+    swapped = tmp_path / "swapped"
+    (swapped / entry["file"]).write_bytes((swapped / compiled_trees.OBJECT_FILE).read_bytes())
+    manifest = json.loads((swapped / "manifest.json").read_text())
+    data = (swapped / entry["file"]).read_bytes()
+    manifest["files"][entry["file"]] = {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+    }
+    (swapped / "manifest.json").write_text(json.dumps(manifest))
+    fallback = load_bundle(swapped)
+    assert fallback.compiled_control_forest is None
+    assert not fallback.compiled_control_status.compiled
+    assert fallback.compiled_status.compiled  # the response model's own artifact still serves
+
+
 def test_without_a_treated_column_the_bundle_ranks_by_response(demo_dir, tmp_path):
     responses = pd.read_parquet(demo_dir / "responses.parquet")
     sent_only = tmp_path / "responses.parquet"
@@ -258,3 +302,53 @@ def test_an_uplift_bundle_ranks_by_gain_on_both_paths(uplift_result):
             assert item["expected_gain"] == pytest.approx(item["uplift"] * item["value"])
             assert item["expected_gain"] > 0
     assert offered > 0
+
+
+def test_the_folded_feedback_is_the_next_trainings_uplift_history(
+    demo_dir, tmp_path, redis_url, redis_prefix
+):
+    """The whole loop: sends, hold-outs and conversions reach the stream as the service writes
+    them, ``feedback fold`` turns them into a history, and training reads it with a config only
+    and learns the uplift the generator planted."""
+    import dataclasses
+
+    import redis
+
+    from api.feedback import FeedbackStream
+    from training.feedback import HISTORY_FILE, fold
+
+    history = pd.read_parquet(demo_dir / "responses.parquet")
+    history = history[history["campaign_id"].notna()]
+    events = []
+    for i, row in enumerate(history.itertuples(index=False)):
+        base = {
+            "customer_id": str(row.customer_id),
+            "campaign_id": row.campaign_id,
+            "timestamp": "2026-12-02T10:00:00Z",
+            "model_version": "v0",
+        }
+        kind = "impression" if row.treated == 1 else "holdout"
+        events.append({**base, "event_id": f"x{i}", "type": kind})
+        if row.responded == 1:
+            events.append({**base, "event_id": f"y{i}", "type": "conversion"})
+    client = redis.Redis.from_url(redis_url)
+    stream = f"{redis_prefix}:feedback"
+    feedback = FeedbackStream(client, stream)
+    for start in range(0, len(events), 5000):
+        feedback.append(events[start : start + 5000])
+    folded = tmp_path / "feedback"
+    summary = fold(client, stream, folded, batch_size=5000)
+    assert summary.history_rows == len(history)
+    config = load_config(
+        DEMO_CONFIG, {"data_dir": str(demo_dir), "output": str(tmp_path / "out"), "k": 5}
+    )
+    config = dataclasses.replace(
+        config,
+        responses=dataclasses.replace(
+            config.responses, path=str(folded / HISTORY_FILE), treated_column="treated"
+        ),
+    )
+    manifest = train(config, environ={}).bundle.manifest
+    assert manifest["ranking"] == "uplift"
+    win_back = manifest["metrics"]["uplift"]["per_campaign"]["win_back"]
+    assert win_back["observed_uplift"] > 0.03 and win_back["predicted_uplift"] > 0.03
