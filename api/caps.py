@@ -6,11 +6,31 @@ Counters are plain Redis integers under expiring keys named by the UTC day or IS
     {prefix}:cap:{campaign}:c:{customer}:w:{YYYYWW}     sends to this customer this week
     {prefix}:cap:{campaign}:d:{YYYYMMDD}                sends of the campaign today (daily_cap)
 
-A request that only asks (no ``commit``) reads the counters of every candidate in one ``MGET``
-and drops the campaigns at a cap. A request that sends (``commit: true``) runs one Lua script
-that walks the candidates in rank order and, for each, checks all its counters and increments
-them only if none is at its limit, stopping after ``top_k`` admissions. Redis runs a script
-atomically, so two workers can never both pass a cap of 1: the second sees the first's count.
+A request that sends (``commit: true``) runs one Lua script that walks the candidates in rank
+order and, for each, checks all its counters and increments them only if none is at its limit,
+stopping after ``top_k`` admissions. Redis runs a script atomically, so two workers can never
+both pass a cap of 1: the second sees the first's count.
+
+A request that only asks (no ``commit``) reads counters and drops the campaigns at a cap. Its
+cost is one Redis round trip, which a profile of the bench (``bench.targeting``) showed to be
+nearly all waiting: the client's own work is small next to the wait for the reply (the server's
+turn on a shared CPU). So the read path avoids the wait rather than the work:
+
+* **No read at all** when no candidate has a cap, or every capped candidate is known to be at
+  its campaign-wide ``daily_cap`` (below).
+* **Prefetch** (:meth:`FrequencyCaps.prefetch`): the view sends one ``MGET`` of the counters of
+  every capped campaign in the pool for this customer *before* scoring, and reads the reply
+  after; Redis answers while the worker scores, so the round trip overlaps the request's own
+  work instead of adding to it. The counters read are exactly as fresh as a read after scoring
+  (a few hundred microseconds apart, both advisory: only a commit counts). Pools with more than
+  :data:`PREFETCH_MAX_KEYS` counters per customer are read after scoring instead, and only for
+  the campaigns that survived eligibility, gain and hold-outs.
+* **Exhausted campaign caps** are remembered for :data:`EXHAUSTED_SECONDS`: a campaign-day
+  counter only grows during its day (``INCR`` only; the key names the day), so once it has
+  reached the ``daily_cap`` it stays there until the next UTC day. The memory is dropped at the
+  day's end and after :data:`EXHAUSTED_SECONDS` anyway, so an operator who deletes a counter to
+  lift a cap mid-day sees read-only answers follow within that time. A commit never relies on
+  it: the Lua script re-reads every counter atomically.
 
 When Redis fails, caps fail *open* (every candidate passes, as if uncapped) or *closed* (none
 passes) as configured; the result says which, and the caller counts it in the metrics.
@@ -18,6 +38,7 @@ passes) as configured; the result says which, and the caller counts it in the me
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -81,6 +102,10 @@ return out
 """
 
 REASONS = ("per_customer_day", "per_customer_week", "daily_cap")
+#: most counters one request prefetches before scoring (more: read survivors after scoring)
+PREFETCH_MAX_KEYS = 96
+#: how long a worker trusts that a campaign's daily cap is exhausted without reading it again
+EXHAUSTED_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +138,72 @@ class CapResult:
     status: str
 
 
+def _ints(keys: Sequence[str], values: Sequence[Any]) -> dict[str, int]:
+    """``MGET`` reply as {key: count} (an absent counter is 0)."""
+    return {k: int(v or 0) for k, v in zip(keys, values, strict=True)}
+
+
+class ReadCounts:
+    """Counters read already (a batch's one ``MGET``), or the error reading them raised."""
+
+    def __init__(self, values: dict[str, int], error: redis.RedisError | None = None) -> None:
+        self._values = values
+        self._error = error
+
+    def counts(self) -> dict[str, int]:
+        """{key: count}; raises the Redis error when the read failed."""
+        if self._error is not None:
+            raise self._error
+        return self._values
+
+    def close(self) -> None:
+        """Nothing is held."""
+
+
+class Prefetch:
+    """An ``MGET`` of cap counters sent before scoring; the reply is read after it.
+
+    Holds one connection out of the client's pool until its reply is read or :meth:`close`,
+    which every caller runs (a ``finally``): an unread reply is never left on a pooled
+    connection.
+    """
+
+    def __init__(self, pool: Any, connection: Any, keys: list[str]) -> None:
+        self._pool = pool
+        self._connection = connection
+        self.keys = keys
+        self._values: dict[str, int] | None = None
+        self._error: Exception | None = None
+
+    def counts(self) -> dict[str, int]:
+        """Counter value of every prefetched key (0 when absent); raises the Redis error."""
+        if self._values is None and self._error is None:
+            try:
+                reply = self._connection.read_response()
+                self._values = _ints(self.keys, reply)
+            except (redis.RedisError, OSError, ValueError, TypeError) as exc:
+                self._error = exc if isinstance(exc, redis.RedisError) else redis.RedisError(exc)
+                self._connection.disconnect()
+            self._release()
+        if self._error is not None:
+            raise self._error
+        return self._values  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Give the connection back, reading its reply first when nobody did (the answer had
+        no capped offer left): a reconnect would cost several round trips, the reply one read.
+        A connection whose reply cannot be read is dropped, never pooled with it pending."""
+        if self._connection is not None and self._values is None and self._error is None:
+            with contextlib.suppress(redis.RedisError):  # counts() dropped the connection
+                self.counts()
+        self._release()
+
+    def _release(self) -> None:
+        if self._connection is not None:
+            self._pool.release(self._connection)
+            self._connection = None
+
+
 class FrequencyCaps:
     """Reads (and with commit, atomically counts) frequency-cap counters in Redis."""
 
@@ -135,6 +226,10 @@ class FrequencyCaps:
         self._script: Any = None  # registered on first use (a test double may lack scripts)
         self._period_ordinal = -1
         self._period_labels = ("", "")
+        #: campaign-day key -> (count seen at or over a daily cap, when seen); today's keys only
+        self._exhausted: dict[str, tuple[int, float]] = {}
+        #: (the served pool's limits, its capped campaigns): rebuilt when the bundle changes
+        self._pool_memo: tuple[Any, list[tuple[str, CapLimits]]] | None = None
 
     def _period(self) -> tuple[str, str]:
         """Today's day and ISO-week labels (UTC), recomputed once a day."""
@@ -145,7 +240,101 @@ class FrequencyCaps:
             year, week, _ = moment.isocalendar()
             self._period_labels = (moment.strftime("%Y%m%d"), f"{year}{week:02d}")
             self._period_ordinal = ordinal
+            # yesterday's exhausted caps name yesterday's keys: never read again
+            self._exhausted = {}
         return self._period_labels
+
+    def _known_exhausted(self, day_key: str, limit: int | None) -> bool:
+        """True when ``day_key`` was seen at or over ``limit`` in the last EXHAUSTED_SECONDS."""
+        if limit is None:
+            return False
+        seen = self._exhausted.get(day_key)
+        if seen is None:
+            return False
+        count, when = seen
+        if self.clock() - when > EXHAUSTED_SECONDS:
+            self._exhausted.pop(day_key, None)  # another thread may have dropped it already
+            return False
+        return count >= limit
+
+    def _remember(self, day_key: str, count: int, limit: int | None) -> None:
+        if limit is not None and count >= limit:
+            self._exhausted[day_key] = (count, self.clock())
+
+    def _read_keys(
+        self, customer_id: str | None, candidates: Sequence[tuple[str, CapLimits]]
+    ) -> list[str]:
+        """The counters a read-only check of ``candidates`` needs (no known-exhausted ones)."""
+        keys: list[str] = []
+        for campaign_id, cap in candidates:
+            if not cap.any:
+                continue
+            triple = self.keys(customer_id, campaign_id)
+            if self._known_exhausted(triple[2], cap.daily_cap):
+                continue
+            keys.extend(
+                k for k, v in zip(triple, cap.as_tuple(), strict=True) if k and v is not None
+            )
+        return keys
+
+    def read_many(
+        self, requests: Sequence[tuple[str | None, Sequence[tuple[str, CapLimits]]]]
+    ) -> ReadCounts | None:
+        """The counters read-only checks of many (customer, candidates) need, in one ``MGET``
+        (a batch request: one round trip instead of one per customer); None when none needs a
+        read. A failure is kept and raised by each check, which then fails open or closed."""
+        if self.client is None:
+            return None
+        keys = list(
+            dict.fromkeys(k for cid, cands in requests for k in self._read_keys(cid, cands))
+        )
+        if not keys:
+            return None
+        try:
+            return ReadCounts(_ints(keys, self.client.mget(keys)))
+        except redis.RedisError as exc:
+            return ReadCounts({}, exc)
+
+    def pool_candidates(
+        self,
+        campaign_ids: Sequence[str],
+        limits: Sequence[tuple[int | None, int | None, int | None]],
+    ) -> list[tuple[str, CapLimits]]:
+        """The pool's capped campaigns as (id, limits), built once per served pool."""
+        memo = self._pool_memo
+        if memo is None or memo[0] is not limits:
+            candidates = [
+                (cid, CapLimits(*triple))
+                for cid, triple in zip(campaign_ids, limits, strict=True)
+                if any(v is not None for v in triple)
+            ]
+            memo = self._pool_memo = (limits, candidates)
+        return memo[1]
+
+    def prefetch(
+        self, customer_id: str | None, candidates: Sequence[tuple[str, CapLimits]]
+    ) -> Prefetch | None:
+        """Send the ``MGET`` a read-only check of ``candidates`` (the pool's capped campaigns)
+        will need, without waiting for the reply; None when nothing needs reading, there are
+        more than PREFETCH_MAX_KEYS counters, the client cannot split send from receive (a test
+        double), or sending failed (the check then reads, and fails, as it would have)."""
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is None:
+            return None
+        keys = self._read_keys(customer_id, candidates)
+        if not keys or len(keys) > PREFETCH_MAX_KEYS:
+            return None
+        try:
+            connection = pool.get_connection()
+        except (redis.RedisError, OSError):
+            return None
+        try:
+            connection.send_command("MGET", *keys)
+        except (redis.RedisError, OSError):
+            connection.disconnect()
+            pool.release(connection)
+            return None
+        return Prefetch(pool, connection, keys)
 
     def keys(self, customer_id: str | None, campaign_id: str) -> tuple[str, str, str]:
         """The three counter keys of a (customer, campaign) pair now ("" without a customer)."""
@@ -166,10 +355,12 @@ class FrequencyCaps:
         *,
         commit: bool = False,
         top_k: int | None = None,
+        prefetched: Prefetch | ReadCounts | None = None,
     ) -> CapResult:
         """Caps of ``candidates`` ((campaign id, limits), best first) for one customer.
 
-        Without ``commit`` only reads; with it, admits at most ``top_k`` candidates (all when
+        Without ``commit`` only reads (using the ``prefetched`` counters where they cover the
+        candidates, reading the rest); with it, admits at most ``top_k`` candidates (all when
         None) in order and counts them, atomically.
         """
         n = len(candidates)
@@ -178,36 +369,55 @@ class FrequencyCaps:
             return CapResult([True] * n, [None] * n, "ok")
         if self.client is None:
             return CapResult([True] * n, [None] * n, "disabled")
+        if commit:
+            return self._commit(customer_id, candidates, n if top_k is None else top_k)
+        try:
+            read = prefetched.counts() if prefetched is not None else {}
+            missing = [k for k in self._read_keys(customer_id, candidates) if k not in read]
+            if missing:
+                # the counters the prefetch did not cover (a shared dict is never changed)
+                read = {**read, **_ints(missing, self.client.mget(missing))}
+        except redis.RedisError as exc:
+            return self._failed(n, exc)
+        counts = read
+        allowed, reasons = [], []
+        for campaign_id, cap in candidates:
+            reason = None
+            if cap.any:
+                triple = self.keys(customer_id, campaign_id)
+                if self._known_exhausted(triple[2], cap.daily_cap):
+                    reason = REASONS[2]
+                else:
+                    for i, (key, limit) in enumerate(zip(triple, cap.as_tuple(), strict=True)):
+                        if key and limit is not None and counts.get(key, 0) >= limit:
+                            if i == 2:
+                                self._remember(key, counts[key], limit)
+                            reason = REASONS[i]
+                            break
+            allowed.append(reason is None)
+            reasons.append(reason)
+        return CapResult(allowed, reasons, "ok")
+
+    def _commit(
+        self, customer_id: str | None, candidates: Sequence[tuple[str, CapLimits]], top_k: int
+    ) -> CapResult:
+        """Admit and count up to ``top_k`` candidates in one atomic Lua script."""
         keys: list[str] = []
         limits: list[int] = []
         for campaign_id, cap in candidates:
             keys.extend(self.keys(customer_id, campaign_id))
             limits.extend(-1 if v is None else v for v in cap.as_tuple())
         try:
-            if commit:
-                k = n if top_k is None else top_k
-                if self._script is None:
-                    self._script = self.client.register_script(_ADMIT)
-                codes = self._script(keys=keys, args=[k, *limits, DAY_TTL, WEEK_TTL, DAY_TTL])
-                return self._from_codes([int(c) for c in codes])
-            used = [i for i, key in enumerate(keys) if key and limits[i] >= 0]
-            values = self.client.mget([keys[i] for i in used]) if used else []
+            if self._script is None:
+                self._script = self.client.register_script(_ADMIT)
+            codes = self._script(keys=keys, args=[top_k, *limits, DAY_TTL, WEEK_TTL, DAY_TTL])
         except redis.RedisError as exc:
-            return self._failed(n, exc)
-        counts = dict(zip(used, values, strict=True))
-        allowed, reasons = [], []
-        for c in range(n):
-            reason = None
-            for i in range(3):
-                slot = 3 * c + i
-                if slot in counts and int(counts[slot] or 0) >= limits[slot]:
-                    reason = REASONS[i]
-                    break
-            allowed.append(reason is None)
-            reasons.append(reason)
-        return CapResult(allowed, reasons, "ok")
-
-    def _from_codes(self, codes: list[int]) -> CapResult:
+            return self._failed(len(candidates), exc)
+        codes = [int(c) for c in codes]
+        for c, code in enumerate(codes):
+            if code == -3:  # blocked by the campaign's daily cap: it is exhausted for today
+                cap = candidates[c][1].daily_cap
+                self._remember(keys[3 * c + 2], cap if cap is not None else 0, cap)
         allowed = [c == 1 for c in codes]
         reasons = [REASONS[-c - 1] if c < 0 else None for c in codes]
         return CapResult(allowed, reasons, "ok")
@@ -238,20 +448,23 @@ def apply_caps(
     *,
     commit: bool,
     top_k: int | None,
+    prefetched: Prefetch | ReadCounts | None = None,
 ) -> None:
     """Keep the answer's offers that pass their caps (counting them with ``commit``), at most
     ``top_k``, and add ``caps`` {status, capped, committed} to the answer (and a reason when
-    nothing is left)."""
+    nothing is left). ``prefetched``: counters sent for before scoring (read-only path)."""
     items = result["campaigns"]
-    candidates = [
-        (item["campaign_id"], CapLimits(*limits[campaign_index[item["campaign_id"]]]))
-        for item in items
-    ]
+    candidates = _candidates(limits, campaign_index, items)
     cid = None if customer_id is None else str(customer_id)
-    checked = caps.check(cid, candidates, commit=commit, top_k=top_k)
+    checked = caps.check(cid, candidates, commit=commit, top_k=top_k, prefetched=prefetched)
     kept = [item for item, ok in zip(items, checked.allowed, strict=True) if ok]
     if top_k is not None:
         kept = kept[:top_k]
+    kept_ids = {id(item) for item in kept}
+    for item, (_, cap) in zip(items, candidates, strict=True):
+        if cap.any and id(item) in kept_ids:
+            # the caps admitted it (or could not be asked): a new list, the table's is shared
+            item["rules"] = [*item.get("rules", ()), _cap_rule(cap, checked.status, commit)]
     capped = [
         item["campaign_id"]
         for item, ok, why in zip(items, checked.allowed, checked.reasons, strict=True)
@@ -261,3 +474,62 @@ def apply_caps(
     result["caps"] = {"status": checked.status, "capped": capped, "committed": commit}
     if not kept and items and "reason" not in result:
         result["reason"] = CAPS_UNAVAILABLE if checked.status == f"failed_{CLOSED}" else ALL_CAPPED
+
+
+def _cap_rule(cap: CapLimits, status: str, commit: bool) -> str:
+    """How the frequency caps admitted one offer, for its ``rules``."""
+    if status == "disabled":
+        return "frequency caps not checked (no Redis configured)"
+    if status.startswith("failed"):
+        return "frequency caps not checked (Redis unavailable, failing open)"
+    limits = ", ".join(
+        f"{v} {label}"
+        for v, label in zip(
+            cap.as_tuple(),
+            ("a day per customer", "a week per customer", "a day in all"),
+            strict=True,
+        )
+        if v is not None
+    )
+    return f"under its frequency caps ({limits}){', counted' if commit else ''}"
+
+
+def _candidates(
+    limits: Sequence[tuple[int | None, int | None, int | None]],
+    campaign_index: dict[str, int],
+    items: Sequence[dict],
+) -> list[tuple[str, CapLimits]]:
+    return [
+        (item["campaign_id"], CapLimits(*limits[campaign_index[item["campaign_id"]]]))
+        for item in items
+    ]
+
+
+def read_caps_batch(
+    caps: FrequencyCaps,
+    limits: Sequence[tuple[int | None, int | None, int | None]],
+    campaign_index: dict[str, int],
+    results: Sequence[dict],
+    customer_ids: Sequence[object],
+) -> ReadCounts | None:
+    """One ``MGET`` for the read-only cap checks of a whole batch's answers (see read_many)."""
+    return caps.read_many(
+        [
+            (None if cid is None else str(cid), _candidates(limits, campaign_index, r["campaigns"]))
+            for cid, r in zip(customer_ids, results, strict=True)
+        ]
+    )
+
+
+def prefetch_caps(
+    caps: FrequencyCaps,
+    campaign_ids: Sequence[str],
+    limits: Sequence[tuple[int | None, int | None, int | None]],
+    customer_id: object,
+) -> Prefetch | None:
+    """Send for the cap counters of every capped campaign of the pool for this customer (a
+    read-only request, before it is scored); see :meth:`FrequencyCaps.prefetch`."""
+    candidates = caps.pool_candidates(campaign_ids, limits)
+    if not candidates:
+        return None
+    return caps.prefetch(None if customer_id is None else str(customer_id), candidates)

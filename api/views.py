@@ -24,7 +24,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.auth import HEADER, SCORING
 from api.batch_answer import encode_results, encoder_for
-from api.caps import apply_caps
+from api.caps import Prefetch, ReadCounts, apply_caps, prefetch_caps, read_caps_batch
 from api.errors import BadRequest, FeedbackDown, Unauthorized, UnsupportedMedia, envelope
 from api.extensions import Services, get_services
 from api.feedback import FeedbackUnavailable, holdout_events
@@ -264,6 +264,7 @@ def _target(
     customer_id: Any,
     commit: bool,
     top_k: int | None,
+    prefetched: Prefetch | ReadCounts | None = None,
 ) -> None:
     """Frequency caps on one answer and, for a committed send, its hold-out records."""
     tables = loaded.engine.tables
@@ -275,6 +276,7 @@ def _target(
         customer_id,
         commit=commit,
         top_k=top_k,
+        prefetched=prefetched,
     )
     if commit and result.get("held_out"):
         events = holdout_events(result, customer_id, loaded.version, time.time())
@@ -344,8 +346,17 @@ def recommend() -> Response:
                 engine.batch_from_records(records), customer_ids=ids, **options
             )
             if targeted:
+                tables = engine.tables
+                # read-only: the whole batch's counters in one round trip
+                shared = (
+                    None
+                    if commit or not tables.has_caps
+                    else read_caps_batch(
+                        services.caps, tables.caps, tables.campaign_index, results, ids
+                    )
+                )
                 for cid, result in zip(ids, results, strict=True):
-                    _target(services, loaded, result, cid, commit, top_k)
+                    _target(services, loaded, result, cid, commit, top_k, shared)
             return results
 
         return _score_batch(services, loaded, schemas, batch.customers, score, "recommend", lookup)
@@ -357,9 +368,20 @@ def recommend() -> Response:
         record, options = schemas.load_recommend(body)
     options = dict(options)
     commit, top_k, targeted = _targeting_options(engine, options)
-    result = engine.recommend_one(record, **options)
-    if targeted:
-        _target(services, loaded, result, record.get(CUSTOMER_ID), commit, top_k)
+    customer_id = record.get(CUSTOMER_ID)
+    # a read-only cap check: ask Redis now, read the answer after scoring (api/caps.py)
+    prefetched = (
+        prefetch_caps(services.caps, engine.campaign_ids, engine.tables.caps, customer_id)
+        if targeted and not commit and engine.tables.has_caps
+        else None
+    )
+    try:
+        result = engine.recommend_one(record, **options)
+        if targeted:
+            _target(services, loaded, result, customer_id, commit, top_k, prefetched)
+    finally:
+        if prefetched is not None:
+            prefetched.close()
     out = _answer(result, record, _stats_lookup(services, loaded), last_scored)
     out["model_version"] = loaded.version
     _count(services, loaded, "recommend", [result])

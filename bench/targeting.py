@@ -9,11 +9,15 @@ own cost), one child process per measurement:
 - ``head``: this checkout on the same bundle (read-only; the 10% criterion of issue 9);
 - ``head+rules``: the same bundle with conditions, dates, a cost, a control group and a global
   hold-out (no Redis call);
-- ``head+rules+caps``: plus frequency caps, read-only (one Redis ``MGET`` per request);
+- ``head+rules+caps``: plus frequency caps, read-only (one Redis ``MGET`` per request, sent
+  before scoring and read after: api/caps.py);
 - ``head+commit``: the same with ``"commit": true`` (one atomic Lua script per request);
 - ``head+uplift``: an uplift bundle (a control model walked per eligible campaign).
 
     python -m bench.targeting [--rounds 5] [--seconds 2] [--customers 20000]
+
+Each child also reports its CPU and wall microseconds per request: on a shared machine the
+difference is time spent waiting (for Redis's reply, or for a CPU).
 
 Needs Redis at ``REDIS_URL`` (default 127.0.0.1:6379) for the caps scenarios; keys go under a
 fresh prefix and are deleted afterwards.
@@ -46,7 +50,7 @@ bodies = cfg["bodies"]
 for body in bodies[:50]:
     r = client.post("/recommend", json=body, headers=headers)
     assert r.status_code == 200, r.get_data(as_text=True)
-n, start, i = 0, time.perf_counter(), 0
+n, start, cpu, i = 0, time.perf_counter(), time.process_time(), 0
 deadline = start + cfg["seconds"]
 while True:
     client.post("/recommend", json=bodies[i % len(bodies)], headers=headers)
@@ -54,7 +58,8 @@ while True:
     i += 1
     if n % 50 == 0 and time.perf_counter() >= deadline:
         break
-print(json.dumps({"requests_per_s": n / (time.perf_counter() - start)}))
+wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(json.dumps({"requests_per_s": n / wall, "cpu_us": 1e6 * cpu / n, "wall_us": 1e6 * wall / n}))
 """
 
 
@@ -145,15 +150,16 @@ def bodies(root: Path, n: int = 500) -> list[dict[str, Any]]:
 
 def measure(
     tree: Path, root: Path, reqs: list[dict], seconds: float, redis_url: str | None, prefix: str
-) -> float:
-    """Requests/s of one child process."""
+) -> dict[str, float]:
+    """Requests/s of one child process, and its CPU and wall microseconds per request (their
+    difference is time spent waiting: for Redis, or for a CPU on a shared machine)."""
     settings = {"MODEL_ROOT": str(root), "API_KEYS": "bench-key", "MODEL_VERSION": ""}
     if redis_url:
         settings |= {"REDIS_URL": redis_url, "CACHE_PREFIX": prefix}
     cfg = json.dumps({"settings": settings, "bodies": reqs, "seconds": seconds})
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
     out = _run([sys.executable, "-c", CHILD, cfg], tree, env)
-    return float(json.loads(out.strip().splitlines()[-1])["requests_per_s"])
+    return {k: float(v) for k, v in json.loads(out.strip().splitlines()[-1]).items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,33 +186,52 @@ def main(argv: list[str] | None = None) -> int:
             "head+uplift": (ROOT, paths["uplift"], reqs, None),
         }
         rounds: list[dict[str, float]] = []
+        details: list[dict[str, dict[str, float]]] = []
         names = list(scenarios)
         for r in range(args.rounds):
             order = names if r % 2 == 0 else names[::-1]
-            rounds.append(
+            details.append(
                 {
                     name: measure(*scenarios[name][:3], args.seconds, scenarios[name][3], prefix)
                     for name in order
                 }
             )
+            rounds.append({n: d["requests_per_s"] for n, d in details[-1].items()})
             print(json.dumps(rounds[-1]), file=sys.stderr)
     _clean(args.redis_url, prefix)
     result = {
         "machine": machine_info("bench.targeting", sys.argv[1:] if argv is None else argv),
         "base": base,
         "rounds": rounds,
+        "round_details": details,
         "median_requests_per_s": {n: median([r[n] for r in rounds]) for n in names},
         "median_ratio_to_base": {n: median([r[n] / r["base"] for r in rounds]) for n in names},
+        "median_ratio_to_head": {n: median([r[n] / r["head"] for r in rounds]) for n in names},
+        "median_cpu_us": {n: median([d[n]["cpu_us"] for d in details]) for n in names},
+        "median_wall_us": {n: median([d[n]["wall_us"] for d in details]) for n in names},
     }
     rows = [
         [
             n,
             f"{result['median_requests_per_s'][n]:,.0f}",
             f"{result['median_ratio_to_base'][n]:.3f}",
+            f"{result['median_ratio_to_head'][n]:.3f}",
+            f"{result['median_cpu_us'][n]:,.0f}",
+            f"{result['median_wall_us'][n]:,.0f}",
         ]
         for n in names
     ]
-    table = markdown_table(["scenario", "requests/s (median)", "x base (median of rounds)"], rows)
+    table = markdown_table(
+        [
+            "scenario",
+            "requests/s (median)",
+            "x base (median of rounds)",
+            "x head (median of rounds)",
+            "CPU µs/request",
+            "wall µs/request",
+        ],
+        rows,
+    )
     publish("targeting", result, table)
     return 0
 

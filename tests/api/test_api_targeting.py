@@ -71,6 +71,25 @@ def test_commit_counts_and_a_capped_campaign_gives_way_to_the_next(capped_client
     assert other["campaigns"]
 
 
+def test_a_read_only_batch_sees_the_same_caps_as_single_requests(capped_client, demo_request):
+    ids = [f"b-{i}" for i in range(6)]
+    for cid in ids[:3]:  # half of them have had their best offer today
+        _recommend(capped_client, {**demo_request, "customer_id": cid, "top_k": 1, "commit": True})
+    singles = [_recommend(capped_client, {**demo_request, "customer_id": cid}) for cid in ids]
+    batch = capped_client.post(
+        "/recommend",
+        json={"customers": [{**demo_request, "customer_id": cid} for cid in ids]},
+        headers=SCORING,
+    ).get_json()["results"]
+    for one, many in zip(singles, batch, strict=True):
+        assert many["caps"] == one["caps"]
+        assert [c["campaign_id"] for c in many["campaigns"]] == [
+            c["campaign_id"] for c in one["campaigns"]
+        ]
+    assert all(one["caps"]["capped"] for one in singles[:3])
+    assert not any(one["caps"]["capped"] for one in singles[3:])
+
+
 def test_every_campaign_at_its_cap_is_an_empty_answer_with_a_reason(capped_client, demo_request):
     body = {**demo_request, "customer_id": "c-cap-all"}
     first = _recommend(capped_client, {**body, "commit": True})

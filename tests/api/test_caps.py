@@ -7,7 +7,7 @@ import multiprocessing as mp
 import pytest
 import redis
 
-from api.caps import CLOSED, OPEN, CapLimits, FrequencyCaps
+from api.caps import CLOSED, EXHAUSTED_SECONDS, OPEN, CapLimits, FrequencyCaps
 
 DAY = 1_764_633_600.0  # 2025-12-02 00:00 UTC
 
@@ -114,3 +114,72 @@ def test_redis_down_fails_open_or_closed_as_configured():
     assert closed.check("c1", [("z", CapLimits())], commit=True).allowed == [True]
     with pytest.raises(ValueError, match="fail='sideways'"):
         FrequencyCaps(dead, prefix="p", fail="sideways")
+
+
+def test_a_prefetched_read_gives_the_same_answer_as_a_read_after_scoring(redis_url, redis_prefix):
+    caps = _caps(redis_url, redis_prefix, clock=lambda: DAY)
+    pool = [
+        ("a", CapLimits(per_customer_day=1)),
+        ("b", CapLimits(per_customer_week=2, daily_cap=50)),
+        ("c", CapLimits(daily_cap=1)),
+    ]
+    caps.check("c1", pool[:1], commit=True)  # a: at its per-customer limit
+    caps.check("other", pool[2:], commit=True)  # c: at its campaign-wide cap
+    pending = caps.prefetch("c1", pool)
+    assert pending is not None and len(pending.keys) == 4  # a-day, b-week, b-cap, c-cap
+    plain = caps.check("c1", pool)
+    # the answer ranked only b and c: the prefetch covers them and nothing else is read
+    try:
+        ahead = caps.check("c1", pool[1:], prefetched=pending)
+    finally:
+        pending.close()
+    assert plain.allowed == [False, True, False]
+    assert ahead.allowed == [True, False] and ahead.reasons == [None, "daily_cap"]
+    # nothing was counted by the reads, and the pool's connections are all usable
+    assert caps.client.get(caps.keys("c1", "b")[1]) is None
+    assert caps.check("c1", pool).allowed == [False, True, False]
+
+
+def test_a_prefetch_never_read_leaves_no_reply_on_a_pooled_connection(redis_url, redis_prefix):
+    caps = _caps(redis_url, redis_prefix, clock=lambda: DAY)
+    pool = [("a", CapLimits(per_customer_day=1))]
+    for _ in range(5):  # e.g. the request failed validation after the prefetch went out
+        caps.prefetch("c1", pool).close()
+    caps.client.set(f"{redis_prefix}:probe", "x")
+    assert caps.client.get(f"{redis_prefix}:probe") == b"x"
+    assert caps.check("c1", pool, commit=True).allowed == [True]
+    assert caps.check("c1", pool).allowed == [False]
+
+
+def test_an_exhausted_daily_cap_is_remembered_for_a_while_then_read_again(redis_url, redis_prefix):
+    now = [DAY + 3600]
+    caps = _caps(redis_url, redis_prefix, clock=lambda: now[0])
+    capped = [("c", CapLimits(daily_cap=1))]
+    assert caps.check("c1", capped, commit=True).allowed == [True]
+    assert caps.check("c2", capped).reasons == ["daily_cap"]  # read, and remembered
+    # nothing is read for it now: a campaign with no other cap needs no prefetch
+    assert caps.prefetch("c3", capped) is None
+    # an operator lifts the cap by deleting today's counter: read-only answers follow within
+    # EXHAUSTED_SECONDS; a commit re-reads at once
+    caps.client.delete(caps.keys(None, "c")[2])
+    assert caps.check("c3", capped).reasons == ["daily_cap"]
+    now[0] += EXHAUSTED_SECONDS + 1
+    assert caps.check("c3", capped).allowed == [True]
+    caps.check("c4", capped, commit=True)
+    assert caps.check("c5", capped).reasons == ["daily_cap"]
+    # the next UTC day has its own counter: the memory of yesterday is gone
+    now[0] = DAY + 86_400 + 60
+    assert caps.check("c5", capped).allowed == [True]
+
+
+def test_a_prefetch_against_a_dead_redis_fails_as_configured():
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
+    capped = [("a", CapLimits(per_customer_day=1))]
+    closed = FrequencyCaps(dead, prefix="p", fail=CLOSED)
+    pending = closed.prefetch("c1", capped)
+    try:
+        result = closed.check("c1", capped, prefetched=pending)
+    finally:
+        if pending is not None:
+            pending.close()
+    assert result.allowed == [False] and result.status == "failed_closed"
