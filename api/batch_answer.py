@@ -51,12 +51,25 @@ class BatchEncoder:
         k, m = len(t.segment_names), len(t.campaigns)
         #: (channel asked?) -> (k, m) item openings: the campaign's fields up to the probability
         self.items = {}
+        #: the same for a customer with an id when the pool has control groups: the item's
+        #: rules end with the control-group draw it passed (None: no control groups)
+        self.items_with_id: dict[bool, np.ndarray] | None = {} if t.has_holdout else None
         for with_channel, table in t.items.items():
             pieces = np.empty((k, m), dtype=object)
             for s in range(k):
                 for j in range(m):
                     pieces[s, j] = orjson.dumps(table[s][j])[:-1] + b',"probability":'
             self.items[with_channel] = pieces
+            if self.items_with_id is not None:
+                with_id = np.empty((k, m), dtype=object)
+                for s in range(k):
+                    for j in range(m):
+                        item = table[s][j]
+                        rule = engine.control_rule(item["campaign_id"])
+                        if rule is not None:
+                            item = {**item, "rules": [*item["rules"], rule]}
+                        with_id[s, j] = orjson.dumps(item)[:-1] + b',"probability":'
+                self.items_with_id[with_channel] = with_id
         #: per segment: its fields up to the distance's value
         self.heads = _objects(
             [
@@ -171,7 +184,12 @@ def encode_results(
         np.cumsum(counts[:-1], out=offsets[1:])
         rank_in = np.arange(t) - np.repeat(offsets, counts)
         slot = np.repeat(first + 4, counts) + stride * rank_in
-        out[slot] = encoder.items[channel][seg[cust], camp]
+        pieces = encoder.items[channel][seg[cust], camp]
+        if encoder.items_with_id is not None:
+            # offers to customers with an id passed the control-group draw: their rules say so
+            known = np.fromiter((cid is not None for cid in ids), dtype=bool, count=n)[cust]
+            pieces[known] = encoder.items_with_id[channel][seg[cust][known], camp[known]]
+        out[slot] = pieces
         out[slot + 1] = _objects(text[n : n + t])
         k = 2
         if uplift:

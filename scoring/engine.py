@@ -581,11 +581,16 @@ class ScoringEngine:
                 # the offer passed its control-group draw: say so (a new list: the table's
                 # rules are shared by every answer)
                 for item in res["campaigns"]:
-                    rule = self._control_rules[item["campaign_id"]]
+                    rule = self.control_rule(item["campaign_id"])
                     if rule is not None:
                         item["rules"] = [*item["rules"], rule]
         if reason is not None:
             res["reason"] = reason
+
+    def control_rule(self, campaign_id: str) -> str | None:
+        """The control-group rule an offer of ``campaign_id`` to a customer *with an id* passed,
+        as its ``rules`` state it (None: the campaign and the pool hold nobody out)."""
+        return self._control_rules[campaign_id]
 
     def _contributions(
         self, batch: CustomerBatch, segment: np.ndarray, offers: list[list[int]]
