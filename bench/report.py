@@ -14,7 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import batch_scoring, evidence, profile_request, serving, training, transactions
+from bench import (
+    batch_scoring,
+    database_read,
+    evidence,
+    profile_request,
+    serving,
+    training,
+    transactions,
+)
 from bench.common import RESULTS_DIR, ROOT, fmt, markdown_table
 
 START = "<!-- figures:start (written by python -m bench.report; edits here are overwritten) -->"
@@ -25,6 +33,7 @@ SECTIONS = (
     ("training", "Training (issue 2)", training.markdown),
     ("evidence", "Algorithm comparison and reports (issue 13)", evidence.markdown),
     ("transactions", "Transactions to features and the CLV fit (issue 10)", transactions.markdown),
+    ("database_read", "Reading a PostgreSQL table (issue 10)", database_read.markdown),
     ("profile_request", "Profile of one request", profile_request.markdown),
 )
 TEMPLATE = f"""# Benchmark results

@@ -54,7 +54,7 @@ HOMOGENEOUS_SPEND_Q = 1e3
 #: what an optimum on each bound means, for the notes
 BOUND_MEANING = {
     ("r", "upper"): "purchase rates barely vary between customers",
-    ("alpha", "upper"): "purchase rates are tiny",
+    ("alpha", "upper"): "purchase rates are tiny, or with a large r barely vary between customers",
     ("a", "lower"): "the data show almost no drop-out",
     ("b", "upper"): "the data show almost no drop-out",
     ("q", "lower"): "spend per purchase is so dispersed its mean is barely finite",

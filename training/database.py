@@ -10,9 +10,10 @@ keeps the result and the client holds one chunk besides the frames already built
 psycopg 3 rather than Arrow/ADBC, by simplicity: one driver (``psycopg-binary`` ships its own
 libpq), the server's errors (wrong password, missing table, bad SQL) come as typed exceptions
 with a primary message, and no second client library. Measured (``python -m bench.database_read``,
-bench/RESULTS.md): 1,000,000 rows of five columns in 4-8 s on the loaded 2-core machine, the
-server on the same cores; psycopg's binary protocol was slower (13-14 s) than text here. ADBC
-would likely read faster; it would matter for tens of millions of rows.
+bench/RESULTS.md): 1,000,000 rows of five columns in 9 s at fetch_rows 50,000 (8 s at 200,000)
+on the loaded 2-core machine (load average 13), the server on the same cores; in an ad-hoc run
+psycopg's binary protocol was slower than text (13-14 s against 7-9 s). ADBC would likely read
+faster; it would matter for tens of millions of rows, not for a customer table.
 ``numeric`` columns are read as floats (not ``Decimal``), dates as datetimes; id columns become
 text as for files.
 
