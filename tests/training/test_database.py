@@ -346,3 +346,18 @@ def test_the_dask_engine_refuses_a_database_source_before_touching_a_cluster(dat
     config = config_from_dict({"data": data, "features": {"numeric": ["spend"]}})
     with pytest.raises(TableError, match="--engine local"):
         train_on_dask(config, None, None)  # no cluster: the refusal comes first
+
+
+def test_snapshot_dates_come_from_a_database_history(schema):
+    """`python -m training snapshots` replays a history kept in PostgreSQL as it does a file."""
+    from training.snapshots import snapshot_dates
+
+    name, _, transactions = schema
+    tx = {"path": PG_URL, "table": f"{name}.sales", "customer_column": "cust", "date_column": "day"}
+    config = config_from_dict(
+        {"data": {"transactions": tx}, "features": {"numeric": ["recency_days", "frequency"]}}
+    )
+    dates = snapshot_dates(config, "month")
+    last = pd.Timestamp(max(transactions["day"])) + pd.Timedelta(days=1)
+    assert dates[0] == pd.Timestamp("2024-03-01")  # two months after the first purchase
+    assert dates[-1] <= last and all(d.day == 1 for d in dates)
