@@ -12,8 +12,8 @@ numpy's object-array indexing and joined once.
 
 :func:`encode_results` covers what the dict path (``ScoringEngine.recommend`` + the view's
 ``_answer`` + ``orjson.dumps``) does for a batch without ``explain``, frequency caps or a commit,
-items named by a stored customer id, or a Gaussian-mixture bundle; the view sends those through
-the dict path. tests/api/test_api_batch_answer.py holds both to the same bytes.
+items named by a stored customer id, a Gaussian-mixture bundle, or a bundle with RFM scores or
+CLV-weighted gains; the view sends those through the dict path. tests/api/test_api_batch_answer.py holds both to the same bytes.
 """
 
 from __future__ import annotations

@@ -704,6 +704,50 @@ class SegmentValue(Schema):
     share = fields.Float(required=True, metadata={"description": "its share of the total CLV"})
 
 
+class SegmentRFM(Schema):
+    """The segment's RFM picture in training (bundles with the three [rfm] features)."""
+
+    recency = fields.Float(
+        required=True, allow_none=True, metadata={"description": "mean R score (1-5)"}
+    )
+    frequency = fields.Float(
+        required=True, allow_none=True, metadata={"description": "mean F score (1-5)"}
+    )
+    monetary = fields.Float(
+        required=True, allow_none=True, metadata={"description": "mean M score (1-5)"}
+    )
+    groups = fields.Dict(
+        keys=fields.String(),
+        values=fields.Float(),
+        required=True,
+        metadata={"description": "share of the segment's customers in each RFM group"},
+    )
+
+
+class CustomerRFM(Schema):
+    """The customer's RFM scores against the bundle's quintile edges (scoring/rfm.py)."""
+
+    recency = fields.Integer(
+        required=True, metadata={"description": "R score, 1-5 (5: most recent)"}
+    )
+    frequency = fields.Integer(required=True, metadata={"description": "F score, 1-5"})
+    monetary = fields.Integer(required=True, metadata={"description": "M score, 1-5"})
+    group = fields.String(
+        required=True,
+        metadata={"description": "the named RFM group of (R, F)", "example": "Champions"},
+    )
+
+
+class CustomerValue(Schema):
+    """The customer's lifetime value and the weight it gave the offers' values."""
+
+    clv = fields.Float(required=True, metadata={"description": "CLV over the bundle's horizon"})
+    weight = fields.Float(
+        required=True,
+        metadata={"description": "max(CLV, 0) / mean training CLV: the factor on offer values"},
+    )
+
+
 class SegmentStats(Schema):
     """What training saw of the customer's segment."""
 
@@ -718,6 +762,10 @@ class SegmentStats(Schema):
     clv = fields.Nested(
         SegmentValue,
         metadata={"description": "the segment's lifetime value (bundles trained with [clv])"},
+    )
+    rfm = fields.Nested(
+        SegmentRFM,
+        metadata={"description": "mean RFM scores and RFM groups (bundles with [rfm] features)"},
     )
 
 
@@ -769,6 +817,14 @@ class _SegmentAnswer(Schema):
             "segment id (they sum to 1; segment_id is the most probable)"
         },
     )
+    rfm = fields.Nested(
+        CustomerRFM,
+        metadata={
+            "description": "only when the bundle has the three [rfm] features: the customer's "
+            'R, F, M scores and RFM group (with segmentation.method = "rfm" the group is '
+            "the segment)"
+        },
+    )
 
 
 class SegmentResult(_SegmentAnswer):
@@ -810,7 +866,8 @@ class RankedCampaign(Schema):
         required=True,
         metadata={
             "description": "what the offer is expected to earn: uplift x value - cost "
-            '(ranking "uplift") or probability x value - cost (ranking "response"); always > 0'
+            '(ranking "uplift") or probability x value - cost (ranking "response"), the value '
+            'times customer_value.weight when gain_weight is "clv"; always > 0'
         },
     )
     eligibility = fields.String(
@@ -874,6 +931,16 @@ class RecommendResult(_SegmentAnswer):
     caps = fields.Nested(
         CapsInfo,
         metadata={"description": "present when the pool has frequency caps or commit is true"},
+    )
+    gain_weight = fields.String(
+        metadata={
+            "description": 'present as "clv" when the bundle weights offer values by lifetime '
+            "value ([clv] weight_gains): expected_gain = uplift x value x weight - cost",
+            "enum": ["clv"],
+        }
+    )
+    customer_value = fields.Nested(
+        CustomerValue, metadata={"description": "with gain_weight: the CLV and its weight"}
     )
 
 

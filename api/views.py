@@ -111,6 +111,8 @@ def _stats_lookup(services: Services, loaded: LoadedModel) -> Callable[[int], di
             out = {"size": profile["size"], "share": profile["share"], "mean": profile["mean"]}
             if "clv" in profile:  # bundles trained with [clv]: the segment's lifetime value
                 out["clv"] = profile["clv"]
+            if "rfm" in profile:  # bundles with the [rfm] features: scores and groups
+                out["rfm"] = profile["rfm"]
             seen[segment_id] = out
         return out
 
@@ -192,11 +194,14 @@ def columns_apply(
     engine: Any, options: dict[str, Any], targeted: bool, lookup: BatchLookup
 ) -> bool:
     """True when a batch /recommend can take the column path: no explain, caps or commit, no
-    item named by a stored customer, a bundle that serves K-Means (not the mixture)."""
+    item named by a stored customer, a bundle that serves K-Means (not the mixture) without RFM
+    scores or CLV-weighted gains (those answer fields are written by the dict path only)."""
     return (
         not targeted
         and not options.get("explain")
         and engine.tables.mixture is None
+        and engine.tables.rfm is None
+        and engine.tables.gain_weight is None
         and not lookup.records
         and not lookup.errors
     )

@@ -7,7 +7,7 @@ Layout of ``<root>/<version>/``::
     imputer.joblib         sklearn SimpleImputer(strategy="median") over the numeric inputs
     scaler.joblib          sklearn StandardScaler over the (log-transformed) cluster features
     pca.joblib             sklearn PCA
-    kmeans.joblib          sklearn KMeans
+    kmeans.joblib          sklearn KMeans (an RFM bundle: the groups' centres in PCA space)
     segment_names.joblib   list[str], one name per segment id
     response_model.joblib  lightgbm.Booster (absent for a segmentation-only bundle)
     response_model.txt     the same model in LightGBM's own text format
@@ -267,7 +267,7 @@ def write_bundle(
             segments={"k": bundle.n_segments, "names": list(bundle.segment_names)},
             has_response_model=bundle.response_model is not None,
             has_control_model=bundle.control_model is not None,
-            served_clustering="kmeans" if bundle.mixture is None else "gaussian_mixture",
+            served_clustering=served_clustering(bundle),
             files=files,
         )
         artifacts = {
@@ -296,6 +296,17 @@ def write_bundle(
     if make_current:
         set_current(root, version)
     return final
+
+
+def served_clustering(bundle: Bundle) -> str:
+    """What assigns segments: "kmeans" (nearest centre), "gaussian_mixture" or "rfm" (the RFM
+    groups of ``manifest.rfm``, :mod:`scoring.rfm`; ``kmeans.joblib`` then holds the groups'
+    centres in PCA space, for distances only)."""
+    if bundle.mixture is not None:
+        return "gaussian_mixture"
+    if (bundle.manifest.get("rfm") or {}).get("segments"):
+        return "rfm"
+    return "kmeans"
 
 
 def set_current(root: str | os.PathLike, version: str) -> None:
@@ -392,6 +403,10 @@ def verify(
             required += [text_file, str(compiled.get("file")), str(compiled.get("sample"))]
     if manifest.get("served_clustering") == "gaussian_mixture":
         required.append(MIXTURE_PICKLE)
+    if manifest.get("served_clustering") == "rfm" and not (manifest.get("rfm") or {}).get(
+        "segments"
+    ):
+        raise BundleError(f"{manifest_path}: served_clustering is rfm but there is no rfm rule")
     for name in required:
         if name not in files:
             raise BundleError(f"{manifest_path}: required file {name} is not listed")

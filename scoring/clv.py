@@ -230,3 +230,40 @@ def model_from_manifest(manifest: dict[str, Any]) -> CLVModel | None:
     """The bundle's CLV model (manifest ``clv.model``), or None when it was trained without."""
     entry = manifest.get("clv")
     return CLVModel.from_dict(entry["model"]) if entry else None
+
+
+@dataclass(frozen=True)
+class GainWeight:
+    """Offer values weighted by the customer's lifetime value (``[clv] weight_gains``).
+
+    ``weight = max(CLV, 0) / reference``, where ``reference`` is the mean CLV of the training
+    customers: an average customer's offers keep their value, a customer worth twice the
+    average doubles it, one the models expect never to buy again drops towards zero. The
+    contact cost is not weighted, so the weight changes which offers pay for themselves, not
+    only their order: ``gain = uplift x value x weight - cost``. The CLV is computed at scoring
+    time from the customer's own features by :func:`customer_value`, the function training
+    and ``training score`` use, so every path gets the same number.
+    """
+
+    model: CLVModel
+    #: positions of ``CLV_FEATURES`` in the numeric matrix (inputs then derived)
+    positions: tuple[int, int, int, int]
+    #: mean CLV of the training customers
+    reference: float
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], numeric_names: list[str]) -> GainWeight | None:
+        """The bundle's weighting, or None when it ranks by unweighted gains."""
+        entry = manifest.get("clv") or {}
+        if not entry.get("weight_gains"):
+            return None
+        return cls(
+            model=CLVModel.from_dict(entry["model"]),
+            positions=tuple(numeric_names.index(f) for f in CLV_FEATURES),  # type: ignore[arg-type]
+            reference=float(entry["weight_reference"]),
+        )
+
+    def values(self, numeric: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(clv, weight) of each row of the numeric matrix (n, n_numeric)."""
+        clv = customer_value(self.model, *(numeric[:, p] for p in self.positions))["clv"]
+        return clv, np.maximum(clv, 0.0) / self.reference

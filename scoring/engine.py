@@ -75,12 +75,20 @@ class Assignment:
     atypical: np.ndarray
     #: (n, k) membership probabilities when the bundle serves the Gaussian mixture, else None
     membership: np.ndarray | None = None
+    #: (n, 3) R, F, M scores when the bundle has an RFM rule, else None
+    rfm: np.ndarray | None = None
 
     def memberships(self) -> list[list[float] | None]:
         """Each customer's membership list for the answer (None when K-Means serves)."""
         if self.membership is None:
             return [None] * self.segment.shape[0]
         return self.membership.tolist()
+
+    def rfm_scores(self) -> list[list[int] | None]:
+        """Each customer's (R, F, M) for the answer (None without an RFM rule)."""
+        if self.rfm is None:
+            return [None] * self.segment.shape[0]
+        return self.rfm.tolist()
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,10 @@ class Ranking:
     expected_value: np.ndarray
     #: expected gain (scoring.policy.expected_gain); NaN where not eligible
     gain: np.ndarray
+    #: (n,) lifetime value and (n,) weight of each customer's offer values when the bundle
+    #: weights gains by CLV (``scoring.clv.GainWeight``), else None
+    clv: np.ndarray | None
+    weight: np.ndarray | None
     #: uplift bundles: probability without the campaign (else None)
     probability_without: np.ndarray | None
     #: ``order[i, :counts[i]]``: customer i's campaigns with a positive gain, best first
@@ -249,19 +261,32 @@ class ScoringEngine:
         if n <= BLOCK:
             return self._assign(numeric)
         parts = [self._assign(numeric[s : s + BLOCK]) for s in range(0, n, BLOCK)]
-        membership = None
+        membership = rfm = None
         if parts[0].membership is not None:
             membership = np.concatenate([a.membership for a in parts])
+        if parts[0].rfm is not None:
+            rfm = np.concatenate([a.rfm for a in parts])
         return Assignment(
             np.concatenate([a.segment for a in parts]),
             np.concatenate([a.distance for a in parts]),
             np.concatenate([a.atypical for a in parts]),
             membership,
+            rfm,
         )
 
     def _assign(self, numeric: np.ndarray) -> Assignment:
         t = self.tables
         p = self._project(numeric)
+        scores = None if t.rfm is None else t.rfm.scores(numeric)
+        if t.rfm is not None and t.rfm.segments:
+            # the RFM groups are the segments (scoring.rfm); distance to the group's centre
+            segment = t.rfm.groups(scores)
+            d2 = np.zeros(p.shape[0], dtype=np.float64)
+            for k in range(p.shape[1]):
+                diff = p[:, k] - t.centers[segment, k]
+                d2 += diff * diff
+            distance = np.sqrt(d2)
+            return Assignment(segment, distance, distance > t.thresholds[segment], None, scores)
         if t.mixture is not None:
             segment, membership = t.mixture.segments(p)
             d2 = np.zeros(p.shape[0], dtype=np.float64)
@@ -269,7 +294,9 @@ class ScoringEngine:
                 diff = p[:, k] - t.centers[segment, k]
                 d2 += diff * diff
             distance = np.sqrt(d2)
-            return Assignment(segment, distance, distance > t.thresholds[segment], membership)
+            return Assignment(
+                segment, distance, distance > t.thresholds[segment], membership, scores
+            )
         # squared distance to every centroid, summed component by component like the
         # single-customer path; the first of equal distances wins in both
         n = p.shape[0]
@@ -281,19 +308,20 @@ class ScoringEngine:
             d2 += diff
         segment = np.argmin(d2, axis=1)
         distance = np.sqrt(d2[np.arange(n), segment])
-        return Assignment(segment, distance, distance > t.thresholds[segment])
+        return Assignment(segment, distance, distance > t.thresholds[segment], None, scores)
 
     def predict_segment(self, batch: CustomerBatch) -> list[dict[str, Any]]:
         """Segment answer per customer, with the segment's default campaigns."""
         a = self.assign(batch)
         result = self.tables.segment_result
         return [
-            result(s, d, at, m)
-            for s, d, at, m in zip(
+            result(s, d, at, m, r)
+            for s, d, at, m, r in zip(
                 a.segment.tolist(),
                 a.distance.tolist(),
                 a.atypical.tolist(),
                 a.memberships(),
+                a.rfm_scores(),
                 strict=True,
             )
         ]
@@ -438,11 +466,17 @@ class ScoringEngine:
             if self.has_uplift_model
             else None
         )
-        gain = expected_gain(prob, without, t.values, t.costs)
+        clv = weight = None
+        values = t.values
+        if t.gain_weight is not None:
+            # each customer's offer values scaled by its lifetime value (costs are not)
+            clv, weight = t.gain_weight.values(batch.numeric)
+            values = t.values[None, :] * weight[:, None]
+        gain = expected_gain(prob, without, values, t.costs)
         with np.errstate(invalid="ignore"):
             offer = mask & (gain > 0.0)
         order, counts = rank(gain, offer)
-        return Ranking(a, mask, prob, ev, gain, without, order, counts)
+        return Ranking(a, mask, prob, ev, gain, clv, weight, without, order, counts)
 
     def choose(
         self, r: Ranking, customer_ids: Sequence[Any] | None = None, top_k: int | None = None
@@ -515,12 +549,15 @@ class ScoringEngine:
         # the whole ranking for a 1,000-customer batch.
         prob_l, ev_l, gain_l = r.probability.tolist(), r.expected_value.tolist(), r.gain.tolist()
         without_l = None if r.probability_without is None else r.probability_without.tolist()
-        segment_l, distance_l, atypical_l, membership_l = (
+        segment_l, distance_l, atypical_l, membership_l, rfm_l = (
             a.segment.tolist(),
             a.distance.tolist(),
             a.atypical.tolist(),
             a.memberships(),
+            a.rfm_scores(),
         )
+        clv_l = None if r.clv is None else r.clv.tolist()
+        weight_l = None if r.weight is None else r.weight.tolist()
         ids = [None] * len(batch) if customer_ids is None else list(customer_ids)
         static = t.items[channel is not None]
         segment_result = t.segment_result
@@ -562,8 +599,11 @@ class ScoringEngine:
             if contrib is not None:
                 for k, item in enumerate(ranked):
                     item["contributions"] = contrib[i][k]
-            res = segment_result(s, distance_l[i], atypical_l[i], membership_l[i])
+            res = segment_result(s, distance_l[i], atypical_l[i], membership_l[i], rfm_l[i])
             res["campaigns"] = ranked
+            if clv_l is not None:
+                res["gain_weight"] = "clv"
+                res["customer_value"] = {"clv": clv_l[i], "weight": weight_l[i]}
             self._policy_fields(res, ids[i], held, reason)
             results.append(res)
         return results

@@ -87,8 +87,13 @@ class SingleCustomerScorer:
             out.append(math.nan if v is None else lookup.get(str(v), math.nan))
         return out
 
-    def assign(self, vals: list[float]) -> tuple[int, float, bool, list[float] | None]:
-        """(segment, distance to its centroid, atypical, memberships or None) for one customer."""
+    def assign(
+        self, vals: list[float]
+    ) -> tuple[int, float, bool, list[float] | None, tuple[int, int, int] | None]:
+        """(segment, distance to its centroid, atypical, memberships or None, R/F/M scores or
+        None) for one customer."""
+        rule = self.tables.rfm
+        scores = None if rule is None else rule.score_one(vals)
         c = [vals[i] for i in self._cluster_idx]
         if self._log_idx:
             # numpy's log1p, not math.log1p: where numpy runs SIMD code the two may differ in
@@ -100,6 +105,15 @@ class SingleCustomerScorer:
         for ci, row in zip(c, self._w, strict=True):
             for k, w in enumerate(row):
                 p[k] += ci * w
+        if rule is not None and rule.segments:
+            # the RFM groups are the segments (scoring.rfm); distance to the group's centre
+            best = rule.group_one(scores)
+            d2 = 0.0
+            for pk, ck in zip(p, self._centers[best], strict=True):
+                diff = pk - ck
+                d2 += diff * diff
+            distance = math.sqrt(d2)
+            return best, distance, distance > self._thresholds[best], None, scores
         mixture = self.tables.mixture
         if mixture is not None:
             # the mixture's rule itself (scoring.mixture), on this one row: same bits as a batch
@@ -110,7 +124,13 @@ class SingleCustomerScorer:
                 diff = pk - ck
                 d2 += diff * diff
             distance = math.sqrt(d2)
-            return best, distance, distance > self._thresholds[best], membership[0].tolist()
+            return (
+                best,
+                distance,
+                distance > self._thresholds[best],
+                membership[0].tolist(),
+                scores,
+            )
         best, best_d2 = 0, math.inf
         for s, center in enumerate(self._centers):
             d2 = 0.0
@@ -120,12 +140,12 @@ class SingleCustomerScorer:
             if d2 < best_d2:
                 best, best_d2 = s, d2
         distance = math.sqrt(best_d2)
-        return best, distance, distance > self._thresholds[best], None
+        return best, distance, distance > self._thresholds[best], None, scores
 
     def predict_segment(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """The batch path's ``predict_segment`` answer for one customer."""
-        s, distance, atypical, membership = self.assign(self.numeric(record))
-        return self.tables.segment_result(s, distance, atypical, membership)
+        s, distance, atypical, membership, scores = self.assign(self.numeric(record))
+        return self.tables.segment_result(s, distance, atypical, membership, scores)
 
     # ---- campaigns ---------------------------------------------------------------------
     def recommend(
@@ -143,7 +163,7 @@ class SingleCustomerScorer:
         """
         tables = self.tables
         vals = self.numeric(record)
-        s, distance, atypical, membership = self.assign(vals)
+        s, distance, atypical, membership, scores = self.assign(vals)
         camps = tables.campaigns
         active = self._active_today() if tables.dated else self._active
         chosen = [
@@ -169,6 +189,12 @@ class SingleCustomerScorer:
         values_ = self._values
         costs = self._costs
         evs = [p * values_[j] for p, j in zip(probs, chosen, strict=True)]
+        clv = weight = None
+        if tables.gain_weight is not None:
+            # the batch path's rule on a one-row matrix: the same numpy calls, the same bits
+            clv_a, weight_a = tables.gain_weight.values(np.array([vals], dtype=np.float64))
+            clv, weight = float(clv_a[0]), float(weight_a[0])
+            values_ = [v * weight for v in values_]
         if self.control is None:
             without = None
             gains = [p * values_[j] - costs[j] for p, j in zip(probs, chosen, strict=True)]
@@ -201,8 +227,11 @@ class SingleCustomerScorer:
             item["expected_value"] = evs[r]
             item["expected_gain"] = gains[r]
             ranked.append(item)
-        res = tables.segment_result(s, distance, atypical, membership)
+        res = tables.segment_result(s, distance, atypical, membership, scores)
         res["campaigns"] = ranked
+        if clv is not None:
+            res["gain_weight"] = "clv"
+            res["customer_value"] = {"clv": clv, "weight": weight}
         res["_held"] = held
         res["_reason"] = reason
         return res

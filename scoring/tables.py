@@ -19,9 +19,11 @@ import numpy as np
 
 from scoring.bundle import Bundle
 from scoring.campaigns import Campaign, PoolSettings, eligibility_table
+from scoring.clv import GainWeight
 from scoring.features import FeatureSchema, ResponseLayout
 from scoring.mixture import MixtureRule
 from scoring.policy import gain_rule
+from scoring.rfm import RFMRule, answer
 
 
 def _frozen(array: Any, dtype: Any = np.float64) -> np.ndarray:
@@ -94,6 +96,11 @@ class ScoringTables:
     has_caps: bool
     #: the served Gaussian mixture's membership rule; None when K-Means serves (nearest centre)
     mixture: MixtureRule | None = None
+    #: the RFM rule (quintile edges of the training population) when the bundle has one; with
+    #: ``rfm.segments`` it assigns the segments (``served_clustering = "rfm"``)
+    rfm: RFMRule | None = None
+    #: per-customer weight of offer values by lifetime value (``[clv] weight_gains``), or None
+    gain_weight: GainWeight | None = None
 
     @classmethod
     def of(cls, bundle: Bundle) -> ScoringTables:
@@ -156,15 +163,25 @@ class ScoringTables:
             ),
             has_caps=any(v is not None for cap in caps for v in cap),
             mixture=None if bundle.mixture is None else MixtureRule.from_estimator(bundle.mixture),
+            rfm=None
+            if not bundle.manifest.get("rfm")
+            else RFMRule.from_dict(bundle.manifest["rfm"], list(schema.numeric_names)),
+            gain_weight=GainWeight.from_manifest(bundle.manifest, list(schema.numeric_names)),
         )
 
     def segment_result(
-        self, s: int, distance: float, atypical: bool, membership: list[float] | None = None
+        self,
+        s: int,
+        distance: float,
+        atypical: bool,
+        membership: list[float] | None = None,
+        rfm: tuple[int, int, int] | list[int] | None = None,
     ) -> dict[str, Any]:
         """The segment part of an answer (both scorers build it here).
 
         A bundle serving the Gaussian mixture adds ``membership``: the probability of every
-        segment, by segment id.
+        segment, by segment id. A bundle with an RFM rule adds ``rfm``: the customer's R, F, M
+        scores and RFM group (:func:`scoring.rfm.answer`).
         """
         out = {
             "segment_id": s,
@@ -175,6 +192,8 @@ class ScoringTables:
         }
         if membership is not None:
             out["membership"] = membership
+        if rfm is not None:
+            out["rfm"] = answer(rfm)
         return out
 
 

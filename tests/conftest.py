@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bundle_builder import build_bundle, synthetic_customers  # noqa: E402
+from rfm_demo import rfm_demo_config, write_rfm_demo  # noqa: E402
 
 #: real public datasets (see ../shared/data/README.md); absent in a user's fresh clone
 SHARED_DATA = Path(os.environ.get("SHARED_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -120,5 +121,19 @@ def mixture_bundle(tmp_path_factory) -> tuple[Path, Path]:
         segmentation=dataclasses.replace(config.segmentation, model="gaussian_mixture"),
         output=dataclasses.replace(config.output, report=False),
     )
+    train(config, environ={})
+    return root, data
+
+
+@pytest.fixture(scope="session")
+def rfm_bundle(tmp_path_factory) -> tuple[Path, Path]:
+    """(bundle root, data folder): the demo config trained with ``segmentation.method = "rfm"``,
+    CLV and ``clv.weight_gains`` on, 2,000 demo customers with the four CLV features."""
+    from training.pipeline import train
+
+    data = tmp_path_factory.mktemp("rfm-demo")
+    write_rfm_demo(data)
+    root = tmp_path_factory.mktemp("rfm-bundles")
+    config = rfm_demo_config(data, root)
     train(config, environ={})
     return root, data

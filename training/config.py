@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scoring.clv import CLV_FEATURES
 from scoring.features import KIND_DOMAINS
 from training.source_url import is_url, table_parts, url_problem
 
@@ -473,6 +474,13 @@ class SegmentationConfig:
         "component; answers then carry every segment's membership probability)",
         Options(("kmeans", "gaussian_mixture")),
     )
+    method: str = param(
+        "kmeans",
+        "how segments are made: kmeans (clustering, k searched; `model` says what serves it) or "
+        "rfm (the segments ARE the 11 named RFM groups of the `[rfm]` features' quintile scores; "
+        "no k search, every group is a segment even when no training customer falls in it)",
+        Options(("kmeans", "rfm")),
+    )
 
 
 @dataclass(frozen=True)
@@ -538,6 +546,19 @@ class ResponseModelConfig:
 
 
 @dataclass(frozen=True)
+class RfmConfig:
+    """Which features RFM scores are computed from (scoring/rfm.py holds the rule)."""
+
+    recency: str = param(
+        "recency_days",
+        "numeric feature of days since the last purchase (fewest days: R = 5); with the other "
+        "two present, every bundle scores R, F, M and the RFM group into profiles and answers",
+    )
+    frequency: str = param("frequency", "numeric feature counting purchases (most: F = 5)")
+    monetary: str = param("monetary_total", "numeric feature of money spent (most: M = 5)")
+
+
+@dataclass(frozen=True)
 class ClvConfig:
     """Customer lifetime value: BG/NBD + Gamma-Gamma on transaction features."""
 
@@ -554,6 +575,13 @@ class ClvConfig:
     horizon_months: int = param(12, "CLV horizon in months", Interval(1, 1200))
     discount_rate: float = param(
         0.01, "monthly discount rate of future value", Interval(0, 1, "left")
+    )
+    weight_gains: bool = param(
+        False,
+        "`/recommend` (and `training score`, the stream job) weights each offer's value by the "
+        "customer's CLV relative to the training mean (gain = uplift x value x CLV/mean CLV - "
+        "cost); a bundle setting, so every path answers alike. Needs the four CLV features "
+        "among features.numeric",
     )
 
 
@@ -602,6 +630,7 @@ class TrainConfig:
     response_model: ResponseModelConfig = param(
         doc="response model", default_factory=ResponseModelConfig
     )
+    rfm: RfmConfig = param(doc="RFM scores", default_factory=RfmConfig)
     clv: ClvConfig = param(doc="lifetime value", default_factory=ClvConfig)
     uplift: UpliftConfig = param(doc="uplift", default_factory=UpliftConfig)
     output: OutputConfig = param(doc="where the bundle goes", default_factory=OutputConfig)
@@ -861,9 +890,57 @@ def _check(config: TrainConfig) -> None:
                 f"comparison.categorical: {column!r} is not a categorical feature; "
                 f"features.categorical has {', '.join(feats.categorical) or 'none'}"
             )
+    _check_rfm(config)
+    _check_clv_weighting(config)
     responses = config.responses
     if responses is not None and responses.format == "wide" and not responses.columns:
         raise ConfigError("responses.columns: wide responses need a column -> campaign table")
+
+
+def rfm_available(config: TrainConfig) -> bool:
+    """True when the three ``[rfm]`` features are numeric features (inputs or derived)."""
+    names = set(config.features.numeric) | {d.name for d in config.features.derived}
+    rfm = config.rfm
+    return all(f in names for f in (rfm.recency, rfm.frequency, rfm.monetary))
+
+
+def _check_rfm(config: TrainConfig) -> None:
+    """``method = "rfm"`` needs its three features, and serves the groups (not a mixture)."""
+    seg = config.segmentation
+    if seg.method != "rfm":
+        return
+    if seg.model != "kmeans":
+        raise ConfigError(
+            f'segmentation.model: {seg.model!r} cannot serve method = "rfm" (the RFM groups are '
+            'the segments); leave model at "kmeans"'
+        )
+    if seg.k is not None:
+        raise ConfigError(
+            f'segmentation.k: k={seg.k} with method = "rfm"; the 11 RFM groups are the segments'
+        )
+    names = list(config.features.numeric) + [d.name for d in config.features.derived]
+    for role in ("recency", "frequency", "monetary"):
+        column = getattr(config.rfm, role)
+        if column not in names:
+            raise ConfigError(
+                f'rfm.{role}: {column!r} is not a numeric feature, and segmentation.method = "rfm" '
+                f"needs it; expected one of {', '.join(names) or 'none'} (name the column in "
+                f"[rfm] {role} = ..., and list it in features.numeric)"
+            )
+
+
+def _check_clv_weighting(config: TrainConfig) -> None:
+    """Gains weighted by CLV need the CLV models and their inputs at serving."""
+    if not config.clv.weight_gains:
+        return
+    if not config.clv.enabled:
+        raise ConfigError("clv.weight_gains: needs clv.enabled = true (the CLV models)")
+    missing = [f for f in CLV_FEATURES if f not in config.features.numeric]
+    if missing:
+        raise ConfigError(
+            f"clv.weight_gains: the service computes each customer's CLV from "
+            f"{', '.join(CLV_FEATURES)}; {', '.join(missing)} not in features.numeric"
+        )
 
 
 def config_from_dict(

@@ -148,6 +148,9 @@ def _k_section(manifest: dict[str, Any]) -> str:
     chosen = sel.get("chosen_k")
     out = ['<section id="k"><h2>How many segments: k</h2>']
     out.append(f"<p><b>k = {_e(chosen)}</b>: {_e(sel.get('reasoning', ''))}.</p>")
+    if manifest.get("served_clustering") == "rfm":
+        out.append("</section>")
+        return "".join(out)
     out.append(
         f'<p class="note">The rule: {_e(sel.get("rule", ""))}. K-Means was fitted for '
         f"every k on {_num(sel.get('search_rows'))} rows; silhouette on "
@@ -549,6 +552,84 @@ def _extra_section(bundle: Bundle) -> str:
     )
 
 
+def _rfm_section(bundle: Bundle) -> str:
+    """The RFM rule, customers by (R, F) cell and by group, each segment's scores."""
+    rfm = bundle.manifest.get("rfm")
+    if not rfm:
+        return ""
+    feats, edges = rfm["features"], rfm["edges"]
+    total = sum(rfm["customers"].values()) or 1
+    out = ['<section id="rfm"><h2>RFM scores and groups</h2>']
+    out.append(
+        "<p>Quintile scores 1-5 against the training population's edges (R reversed: 5 = most "
+        "recent); a value on an edge takes the lower quintile and equal values share a score. "
+        "The group comes from R and F by the published R/F grid (<code>scoring/rfm.py</code>)."
+        + (" <b>The segments are the RFM groups.</b>" if rfm.get("segments") else "")
+        + "</p>"
+    )
+    out.append(
+        _table(
+            ["score", "feature", "edges (20/40/60/80%)", "customers with 1 / 2 / 3 / 4 / 5"],
+            [
+                [
+                    role[0].upper(),
+                    feats[role],
+                    ", ".join(f"{e:.4g}" for e in edges[role]),
+                    " / ".join(str(c) for c in rfm["score_counts"][role]),
+                ]
+                for role in ("recency", "frequency", "monetary")
+            ],
+            text_columns=(0, 1, 2, 3),
+        )
+    )
+    cells = rfm.get("cells")
+    if cells:
+        matrix = np.asarray(cells, dtype=np.float64)[::-1]
+        out.append(
+            _chart(
+                lambda: charts.heatmap(
+                    matrix,
+                    [f"R {r}" for r in range(5, 0, -1)],
+                    [f"F {f}" for f in range(1, 6)],
+                    "Customers by recency and frequency score",
+                    diverging=False,
+                    fmt="{:.0f}",
+                    colorbar="customers",
+                ),
+                "customers by R and F score",
+                "Each cell belongs to one RFM group (Champions top right, Lost bottom left).",
+            )
+        )
+    out.append(
+        _table(
+            ["RFM group", "customers", "share %"],
+            [[g, c, 100 * c / total] for g, c in rfm["customers"].items()],
+        )
+    )
+    profiles = [p for p in bundle.profiles if "rfm" in p]
+    if profiles and not rfm.get("segments"):
+        out.append(
+            _table(
+                ["segment", "mean R", "mean F", "mean M", "largest RFM groups"],
+                [
+                    [
+                        f"{p['segment_id']}: {p['name']}",
+                        p["rfm"]["recency"],
+                        p["rfm"]["frequency"],
+                        p["rfm"]["monetary"],
+                        ", ".join(
+                            f"{g} {100 * v:.0f}%" for g, v in list(p["rfm"]["groups"].items())[:3]
+                        ),
+                    ]
+                    for p in profiles
+                ],
+                text_columns=(0, 4),
+            )
+        )
+    out.append("</section>")
+    return "".join(out)
+
+
 def _stages_section(manifest: dict[str, Any]) -> str:
     timings = manifest.get("timings") or {}
     rows = [[k, v] for k, v in timings.items()]
@@ -571,10 +652,11 @@ def render_html(bundle: Bundle) -> str:
         f"{_e(served)} · code revision {_e(manifest.get('code_revision') or 'unknown')}</p>",
         f"<p>data SHA-256 {_e(str(fp.get('sha256', ''))[:16])}…</p></header>",
         '<nav><a href="#k">k</a><a href="#segments">segments</a>'
-        '<a href="#comparison">comparison</a><a href="#outliers">outliers</a>'
+        '<a href="#rfm">rfm</a><a href="#comparison">comparison</a><a href="#outliers">outliers</a>'
         '<a href="#response">response model</a><a href="#run">run</a></nav><main>',
         _k_section(manifest),
         _segments_section(bundle, evidence),
+        _rfm_section(bundle),
         _comparison_section(comparison),
         _response_section(bundle),
         _extra_section(bundle),

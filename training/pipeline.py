@@ -34,7 +34,7 @@ from scoring.engine import ScoringEngine
 from scoring.features import cluster_matrix
 from training.clv import CLVFit, fit_clv, segment_values
 from training.compare import compare_methods
-from training.config import ConfigError, TrainConfig, config_to_dict
+from training.config import ConfigError, TrainConfig, config_to_dict, rfm_available
 from training.evidence import build_evidence
 from training.html_report import write_html_report
 from training.naming import SegmentName, load_names_file, name_segments, segment_zscores
@@ -60,6 +60,13 @@ from training.response import (
     skip_reason,
 )
 from training.result import StageRecord, TrainResult
+from training.rfm import (
+    fit_rule,
+    group_names,
+    manifest_entry,
+    profile_scores,
+    rfm_segmentation,
+)
 from training.segmentation import Segmentation, fit_segmentation, reorder_segmentation
 from training.uplift import UpliftModel, fit_uplift_model
 from training.uplift import skip_reason as uplift_skip_reason
@@ -99,16 +106,50 @@ def signing_key(config: TrainConfig, environ: Mapping[str, str]) -> bytes | None
 
 
 def segment_names(
-    X: np.ndarray, segmentation: Segmentation, features: list[str], names_file: str | None
+    X: np.ndarray,
+    segmentation: Segmentation,
+    features: list[str],
+    names_file: str | None,
+    rfm_groups: bool = False,
 ) -> list[SegmentName]:
-    """Names from the segments' mean z-scores, overridden by the names file if given."""
-    Z = segmentation.scaler.transform(X)
-    zscores = segment_zscores(Z, segmentation.labels, segmentation.k)
+    """Names from the segments' mean z-scores (or the RFM group names), overridden by the names
+    file if given."""
     try:
         overrides = load_names_file(names_file) if names_file else None
+        if rfm_groups:
+            return group_names(overrides)
+        Z = segmentation.scaler.transform(X)
+        zscores = segment_zscores(Z, segmentation.labels, segmentation.k)
         return name_segments(features, zscores, overrides)
     except ValueError as exc:
         raise ConfigError(f"segmentation.names_file: {exc}") from None
+
+
+def identity_matching(previous: Bundle, k: int) -> Matching:
+    """RFM groups are the same segments in every bundle: group g matches group g."""
+    if previous.manifest.get("served_clustering") != "rfm" or previous.n_segments != k:
+        raise ConfigError(
+            f"segmentation.previous: {previous.version} is not an RFM bundle "
+            f"(served_clustering={previous.manifest.get('served_clustering')!r}); RFM groups "
+            'can only follow a bundle trained with segmentation.method = "rfm"'
+        )
+    return Matching(
+        order=np.arange(k),
+        previous_of={g: g for g in range(k)},
+        names={g: previous.segment_names[g] for g in range(k)},
+        pairs=[
+            {
+                "previous_id": g,
+                "previous_name": previous.segment_names[g],
+                "new_id": g,
+                "distance": 0.0,
+            }
+            for g in range(k)
+        ],
+        new=[],
+        vanished=[],
+        features=["rfm groups (identity)"],
+    )
 
 
 def build_manifest(
@@ -292,11 +333,23 @@ def train(
     if config.segmentation.previous:
         previous = load_previous(config, key)
         warm_labels = previous_labels(previous, prepared)
+    by_rfm = config.segmentation.method == "rfm"
+    rule = None
+    if by_rfm or rfm_available(config):
+        # the quintile edges of the training population, stored so serving scores alike
+        rule = fit_rule(
+            prepared.numeric, list(prepared.schema.numeric_names), config.rfm, segments=by_rfm
+        )
     with stage("segmentation"):
         X = cluster_matrix(prepared.numeric, prepared.schema)
-        segmentation = fit_segmentation(X, config.segmentation, warm_labels)
+        if by_rfm:
+            segmentation = rfm_segmentation(X, prepared.numeric, rule, config.segmentation)
+        else:
+            segmentation = fit_segmentation(X, config.segmentation, warm_labels)
     matching = None
-    if previous is not None:
+    if previous is not None and by_rfm:
+        matching = identity_matching(previous, segmentation.k)
+    elif previous is not None:
         with stage("matching"):
             try:
                 matching = match_segments(
@@ -315,7 +368,11 @@ def train(
         evidence = segmentation_evidence(X, prepared, segmentation, config)
     with stage("naming"):
         names = segment_names(
-            X, segmentation, list(prepared.schema.cluster_features), config.segmentation.names_file
+            X,
+            segmentation,
+            list(prepared.schema.cluster_features),
+            config.segmentation.names_file,
+            rfm_groups=by_rfm,
         )
         if matching is not None:
             names = keep_previous_names(names, matching.names)
@@ -334,6 +391,14 @@ def train(
             prepared.responses,
             segmentation.outlier_thresholds,
         )
+        rfm_entry = None
+        if rule is not None:
+            scores = rule.scores(prepared.numeric)
+            for profile, entry in zip(
+                profiles, profile_scores(scores, segmentation.labels, segmentation.k), strict=True
+            ):
+                profile["rfm"] = entry
+            rfm_entry = manifest_entry(rule, scores)
     clv = None
     if prepared.clv_features is not None:
         with stage("clv"):
@@ -407,6 +472,18 @@ def train(
             prepared.numeric, list(prepared.schema.numeric_names)
         )
         manifest["resegmentation"] = resegmentation
+        manifest["rfm"] = rfm_entry
+        if clv is not None:
+            manifest["clv"]["weight_gains"] = False
+            if config.clv.weight_gains:
+                # the reference makes an average customer's weight 1 (scoring.clv.GainWeight)
+                reference = float(np.mean(clv.values["clv"]))
+                if reference > 0:
+                    manifest["clv"].update(weight_gains=True, weight_reference=reference)
+                else:
+                    note = "clv.weight_gains: the mean CLV is 0, so gains are not weighted"
+                    log.warning("%s", note)
+                    manifest["warnings"].append(note)
         bundle = Bundle(
             schema=prepared.schema,
             imputer=prepared.imputer,
@@ -480,7 +557,7 @@ def segmentation_evidence(
             raw=raw,
             features=features,
             codes=codes,
-            served=config.segmentation.model,
+            served=config.segmentation.model if config.segmentation.method == "kmeans" else "rfm",
         )
     labels = segmentation.labels
     atypical = segmentation.distances > segmentation.outlier_thresholds[labels]

@@ -95,6 +95,7 @@ def render_report(result: TrainResult) -> str:
         ["id", "name", "size", "share", "description", "default campaigns", "outlier threshold"],
         seg_rows,
     )
+    out += rfm_section(manifest.get("rfm"), result.bundle.profiles)
     out += _clv_section(manifest.get("clv"), result.bundle.profiles)
     out += _resegmentation_section(manifest.get("resegmentation"))
     out += ["", "## Response model", ""]
@@ -137,6 +138,60 @@ def render_report(result: TrainResult) -> str:
         [[s.name, f"{s.seconds:.2f}", f"{s.peak_rss_mb:.0f}"] for s in result.stages],
     )
     return "\n".join(out) + "\n"
+
+
+def rfm_section(rfm: dict[str, Any] | None, profiles: list[dict[str, Any]]) -> list[str]:
+    """The RFM part of the report: the rule, customers per group, each segment's scores."""
+    if not rfm:
+        return []
+    feats, edges = rfm["features"], rfm["edges"]
+    total = sum(rfm["customers"].values()) or 1
+    out = [
+        "",
+        "## RFM",
+        "",
+        "Quintile scores 1-5 against the training population's edges (R reversed: 5 = most "
+        "recent); a value on an edge takes the lower quintile, equal values share a score. "
+        "Groups from the R/F grid (scoring/rfm.py)."
+        + (" **The segments are the RFM groups.**" if rfm.get("segments") else ""),
+        "",
+    ]
+    out += _table(
+        ["score", "feature", "edges (20/40/60/80%)", "customers with score 1..5"],
+        [
+            [
+                role[0].upper(),
+                f"`{feats[role]}`",
+                ", ".join(f"{e:.4g}" for e in edges[role]),
+                " / ".join(str(c) for c in rfm["score_counts"][role]),
+            ]
+            for role in ("recency", "frequency", "monetary")
+        ],
+    )
+    out += [""]
+    out += _table(
+        ["RFM group", "customers", "share"],
+        [[g, c, f"{100 * c / total:.1f}%"] for g, c in rfm["customers"].items()],
+    )
+    if not rfm.get("segments"):
+        out += ["", "Each segment's mean scores and its largest RFM groups:", ""]
+        out += _table(
+            ["segment", "mean R", "mean F", "mean M", "largest RFM groups"],
+            [
+                [
+                    p["name"],
+                    p["rfm"]["recency"],
+                    p["rfm"]["frequency"],
+                    p["rfm"]["monetary"],
+                    ", ".join(
+                        f"{g} {100 * v:.0f}%" for g, v in list(p["rfm"]["groups"].items())[:3]
+                    ),
+                ]
+                for p in profiles
+                if "rfm" in p
+            ],
+        )
+    return out
 
 
 def _clv_section(clv: dict[str, Any] | None, profiles: list[dict[str, Any]]) -> list[str]:

@@ -668,6 +668,8 @@ def train(
         raise TableError(
             "re-segmentation against a previous bundle (segmentation.previous) needs --engine local"
         )
+    if config.segmentation.method == "rfm":
+        raise TableError('segmentation.method = "rfm" (the RFM groups) needs --engine local')
     if config.responses is not None and (
         config.responses.control_values or config.responses.campaign_map
     ):

@@ -11,6 +11,7 @@ from scoring.bundle import Bundle
 from scoring.clv import CLV_FEATURES, customer_value, model_from_manifest
 from scoring.engine import ScoringEngine
 from scoring.ids import ids_as_text
+from scoring.rfm import GROUPS, ROLES, RFMRule
 from training.pipeline import train
 
 log = logging.getLogger("training")
@@ -55,6 +56,16 @@ def score_frame(engine: ScoringEngine, frame: pd.DataFrame) -> pd.DataFrame:
         out["best_expected_value"] = np.where(has_any, best_ev, np.nan)
         for j, cid in enumerate(engine.campaign_ids):
             out[f"p_{cid}"] = ranking.probability[:, j]
+        if ranking.weight is not None:
+            # [clv] weight_gains: the gain /recommend ranked by, and the weight it used
+            best_gain = ranking.gain[np.arange(len(best)), best]
+            out["best_expected_gain"] = np.where(has_any, best_gain, np.nan)
+            out["gain_weight"] = ranking.weight
+    if a.rfm is not None:
+        # the bundle's RFM rule (scoring/rfm.py): the scores and group /predict-segment gives
+        for c, role in enumerate(ROLES):
+            out[f"rfm_{role}"] = a.rfm[:, c]
+        out["rfm_group"] = np.asarray(GROUPS, dtype=object)[RFMRule.groups(a.rfm)]
     clv_model = model_from_manifest(engine.bundle.manifest)
     if clv_model is not None and all(c in frame.columns for c in CLV_FEATURES):
         values = customer_value(
