@@ -84,3 +84,13 @@ def test_gains_are_weighted_by_customer_value(served):
         would = {engine.campaign_ids[j] for j in np.flatnonzero(full.mask[i] & (unweighted[i] > 0))}
         lost_offers += len(would - offered)
     assert lost_offers > 0 and gained_offers > 0
+
+
+def test_large_batches_go_through_in_blocks_with_the_same_scores(served):
+    _, engine, customers = served
+    frame = pd.concat([customers] * 3, ignore_index=True)  # 6,000 rows: several blocks
+    whole = engine.assign(engine.batch_from_frame(frame))
+    part = engine.assign(engine.batch_from_frame(customers))
+    assert whole.rfm.shape == (len(frame), 3)
+    assert (whole.rfm[: len(customers)] == part.rfm).all()
+    assert (whole.segment[-len(customers) :] == part.segment).all()
