@@ -53,11 +53,13 @@ def held_out(customer_id: str | None, campaign_id: str, share: float, salt: str)
     return holdout_draw(customer_id, campaign_id, salt) < share
 
 
-def gain_rule(ranking: str) -> str:
-    """The rule every offer passed, as an answer item's ``rules`` states it."""
+def gain_rule(ranking: str, *, weighted: bool = False) -> str:
+    """The rule every offer passed, as an answer item's ``rules`` states it (``weighted``: the
+    value is scaled by the customer's CLV weight, ``[clv] weight_gains``)."""
+    value = "value x the customer's CLV weight" if weighted else "value"
     if ranking == UPLIFT:
-        return "expected gain > 0: (probability with - without the offer) x value - cost"
-    return "expected gain > 0: probability x value - cost"
+        return f"expected gain > 0: (probability with - without the offer) x {value} - cost"
+    return f"expected gain > 0: probability x {value} - cost"
 
 
 def control_group_rule(share: float, global_share: float) -> str | None:

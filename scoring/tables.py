@@ -147,7 +147,10 @@ class ScoringTables:
             items=_answer_items(
                 campaigns,
                 rules,
-                gain_rule("uplift" if bundle.control_model is not None else "response"),
+                gain_rule(
+                    "uplift" if bundle.control_model is not None else "response",
+                    weighted=bool((bundle.manifest.get("clv") or {}).get("weight_gains")),
+                ),
             ),
             costs=_frozen([c.cost for c in campaigns]),
             holdout_shares=tuple(c.holdout_share for c in campaigns),

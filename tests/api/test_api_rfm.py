@@ -87,3 +87,9 @@ def test_the_bundle_endpoint_says_rfm_serves(rfm_client, scoring_headers):
     info = rfm_client.get("/bundle", headers=scoring_headers).get_json()
     assert info["served_model"] == "rfm"
     assert [s["name"] for s in info["segments"]] == list(GROUPS)
+
+
+def test_answer_rules_name_the_clv_weight(rfm_client, scoring_headers, bodies):
+    answer = rfm_client.post("/recommend", json=bodies[0], headers=scoring_headers).get_json()
+    for item in answer["campaigns"]:
+        assert any("x value x the customer's CLV weight - cost" in r for r in item["rules"])
