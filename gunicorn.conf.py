@@ -215,8 +215,11 @@ def preload_bundle(server, folder: str | None = None) -> None:
         )
         return
     os.environ["OMP_NUM_THREADS"] = "1"
+    import api
     from api import model
     from api.settings import Settings, SettingsError
+
+    api.import_modules()  # a forked worker then only builds its app (tens of milliseconds)
 
     try:
         settings = Settings.load()

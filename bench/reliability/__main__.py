@@ -5,7 +5,7 @@
     python -m bench.reliability --only recycling slow_clients
 
 Loopback only; each scenario starts its own gunicorn (and, for the Redis faults, its own
-redis-server on a free port) and stops them by PID. Rate-limit scenarios use the Redis at
+redis-server on a free port; behind a proxy, its own nginx) and stops them by PID. Rate-limit scenarios use the Redis at
 REDIS_URL (default 127.0.0.1:6379) under their own key prefix, deleted afterwards.
 """
 
@@ -61,11 +61,16 @@ def plan(root: Path, quick: bool, redis_url: str) -> dict[str, Callable[[], Any]
             _before(sc.slow_clients(root, slow=200, seconds=8 if q else 20, args=GTHREAD)),
             sc.slow_clients(root, slow=200, seconds=8 if q else 20),
             sc.slow_clients(root, slow=200, seconds=8 if q else 20, body=True),
+            # the other answer: a buffering proxy in front of gunicorn's own worker
+            sc.slow_clients(root, slow=200, seconds=8 if q else 20, nginx=True, args=GTHREAD),
         ],
         "sighup_bad_current": lambda: sc.sighup_bad_current(root),
         "recycling": lambda: [
             sc.recycling(root, recycles=3 if q else 6, max_requests=300),
             sc.recycling(root, recycles=3 if q else 6, max_requests=300, workers=1, clients=8),
+            sc.recycling(
+                root, recycles=3 if q else 6, max_requests=300, workers=1, clients=8, nginx=True
+            ),
         ],
         "reload_under_load": lambda: sc.reload_under_load(root),
         "bad_bundles": lambda: sc.bad_bundles(root),
