@@ -18,11 +18,13 @@ unless the environment names them.
 
 Three behaviours differ from gunicorn's defaults, each to keep at least one worker serving:
 
-- **SIGHUP rolls out a bundle, it does not restart workers.** The master trial-loads the bundle
-  the settings select (``MODEL_VERSION``, else ``current``) in a short-lived process; when it
-  loads, the master names it in the reload marker and every worker swaps it in place (loaded in
-  the background, as after ``/admin/reload``); when it fails, the refusal is logged and the last
-  good bundle keeps serving. Restart the service to run new code.
+- **SIGHUP rolls out a bundle, not new code or configuration.** The master trial-loads the
+  bundle the settings select (``MODEL_VERSION``, else ``current``) in a short-lived process; when
+  it fails, the refusal is logged and the last good bundle keeps serving. When it loads, the
+  master preloads it, names it in the reload marker (``"replace": true``) and replaces the
+  workers one at a time by forks that start with it, each ready before the worker it replaces
+  leaves (without a preload, workers load it in the background and swap it in place, as after
+  ``/admin/reload``). Restart the service to run new code.
 - **Recycling starts the replacement first.** gunicorn's own ``max_requests`` stops a worker
   and only then forks the next one, which must load and verify the bundle before it answers: with
   one worker that was a stall of over a second, and with two, balanced load retired both within a
@@ -203,17 +205,19 @@ def when_ready(server) -> None:
         manage_workers()
 
     server.manage_workers = manage_workers_recycling
+    server.segsvc_recycler = recycler
 
 
-def preload_bundle(server, folder: str | None = None) -> None:
-    """Load the bundle in the master for workers to inherit (see the module docstring)."""
+def preload_bundle(server, folder: str | None = None) -> bool:
+    """Load the bundle in the master for workers to inherit (see the module docstring); True
+    when it is preloaded."""
     threads = os.environ.get("OMP_NUM_THREADS", "1")
     if threads.strip() != "1":
         server.log.info(
             "bundle not preloaded: OMP_NUM_THREADS=%s (OpenMP threads do not survive fork)",
             threads,
         )
-        return
+        return False
     os.environ["OMP_NUM_THREADS"] = "1"
     import api
     from api import model
@@ -224,7 +228,7 @@ def preload_bundle(server, folder: str | None = None) -> None:
     try:
         settings = Settings.load()
     except SettingsError:
-        return  # every worker reports it
+        return False  # every worker reports it
     started = time.monotonic()
     loaded = model.preload(settings, folder)
     if loaded is not None:
@@ -236,6 +240,7 @@ def preload_bundle(server, folder: str | None = None) -> None:
             loaded.folder,
             time.monotonic() - started,
         )
+    return loaded is not None
 
 
 def refresh_preload(server) -> None:
@@ -277,15 +282,23 @@ def roll_out_bundle(server) -> bool:
             error or "the trial load printed no answer",
         )
         return False
-    if not write_marker(_reload_marker, answer["folder"], answer["version"]):
+    # Preloaded here, workers forked from now on start with it: the roll-out replaces every
+    # worker by such a fork, one at a time, instead of loading the bundle inside serving workers.
+    preloaded = preload_bundle(server, answer["folder"])
+    recycler = getattr(server, "segsvc_recycler", None)
+    replace = preloaded and recycler is not None
+    if not write_marker(_reload_marker, answer["folder"], answer["version"], replace=replace):
         return False
+    if replace:
+        recycler.replace(list(server.WORKERS))
     server.log.info(
-        "SIGHUP: rolling out bundle %s (folder %s); workers swap it in place",
+        "SIGHUP: rolling out bundle %s (folder %s); %s",
         answer["version"],
         answer["folder"],
+        "workers are replaced one at a time by ones that start with it"
+        if replace
+        else "workers swap it in place",
     )
-    if "api.model" in sys.modules:
-        preload_bundle(server, answer["folder"])  # workers forked from now on inherit it
     return True
 
 

@@ -150,6 +150,14 @@ class Recycler:
         self.started = 0.0
         self.retiring = False
         self.not_before = 0.0
+        #: workers to replace whether or not they asked (a roll-out: :meth:`replace`)
+        self.queued: set[int] = set()
+
+    def replace(self, pids: Any) -> None:
+        """Replace these workers too, one at a time (after a SIGHUP roll-out: their successors
+        are forked with the new bundle)."""
+        self.queued.update(pids)
+        self.not_before = 0.0
 
     def step(self, server: Any) -> None:
         """Advance the current replacement, or start one for a worker that asked."""
@@ -163,7 +171,8 @@ class Recycler:
         workers = server.WORKERS
         if now < self.not_before or len(workers) != server.num_workers:
             return  # gunicorn is replacing a worker itself (a crash), or a retry is due later
-        asking = [pid for pid in self.roster.retirement_requests() if pid in workers]
+        self.queued &= set(workers)
+        asking = [pid for pid in self.roster.retirement_requests() | self.queued if pid in workers]
         if not asking:
             return
         old = min(asking, key=lambda pid: workers[pid].age)
@@ -182,6 +191,7 @@ class Recycler:
         workers = server.WORKERS
         old, new = self.old, self.new
         if old not in workers:
+            self.queued.discard(old)
             server.num_workers -= 1
             if self.retiring:
                 server.log.info("recycled worker %s; %s serves in its place", old, new)
@@ -224,14 +234,19 @@ class Recycler:
         self.retiring = False
 
 
-def write_marker(marker: Path, folder: str, version: str, *, exclusive: bool = False) -> bool:
+def write_marker(
+    marker: Path, folder: str, version: str, *, exclusive: bool = False, replace: bool = False
+) -> bool:
     """Write the reload marker naming bundle ``folder`` (manifest ``version``); False on failure.
 
     ``exclusive``: only when no marker exists yet (the first worker to start wins). Shared with
-    gunicorn.conf.py, whose SIGHUP handler names a bundle the same way.
+    gunicorn.conf.py, whose SIGHUP handler names a bundle the same way, with ``replace`` when the
+    master replaces the workers itself (api/model.py leaves the load to it).
     """
     tmp = marker.with_name(f".{marker.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     payload = {"folder": folder, "version": version, "pid": os.getpid(), "written_at": time.time()}
+    if replace:
+        payload["replace"] = True
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(orjson.dumps(payload))

@@ -17,6 +17,9 @@ never reaches the marker. Every worker looks at the marker's ``stat`` at most on
 thread and swaps it in when ready: requests never wait for a load. Workers that gunicorn starts
 later (recycling, a crash) read the same marker, so the fleet never drifts on its own. Without a
 marker (one process, e.g. the Flask test client) a reload affects the answering process only.
+A marker the master wrote after preloading the new bundle says ``"replace": true``: the master
+then replaces every worker by one forked with that bundle (``api/fleet.py``), and workers leave
+the load to it for up to ``REPLACE_GRACE_SECONDS`` before loading it themselves.
 
 Each state change is also published to the worker roster (``WORKER_ROSTER``, see
 ``api/fleet.py``), which ``/readyz`` and the master's recycler read.
@@ -262,6 +265,12 @@ class ModelState:
             folder = _marker_folder(marker) if marker else None
             if not folder or folder == self.current.folder:
                 return
+            if _replacing(marker):
+                # The master replaces this worker by one forked with the new bundle: loading
+                # it here too would only slow this worker's requests. Look again next poll, and
+                # follow after all if the replacement has not come in time.
+                self._marker_seen = None
+                return
             self._follower = threading.Thread(
                 target=self._follow, args=(folder,), name="bundle-follower", daemon=True
             )
@@ -388,6 +397,18 @@ class ModelState:
             # Another worker may have won the race with a different choice: follow it.
             self._next_poll = 0.0
             self._marker_seen = None
+
+
+#: how long a worker leaves a roll-out to the master's replacements before loading it itself
+REPLACE_GRACE_SECONDS = 60.0
+
+
+def _replacing(marker: dict[str, Any]) -> bool:
+    """True while a marker the master wrote says it replaces the workers itself (and is recent)."""
+    if not marker.get("replace"):
+        return False
+    written = marker.get("written_at")
+    return isinstance(written, (int, float)) and time.time() - written < REPLACE_GRACE_SECONDS
 
 
 def _marker_folder(marker: dict[str, Any]) -> str | None:

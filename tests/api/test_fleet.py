@@ -172,3 +172,26 @@ def test_no_replacement_while_gunicorn_is_short_of_workers(tmp_path):
     roster.request_retirement(7)
     Recycler(roster).step(server)
     assert list(server.WORKERS) == [7] and server.num_workers == 2
+
+
+def test_a_roll_out_replaces_every_worker_one_at_a_time(tmp_path):
+    """After a SIGHUP roll-out the master queues every worker, asked or not."""
+    roster = Roster(tmp_path)
+    server = _Arbiter(num_workers=2, WORKERS={30: _Worker(age=1), 31: _Worker(age=2)})
+    _ready(roster, 30, 31)
+    recycler = Recycler(roster)
+    recycler.replace([30, 31])
+    replaced = []
+    for _ in range(2):
+        recycler.step(server)
+        old, new = recycler.old, recycler.new
+        assert len(server.WORKERS) == 3 and old not in replaced
+        _ready(roster, new)
+        recycler.step(server)
+        assert server.signals[-1] == (old, signal.SIGTERM)
+        server.reap(old, roster)
+        recycler.step(server)
+        replaced.append(old)
+    assert replaced == [30, 31] and server.num_workers == 2
+    recycler.step(server)
+    assert len(server.WORKERS) == 2 and recycler.old is None  # nobody left to replace

@@ -6,7 +6,9 @@ the real thing (a recycled worker is ready at once) under gunicorn.
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 
 import pytest
 
@@ -61,3 +63,26 @@ def test_a_bundle_that_fails_is_not_preloaded(root):
     settings = _settings(root)
     assert model.preload(settings, "no-such-bundle") is None
     assert model.preloaded_folder() is None
+
+
+def test_a_worker_leaves_a_master_roll_out_to_its_replacement_then_follows_it_late(root, tmp_path):
+    """A marker with ``replace`` (SIGHUP roll-out): no load in the serving worker, unless the
+    replacement has not come within REPLACE_GRACE_SECONDS."""
+    from api.fleet import write_marker
+
+    marker = tmp_path / "reload.json"
+    settings = _settings(root, RELOAD_MARKER=str(marker), RELOAD_POLL_SECONDS="0")
+    state = model.ModelState(settings, Metrics())
+    state.start()
+    first = state.current.folder
+    other = write_bundle(load_current(root), root, version="v3-roll", make_current=False).name
+    assert write_marker(marker, other, "v3-roll", replace=True)
+    state.poll()
+    assert not state.following and state.current.folder == first
+    # the master's replacement never came: once the marker is old enough, the worker follows
+    stale = {"folder": other, "version": "v3-roll", "replace": True}
+    stale["written_at"] = time.time() - model.REPLACE_GRACE_SECONDS - 1
+    marker.write_text(json.dumps(stale))
+    state.poll()
+    state.wait_for_follower(60)
+    assert state.current.folder == other
