@@ -38,12 +38,15 @@ Three behaviours differ from gunicorn's defaults, each to keep at least one work
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
 import os
 import re
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -255,25 +258,17 @@ def refresh_preload(server) -> None:
 def roll_out_bundle(server) -> bool:
     """Trial-load the bundle the settings select; name it in the reload marker if it loads.
 
-    The trial runs ``python -m api.model`` in a new process with the master's environment (a
-    worker's view of MODEL_ROOT, MODEL_VERSION and BUNDLE_HMAC_KEY), so the master itself never
-    imports the model libraries. Its answer is read from its output, not its exit status (the
-    master reaps children on its own).
+    The trial runs in a separate process with the master's environment (a worker's view of
+    MODEL_ROOT, MODEL_VERSION and BUNDLE_HMAC_KEY), so that a bundle that crashes its loader
+    cannot take the master down: a fork of the master when it has the model libraries imported
+    (it preloads), which then only loads the bundle; else ``python -m api.model``, which imports
+    them first (seconds of CPU). Either way the answer is read from the process's output, not its
+    exit status (the master reaps children on its own).
     """
     server.log.info("SIGHUP: trial-loading the bundle the settings select")
     server.log.reopen_files()
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "api.model"],
-            cwd=server.cfg.chdir,
-            capture_output=True,
-            timeout=TRIAL_LOAD_SECONDS,
-            check=False,
-        )
-        lines = done.stdout.decode(errors="replace").strip().splitlines()
-        answer = json.loads(lines[-1]) if lines else {}
-    except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        answer = {"ok": False, "error": f"trial load did not finish ({exc.__class__.__name__})"}
+    forked = "api.model" in sys.modules
+    answer = _trial_in_fork() if forked else _trial_in_subprocess(server)
     if not isinstance(answer, dict) or not answer.get("ok"):
         error = answer.get("error") if isinstance(answer, dict) else None
         server.log.error(
@@ -300,6 +295,66 @@ def roll_out_bundle(server) -> bool:
         else "workers swap it in place",
     )
     return True
+
+
+def _trial_in_subprocess(server) -> dict:
+    """``python -m api.model``: its last output line is the answer."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "api.model"],
+            cwd=server.cfg.chdir,
+            capture_output=True,
+            timeout=TRIAL_LOAD_SECONDS,
+            check=False,
+        )
+        lines = done.stdout.decode(errors="replace").strip().splitlines()
+        return json.loads(lines[-1]) if lines else {}
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        return {"ok": False, "error": f"trial load did not finish ({exc.__class__.__name__})"}
+
+
+def _trial_in_fork() -> dict:
+    """Fork the master; the child loads the bundle and writes one JSON answer to a pipe."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: answer, then leave without running the master's exit handlers
+        os.close(read_fd)
+        answer: dict = {"ok": False, "error": "trial load failed"}
+        try:
+            from api.model import trial_load
+            from api.settings import Settings
+
+            loaded = trial_load(Settings.load())
+            answer = {"ok": True, "folder": loaded.folder, "version": loaded.version}
+        except Exception as exc:  # noqa: BLE001 -- any failure is a refusal, with its reason
+            answer = {"ok": False, "error": str(exc) or exc.__class__.__name__}
+        finally:
+            with contextlib.suppress(OSError):
+                os.write(write_fd, orjson.dumps(answer))
+            os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    deadline = time.monotonic() + TRIAL_LOAD_SECONDS
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([read_fd], [], [], left)
+            if not ready:
+                break
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        with contextlib.suppress(OSError):
+            if time.monotonic() >= deadline:
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    try:
+        answer = orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError:
+        return {"ok": False, "error": "the trial load ended without an answer (it crashed)"}
+    return answer if isinstance(answer, dict) else {}
 
 
 def _marker_folder() -> str | None:
