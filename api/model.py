@@ -420,8 +420,9 @@ def _marker_folder(marker: dict[str, Any]) -> str | None:
 def trial_load(settings: Settings) -> LoadedModel:
     """Verify and load the bundle ``settings`` select, exactly as a worker would, and return it.
 
-    The master runs this in a separate process (``python -m api.model``) before a SIGHUP
-    roll-out, so a bundle no worker could load never reaches the reload marker.
+    The master runs this in a separate process (a fork of itself, or ``python -m api.model``
+    when it has not imported the model libraries) before a SIGHUP roll-out, so a bundle no
+    worker could load never reaches the reload marker.
     """
     return load_model(settings, settings.MODEL_VERSION)
 

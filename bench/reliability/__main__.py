@@ -28,6 +28,9 @@ from bench.reliability.harness import ROOT
 
 COLUMNS = ("sent", "ok", "failed", "lost", "p50_ms", "p99_ms", "max_ms")
 
+#: a later partial run (recycling and nginx rows), kept beside the full run's table
+RECENT = "## Recycling without a gap, and nginx in front (2026-12-06)\n\nMeasured 2026-12-06 10:19-10:21 UTC by `python -m bench.reliability --quick --only recycling slow_clients` (demo bundle; revision d9cbc08; load average 13.0: other helpers' jobs shared both cores, so latencies are inflated; the 1-worker rows' clients are 8 Python threads in one process, which caps their rate). Since this run a worker past its budget keeps serving while the master forks its replacement from a process that already holds the verified bundle (`api/fleet.py`, `api.model.preload`), and stops it only once the replacement is ready, so even a single worker recycles without a gap; nginx (Debian's nginx-light, `deploy/nginx-loopback.conf`) buffers slow clients itself, so even gunicorn's plain gthread worker keeps answering behind it, and nothing is lost through recycles on its kept-alive upstream connections (no 502).\n\n| scenario | load | injected | sent | ok | failed | lost | p50_ms | p99_ms | max_ms | checks |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n| slow clients (slow headers) [--worker-class gthread] | 2 closed-loop clients, /predict-segment, 2 workers | 200 connections sending one header line every 2 s for 8 s | 4 | 0 | 0 | 4 | - | - | - | all pass |\n| slow clients (slow headers) | 2 closed-loop clients, /predict-segment, 2 workers | 200 connections sending one header line every 2 s for 8 s | 7,486 | 7,486 | 0 | 0 | 0.8 | 16.2 | 43.4 | all pass |\n| slow clients (slow bodies) | 2 closed-loop clients, /predict-segment, 2 workers | 200 connections sending one body byte every 2 s for 8 s | 4,346 | 4,346 | 0 | 0 | 1.9 | 14.1 | 29.9 | all pass |\n| slow clients (slow headers) behind nginx [--worker-class gthread] | 2 closed-loop clients, /predict-segment, 2 workers, through nginx | 200 connections sending one header line every 2 s for 8 s | 1,189 | 1,189 | 0 | 0 | 12.7 | 30.0 | 42.7 | all pass |\n| worker recycling under load, 2 workers | 4 closed-loop clients for 8 s, 2 workers | GUNICORN_MAX_REQUESTS=300 (+10% jitter) | 7,858 | 7,858 | 0 | 0 | 1.5 | 35.9 | 74.5 | all pass |\n| worker recycling under load, 1 worker | 8 closed-loop clients for 9 s, 1 worker | GUNICORN_MAX_REQUESTS=300 (+10% jitter) | 4,154 | 4,154 | 0 | 0 | 15.8 | 67.0 | 147.0 | all pass |\n| worker recycling under load, 1 worker behind nginx | 8 closed-loop clients for 9 s, 1 worker, through nginx | GUNICORN_MAX_REQUESTS=300 (+10% jitter) | 4,990 | 4,990 | 0 | 0 | 12.5 | 64.5 | 141.2 | all pass |\n\nLatency through recycles and SIGHUP roll-outs with one worker, against no recycling, is in bench/RESULTS.md (\"Recycling and roll-outs with one worker\", `python -m bench.recycling`).\n"
+
 
 #: gunicorn's own threaded worker, as the service ran before WholeRequestWorker
 GTHREAD = ("--worker-class", "gthread")
@@ -157,6 +160,7 @@ def render(results: list[dict[str, Any]], command: str, seconds: float) -> str:
         "and one `make run` command. Limits: 1,000 connections per worker (gunicorn's "
         "`worker_connections`); beyond that, or for TLS, put a buffering proxy in front.",
         "",
+        RECENT,
     ]
     return "\n".join(lines)
 
