@@ -141,8 +141,11 @@ def encode_results(
     total: int,
     positions: Sequence[int],
     errors: dict[int, Any],
+    before: bytes = b"",
+    after: bytes = b"",
 ) -> bytes:
-    """The ``results`` array of a batch answer (``[...]``), ``total`` entries long.
+    """The ``results`` array of a batch answer (``[...]``), ``total`` entries long, between
+    ``before`` and ``after`` (the rest of the body: joined once, the answer is not copied again).
 
     Entry ``positions[i]`` is customer i of the ranking; every other entry is the error
     envelope in ``errors`` under its position.
@@ -229,4 +232,7 @@ def encode_results(
 
     for i, entry in errors.items():
         out[start[i]] = (b"," if i else b"") + orjson.dumps(entry, option=_NUMPY)
-    return b"[" + b"".join(out.tolist()) + b"]"
+    pieces = [before + b"["]
+    pieces += out.tolist()
+    pieces.append(b"]" + after)
+    return b"".join(pieces)

@@ -221,6 +221,7 @@ def _recommend_columns(
         i: envelope("validation_error", f"customers[{i}] does not match the schema", messages)
         for i, messages in checked.errors.items()
     }
+    head = b'{"model_version":' + orjson.dumps(loaded.version) + b',"results":'
     if checked.positions:
         channel = options.get("channel")
         ranking = engine.rank(
@@ -229,7 +230,7 @@ def _recommend_columns(
             exclude=options.get("exclude", ()),
         )
         choice = engine.choose(ranking, checked.ids, options.get("top_k"))
-        results = encode_results(
+        body = encode_results(
             encoder_for(engine),
             ranking,
             choice,
@@ -239,6 +240,8 @@ def _recommend_columns(
             total=len(customers),
             positions=checked.positions,
             errors=errors,
+            before=head,
+            after=b"}",
         )
         services.metrics.count_customers("recommend", len(checked.positions))
         services.metrics.count_segments(
@@ -246,7 +249,7 @@ def _recommend_columns(
         )
     else:
         results = orjson.dumps([errors[i] for i in range(len(customers))], option=_DUMP_OPTIONS)
-    body = b'{"model_version":' + orjson.dumps(loaded.version) + b',"results":' + results + b"}"
+        body = head + results + b"}"
     return Response(body, status=200, content_type=JSON)
 
 
