@@ -12,7 +12,16 @@ import shutil
 
 import pytest
 
-from bench import batch_scoring, common, evidence, profile_request, report, serving, training
+from bench import (
+    batch_scoring,
+    common,
+    evidence,
+    profile_request,
+    recycling,
+    report,
+    serving,
+    training,
+)
 
 
 # ---- the scripts, end to end --------------------------------------------------------------------
@@ -48,6 +57,21 @@ def test_serving_smoke(tiny_bundle_root, fresh_bundle_root, tmp_path, loadgen):
     names = {t["name"] for t in result["targets"]}
     assert "demo model: batch recommend customers/s per worker" in names
     assert "production model: recommend rps / bare floor rps" in names
+
+
+@pytest.mark.slow
+def test_recycling_smoke(tiny_bundle_root, tmp_path):
+    """Steady, recycling and SIGHUP roll-outs with one worker: every mode answers, none errs."""
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed")
+    args = ["--smoke", "--model-root", str(tiny_bundle_root), "--results", str(tmp_path)]
+    assert recycling.main(args) == 0
+    result = json.loads((tmp_path / "recycling.json").read_text())
+    rows = {r["mode"]: r for r in result["rows"]}
+    assert set(rows) == {"steady", "recycling", "sighup"}
+    for row in rows.values():
+        assert row["rps"] > 0 and row["errors"] == 0, row
+    assert rows["steady"]["events_per_run"] == [0]
 
 
 @pytest.mark.slow
