@@ -50,7 +50,11 @@ def render_report(result: TrainResult) -> str:
         "",
         f"PCA keeps {seg_metrics.get('pca_components')} components "
         f"({100 * float(seg_metrics.get('pca_explained_variance', 0.0)):.1f}% of the variance). "
-        f"k search on {selection.search_rows} rows, silhouette on {selection.silhouette_rows}.",
+        + (
+            f"k search on {selection.search_rows} rows, silhouette on {selection.silhouette_rows}."
+            if selection.table
+            else "No k search: the segments are the RFM groups."
+        ),
         "",
     ]
     rows = [
