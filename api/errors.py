@@ -179,9 +179,10 @@ class FeatureStoreDown(ApiError):
 class FeedbackDown(ApiError):
     """The feedback stream cannot be written (no Redis configured, or Redis failed).
 
-    Nothing of the request was recorded (the events of one request are appended in one
-    MULTI/EXEC); the client should send the same events again after ``retry_after`` seconds
-    (events are folded once per ``event_id``, so a retry is never counted twice).
+    The events of one request are appended in one MULTI/EXEC, all or none, and none of them
+    was acknowledged; the client should send the same events again after ``retry_after``
+    seconds (events are folded once per ``event_id``, so a retry whose first attempt did reach
+    Redis is never counted twice).
     """
 
     status, code = 503, "feedback_unavailable"

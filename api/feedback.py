@@ -36,9 +36,10 @@ class FeedbackStream:
     def append(self, events: Iterable[Mapping[str, Any]]) -> list[str]:
         """Append events in order, all or none; return their stream ids.
 
-        One MULTI/EXEC: if Redis fails part-way, none of the events is in the stream, so the
-        caller can answer 503 and the client send them all again (fold deduplicates by
-        ``event_id`` the rare case where EXEC ran but its answer was lost).
+        One MULTI/EXEC: a request's events are in the stream all or none. When Redis fails or
+        times out the caller answers 503 and the client sends them all again; where the write
+        was applied but its answer lost (Redis frozen mid-write, then thawed:
+        bench/reliability ``feedback_during_redis_freeze``), fold counts each ``event_id`` once.
         """
         if self.client is None:
             raise FeedbackUnavailable("feedback needs Redis: set REDIS_URL")
@@ -49,8 +50,8 @@ class FeedbackStream:
             ids = pipe.execute()
         except redis.RedisError as exc:
             raise FeedbackUnavailable(
-                f"feedback stream unavailable ({exc.__class__.__name__}): nothing was "
-                "recorded, send the same events again"
+                f"feedback stream unavailable ({exc.__class__.__name__}): the events may not "
+                "be recorded; send the same events again (each event_id is counted once)"
             ) from None
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from bench.reliability.harness import (
     ADMIN_KEY,
     CUSTOMER,
@@ -434,6 +436,89 @@ def redis_faults(
     finally:
         redis_server.stop()
     return out
+
+
+def feedback_during_redis_freeze(
+    bundle_root: Path, *, fault_seconds: float = 5.0
+) -> dict[str, Any]:
+    """``POST /feedback`` while our own Redis is frozen (SIGSTOP), then thawed.
+
+    One client sends events one after another, each with a new ``event_id``. Expected: every
+    answer is 202 or 503 ``feedback_unavailable`` with Retry-After (never a 500, never a 202 for
+    an event that is not in the stream); after SIGCONT every acknowledged event is in the stream.
+    A 503 whose events reached Redis anyway (frozen while the write was in flight, applied on
+    thaw) is counted: the client's retry is then folded once by ``event_id``, nothing is lost.
+    """
+    import redis
+
+    from api.feedback import FIELD
+    from scoring.engine import ScoringEngine
+
+    campaign = ScoringEngine(load_current(bundle_root)).campaign_ids[0]
+    redis_server = OwnRedis().start()
+    prefix = "segsvc-rel-feedback"
+    sent: list[tuple[str, int, str | None, str | None]] = []
+    stop = threading.Event()
+    try:
+        env = {"REDIS_URL": redis_server.url, "CACHE_PREFIX": prefix}
+        with Server(bundle_root, env=env) as server:
+
+            def client() -> None:
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    event = {
+                        "event_id": f"rel-{i}",
+                        "customer_id": f"c-{i}",
+                        "campaign_id": campaign,
+                        "type": "impression",
+                        "timestamp": "2026-12-06T10:00:00Z",
+                    }
+                    try:
+                        status, body, headers = server.call("POST", "/feedback", event, timeout=5)
+                        code = body.get("error", {}).get("code") if isinstance(body, dict) else None
+                        sent.append((event["event_id"], status, headers.get("retry-after"), code))
+                    except OSError:
+                        sent.append((event["event_id"], 0, None, None))
+
+            thread = threading.Thread(target=client, daemon=True)
+            thread.start()
+            time.sleep(2)
+            redis_server.signal(signal.SIGSTOP)
+            time.sleep(fault_seconds)
+            redis_server.signal(signal.SIGCONT)
+            time.sleep(2)
+            stop.set()
+            thread.join(10)
+        reader = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+        stored = {
+            orjson.loads(fields[FIELD.encode()])["event_id"]
+            for _, fields in reader.xrange(f"{prefix}:feedback")
+        }
+        reader.close()
+    finally:
+        redis_server.stop()
+    accepted = {e for e, status, _, _ in sent if status == 202}
+    refused = [(e, ra, code) for e, status, ra, code in sent if status == 503]
+    other = [(e, status) for e, status, _, _ in sent if status not in (202, 503)]
+    return {
+        "scenario": "feedback while Redis is frozen",
+        "load": "1 closed-loop client, POST /feedback, a new event_id each",
+        "injected": f"redis-server SIGSTOP for {fault_seconds:.0f} s, then SIGCONT",
+        "sent": len(sent),
+        "ok": len(accepted),
+        "failed": len(refused) + len(other),
+        "lost": len(accepted - stored),
+        "refused_but_stored": sum(1 for e, _, _ in refused if e in stored),
+        "checks": {
+            "the freeze was seen (some 503)": bool(refused),
+            "every 503 is feedback_unavailable with Retry-After": all(
+                ra and code == "feedback_unavailable" for _, ra, code in refused
+            ),
+            "no other status": not other,
+            "every acknowledged event is in the stream": accepted <= stored,
+        },
+    }
 
 
 # ---- reload under load ---------------------------------------------------------------------------

@@ -55,3 +55,9 @@ def test_redis_killed_or_frozen_under_load_fails_nothing(tiny_bundle_root):
     """Our own redis-server (never the shared one) killed, then frozen, for a few seconds."""
     for result in scenarios.redis_faults(tiny_bundle_root, fault_seconds=3, clients=2):
         assert not _failed(result), result
+
+
+def test_feedback_while_redis_is_frozen_loses_no_acknowledged_event(tiny_bundle_root):
+    """Every 202 is in the stream after the thaw; every refusal is a 503 with Retry-After."""
+    result = scenarios.feedback_during_redis_freeze(tiny_bundle_root, fault_seconds=3)
+    assert not _failed(result), result
