@@ -8,6 +8,11 @@ Interleaved rounds of three writers of the same records (one 8-field HSET per cu
 * ``floor``: the loader's bytes replayed (built once, not timed): Redis's own cost of the same
   commands on this machine, the ceiling of any client.
 
+Beside the rounds, Redis's own ceiling as its tool measures it: ``redis-benchmark`` sending the
+same HSET (a typical record's fields and values, keys under the same prefix) on one connection,
+pipelined 100 deep (``-c 1 -P 100``), when the tool is installed. The loader is one connection
+too: Redis runs commands on one thread, so more connections would not raise its ceiling.
+
 Run: ``.venv/bin/python -m bench.feature_load [--customers 200000] [--rounds 3]
 [--redis-url redis://127.0.0.1:6379/0]``. Keys go under a unique prefix and are deleted after.
 """
@@ -15,6 +20,10 @@ Run: ``.venv/bin/python -m bench.feature_load [--customers 200000] [--rounds 3]
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +44,24 @@ def _delete(client, prefix: str) -> None:
             batch = []
     if batch:
         client.delete(*batch)
+
+
+def redis_benchmark(url: str, key_start: str, fields: dict[str, str], n: int) -> float | None:
+    """Redis's own HSET/s for this record shape (redis-benchmark, -c 1 -P 100), or None."""
+    tool = shutil.which("redis-benchmark")
+    if tool is None:
+        return None
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    cmd = [tool, "-h", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 6379)]
+    cmd += ["--dbnum", (parsed.path or "/0").lstrip("/") or "0", "--csv", "-c", "1", "-P", "100"]
+    cmd += ["-n", str(n), "-r", "100000000", "HSET", f"{key_start}__rand_int__"]
+    for name, value in fields.items():
+        cmd += [name, value]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    return float(rows[-1]["rps"]) if rows else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     records = frame.to_dict("records")
 
     def loader() -> float:
-        return load_features(frame, schema, redis_url=args.redis_url, prefix=prefix).seconds
+        # the whole call, table checks included (LoadResult.seconds leaves them out)
+        start = time.perf_counter()
+        load_features(frame, schema, redis_url=args.redis_url, prefix=prefix)
+        return time.perf_counter() - start
 
     def redis_py() -> float:
         keys = key_prefix(prefix, schema)
@@ -98,14 +128,21 @@ def main(argv: list[str] | None = None) -> int:
 
     writers = {"loader": loader, "redis-py": redis_py, "floor": floor}
     seconds: dict[str, list[float]] = {k: [] for k in writers}
+    # a typical record (every field present); redis-benchmark's keys end in 12 random digits
+    sample = encode_record(records[0], schema, updated_at=time.time())
+    n = args.customers
+    ceiling: list[float] = []
     try:
         for _ in range(args.rounds):
             for name, run in writers.items():
                 _delete(client, prefix)
                 seconds[name].append(run())
+            _delete(client, prefix)
+            rps = redis_benchmark(args.redis_url, key_prefix(prefix, schema), sample, n)
+            if rps is not None:
+                ceiling.append(rps)
     finally:
         _delete(client, prefix)
-    n = args.customers
     rate = {k: n / median(v) for k, v in seconds.items()}
     rows = [
         [
@@ -116,6 +153,15 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for name in writers
     ]
+    if ceiling:
+        rows.append(
+            [
+                "redis-benchmark -c 1 -P 100, same HSET",
+                f"{median(ceiling):,.0f}",
+                f"{n / median(ceiling):.2f}",
+                f"{median(ceiling) / rate['floor']:.2f}",
+            ]
+        )
     table = markdown_table(["writer", "customers/s (median)", "seconds", "x floor"], rows)
     result = {
         **info,
@@ -123,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "seconds": seconds,
         "customers_per_second": rate,
+        "redis_benchmark_hset_per_second": ceiling,
         "target": 100_000,
     }
     publish("feature_load", result, table, args.results)

@@ -13,14 +13,19 @@ for mass insertion: send pre-built protocol (RESP) in large chunks and count the
 ``redis-cli --pipe`` does). Here the commands of a chunk are built column-wise with Arrow's
 string kernels, :class:`RespPipe` sends a chunk whole on a plain socket while the next one is
 built, and counts the replies by their line ends; any error reply stops the load with the
-server's message. Fields an earlier load wrote but this row has no value for are removed
+server's message. The sending and reply counting run on a thread (:class:`ChunkSender`: the
+socket calls and Arrow's kernels release the GIL), so the client builds chunk i+1 while Redis
+works through chunk i and Redis never waits for the client: the load runs at Redis's own pace
+(``bench/feature_load.py`` compares it with a replay of the same bytes). Fields an earlier load wrote but this row has no value for are removed
 (``HDEL``), so a reload replaces a customer's features; the stream job's ``@`` fields are kept.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,6 +131,49 @@ def _nth_line_end(buffer: bytes, n: int) -> int:
     for _ in range(n):
         at = buffer.index(b"\r\n", at + 2)
     return at + 2
+
+
+class ChunkSender:
+    """Sends RESP chunks on a :class:`RespPipe` from a thread, reading each chunk's replies.
+
+    :meth:`put` hands a chunk over (blocking while ``depth`` chunks already wait, which bounds
+    the memory of a large load); :attr:`confirmed` counts the customers whose replies have all
+    been read; :meth:`close` waits for the last reply and raises the first error (an error
+    reply of Redis, a lost connection). After an error the remaining chunks are not sent.
+    """
+
+    def __init__(self, pipe: RespPipe, *, depth: int = 2) -> None:
+        self.pipe = pipe
+        self.confirmed = 0
+        self.error: BaseException | None = None
+        self._queue: queue.Queue[tuple[bytes, int, int] | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="feature-load-sender", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is not None:
+                continue  # keep taking chunks so put() never blocks; send nothing more
+            payload, n_commands, n_customers = item
+            try:
+                self.pipe.send(payload, n_commands)
+            except Exception as exc:  # noqa: BLE001 -- re-raised in the loading thread by put/close
+                self.error = exc
+                continue
+            self.confirmed += n_customers
+
+    def put(self, payload: bytes, n_commands: int, n_customers: int) -> None:
+        """Queue a chunk of ``n_commands`` commands for ``n_customers`` customers."""
+        if self.error is not None:
+            raise self.error
+        self._queue.put((payload, n_commands, n_customers))
+
+    def close(self) -> None:
+        """Wait until every queued chunk is answered; raise the first error, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 @dataclass(frozen=True)
@@ -307,20 +355,26 @@ def load_features(
     stamp = format_number(clock()).encode()
     started = time.perf_counter()
     pipe = RespPipe(redis_url)
+    reported = 0
+
+    def report() -> None:
+        nonlocal reported
+        if progress is not None and sender.confirmed > reported:
+            done = sender.confirmed
+            progress(done - reported)
+            reported = done
+
     try:
-        # Redis works through chunk i while we build chunk i+1; its replies are read after.
-        done = 0
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            payload, n_commands = _commands(columns, schema, keys, start, stop, stamp)
-            pipe.drain()
-            if progress is not None and start > done:
-                progress(start - done)
-                done = start
-            pipe.write(payload, n_commands)
-        pipe.drain()
-        if progress is not None and n > done:
-            progress(n - done)
+        sender = ChunkSender(pipe)
+        try:
+            for start in range(0, n, chunk):
+                stop = min(start + chunk, n)
+                payload, n_commands = _commands(columns, schema, keys, start, stop, stamp)
+                sender.put(payload, n_commands, stop - start)
+                report()
+        finally:
+            sender.close()
+        report()
     finally:
         pipe.close()
     return LoadResult(n, time.perf_counter() - started, schema_id(schema), keys.decode())
