@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -226,12 +227,26 @@ def generate_demo_data(
 
 
 def train_demo_bundle(
-    data_dir: Path, model_root: Path, *extra: str, shape: str = "demo"
+    data_dir: Path,
+    model_root: Path,
+    *extra: str,
+    shape: str = "demo",
+    config: Path | None = None,
 ) -> ChildRun:
-    """Train the config of ``shape`` on ``data_dir`` into ``model_root`` with the training CLI."""
-    cmd = [PYTHON, "-m", "training", "train", "--config", str(SHAPES[shape])]
+    """Train ``config`` (default: the config of ``shape``) on ``data_dir`` into ``model_root``
+    with the training CLI, as a child process (its wall time and peak memory measured)."""
+    config = config or SHAPES[shape]
+    cmd = [PYTHON, "-m", "training", "train", "--config", str(config)]
     cmd += ["--data-dir", str(data_dir), "--output", str(model_root), *extra]
-    return run_child(cmd, env=child_env()).check(f"training on {data_dir}")
+    return run_child(cmd, env=child_env()).check(f"training {config.name} on {data_dir}")
+
+
+_STAGE_LINE = re.compile(r"stage (\S+) done in ([\d.]+) s \(peak RSS ([\d.]+) MiB\)")
+
+
+def logged_stages(log: str) -> list[tuple[str, float, float]]:
+    """(stage, seconds, peak RSS MiB) from the CLI's "stage X done in ..." lines, in run order."""
+    return [(m[1], float(m[2]), float(m[3])) for m in _STAGE_LINE.finditer(log)]
 
 
 def _source_note(model_root: Path) -> Path:

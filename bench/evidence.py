@@ -18,21 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    PYTHON,
-    ROOT,
-    child_env,
-    fmt,
-    generate_demo_data,
-    machine_info,
-    markdown_table,
-    median,
-    mode_parser,
-    publish,
-    run_child,
-    training_available,
-)
-from bench.training import logged_stages
+from bench import common
+from bench.common import ROOT, fmt, markdown_table, median
 
 MODES = {
     "smoke": {"sizes": [2_000], "rounds": 1},
@@ -58,10 +45,8 @@ def bare_config(folder: Path) -> Path:
 
 def train_once(config: Path, data_dir: Path, model_root: Path) -> dict[str, Any]:
     """One training child: wall seconds and the logged stage seconds."""
-    cmd = [PYTHON, "-m", "training", "train", "--config", str(config)]
-    cmd += ["--data-dir", str(data_dir), "--output", str(model_root)]
-    run = run_child(cmd, env=child_env()).check(f"training with {config.name}")
-    stages = {name: secs for name, secs, _ in logged_stages(run.stderr + run.stdout)}
+    run = common.train_demo_bundle(data_dir, model_root, config=config)
+    stages = {name: secs for name, secs, _ in common.logged_stages(run.stderr + run.stdout)}
     shutil.rmtree(model_root, ignore_errors=True)
     return {"wall_s": run.wall_s, "stages_s": stages}
 
@@ -69,7 +54,7 @@ def train_once(config: Path, data_dir: Path, model_root: Path) -> dict[str, Any]
 def bench_size(n: int, rounds: int, scratch: Path) -> dict[str, Any]:
     """Generate ``n`` customers, then alternate full and bare training ``rounds`` times."""
     data_dir = scratch / f"data-{n}"
-    generate_demo_data(data_dir, n)
+    common.generate_demo_data(data_dir, n)
     configs = {"full": ROOT / "examples" / "demo.toml", "bare": bare_config(scratch)}
     runs: dict[str, list[dict[str, Any]]] = {"full": [], "bare": []}
     for r in range(rounds):
@@ -155,7 +140,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write bench/results/evidence.json."""
     argv = sys.argv[1:] if argv is None else argv
-    ap = mode_parser(__doc__, MODES)
+    ap = common.mode_parser(__doc__, MODES)
     ap.add_argument("--sizes", help="comma-separated customer counts, e.g. 100000")
     ap.add_argument("--rounds", type=int, help="interleaved rounds per size (median reported)")
     ap.add_argument("--results", type=Path, help="results folder (default bench/results)")
@@ -165,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or mode["rounds"]
     result: dict[str, Any] = {
         "benchmark": "evidence",
-        "machine": machine_info("bench.evidence", argv),
+        "machine": common.machine_info("bench.evidence", argv),
         "sizes": [],
     }
-    if training_available():
+    if common.training_available():
         scratch = Path(tempfile.mkdtemp(prefix="bench-evidence-"))
         try:
             for n in sizes:
@@ -176,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     result["targets"] = evaluate_targets(result["sizes"])
-    publish("evidence", result, markdown(result), args.results)
+    common.publish("evidence", result, markdown(result), args.results)
     return 0
 
 

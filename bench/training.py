@@ -12,7 +12,6 @@ covered by any stage (interpreter start-up, imports, ...) is shown as "outside s
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from typing import Any
 from bench.common import (
     fmt,
     generate_demo_data,
+    logged_stages,
     machine_info,
     markdown_table,
     median,
@@ -60,14 +60,6 @@ def _stage_seconds(timings: Any) -> dict[str, float]:
 
     walk("", timings or {})
     return flat
-
-
-_STAGE_LINE = re.compile(r"stage (\S+) done in ([\d.]+) s \(peak RSS ([\d.]+) MiB\)")
-
-
-def logged_stages(log: str) -> list[tuple[str, float, float]]:
-    """(stage, seconds, peak RSS MiB) from the CLI's "stage X done in ..." lines, in run order."""
-    return [(m[1], float(m[2]), float(m[3])) for m in _STAGE_LINE.finditer(log)]
 
 
 def stage_figures(manifest: dict[str, Any], log: str) -> tuple[dict[str, float], dict[str, float]]:
