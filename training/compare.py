@@ -49,6 +49,7 @@ from sklearn.metrics import (
 )
 from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import NearestNeighbors
+from threadpoolctl import threadpool_limits
 
 from training.config import ComparisonConfig
 
@@ -258,6 +259,10 @@ def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed + 4242).choice(n, size=size, replace=False))
 
 
+# Every fit here sees a sample of a few thousand rows: one thread (OpenMP and BLAS). A second
+# one saves nothing at this size, and on a busy machine its barrier waits made the comparison
+# 5-9x slower (K-Means, MiniBatch, the mixture's k-means init; bench/RESULTS.md, issue 13).
+@threadpool_limits.wrap(limits=1)
 def compare_methods(
     P: np.ndarray,
     k: int,
