@@ -33,6 +33,8 @@ EXIT_ERROR = 2
 EXIT_NOT_PROMOTED = 3
 DEFAULT_ROOT = "model_artifacts"
 DEFAULT_KEY_ENV = "BUNDLE_HMAC_KEY"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_CACHE_PREFIX = "segsvc"
 
 
 class CommandError(Exception):
@@ -72,6 +74,54 @@ def _add_engine(parser: argparse.ArgumentParser) -> None:
         help="with --engine dask: worker processes of the LocalCluster (default one per core); "
         "with --scheduler, wait until this many workers have joined",
     )
+
+
+def _add_key_env(parser: argparse.ArgumentParser, what: str = "the signing key to verify") -> None:
+    parser.add_argument(
+        "--hmac-key-env",
+        default=DEFAULT_KEY_ENV,
+        help=f"environment variable with {what} (default {DEFAULT_KEY_ENV})",
+    )
+
+
+def _add_bundle(parser: argparse.ArgumentParser, use: str = "") -> None:
+    """``--bundle`` and ``--hmac-key-env``: the bundle a command verifies and loads."""
+    parser.add_argument(
+        "--bundle",
+        default=DEFAULT_ROOT,
+        help=f"a bundle root (its current bundle) or a version folder{use} "
+        "(default model_artifacts)",
+    )
+    _add_key_env(parser)
+
+
+def _load_bundle(args: argparse.Namespace):
+    """The bundle ``--bundle`` names, verified with the key ``--hmac-key-env`` names."""
+    return load_bundle(bundle_path(args.bundle), hmac_key=_key_from_env(args.hmac_key_env))
+
+
+def _add_redis(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help=f"Redis {what} (default: $REDIS_URL, else {DEFAULT_REDIS_URL})",
+    )
+
+
+def _redis_url(args: argparse.Namespace) -> str:
+    return args.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+
+
+def _cache_prefix() -> str:
+    return os.environ.get("CACHE_PREFIX") or DEFAULT_CACHE_PREFIX
+
+
+def _actions(
+    sub: argparse._SubParsersAction, name: str, help: str, description: str
+) -> argparse._SubParsersAction:
+    """A command with actions of its own (``features load``, ``feedback fold``)."""
+    group = sub.add_parser(name, help=help, description=description)
+    return group.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION")
 
 
 def _add_quiet(parser: argparse.ArgumentParser) -> None:
@@ -212,12 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bundle trained with [clv] and a file holding frequency, recency_days, tenure_days and "
         "monetary_avg, also clv, p_alive and expected_purchases over the CLV horizon.",
     )
-    score.add_argument(
-        "--bundle",
-        default=DEFAULT_ROOT,
-        help="a bundle root (its current bundle is used) or a version folder "
-        "(default model_artifacts)",
-    )
+    _add_bundle(score)
     score.add_argument(
         "--input",
         required=True,
@@ -234,11 +279,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=100_000,
         help="customers scored per batch (default 100000)",
-    )
-    score.add_argument(
-        "--hmac-key-env",
-        default=DEFAULT_KEY_ENV,
-        help=f"environment variable with the signing key to verify (default {DEFAULT_KEY_ENV})",
     )
     _add_engine(score)
     _add_quiet(score)
@@ -257,12 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check a bundle's manifest, signature, file hashes and library versions.",
     )
     ver.add_argument("path", help="a bundle root (its current bundle) or a version folder")
-    ver.add_argument(
-        "--hmac-key-env",
-        default=DEFAULT_KEY_ENV,
-        help=f"environment variable with the signing key (default {DEFAULT_KEY_ENV}); when set "
-        "the signature must match",
-    )
+    _add_key_env(ver, "the signing key; when set the signature must match")
     _add_quiet(ver)
 
     rep = sub.add_parser(
@@ -281,20 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--root", default=DEFAULT_ROOT, help="bundle root folder (default model_artifacts)"
     )
-    rep.add_argument(
-        "--hmac-key-env",
-        default=DEFAULT_KEY_ENV,
-        help=f"environment variable with the signing key to verify (default {DEFAULT_KEY_ENV})",
-    )
+    _add_key_env(rep)
     _add_quiet(rep)
 
-    feats = sub.add_parser(
+    feats_sub = _actions(
+        sub,
         "features",
-        help="the online feature store (Redis) read by requests by customer id",
-        description="Manage the customers' stored features that /predict-segment and "
-        "/recommend read for a request carrying only a customer_id.",
+        "the online feature store (Redis) read by requests by customer id",
+        "Manage the customers' stored features that /predict-segment and /recommend read for "
+        "a request carrying only a customer_id.",
     )
-    feats_sub = feats.add_subparsers(dest="features_command", required=True, metavar="ACTION")
     load = feats_sub.add_parser(
         "load",
         help="bulk-write a customer table's features into Redis",
@@ -304,17 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Nothing is written when a check fails.",
     )
     load.add_argument("--input", required=True, help="customer file (.csv or .parquet)")
-    load.add_argument(
-        "--bundle",
-        default=DEFAULT_ROOT,
-        help="bundle root (its current bundle) or version folder whose schema to write "
-        "(default model_artifacts)",
-    )
-    load.add_argument(
-        "--redis-url",
-        default=None,
-        help="Redis to write to (default: $REDIS_URL, else redis://127.0.0.1:6379/0)",
-    )
+    _add_bundle(load, " whose schema to write")
+    _add_redis(load, "to write to")
     load.add_argument(
         "--prefix",
         default=None,
@@ -342,11 +364,6 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--window-days", type=_positive_int, default=None)
     build.add_argument("--allowed-lateness-hours", type=float, default=72.0)
     _add_quiet(build)
-    load.add_argument(
-        "--hmac-key-env",
-        default=DEFAULT_KEY_ENV,
-        help=f"environment variable with the signing key to verify (default {DEFAULT_KEY_ENV})",
-    )
     _add_quiet(load)
 
     ev = sub.add_parser(
@@ -358,11 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--experiment is a TOML training config (its [data] and [responses], with a control "
         "arm) or one CSV/Parquet table holding the features, the arm and the outcome.",
     )
-    ev.add_argument(
-        "--bundle",
-        default=DEFAULT_ROOT,
-        help="a bundle root (its current bundle) or a version folder (default model_artifacts)",
-    )
+    _add_bundle(ev)
     ev.add_argument("--experiment", required=True, help="TOML config or CSV/Parquet table")
     ev.add_argument("--data-dir", help="with a TOML config: folder of its input files")
     ev.add_argument("--id-column", default="", help="table: id column (default: row numbers)")
@@ -391,19 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
     ev.add_argument("--json", help="also write the full result as JSON to this file")
-    ev.add_argument(
-        "--hmac-key-env",
-        default=DEFAULT_KEY_ENV,
-        help=f"environment variable with the signing key to verify (default {DEFAULT_KEY_ENV})",
-    )
     _add_quiet(ev)
 
-    fb = sub.add_parser(
+    fb_sub = _actions(
+        sub,
         "feedback",
-        help="fold the feedback stream into Parquet",
-        description="Feedback events (POST /feedback) live in a Redis Stream until folded.",
+        "fold the feedback stream into Parquet",
+        "Feedback events (POST /feedback) live in a Redis Stream until folded.",
     )
-    fb_sub = fb.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
     fold = fb_sub.add_parser(
         "fold",
         help="read the stream with a consumer group, write Parquet, acknowledge",
@@ -413,11 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a response history the next training reads.",
     )
     fold.add_argument("--out", required=True, help="output folder")
-    fold.add_argument(
-        "--redis-url",
-        default=None,
-        help="Redis holding the stream (default: $REDIS_URL, else redis://127.0.0.1:6379/0)",
-    )
+    _add_redis(fold, "holding the stream")
     fold.add_argument(
         "--stream",
         default=None,
@@ -549,7 +553,7 @@ def write_frame(frame: pd.DataFrame, path: Path) -> None:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Batch-score a customer file (or, with ``--engine dask``, a partitioned dataset)."""
-    bundle = load_bundle(bundle_path(args.bundle), hmac_key=_key_from_env(args.hmac_key_env))
+    bundle = _load_bundle(args)
     if args.engine == "dask":
         return _score_on_dask(args, bundle)
     from training.engines.local import score_table
@@ -660,19 +664,13 @@ def _features_load(args: argparse.Namespace) -> int:
     """Bulk-load a customer table's features into the online feature store."""
     from tqdm import tqdm
 
-    from training.feature_store import (
-        DEFAULT_PREFIX,
-        DEFAULT_REDIS_URL,
-        RedisReplyError,
-        id_column_of,
-        load_features,
-    )
+    from training.feature_store import RedisReplyError, id_column_of, load_features
     from training.validate import TableError
 
-    bundle = load_bundle(bundle_path(args.bundle), hmac_key=_key_from_env(args.hmac_key_env))
+    bundle = _load_bundle(args)
     frame = read_customers(Path(args.input), args.id_column or bundle.schema.id_column)
-    url = args.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-    prefix = args.prefix or os.environ.get("CACHE_PREFIX") or DEFAULT_PREFIX
+    url = _redis_url(args)
+    prefix = args.prefix or _cache_prefix()
     id_column = id_column_of(frame, bundle.schema, args.id_column)
     bar = tqdm(
         total=len(frame),
@@ -735,7 +733,7 @@ def cmd_evaluate_policy(args: argparse.Namespace) -> int:
             control_values=tuple(args.control_value),
             campaign_map=mapping,
         )
-    bundle = load_bundle(bundle_path(args.bundle), hmac_key=_key_from_env(args.hmac_key_env))
+    bundle = _load_bundle(args)
     engine = ScoringEngine(bundle)
     if not engine.has_response_model:
         raise CommandError(f"bundle {bundle.version} has no response model: nothing to rank")
@@ -755,8 +753,8 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
     from training.feedback import fold
 
-    url = args.redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-    stream = args.stream or f"{os.environ.get('CACHE_PREFIX') or 'segsvc'}:feedback"
+    url = _redis_url(args)
+    stream = args.stream or f"{_cache_prefix()}:feedback"
     client = redis.Redis.from_url(url, socket_timeout=30)
     try:
         result = fold(
