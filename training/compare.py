@@ -12,7 +12,7 @@ K-Means                   ``sklearn.cluster.KMeans`` with the chosen k          
 MiniBatch K-Means         ``sklearn.cluster.MiniBatchKMeans``                         yes
 Gaussian mixture          ``sklearn.mixture.GaussianMixture`` (full covariances)      yes
 DBSCAN                    ``min_samples`` = 2 x dimensions; eps at the knee of the    no
-                          sorted k-distance curve (``kneed``)
+                          sorted k-distance curve (kneedle, as for k)
 HDBSCAN                   ``sklearn.cluster.HDBSCAN``, min cluster size 1% of rows    no
 Ward agglomerative        ``scipy.cluster.hierarchy.linkage(method="ward")`` cut at k  no
 spectral                  ``sklearn.cluster.SpectralClustering`` (k-NN affinity)      no
@@ -52,6 +52,7 @@ from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
 from training.config import ComparisonConfig
+from training.segmentation import knee_point
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,17 @@ def _gmm(X: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def dbscan_eps(X: np.ndarray, min_samples: int) -> float:
-    """eps at the knee of the sorted distances to the ``min_samples``-th neighbour (kneedle)."""
-    from kneed import KneeLocator
+    """eps at the knee of the sorted distances to the ``min_samples``-th neighbour (kneedle).
 
+    The knee is :func:`training.segmentation.knee_point`'s (the k rule's kneedle: the point of
+    the normalized convex curve farthest from its chord). The ``kneed`` package did the same
+    here until a measurement: importing it imports ``matplotlib.pyplot``, 1.7 s of a 4.1 s
+    comparison stage on a busy machine (bench/RESULTS.md, issue 13).
+    """
     nn = NearestNeighbors(n_neighbors=min_samples).fit(X)
     dist = np.sort(nn.kneighbors(X)[0][:, -1])
-    knee = KneeLocator(np.arange(dist.size), dist, curve="convex", direction="increasing").knee_y
+    at = knee_point(list(range(dist.size)), dist.tolist())
+    knee = None if at is None else dist[at]
     # no knee (a straight curve): the 95th percentile keeps most rows in clusters
     eps = float(knee) if knee is not None and knee > 0 else float(np.quantile(dist, 0.95))
     return max(eps, 1e-9)
