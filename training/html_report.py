@@ -8,25 +8,15 @@ Charts come from :mod:`training.charts` as embedded SVGs; the page loads nothing
 network and runs no script. The sections are laid out first with a placeholder per chart; the
 charts are then drawn by two forked worker processes where the platform allows (drawing is
 nearly all of the report's cost, and each chart is independent), and put in place.
-
-During training the segmentation charts (k evidence and segments: 6 of about 12) do not wait
-for the bundle: :func:`start_segment_charts` draws them in a forked process while the
-response model trains, and :func:`render_html` takes them when their inputs (a digest of the
-k table, segment names and sizes, ``evidence.json``) equal the bundle's; otherwise it draws
-them itself. A report rebuilt from the bundle alone is the same page.
 """
 
 from __future__ import annotations
 
-import hashlib
 import html
-import json
 import logging
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
 from typing import Any
 
@@ -141,106 +131,14 @@ def _draw(index: int) -> str:
         return f'<p class="note">Chart "{_e(alt)}" could not be drawn: {_e(exc)}</p>'
 
 
-def _draw_charts(start: int = 0) -> list[str]:
-    """Pending charts from ``start`` on, drawn by forked workers (they inherit the pending
-    list) or here."""
+def _draw_charts() -> list[str]:
+    """Every pending chart, drawn by forked workers (they inherit the pending list) or here."""
     count = len(_PENDING)
-    workers = min(CHART_WORKERS, os.cpu_count() or 1, count - start)
-    if workers > 1 and _can_fork():
+    workers = min(CHART_WORKERS, os.cpu_count() or 1, count)
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            return pool.map(_draw, range(start, count), chunksize=1)
-    return [_draw(i) for i in range(start, count)]
-
-
-def _can_fork() -> bool:
-    return "fork" in multiprocessing.get_all_start_methods()
-
-
-# ---- the segmentation charts, drawn while training goes on ---------------------------------------
-@dataclass
-class EarlyCharts:
-    """Segmentation charts being drawn by a forked process (:func:`start_segment_charts`)."""
-
-    digest: str
-    _pool: Pool
-    _result: AsyncResult
-
-    def get(self) -> list[str] | None:
-        """The drawn figures, in the report's chart order (waits); None if the drawing failed."""
-        try:
-            drawn = self._result.get()
-        except Exception as exc:  # noqa: BLE001 -- the report then draws them itself
-            log.warning("report: early charts failed (%s); drawing them now", exc)
-            drawn = None
-        self.close()
-        return drawn
-
-    def close(self) -> None:
-        """Stop the drawing process (a failed training run must not leave it behind)."""
-        self._pool.terminate()
-        self._pool.join()
-
-
-def _segment_sections(
-    manifest: dict[str, Any], profiles: list[dict], evidence: dict[str, Any]
-) -> str:
-    """The k and segments sections: the report's first charts, in order."""
-    return _k_section(manifest) + _segments_section(profiles, manifest, evidence)
-
-
-def _plain(value: Any) -> Any:
-    return value.tolist() if isinstance(value, np.ndarray | np.generic) else str(value)
-
-
-def _segment_digest(
-    manifest: dict[str, Any], profiles: list[dict], evidence: dict[str, Any]
-) -> str:
-    """A digest of every input of the segmentation charts (what the early drawing must match)."""
-    outlier_q = ((manifest.get("config") or {}).get("segmentation") or {}).get("outlier_quantile")
-    inputs = [
-        manifest.get("k_selection"),
-        manifest.get("served_clustering") == "rfm",  # the k section has no charts then
-        [[p["segment_id"], p["name"], p["size"]] for p in profiles],
-        {k: evidence.get(k) for k in ("map", "dendrogram", "zscores")},
-        outlier_q,
-    ]
-    # a JSON round trip first: tuples and numpy values compare as the bundle stores them
-    plain = json.loads(json.dumps(inputs, default=_plain))
-    text = json.dumps(plain, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def start_segment_charts(
-    k_selection: dict[str, Any],
-    profiles: list[dict],
-    evidence: dict[str, Any],
-    outlier_quantile: float,
-    *,
-    rfm_segments: bool = False,
-) -> EarlyCharts | None:
-    """Start drawing the segmentation charts in a forked process; None where there is no fork.
-
-    The arguments are what the bundle will hold: the manifest's ``k_selection``, the profiles
-    (names and sizes), ``evidence.json``, ``segmentation.outlier_quantile`` and whether the
-    segments are RFM groups (``served_clustering = "rfm"``).
-    """
-    if not _can_fork():
-        return None
-    manifest = {
-        "k_selection": k_selection,
-        "served_clustering": "rfm" if rfm_segments else "kmeans",
-        "config": {"segmentation": {"outlier_quantile": outlier_quantile}},
-    }
-    _PENDING.clear()
-    try:
-        _segment_sections(manifest, profiles, evidence)
-        count = len(_PENDING)
-        # the worker is forked here, with the pending charts in its copy of this module
-        pool = multiprocessing.get_context("fork").Pool(1)
-    finally:
-        _PENDING.clear()
-    result = pool.map_async(_draw, range(count), chunksize=max(count, 1))
-    return EarlyCharts(_segment_digest(manifest, profiles, evidence), pool, result)
+            return pool.map(_draw, range(count), chunksize=1)
+    return [_draw(i) for i in range(count)]
 
 
 # ---- sections -----------------------------------------------------------------------------------
@@ -311,9 +209,8 @@ def _population_mean(profiles: list[dict], feature: str) -> float | None:
     return float((values[ok] * sizes[ok]).sum() / sizes[ok].sum())
 
 
-def _segments_section(
-    profiles: list[dict], manifest: dict[str, Any], evidence: dict[str, Any]
-) -> str:
+def _segments_section(bundle: Bundle, evidence: dict[str, Any]) -> str:
+    profiles = bundle.profiles
     names = [p["name"] for p in profiles]
     out = ['<section id="segments"><h2>The segments</h2><div class="charts">']
     out.append(
@@ -328,7 +225,7 @@ def _segments_section(
                 f"A sample of customers on the first two principal components. "
                 f"Crosses: segment centres; red rings: atypical customers ({atypical} in "
                 f"the sample), farther from their centre than "
-                f"{_num(100 * manifest.get('config', {}).get('segmentation', {}).get('outlier_quantile', 0.99), 0)}% "
+                f"{_num(100 * bundle.manifest.get('config', {}).get('segmentation', {}).get('outlier_quantile', 0.99), 0)}% "
                 f"of their segment.",
             )
         )
@@ -739,17 +636,15 @@ def _stages_section(manifest: dict[str, Any]) -> str:
     return '<section id="run"><h2>The run</h2>' + _table(["stage", "seconds"], rows) + "</section>"
 
 
-def render_html(bundle: Bundle, early: EarlyCharts | None = None) -> str:
-    """The self-contained HTML report of ``bundle``; ``early``: its segmentation charts, drawn
-    during training (used only when drawn from the same inputs as the bundle's)."""
+def render_html(bundle: Bundle) -> str:
+    """The self-contained HTML report of ``bundle``."""
     manifest = bundle.manifest
     evidence = bundle.evidence or {}
+    comparison = manifest.get("comparison") or evidence.get("comparison")
     fp = manifest.get("data_fingerprint") or {}
     title = f"Segmentation report: {manifest.get('name', '')} {bundle.version}"
     served = manifest.get("served_clustering", "kmeans")
     _PENDING.clear()
-    segment_sections = _segment_sections(manifest, bundle.profiles, evidence)
-    segment_charts = len(_PENDING)
     body = [
         f"<header><h1>{_e(title)}</h1>",
         f"<p>created {_e(manifest.get('created_at'))} · {_num(fp.get('rows'))} customers · "
@@ -759,9 +654,10 @@ def render_html(bundle: Bundle, early: EarlyCharts | None = None) -> str:
         '<nav><a href="#k">k</a><a href="#segments">segments</a>'
         '<a href="#rfm">rfm</a><a href="#comparison">comparison</a><a href="#outliers">outliers</a>'
         '<a href="#response">response model</a><a href="#run">run</a></nav><main>',
-        segment_sections,
+        _k_section(manifest),
+        _segments_section(bundle, evidence),
         _rfm_section(bundle),
-        _comparison_section(manifest.get("comparison") or evidence.get("comparison")),
+        _comparison_section(comparison),
         _response_section(bundle),
         _extra_section(bundle),
         _stages_section(manifest),
@@ -769,9 +665,7 @@ def render_html(bundle: Bundle, early: EarlyCharts | None = None) -> str:
     ]
     try:
         page = "".join(body)
-        ready = _early_figures(early, manifest, bundle.profiles, evidence)
-        ready = ready if len(ready) == segment_charts else []
-        for i, drawn in enumerate(ready + _draw_charts(len(ready))):
+        for i, drawn in enumerate(_draw_charts()):
             page = page.replace(_placeholder(i), drawn, 1)
     finally:
         _PENDING.clear()
@@ -782,32 +676,16 @@ def render_html(bundle: Bundle, early: EarlyCharts | None = None) -> str:
     )
 
 
-def _early_figures(
-    early: EarlyCharts | None,
-    manifest: dict[str, Any],
-    profiles: list[dict],
-    evidence: dict[str, Any],
-) -> list[str]:
-    """The early charts when they were drawn from this bundle's inputs, else none."""
-    if early is None:
-        return []
-    if early.digest != _segment_digest(manifest, profiles, evidence):
-        log.warning("report: the early charts were drawn from other inputs; drawing them now")
-        early.close()
-        return []
-    return early.get() or []
-
-
 def report_path(root: str | Path, version: str) -> Path:
     """Where the HTML report of ``version`` lives under the bundle root."""
     return Path(root) / REPORTS_DIR / f"{version}.html"
 
 
-def write_html_report(bundle: Bundle, root: str | Path, early: EarlyCharts | None = None) -> Path:
+def write_html_report(bundle: Bundle, root: str | Path) -> Path:
     """Render the report of ``bundle`` to ``<root>/reports/<version>.html`` (atomically)."""
     path = report_path(root, bundle.version)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(render_html(bundle, early), encoding="utf-8")
+    tmp.write_text(render_html(bundle), encoding="utf-8")
     tmp.replace(path)
     return path

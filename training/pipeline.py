@@ -14,7 +14,7 @@ import resource
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from training.clv import CLVFit, fit_clv, segment_values
 from training.compare import compare_methods
 from training.config import ConfigError, TrainConfig, config_to_dict, rfm_available
 from training.evidence import build_evidence
-from training.html_report import start_segment_charts, write_html_report
+from training.html_report import write_html_report
 from training.naming import SegmentName, load_names_file, name_segments, segment_zscores
 from training.prepare import prepare
 from training.prepared import PreparedData
@@ -309,18 +309,6 @@ def train(
     ``force`` is true. ``progress`` is called with each finished stage's record. The signing key is read from
     ``environ`` (default: the process environment) under ``config.output.hmac_key_env``.
     """
-    # what a run leaves running (the early report charts) stops however the run ends
-    with ExitStack() as cleanup:
-        return _train(config, progress, environ, force, cleanup)
-
-
-def _train(
-    config: TrainConfig,
-    progress: Callable[[StageRecord], None] | None,
-    environ: Mapping[str, str] | None,
-    force: bool,
-    cleanup: ExitStack,
-) -> TrainResult:
     stages: list[StageRecord] = []
 
     @contextmanager
@@ -411,18 +399,6 @@ def _train(
             ):
                 profile["rfm"] = entry
             rfm_entry = manifest_entry(rule, scores)
-    early_charts = None
-    if config.output.report:
-        # the segmentation charts are drawn (forked) while the response model trains
-        early_charts = start_segment_charts(
-            segmentation.selection.to_dict(),
-            profiles,
-            evidence,
-            config.segmentation.outlier_quantile,
-            rfm_segments=by_rfm,
-        )
-        if early_charts is not None:
-            cleanup.callback(early_charts.close)
     clv = None
     if prepared.clv_features is not None:
         with stage("clv"):
@@ -547,9 +523,7 @@ def _train(
         with stage("report"):
             try:
                 result.report_path = write_report(result, config.output.root)
-                result.html_report_path = write_html_report(
-                    bundle, config.output.root, early_charts
-                )
+                result.html_report_path = write_html_report(bundle, config.output.root)
             except OSError as exc:
                 # the bundle is written and valid; a report that cannot be saved must not undo it
                 log.warning("could not write the report: %s", exc)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import re
 from pathlib import Path
@@ -109,55 +108,6 @@ def test_report_command_rebuilds_the_report_from_the_bundle_alone(trained, capsy
     # "current" and a version folder work too
     assert main(["report", "--root", config.output.root]) == 0
     assert main(["report", str(result.path)]) == 0
-
-
-def chart_images(page: str) -> dict[str, str]:
-    """Each chart's alt text -> its embedded image."""
-    return {
-        alt: src for src, alt in re.findall(r'<img class="chart" src="([^"]+)" alt="([^"]+)"', page)
-    }
-
-
-SEGMENT_CHARTS = CHARTS[:6]
-
-
-def test_segment_charts_drawn_during_training_equal_the_rebuilt_ones(trained):
-    from training.html_report import render_html, start_segment_charts
-
-    config, result = trained
-    bundle = load_bundle(result.path)
-    quantile = config.segmentation.outlier_quantile
-    early = start_segment_charts(
-        bundle.manifest["k_selection"], bundle.profiles, bundle.evidence, quantile
-    )
-    assert early is not None  # Linux forks
-    with_early = chart_images(render_html(bundle, early))
-    alone = chart_images(render_html(bundle))
-    assert list(with_early) == list(alone) == CHARTS
-    assert with_early == alone
-    # the training run's own page has the same segmentation charts
-    written = chart_images(result.html_report_path.read_text())
-    assert {a: written[a] for a in SEGMENT_CHARTS} == {a: alone[a] for a in SEGMENT_CHARTS}
-
-
-def test_early_charts_of_other_inputs_are_not_used(trained):
-    from training.html_report import render_html, start_segment_charts
-
-    config, result = trained
-    bundle = load_bundle(result.path)
-    renamed = [{**p, "name": f"other {p['name']}"} for p in bundle.profiles]
-    early = start_segment_charts(
-        bundle.manifest["k_selection"],
-        renamed,
-        bundle.evidence,
-        config.segmentation.outlier_quantile,
-    )
-    page = chart_images(render_html(bundle, early))
-    assert page == chart_images(render_html(bundle))
-    assert (
-        page["segment sizes"]
-        != chart_images(render_html(dataclasses.replace(bundle, profiles=renamed)))["segment sizes"]
-    )
 
 
 def test_report_command_refuses_an_unknown_version(trained, capsys):
