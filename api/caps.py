@@ -12,16 +12,16 @@ stopping after ``top_k`` admissions. Redis runs a script atomically, so two work
 both pass a cap of 1: the second sees the first's count.
 
 A request that only asks (no ``commit``) reads counters and drops the campaigns at a cap. Its
-cost is one Redis round trip, which a profile of the bench (``bench.targeting``) showed to be
-nearly all waiting: the client's own work is small next to the wait for the reply (the server's
-turn on a shared CPU). So the read path avoids the wait rather than the work:
+cost is one Redis round trip. Measured (bench.targeting, callgrind; bench/RESULTS.md) that cost
+is mostly CPU, not waiting: redis-py's packing, pool and pure-Python reply parsing, and the
+kernel's loopback socket work. So the read path does as little of it as it can:
 
 * **No read at all** when no candidate has a cap, or every capped candidate is known to be at
   its campaign-wide ``daily_cap`` (below).
 * **Prefetch** (:meth:`FrequencyCaps.prefetch`): the view sends one ``MGET`` of the counters of
   every capped campaign in the pool for this customer *before* scoring, and reads the reply
-  after; Redis answers while the worker scores, so the round trip overlaps the request's own
-  work instead of adding to it. The counters read are exactly as fresh as a read after scoring
+  after; Redis answers while the worker scores, so the wait for the reply overlaps the
+  request's own work (the CPU cost stays). The counters are as fresh as a read after scoring
   (a few hundred microseconds apart, both advisory: only a commit counts). Pools with more than
   :data:`PREFETCH_MAX_KEYS` counters per customer are read after scoring instead, and only for
   the campaigns that survived eligibility, gain and hold-outs.
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -116,14 +117,17 @@ class CapLimits:
     per_customer_week: int | None = None
     daily_cap: int | None = None
 
-    @property
-    def any(self) -> bool:
-        """True when some limit is set."""
-        return any(v is not None for v in self.as_tuple())
+    def __post_init__(self) -> None:
+        # asked several times per campaign per request: computed once (callgrind showed the
+        # generator behind a property costing more than the rest of the check)
+        limits = (self.per_customer_day, self.per_customer_week, self.daily_cap)
+        object.__setattr__(self, "_limits", limits)
+        #: True when some limit is set
+        object.__setattr__(self, "any", any(v is not None for v in limits))
 
     def as_tuple(self) -> tuple[int | None, int | None, int | None]:
         """The limits in counter order (customer-day, customer-week, campaign-day)."""
-        return (self.per_customer_day, self.per_customer_week, self.daily_cap)
+        return self._limits  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,8 @@ class FrequencyCaps:
         self._exhausted: dict[str, tuple[int, float]] = {}
         #: (the served pool's limits, its capped campaigns): rebuilt when the bundle changes
         self._pool_memo: tuple[Any, list[tuple[str, CapLimits]]] | None = None
+        #: (customer, period labels, {campaign: keys}) of the last customer asked about
+        self._key_memo: tuple[Any, tuple[str, str], dict[str, tuple[str, str, str]]] | None = None
 
     def _period(self) -> tuple[str, str]:
         """Today's day and ISO-week labels (UTC), recomputed once a day."""
@@ -266,10 +272,11 @@ class FrequencyCaps:
     ) -> list[str]:
         """The counters a read-only check of ``candidates`` needs (no known-exhausted ones)."""
         keys: list[str] = []
+        table = self._key_table(customer_id)
         for campaign_id, cap in candidates:
             if not cap.any:
                 continue
-            triple = self.keys(customer_id, campaign_id)
+            triple = self._keys_of(table, customer_id, campaign_id)
             if self._known_exhausted(triple[2], cap.daily_cap):
                 continue
             keys.extend(
@@ -336,6 +343,26 @@ class FrequencyCaps:
             return None
         return Prefetch(pool, connection, keys)
 
+    def _key_table(self, customer_id: str | None) -> dict[str, tuple[str, str, str]]:
+        """This customer's counter keys by campaign, filled as asked: kept for the last customer
+        (a request asks for them when it prefetches and again when it checks). Each thread keeps
+        the table it got, so another thread's customer replacing the memo is harmless."""
+        period = self._period()
+        memo = self._key_memo
+        if memo is not None and memo[0] == customer_id and memo[1] is period:
+            return memo[2]
+        table: dict[str, tuple[str, str, str]] = {}
+        self._key_memo = (customer_id, period, table)
+        return table
+
+    def _keys_of(
+        self, table: dict[str, tuple[str, str, str]], customer_id: str | None, campaign_id: str
+    ) -> tuple[str, str, str]:
+        triple = table.get(campaign_id)
+        if triple is None:
+            triple = table[campaign_id] = self.keys(customer_id, campaign_id)
+        return triple
+
     def keys(self, customer_id: str | None, campaign_id: str) -> tuple[str, str, str]:
         """The three counter keys of a (customer, campaign) pair now ("" without a customer)."""
         day, week = self._period()
@@ -380,11 +407,12 @@ class FrequencyCaps:
         except redis.RedisError as exc:
             return self._failed(n, exc)
         counts = read
+        table = self._key_table(customer_id)
         allowed, reasons = [], []
         for campaign_id, cap in candidates:
             reason = None
             if cap.any:
-                triple = self.keys(customer_id, campaign_id)
+                triple = self._keys_of(table, customer_id, campaign_id)
                 if self._known_exhausted(triple[2], cap.daily_cap):
                     reason = REASONS[2]
                 else:
@@ -500,9 +528,15 @@ def _candidates(
     items: Sequence[dict],
 ) -> list[tuple[str, CapLimits]]:
     return [
-        (item["campaign_id"], CapLimits(*limits[campaign_index[item["campaign_id"]]]))
+        (item["campaign_id"], _cap_limits(limits[campaign_index[item["campaign_id"]]]))
         for item in items
     ]
+
+
+@functools.lru_cache(maxsize=4096)
+def _cap_limits(triple: tuple[int | None, int | None, int | None]) -> CapLimits:
+    """One shared CapLimits per distinct set of limits (built once, not per request)."""
+    return CapLimits(*triple)
 
 
 def read_caps_batch(
