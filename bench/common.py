@@ -378,6 +378,30 @@ def mode_parser(doc: str, modes: Sequence[str]) -> argparse.ArgumentParser:
     return ap
 
 
+def sized_args(
+    doc: str, modes: dict[str, dict[str, Any]], argv: Sequence[str], *, example: str, rounds: str
+) -> tuple[argparse.Namespace, list[int], int]:
+    """A by-size benchmark's flags (mode, ``--sizes``, ``--rounds``, ``--results``): the parsed
+    arguments, the customer counts and the rounds (the mode's unless given)."""
+    ap = mode_parser(doc, modes)
+    ap.add_argument("--sizes", help=f"comma-separated customer counts, e.g. {example}")
+    ap.add_argument("--rounds", type=int, help=rounds)
+    ap.add_argument("--results", type=Path, help="results folder (default bench/results)")
+    args = ap.parse_args(argv)
+    mode = modes[args.mode or "quick"]
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else mode["sizes"]
+    return args, sizes, args.rounds or mode["rounds"]
+
+
+def by_size(name: str, sizes: Sequence[int], run: Any) -> list[dict[str, Any]]:
+    """``run(n, scratch)`` for each size, in one scratch folder removed afterwards."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    try:
+        return [run(n, scratch) for n in sizes]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def publish(name: str, result: dict[str, Any], table: str, directory: Path | None = None) -> Path:
     """Write the results JSON, print the Markdown table and where the JSON went."""
     path = write_results(name, result, directory or RESULTS_DIR)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -140,26 +139,20 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write bench/results/evidence.json."""
     argv = sys.argv[1:] if argv is None else argv
-    ap = common.mode_parser(__doc__, MODES)
-    ap.add_argument("--sizes", help="comma-separated customer counts, e.g. 100000")
-    ap.add_argument("--rounds", type=int, help="interleaved rounds per size (median reported)")
-    ap.add_argument("--results", type=Path, help="results folder (default bench/results)")
-    args = ap.parse_args(argv)
-    mode = MODES[args.mode or "quick"]
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else mode["sizes"]
-    rounds = args.rounds or mode["rounds"]
+    args, sizes, rounds = common.sized_args(
+        __doc__,
+        MODES,
+        argv,
+        example="100000",
+        rounds="interleaved rounds per size (median reported)",
+    )
     result: dict[str, Any] = {
         "benchmark": "evidence",
         "machine": common.machine_info("bench.evidence", argv),
         "sizes": [],
     }
     if common.training_available():
-        scratch = Path(tempfile.mkdtemp(prefix="bench-evidence-"))
-        try:
-            for n in sizes:
-                result["sizes"].append(bench_size(n, rounds, scratch))
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        result["sizes"] = common.by_size("evidence", sizes, lambda n, d: bench_size(n, rounds, d))
     result["targets"] = evaluate_targets(result["sizes"])
     common.publish("evidence", result, markdown(result), args.results)
     return 0

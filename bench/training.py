@@ -14,19 +14,19 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    by_size,
     fmt,
     generate_demo_data,
     logged_stages,
     machine_info,
     markdown_table,
     median,
-    mode_parser,
     publish,
+    sized_args,
     train_demo_bundle,
     training_available,
 )
@@ -221,14 +221,13 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the training benchmark and write bench/results/training.json."""
     argv = sys.argv[1:] if argv is None else argv
-    ap = mode_parser(__doc__, MODES)
-    ap.add_argument("--sizes", help="comma-separated customer counts, e.g. 10000,100000")
-    ap.add_argument("--rounds", type=int, help="training runs per size (median reported)")
-    ap.add_argument("--results", type=Path, help="results folder (default bench/results)")
-    args = ap.parse_args(argv)
-    mode = MODES[args.mode or "quick"]
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else mode["sizes"]
-    rounds = args.rounds or mode["rounds"]
+    args, sizes, rounds = sized_args(
+        __doc__,
+        MODES,
+        argv,
+        example="10000,100000",
+        rounds="training runs per size (median reported)",
+    )
 
     result: dict[str, Any] = {
         "benchmark": "training",
@@ -239,12 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if not training_available():
         print("training/ (with __main__.py) or examples/demo.toml missing: nothing to measure")
     else:
-        scratch = Path(tempfile.mkdtemp(prefix="bench-training-"))
-        try:
-            for n in sizes:
-                result["sizes"].append(bench_size(n, rounds, scratch))
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        result["sizes"] = by_size("training", sizes, lambda n, d: bench_size(n, rounds, d))
     result["targets"] = evaluate_targets(result["sizes"])
     publish("training", result, markdown(result), args.results)
     return 0
