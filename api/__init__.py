@@ -5,18 +5,16 @@ from __future__ import annotations
 import logging
 import time
 import tomllib
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from flask import Flask, Response, request
 from flask.json.provider import JSONProvider
 
 from api.settings import Settings
-
-if TYPE_CHECKING:
-    from api.metrics import Metrics
 
 __all__ = ["create_app", "import_modules"]
 
@@ -27,6 +25,9 @@ INJECTED = ("REDIS_CLIENT",)
 #: request methods counted by name in metrics; any other token a client sends counts as "other"
 #: (each distinct label value is a new series: a client must not be able to add them at will)
 METRIC_METHODS = frozenset(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+#: where the request's start time is kept in the WSGI environ
+_START = "segment_service.start"
+_clock = time.perf_counter
 
 
 class OrjsonProvider(JSONProvider):
@@ -77,7 +78,7 @@ def import_modules() -> None:
         importlib.import_module(name)
 
 
-def create_app(config: dict[str, Any] | None = None) -> Flask:
+def create_app(config: dict[str, Any] | None = None) -> ServiceFlask:
     """Build the service: settings, logging, metrics, cache, feature store, bundle, endpoints, errors.
 
     ``config`` overrides environment variables by name (values checked like the environment)
@@ -104,7 +105,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     _configure_logging(settings)
     settings.warn_about(log)
 
-    app = Flask(__name__)
+    app = ServiceFlask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     app.json = OrjsonProvider(app)
     app.url_map.strict_slashes = False
@@ -146,7 +147,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     register_routes(app, routes)
     register_error_handlers(app)
-    _observe_requests(app, metrics)
+    app.observe = metrics.observe_request
     _trust_proxies(app, settings.TRUSTED_PROXY_HOPS)
     return app
 
@@ -180,26 +181,40 @@ def _configure_logging(settings: Settings) -> None:
         root.setLevel(level)
 
 
-def _observe_requests(app: Flask, metrics: Metrics) -> None:
-    """Count every answered request and time it, by endpoint (URL rule) and status."""
-    clock = time.perf_counter
-    key = "segment_service.start"
+class ServiceFlask(Flask):
+    """Flask, counting and timing every answered request for the metrics.
 
-    @app.before_request
-    def _start() -> None:
-        request.environ[key] = clock()
+    The timing starts when the WSGI call enters the app and ends when the response has been
+    processed (what ``before_request``/``after_request`` hooks would measure, plus URL matching).
+    Done by overriding, not by registering hooks: Flask checks every hook function for being a
+    coroutine on every request (``ensure_sync``), which cost more than the metrics themselves
+    (bench/RESULTS.md, instruction counts).
+    """
 
-    @app.after_request
-    def _observe(response: Response) -> Response:
-        start = request.environ.get(key)
-        rule = request.url_rule
-        method = request.method
-        metrics.observe_request(
-            rule.rule if rule is not None else "unmatched",
-            method if method in METRIC_METHODS else "other",
-            response.status_code,
-            clock() - start if start is not None else 0.0,
-        )
+    #: set by ``create_app``: counts one answered request (endpoint, method, status, seconds)
+    observe: Callable[[str, str, int, float], None] | None = None
+
+    def wsgi_app(self, environ: dict[str, Any], start_response: Any) -> Any:
+        """Flask's WSGI entry, noting when the request entered the app."""
+        environ[_START] = _clock()
+        return super().wsgi_app(environ, start_response)
+
+    def process_response(self, response: Response) -> Response:
+        """Flask's response processing, then the request's metrics (every answer passes here,
+        error handlers' included)."""
+        response = super().process_response(response)
+        observe = self.observe
+        if observe is not None:
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            start = req.environ.get(_START)
+            rule = req.url_rule
+            method = req.method
+            observe(
+                rule.rule if rule is not None else "unmatched",
+                method if method in METRIC_METHODS else "other",
+                response.status_code,
+                _clock() - start if start is not None else 0.0,
+            )
         return response
 
 

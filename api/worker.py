@@ -10,6 +10,13 @@ the request is complete (or certainly malformed or oversized, which the thread t
 once). A request that is not whole within ``GUNICORN_READ_TIMEOUT`` seconds (from the connection,
 or from the moment a kept-alive connection has bytes again) is answered 408 and closed. A slow connection then costs a socket and a buffer, not a thread.
 
+With one thread per worker (``GUNICORN_THREADS=1``, the default) a whole request is answered in
+the event loop's own thread instead of being handed to a pool of one: the hand-over (a future, a
+queue, a thread switch and a wake-up pipe back to the loop) cost more instructions than the
+access log and the metrics together (bench/RESULTS.md). The loop then serves one request at a
+time, as the one pool thread did; reading stays non-blocking, so slow clients still cost only a
+buffer. With more threads the pool is used as gunicorn's gthread does.
+
 Written here rather than taken from a library: the usual answers (a buffering proxy in front,
 an event-loop worker such as gevent) either add a second program to ``make run`` and the
 container, or change how requests share the CPU; the measurements are in RELIABILITY.md. It
@@ -98,6 +105,10 @@ class WholeRequestWorker(ThreadWorker):
         self.body_limit = Settings.load().MAX_BODY_BYTES
         #: connections whose request is being read, oldest (first deadline) first
         self.reading: deque[TConn] = deque()
+        #: one thread: whole requests are answered in the event loop, in arrival order
+        self.inline = self.cfg.threads == 1 and not self.cfg.is_ssl
+        self._ready: deque[TConn] = deque()
+        self._serving = False
 
     def accept(self, listener: Any) -> None:
         """Accept a connection and start reading its request in the event loop."""
@@ -118,7 +129,11 @@ class WholeRequestWorker(ThreadWorker):
             return
         if getattr(conn, "segsvc_whole", False):
             conn.segsvc_whole = False
-            super().enqueue_req(conn)
+            if self.inline:
+                self._ready.append(conn)
+                self._serve_ready()
+            else:
+                super().enqueue_req(conn)
             return
         # Bytes a previous request's body read pulled in already (pipelining) come first.
         held = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
@@ -128,8 +143,38 @@ class WholeRequestWorker(ThreadWorker):
             self._hand_over(conn)
             return
         conn.sock.setblocking(False)
+        # Usually the request is already there (a kept-alive connection the poller just saw
+        # readable, or a new one whose request came with it): read it now rather than after
+        # another turn of the event loop.
+        state = self._read(conn)
+        if state is None:
+            return
+        if state:
+            self._hand_over(conn)
+            return
         self.reading.append(conn)
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _serve_ready(self) -> None:
+        """Answer the whole requests waiting, in order, in this (the event loop's) thread.
+
+        A request served here can queue another (pipelined bytes already read): the loop below
+        takes it, so the stack does not grow with the number of pipelined requests.
+        """
+        if self._serving:
+            return
+        self._serving = True
+        try:
+            while self._ready:
+                conn = self._ready.popleft()
+                try:
+                    result = self.handle(conn)
+                except Exception:  # handle() answers its own errors; never lose the loop
+                    self.log.exception("Error handling request")
+                    result = False
+                self.finish_request(conn, _Done(result))
+        finally:
+            self._serving = False
 
     def _complete(self, conn: TConn) -> bool:
         buf = conn.segsvc_buf
@@ -141,7 +186,10 @@ class WholeRequestWorker(ThreadWorker):
                 conn.sock.send(_CONTINUE)
         return request_complete(buf, self.body_limit)
 
-    def _on_readable(self, conn: TConn, sock: Any) -> None:
+    def _read(self, conn: TConn) -> bool | None:
+        """Read what the socket has; True when the request is whole, None when the connection
+        was closed (and dropped)."""
+        sock = conn.sock
         while True:
             try:
                 data = sock.recv(65536)
@@ -151,11 +199,15 @@ class WholeRequestWorker(ThreadWorker):
                 data = b""
             if not data:
                 self._drop(conn)
-                return
+                return None
             conn.segsvc_buf += data
             if len(data) < 65536:
                 break
-        if self._complete(conn):
+        return self._complete(conn)
+
+    def _on_readable(self, conn: TConn, sock: Any) -> None:
+        state = self._read(conn)
+        if state:
             self.poller.unregister(sock)
             self.reading.remove(conn)
             self._hand_over(conn)
@@ -197,6 +249,23 @@ class WholeRequestWorker(ThreadWorker):
             conn = self.reading[0]
             # only requests that have started get an answer; an idle keep-alive just closes
             self._drop(conn, _timeout_answer() if conn.segsvc_buf else b"")
+
+
+class _Done:
+    """What gthread's ``finish_request`` reads from a finished request's future."""
+
+    __slots__ = ("_result",)
+
+    def __init__(self, result: Any) -> None:
+        self._result = result
+
+    def result(self) -> Any:
+        """The request handler's answer: keep the connection alive or not."""
+        return self._result
+
+    def cancelled(self) -> bool:
+        """Never: the request ran."""
+        return False
 
 
 def _timeout_answer() -> bytes:
