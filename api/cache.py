@@ -134,9 +134,9 @@ class ProfileCache:
         now = self.clock()
         entry = self._memo.get((version, segment_id))
         if entry is not None and entry[0] > now:
-            self._hit["memory"].inc()
+            self.metrics.add(self._hit["memory"])
             return entry[1]
-        self._miss["memory"].inc()
+        self.metrics.add(self._miss["memory"])
         profile = self._from_redis(version, segment_id)
         if profile is None:
             profile = load()
@@ -165,9 +165,9 @@ class ProfileCache:
                 profile = None
             # A foreign or corrupt value is a miss; the write-back replaces it.
             if isinstance(profile, dict) and profile.get("segment_id") == segment_id:
-                self._hit["redis"].inc()
+                self.metrics.add(self._hit["redis"])
                 return profile
-        self._miss["redis"].inc()
+        self.metrics.add(self._miss["redis"])
         return None
 
     def _to_redis(self, version: str, segment_id: int, profile: dict[str, Any]) -> None:

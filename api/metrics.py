@@ -3,11 +3,27 @@
 When ``PROMETHEUS_MULTIPROC_DIR`` is set (gunicorn.conf.py requires it with several workers),
 prometheus_client keeps every value in per-process files there and ``/metrics`` aggregates them;
 gunicorn's ``child_exit`` hook marks a dead worker's files (see gunicorn.conf.py).
+
+The per-request counts (requests and their latency, customers scored, segment assignments,
+profile cache hits) are added up in the process and written to those files in batches
+(:meth:`Metrics.flush`): each write-through update took a lock, a ``getpid`` system call and an
+mmap write, several per request, which made the metrics one of the largest parts of the
+service's own cost per request (bench/RESULTS.md). A batch is written when the worker has no
+request waiting (``api/worker.py`` calls :func:`flush_pending` before it sleeps), at least once a
+second while requests keep coming, before this process answers ``/metrics`` and when the worker
+exits. So ``/metrics`` on any worker shows every request answered before the scrape whenever the
+workers were idle for an instant, and at most one second's worth less under continuous load.
+Rare events (Redis errors, rate limits, reloads) are written through as before.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
+from bisect import bisect_left
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -37,6 +53,24 @@ LATENCY_BUCKETS = (
     2.5,
     5.0,
 )
+
+
+#: longest a per-request count waits in the process before it is written, seconds
+FLUSH_SECONDS = 1.0
+#: every Metrics of this process (flush_pending writes them all)
+_LIVE: weakref.WeakSet[Metrics] = weakref.WeakSet()
+
+
+def flush_pending() -> None:
+    """Write every pending per-request count of this process (the worker calls this when idle)."""
+    for metrics in list(_LIVE):
+        if metrics.pending:
+            metrics.flush()
+
+
+def any_pending() -> bool:
+    """True when some Metrics of this process holds counts not yet written."""
+    return any(m.pending for m in list(_LIVE))
 
 
 class Metrics:
@@ -137,6 +171,42 @@ class Metrics:
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._customer_children: dict[str, Counter] = {}
         self._segment_children: dict[tuple[str, int], tuple[Counter, str]] = {}
+        # Per-request counts not yet written: counter child -> amount; histogram child ->
+        # [sum, count per bucket] (the last bucket is +Inf).
+        self._lock = threading.Lock()
+        self._counts: dict[Any, float] = {}
+        self._observed: dict[Any, list] = {}
+        self._bounds = LATENCY_BUCKETS
+        self._next_flush = time.monotonic() + FLUSH_SECONDS
+        #: True while counts wait to be written
+        self.pending = False
+        _LIVE.add(self)
+
+    # ---- batched per-request counts ---------------------------------------------------------
+    def add(self, child: Counter, amount: float = 1.0) -> None:
+        """Add ``amount`` to a counter child (written with the next batch)."""
+        with self._lock:
+            counts = self._counts
+            counts[child] = counts.get(child, 0.0) + amount
+            self.pending = True
+        if time.monotonic() >= self._next_flush:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending counts to the registry (the multiprocess files)."""
+        with self._lock:
+            counts, observed = self._counts, self._observed
+            self._counts, self._observed = {}, {}
+            self.pending = False
+            self._next_flush = time.monotonic() + FLUSH_SECONDS
+            for child, amount in counts.items():
+                child.inc(amount)
+            for child, (total, buckets) in observed.items():
+                # what Histogram.observe does per observation, once per batch
+                child._sum.inc(total)  # prometheus_client 0.26 Histogram internals
+                for i, n in enumerate(buckets):
+                    if n:
+                        child._buckets[i].inc(n)
 
     def count_caps_failure(self, status: str) -> None:
         """A request whose caps Redis could not check (failed_open or failed_closed)."""
@@ -158,26 +228,38 @@ class Metrics:
                 self.latency.labels(endpoint, str(status)),
             )
             self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        counter, histogram = children
+        # Histogram buckets are "less than or equal": bisect_left finds the first bound >= it.
+        bucket = bisect_left(self._bounds, seconds)
+        with self._lock:
+            counts = self._counts
+            counts[counter] = counts.get(counter, 0.0) + 1.0
+            entry = self._observed.get(histogram)
+            if entry is None:
+                entry = self._observed[histogram] = [0.0, [0] * (len(self._bounds) + 1)]
+            entry[0] += seconds
+            entry[1][bucket] += 1
+            self.pending = True
+        if time.monotonic() >= self._next_flush:
+            self.flush()
 
     def count_customers(self, endpoint: str, n: int) -> None:
         """Add ``n`` scored customers for ``endpoint``."""
         child = self._customer_children.get(endpoint)
         if child is None:
             child = self._customer_children[endpoint] = self.customers.labels(endpoint)
-        child.inc(n)
+        self.add(child, n)
 
     def count_segments(self, version: str, names: list[str], segment_ids: list[int]) -> None:
         """Add the segment assignments of one answer (one or many customers)."""
         if len(segment_ids) == 1:
-            self._segment_child(version, names, segment_ids[0]).inc()
+            self.add(self._segment_child(version, names, segment_ids[0]))
             return
         counts: dict[int, int] = {}
         for s in segment_ids:
             counts[s] = counts.get(s, 0) + 1
         for s, c in counts.items():
-            self._segment_child(version, names, s).inc(c)
+            self.add(self._segment_child(version, names, s), c)
 
     def _segment_child(self, version: str, names: list[str], segment_id: int) -> Counter:
         key = (version, segment_id)
@@ -195,6 +277,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The Prometheus text format: this process's registry, or all workers' files."""
+        self.flush()
         if self.multiprocess_dir is not None:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=str(self.multiprocess_dir))

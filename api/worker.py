@@ -109,6 +109,7 @@ class WholeRequestWorker(ThreadWorker):
         self.inline = self.cfg.threads == 1 and not self.cfg.is_ssl
         self._ready: deque[TConn] = deque()
         self._serving = False
+        self._metrics: Any = None
 
     def accept(self, listener: Any) -> None:
         """Accept a connection and start reading its request in the event loop."""
@@ -154,6 +155,35 @@ class WholeRequestWorker(ThreadWorker):
             return
         self.reading.append(conn)
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def run(self) -> None:
+        """gthread's event loop; the app's batched metrics are written before the worker exits."""
+        from api import metrics  # the app has imported it by now (prometheus_client set up)
+
+        self._metrics = metrics
+        try:
+            super().run()
+        finally:
+            metrics.flush_pending()
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        """gthread's wait for events, writing the batched metrics first when nothing is waiting.
+
+        So a scrape of any worker sees every request answered before it, unless the workers
+        were busy without a break (then at most a second's worth is still pending).
+        """
+        metrics = self._metrics
+        if metrics is not None and metrics.any_pending():
+            try:
+                events = self.poller.select(0)
+            except InterruptedError:
+                events = []
+            if events:
+                for key, _ in events:
+                    key.data(key.fileobj)
+                return
+            metrics.flush_pending()
+        super().wait_for_and_dispatch_events(timeout)
 
     def _serve_ready(self) -> None:
         """Answer the whole requests waiting, in order, in this (the event loop's) thread.
