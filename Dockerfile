@@ -33,6 +33,16 @@ RUN python -m venv /opt/venv
 COPY requirements.txt /tmp/requirements.txt
 RUN /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
 
+# ---- compiler: the tree compiler's own environment (lleaves needs llvmlite < 0.44, the service
+# ---- 0.50; see requirements-compile.txt); only the bake stage uses it, the image does not ship it
+FROM ${PYTHON_IMAGE} AS compiler
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv-compile
+COPY requirements-compile.txt /tmp/requirements-compile.txt
+RUN /opt/venv-compile/bin/pip install --no-cache-dir -r /tmp/requirements-compile.txt
+
 # ---- app: runtime libraries, the venv, the code, a non-root user
 FROM ${PYTHON_IMAGE} AS app
 # LightGBM needs the GNU OpenMP runtime, which the slim image lacks
@@ -55,8 +65,14 @@ COPY api/ /app/api/
 COPY training/ /app/training/
 COPY wsgi.py gunicorn.conf.py /app/
 
-# ---- bundle: trains the demo bundle (only built when BAKE_BUNDLE=1)
+# ---- bundle: trains the demo bundle (only built when BAKE_BUNDLE=1), with compiled trees built
+# ---- for the architecture's baseline CPU (TREE_COMPILER_CPU=generic): the image may be built on
+# ---- one machine and served on another, where code tuned to the build machine's CPU could be
+# ---- refused (the service then falls back to LightGBM and says why in the log and /version)
 FROM app AS bundle
+COPY --from=compiler /opt/venv-compile /opt/venv-compile
+ENV TREE_COMPILER_PYTHON=/opt/venv-compile/bin/python \
+    TREE_COMPILER_CPU=generic
 COPY examples/ /app/examples/
 RUN python -m training generate --out /tmp/demo --seed 42 \
     && python -m training train --config examples/demo.toml --data-dir /tmp/demo \

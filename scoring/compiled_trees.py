@@ -63,6 +63,10 @@ ENTRY = "forest_root"
 ABI = "lleaves-1"
 #: the interpreter of the compiler's environment (default: .venv-compile beside the project)
 COMPILER_ENV = "TREE_COMPILER_PYTHON"
+#: the CPU to compile for: unset or "host" for this machine's CPU and features; an LLVM CPU name
+#: ("generic", "x86-64-v2", ...) for that CPU's baseline, so the artifact runs on any machine of
+#: the same architecture (an image built on one machine and served on another)
+COMPILER_CPU_ENV = "TREE_COMPILER_CPU"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _DOUBLE_P = ctypes.POINTER(ctypes.c_double)
 _ENTRY_TYPE = ctypes.CFUNCTYPE(None, _DOUBLE_P, _DOUBLE_P, ctypes.c_int, ctypes.c_int)
@@ -143,14 +147,21 @@ def _compile_here(model_path: Path, object_path: Path) -> dict[str, Any]:
     import llvmlite
 
     model = lleaves.Model(model_file=str(model_path))
-    model.compile(cache=str(object_path))
+    platform = _host()
+    cpu = os.environ.get(COMPILER_CPU_ENV, "").strip()
+    if cpu and cpu != "host":
+        # that CPU's baseline and no extra feature: loadable wherever the triple matches
+        platform.update(cpu=cpu, features="")
+        model.compile(cache=str(object_path), target_cpu=cpu, target_cpu_features="")
+    else:
+        model.compile(cache=str(object_path))
     return {
         "compiler": "lleaves",
         "lleaves": version("lleaves"),
         "llvmlite": llvmlite.__version__,
         "abi": ABI,
         "n_features": model.num_feature(),
-        **_host(),
+        **platform,
     }
 
 

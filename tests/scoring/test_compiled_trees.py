@@ -184,6 +184,28 @@ def test_artifact_that_disagrees_with_lightgbm_is_not_used(compiled_copy, tmp_pa
     assert f"(> {TOLERANCE:g})" in bundle.compiled_status.reason
 
 
+def test_portable_artifact_needs_no_cpu_feature_and_equals_lightgbm(monkeypatch, tmp_path):
+    """TREE_COMPILER_CPU=generic (the image's bake stage): compiled for the architecture's
+    baseline, so it loads on any CPU of that architecture, with the same numbers."""
+    from scoring.compiled_trees import CompiledForest
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(500, 6))
+    model = lgb.train(
+        {"objective": "binary", "verbosity": -1, "num_leaves": 8},
+        lgb.Dataset(X, (X[:, 0] + X[:, 1] > 0).astype(int)),
+        num_boost_round=20,
+    )
+    monkeypatch.setenv(compiled_trees.COMPILER_CPU_ENV, "generic")
+    artifact = compile_model(model.model_to_string(), check_sample(X))
+    assert artifact.platform["cpu"] == "generic" and artifact.platform["features"] == ""
+    assert platform_mismatch(artifact.platform) is None
+    path = tmp_path / compiled_trees.OBJECT_FILE
+    path.write_bytes(artifact.object_code)
+    forest = CompiledForest.load(path, 6)
+    np.testing.assert_allclose(forest.predict(X), model.predict(X), rtol=0, atol=TOLERANCE)
+
+
 def test_artifact_for_another_feature_count_is_never_run(compiled_copy):
     def other_width(manifest):
         manifest[COMPILED]["platform"]["n_features"] += 1
