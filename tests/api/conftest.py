@@ -69,7 +69,9 @@ def read_metric() -> Callable[..., float]:
     from api.extensions import get_services
 
     def read(app, name: str, **labels: str) -> float:
-        value = get_services(app).metrics.registry.get_sample_value(name, labels)
+        metrics = get_services(app).metrics
+        metrics.flush()  # what a scrape sees: /metrics writes the pending batch first
+        value = metrics.registry.get_sample_value(name, labels)
         return value or 0.0
 
     return read
