@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.callgrind: valgrind is not installed (apt-get install valgrind)")
         return 2
     settings = MODES[mode]
+    machine = machine_info("bench.callgrind", argv)  # the load average before the run
     scratch = Path(tempfile.mkdtemp(prefix="bench-callgrind-"))
     try:
         demo_root, _ = bundle_for(args.model_root, scratch, 5_000 if mode == "smoke" else 75_000)
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "callgrind",
         "mode": mode,
-        "machine": machine_info("bench.callgrind", argv),
+        "machine": machine,
         "settings": settings,
         "bundles": {k: bundle_source(v) for k, v in roots.items() if v is not None},
         "floor_path": FLOOR_PATH,
