@@ -188,6 +188,9 @@ k_max = 6
 seed = 1
 [response_model]
 enabled = false
+[clv]
+enabled = true
+period_days = 7
 [output]
 report = false
 """
@@ -210,6 +213,15 @@ report = false
     tx_warnings = [w for w in local.manifest["warnings"] if w.startswith("transactions:")]
     assert tx_warnings and all(w in dask.manifest["warnings"] for w in tx_warnings)
     assert dask.n_segments == local.n_segments
+    # lifetime value: the same fit on the same per-customer summaries (the client fits both)
+    clv_local, clv_dask = local.manifest["clv"], dask.manifest["clv"]
+    for model in ("bgnbd", "gamma_gamma"):
+        for name, value in clv_local[model]["params"].items():
+            assert clv_dask[model]["params"][name] == pytest.approx(value, rel=1e-6)
+    assert clv_dask["total_value"] == pytest.approx(clv_local["total_value"], rel=1e-6)
+    local_shares = [p["clv"]["share"] for p in local.profiles]
+    dask_shares = [p["clv"]["share"] for p in dask.profiles]
+    assert dask_shares == pytest.approx(local_shares, abs=0.02)
     built = features_from_transactions(frame, tx_config(zero_amounts="drop")).features
     labels = [
         ScoringEngine(b).assign(ScoringEngine(b).batch_from_frame(built)).segment
@@ -217,3 +229,39 @@ report = false
     ]
     assert adjusted_rand_score(*labels) >= 0.95
     assert json.loads((roots["dask"] / "current" / "manifest.json").read_text())["transactions"]
+
+
+def test_clv_on_dask_refuses_a_negative_value_with_the_local_message(cluster, tmp_path, capsys):
+    _, info = cluster
+    rng = np.random.default_rng(0)
+    n = 400
+    table = pd.DataFrame(
+        {
+            "customer_id": [f"c{i}" for i in range(n)],
+            "frequency": rng.integers(1, 9, n),
+            "recency_days": rng.integers(0, 300, n),
+            "tenure_days": rng.integers(300, 400, n),
+            "monetary_avg": rng.gamma(2.0, 10.0, n),
+        }
+    )
+    table.loc[250, "monetary_avg"] = -1.0
+    one = tmp_path / "one.parquet"
+    table.to_parquet(one)
+    folder = write_parts(table, tmp_path / "parts.parquet")
+    messages = []
+    for engine, path in (("local", one), ("dask", folder)):
+        config = tmp_path / f"{engine}.toml"
+        config.write_text(
+            f'name = "clv"\n[data]\ncustomers = "{path}"\nid_column = "customer_id"\n'
+            '[features]\nnumeric = ["frequency", "recency_days", "tenure_days", "monetary_avg"]\n'
+            f'[clv]\nenabled = true\n[output]\nroot = "{tmp_path / engine}"\nreport = false\n'
+        )
+        args = ["train", "--config", str(config), "--engine", engine]
+        if engine == "dask":
+            args += ["--scheduler", info.scheduler]
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err.splitlines()
+        messages.append([line for line in err if line.startswith("error:")])
+    assert "customer c250 has a missing or negative value" in messages[0][0]
+    assert messages[0] == messages[1]
