@@ -536,40 +536,69 @@ def segmentation_evidence(
     """The algorithm comparison and the report's chart data, from the cluster matrix ``X``."""
     schema = prepared.schema
     Z = segmentation.scaler.transform(X)
-    P = segmentation.pca.transform(Z)
+    labels = segmentation.labels
+    return evidence_of_rows(
+        segmentation.pca.transform(Z),
+        Z,
+        prepared.numeric[:, schema.cluster_index()],
+        prepared.customers.index.to_numpy(),
+        prepared.codes,
+        labels,
+        segmentation.distances > segmentation.outlier_thresholds[labels],
+        segmentation.kmeans.cluster_centers_
+        if segmentation.mixture is None
+        else segmentation.mixture.means_,
+        segmentation.pca.explained_variance_ratio_,
+        schema,
+        config,
+    )
+
+
+def evidence_of_rows(
+    P: np.ndarray,
+    Z: np.ndarray,
+    raw: np.ndarray,
+    ids: np.ndarray,
+    codes: np.ndarray,
+    labels: np.ndarray,
+    atypical: np.ndarray,
+    centers: np.ndarray,
+    explained: np.ndarray,
+    schema: Any,
+    config: TrainConfig,
+) -> dict[str, Any]:
+    """The comparison stage on these rows: every row of the table (local engine) or the Dask
+    engine's fixed sample. ``P``/``Z``/``raw`` are the rows in PCA space, standardized and in
+    original units, ``codes`` all categorical codes, ``labels``/``atypical`` the served
+    segmentation of the rows and ``centers`` its centres in PCA space."""
     features = list(schema.cluster_features)
-    raw = prepared.numeric[:, schema.cluster_index()]
     comparison = None
     if config.comparison.enabled:
         cat_names = schema.categorical_names
-        codes = (
-            prepared.codes[:, [cat_names.index(c) for c in config.comparison.categorical]]
+        chosen = (
+            codes[:, [cat_names.index(c) for c in config.comparison.categorical]]
             if config.comparison.categorical
             else None
         )
         comparison = compare_methods(
             P,
-            segmentation.k,
+            int(centers.shape[0]),
             config.comparison,
             seed=config.segmentation.seed,
-            ids=prepared.customers.index.to_numpy(),
+            ids=ids,
             Z=Z,
             raw=raw,
             features=features,
-            codes=codes,
+            codes=chosen,
             served=config.segmentation.model if config.segmentation.method == "kmeans" else "rfm",
         )
-    labels = segmentation.labels
-    atypical = segmentation.distances > segmentation.outlier_thresholds[labels]
     return build_evidence(
         P,
         Z,
         labels,
         atypical,
-        segmentation.kmeans.cluster_centers_
-        if segmentation.mixture is None
-        else segmentation.mixture.means_,
-        segmentation.pca.explained_variance_ratio_,
+        centers,
+        explained,
         features,
         config.segmentation.seed,
         comparison,

@@ -21,9 +21,10 @@ k search               the local rule on a fixed random sample of the projected 
 final K-Means          ``dask_ml.cluster.KMeans`` with k-means|| initialisation on all rows
 profiles, naming       per-segment sums and approximate medians, reduced over partitions
 response model         ``lightgbm.dask`` (one LightGBM process per worker, rows where they are);
-                       early stopping applied afterwards on the held-out loss curve, because
-                       ``lightgbm.dask`` workers evaluate their own rows and may disagree on
-                       when to stop (which deadlocks their collective)
+                       trained in chunks of rounds, each continuing the last, until the
+                       held-out loss curve shows early stopping would stop (then trimmed),
+                       because ``lightgbm.dask`` workers evaluate their own rows and may
+                       disagree on when to stop (which deadlocks their collective)
 lifetime value         the per-customer (frequency, recency, tenure, spend) and segment
                        gathered; BG/NBD and Gamma-Gamma fitted ON THE CLIENT by
                        ``training.clv.fit_clv`` (40 bytes a customer)
@@ -267,11 +268,14 @@ APPROXIMATIONS = (
     "imputation medians and per-segment medians and outlier thresholds from approximate "
     "quantiles (per-partition percentiles, merged)",
     "k search, silhouette and stability on a fixed random sample of the projected rows",
+    "algorithm comparison and the report's charts on a fixed random sample of the segmented "
+    "rows (comparison.sample of them for the comparison)",
     "final K-Means: dask-ml with k-means|| initialisation on all rows",
     "response model: customers sampled by a hash of their id (to max_train_rows) and split "
     "train/held-out by another hash; unknown-customer check and response rates on that sample",
-    "response model: lightgbm.dask for max_rounds, then trimmed to the round early stopping "
-    "would have chosen on the held-out loss curve",
+    "response model: lightgbm.dask in chunks of rounds (each continuing the last), stopped "
+    "once the held-out loss curve shows early stopping would have stopped, and trimmed to "
+    "that round",
 )
 
 
@@ -520,6 +524,11 @@ def kmeans_with_centers(centers) -> Any:
 
     centers = np.ascontiguousarray(centers, dtype=np.float64)
     return KMeans(n_clusters=len(centers), init=centers, n_init=1, max_iter=1).fit(centers)
+
+
+#: fewest boosting rounds ``lightgbm.dask`` trains between looks at the held-out loss (each
+#: chunk restarts its workers' network and re-bins the rows: a few seconds)
+ROUND_CHUNK = 40
 
 
 def best_round(losses, patience: int, min_delta: float) -> int:
@@ -928,6 +937,10 @@ def train(
         warnings.append(warning)
     done("naming")
 
+    # ---- comparison and the report's chart data, on a fixed sample ----------------------------
+    evidence = _evidence_on_sample(assigned, schema, pca, centers, thresholds, config, n)
+    done("comparison")
+
     # ---- response model (its rates feed the profiles) ------------------------------------------
     response, rates, skipped, response_warnings = _fit_response_on_dask(
         client, config, schema, campaigns, assigned, k
@@ -973,6 +986,7 @@ def train(
         "transactions": None if tx_summary is None else tx_summary.to_dict(),
         "ranking": "response",
         "clv": None if clv is None else clv.fit.to_dict(),
+        "comparison": evidence["comparison"],
         "feature_distribution": distribution,
         "resegmentation": None,
         "pool": read_pool_settings(config.campaigns.pool).to_dict(),
@@ -997,6 +1011,7 @@ def train(
         campaigns=list(campaigns),
         response_model=None if response is None else response.booster,
         manifest=manifest,
+        evidence=evidence,
     )
     path = write_bundle(bundle, config.output.root, hmac_key=key)
     done("export")
@@ -1047,6 +1062,59 @@ def _customer_frame(client: Client, config) -> tuple:
                 )
             frame = join_customers(frame.map_partitions(_text_ids, id_column), features, id_column)
     return frame, files, sources, summary
+
+
+#: rows drawn for the comparison and the charts, per row they need (the comparison then takes
+#: exactly ``comparison.sample`` of them, by its own seed)
+EVIDENCE_OVERSAMPLE = 1.25
+
+
+def _sample_frame(part: pd.DataFrame, seed: int, index: int, rate: float) -> pd.DataFrame:
+    """Rows of one partition kept with probability ``rate`` (seeded per partition)."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, 7, index])
+    return part[rng.random(len(part)) < rate]
+
+
+def _evidence_on_sample(assigned, schema, pca, centers, thresholds, config, n: int) -> dict:
+    """The local comparison stage (``training.pipeline.evidence_of_rows``) on a fixed random
+    sample of the segmented rows gathered from the cluster."""
+    import dask
+    import numpy as np
+    from dask import delayed
+
+    from training.evidence import MAP_ROWS
+    from training.pipeline import evidence_of_rows
+
+    wanted = max(config.comparison.sample, MAP_ROWS)
+    rate = min(1.0, EVIDENCE_OVERSAMPLE * wanted / max(n, 1))
+    seed = config.segmentation.seed
+    sample = pd.concat(
+        dask.compute(
+            *[delayed(_sample_frame)(p, seed, i, rate) for i, p in enumerate(assigned.to_delayed())]
+        ),
+        ignore_index=True,
+    )
+    numeric = sample[[f"n{j}" for j in range(len(schema.numeric_names))]].to_numpy(np.float64)
+    Z = sample[[f"z{j}" for j in range(len(schema.cluster_features))]].to_numpy(np.float64)
+    codes = sample[[f"c{j}" for j in range(len(schema.categoricals))]].to_numpy()
+    labels = sample["_segment"].to_numpy(np.int64)
+    ids = sample["_id"].to_numpy() if "_id" in sample.columns else np.arange(len(sample))
+    log.info("comparison and charts on a fixed sample of %d rows", len(sample))
+    return evidence_of_rows(
+        pca.transform(Z),
+        Z,
+        numeric[:, schema.cluster_index()],
+        ids,
+        codes,
+        labels,
+        sample["_distance"].to_numpy() > thresholds[labels],
+        centers,
+        pca.explained_variance_ratio_,
+        schema,
+        config,
+    )
 
 
 def _clv_columns(meta: pd.DataFrame) -> list[str]:
@@ -1302,17 +1370,33 @@ def _fit_response_on_dask(client, config, schema, campaigns, assigned, k):
         "verbose": -1,
     }
     log.info("response model: %d training rows, %d held-out rows on the cluster", n_train, n_valid)
-    model = DaskLGBMClassifier(n_estimators=rm.max_rounds, client=client, **params)
-    model.fit(X_train, y_train, feature_name=columns, categorical_feature=categorical)
-    booster = model.booster_
     Xv, yv = dask.compute(X_valid, y_valid)
-    raw_score = np.zeros(len(yv))
-    losses = []
-    for i in range(booster.current_iteration()):
-        raw_score += booster.predict(Xv, raw_score=True, start_iteration=i, num_iteration=1)
-        p = np.clip(1.0 / (1.0 + np.exp(-raw_score)), 1e-15, 1 - 1e-15)
-        losses.append(float(-np.mean(yv * np.log(p) + (1 - yv) * np.log(1 - p))))
-    best = best_round(losses, rm.early_stopping_rounds, EARLY_STOPPING_MIN_DELTA)
+    # lightgbm.dask cannot stop early itself (see the module docstring): it trains a chunk of
+    # rounds at a time, each continuing the last chunk's booster, and stops as soon as the
+    # held-out loss curve shows early stopping's patience ran out, instead of training all
+    # max_rounds (on the demo data early stopping keeps ~40 of 500 rounds).
+    chunk = max(rm.early_stopping_rounds, ROUND_CHUNK)
+    booster, raw_score, losses = None, np.zeros(len(yv)), []
+    best = 1
+    while len(losses) < rm.max_rounds:
+        rounds = min(chunk, rm.max_rounds - len(losses))
+        model = DaskLGBMClassifier(n_estimators=rounds, client=client, **params)
+        model.fit(
+            X_train,
+            y_train,
+            feature_name=columns,
+            categorical_feature=categorical,
+            init_model=booster,
+        )
+        booster = model.booster_
+        for i in range(len(losses), booster.current_iteration()):
+            raw_score += booster.predict(Xv, raw_score=True, start_iteration=i, num_iteration=1)
+            p = np.clip(1.0 / (1.0 + np.exp(-raw_score)), 1e-15, 1 - 1e-15)
+            losses.append(float(-np.mean(yv * np.log(p) + (1 - yv) * np.log(1 - p))))
+        best = best_round(losses, rm.early_stopping_rounds, EARLY_STOPPING_MIN_DELTA)
+        if len(losses) >= best + rm.early_stopping_rounds:
+            break
+    log.info("response model: %d rounds trained, early stopping keeps %d", len(losses), best)
     trimmed = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
     p_valid = trimmed.predict(Xv)
     metrics = evaluate(yv, p_valid, Xv[:, layout.campaign_slot].astype(int), pool)
