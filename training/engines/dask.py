@@ -625,6 +625,7 @@ def train(
     import dask
     import numpy as np
     from dask import delayed
+    from distributed import wait
     from sklearn.impute import SimpleImputer
 
     from scoring.bundle import write_bundle
@@ -728,7 +729,12 @@ def train(
         keep += _clv_columns(raw._meta)
     keep = list(dict.fromkeys(keep))
     frame = raw[keep].map_partitions(_text_ids, data.id_column)
+    # Read once: the summaries, id counts, medians, moments, projection and assignment all
+    # pass over these rows, and each pass would otherwise read and convert the Parquet again.
+    # Released once the assigned rows (which carry everything later stages need) are held.
+    frame = client.persist(frame)
     parts = frame.to_delayed()
+    n_parts = len(parts)
     summaries = dask.compute(*[delayed(summarize)(p, config) for p in parts])
     summary = combine(list(summaries))
     check_row_count(summary.rows, config)
@@ -878,6 +884,8 @@ def train(
         verify_meta=False,
     )
     assigned = client.persist(assigned)
+    wait(assigned)
+    del frame, parts, blocks, P  # their rows on the workers are released with the last reference
     numeric_cols = [f"n{j}" for j in range(len(numeric_names))]
     z_cols = [f"z{j}" for j in range(len(schema.cluster_features))]
     sums = dask.compute(
@@ -942,8 +950,9 @@ def train(
     done("comparison")
 
     # ---- response model (its rates feed the profiles) ------------------------------------------
+    response_timings: dict[str, float] = {}
     response, rates, skipped, response_warnings = _fit_response_on_dask(
-        client, config, schema, campaigns, assigned, k
+        client, config, schema, campaigns, assigned, k, response_timings
     )
     warnings += response_warnings
     profiles = profiles_from_stats(
@@ -981,7 +990,9 @@ def train(
             "response_model_skipped": skipped,
         },
         "warnings": warnings,
-        "timings": stage_timings | {f"segmentation/{a}": b for a, b in timings.items()},
+        "timings": stage_timings
+        | {f"segmentation/{a}": b for a, b in timings.items()}
+        | {f"response_model/{a}": b for a, b in response_timings.items()},
         "peak_rss_mb": {s.name: round(s.peak_rss_mb, 1) for s in stages},
         "transactions": None if tx_summary is None else tx_summary.to_dict(),
         "ranking": "response",
@@ -993,7 +1004,7 @@ def train(
         "engine": {
             "name": "dask",
             "cluster": info.to_dict(),
-            "partitions": len(parts),
+            "partitions": n_parts,
             "workers_peak_rss_mb": worker_peaks,
             "approximations": list(APPROXIMATIONS)
             + ([] if tx_summary is None else [TRANSACTIONS_APPROXIMATION])
@@ -1197,8 +1208,21 @@ def _combined_digest(digests, config) -> str:
     return digest.hexdigest()
 
 
-def _fit_response_on_dask(client, config, schema, campaigns, assigned, k):
-    """(ResponseModel or None, per-(segment, campaign) response rates, why no model, warnings)."""
+def _fit_response_on_dask(client, config, schema, campaigns, assigned, k, timings=None):
+    """(ResponseModel or None, per-(segment, campaign) response rates, why no model, warnings).
+
+    ``timings`` (a dict), when given, receives the seconds of the sub-stages: ``join`` (read,
+    sample, collapse and join the responses to the customers), ``arrays`` (the training and
+    held-out matrices), ``lightgbm`` (boosting and the held-out loss curve), ``evaluation``.
+    """
+    timings = {} if timings is None else timings
+    lap = [time.perf_counter()]
+
+    def mark(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = round(now - lap[0], 3)
+        lap[0] = now
+
     import dask
     import lightgbm as lgb
     import numpy as np
@@ -1346,6 +1370,7 @@ def _fit_response_on_dask(client, config, schema, campaigns, assigned, k):
         )
         return X, y, sum(rows)
 
+    mark("join")
     X_train, y_train, n_train = arrays(train_part)
     X_train, y_train = client.persist([X_train.rechunk({1: -1}), y_train])
     X_valid, y_valid, n_valid = arrays(valid_part)
@@ -1371,6 +1396,7 @@ def _fit_response_on_dask(client, config, schema, campaigns, assigned, k):
     }
     log.info("response model: %d training rows, %d held-out rows on the cluster", n_train, n_valid)
     Xv, yv = dask.compute(X_valid, y_valid)
+    mark("arrays")
     # lightgbm.dask cannot stop early itself (see the module docstring): it trains a chunk of
     # rounds at a time, each continuing the last chunk's booster, and stops as soon as the
     # held-out loss curve shows early stopping's patience ran out, instead of training all
@@ -1397,6 +1423,7 @@ def _fit_response_on_dask(client, config, schema, campaigns, assigned, k):
         if len(losses) >= best + rm.early_stopping_rounds:
             break
     log.info("response model: %d rounds trained, early stopping keeps %d", len(losses), best)
+    mark("lightgbm")
     trimmed = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
     p_valid = trimmed.predict(Xv)
     metrics = evaluate(yv, p_valid, Xv[:, layout.campaign_slot].astype(int), pool)
@@ -1417,4 +1444,5 @@ def _fit_response_on_dask(client, config, schema, campaigns, assigned, k):
         best,
         "n/a" if metrics["auc"] is None else f"{metrics['auc']:.3f}",
     )
+    mark("evaluation")
     return ResponseModel(trimmed, metrics), rates, None, warnings
