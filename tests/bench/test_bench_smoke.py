@@ -53,7 +53,10 @@ def test_serving_smoke(tiny_bundle_root, fresh_bundle_root, tmp_path, loadgen):
         assert rows["recommend batch of 20"]["customers_per_request"] == 20
         assert rows["recommend"]["ratio_to_floor"] > 0
         assert rows["recommend"]["ratio_to_bare"] > 0
-        assert len(config["worker_rss_mb"][server]) == 1 and config["worker_rss_mb"][server][0] > 0
+        # one entry per worker process seen; recycling is on (as in production), so a fast load
+        # generator may retire the worker mid-run and its replacement is measured too
+        rss = config["worker_rss_mb"][server]
+        assert rss and all(mb > 0 for mb in rss), rss
     names = {t["name"] for t in result["targets"]}
     assert "demo model: batch recommend customers/s per worker" in names
     assert "production model: recommend rps / bare floor rps" in names
