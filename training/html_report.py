@@ -24,6 +24,7 @@ import numpy as np
 
 from scoring.bundle import Bundle
 from training import charts
+from training import rfm as rfm_rule
 
 log = logging.getLogger(__name__)
 
@@ -610,19 +611,8 @@ def _rfm_section(bundle: Bundle) -> str:
     if profiles and not rfm.get("segments"):
         out.append(
             _table(
-                ["segment", "mean R", "mean F", "mean M", "largest RFM groups"],
-                [
-                    [
-                        f"{p['segment_id']}: {p['name']}",
-                        p["rfm"]["recency"],
-                        p["rfm"]["frequency"],
-                        p["rfm"]["monetary"],
-                        ", ".join(
-                            f"{g} {100 * v:.0f}%" for g, v in list(p["rfm"]["groups"].items())[:3]
-                        ),
-                    ]
-                    for p in profiles
-                ],
+                ["segment", *rfm_rule.SCORE_COLUMNS],
+                [[f"{p['segment_id']}: {p['name']}", *rfm_rule.score_cells(p)] for p in profiles],
                 text_columns=(0, 4),
             )
         )

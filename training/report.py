@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training import rfm as rfm_rule
+
 if TYPE_CHECKING:
     from training.result import TrainResult
 
@@ -180,20 +182,8 @@ def rfm_section(rfm: dict[str, Any] | None, profiles: list[dict[str, Any]]) -> l
     if not rfm.get("segments"):
         out += ["", "Each segment's mean scores and its largest RFM groups:", ""]
         out += _table(
-            ["segment", "mean R", "mean F", "mean M", "largest RFM groups"],
-            [
-                [
-                    p["name"],
-                    p["rfm"]["recency"],
-                    p["rfm"]["frequency"],
-                    p["rfm"]["monetary"],
-                    ", ".join(
-                        f"{g} {100 * v:.0f}%" for g, v in list(p["rfm"]["groups"].items())[:3]
-                    ),
-                ]
-                for p in profiles
-                if "rfm" in p
-            ],
+            ["segment", *rfm_rule.SCORE_COLUMNS],
+            [[p["name"], *rfm_rule.score_cells(p)] for p in profiles if "rfm" in p],
         )
     return out
 

@@ -134,6 +134,22 @@ def profile_scores(scores: np.ndarray, labels: np.ndarray, k: int) -> list[dict[
     return out
 
 
+#: the report tables' columns after the segment's name (both reports, Markdown and HTML)
+SCORE_COLUMNS = ["mean R", "mean F", "mean M", "largest RFM groups"]
+
+
+def score_cells(profile: dict[str, Any]) -> list[Any]:
+    """One segment's cells under :data:`SCORE_COLUMNS`: mean scores and its three largest groups."""
+    rfm = profile["rfm"]
+    largest = list(rfm["groups"].items())[:3]
+    return [
+        rfm["recency"],
+        rfm["frequency"],
+        rfm["monetary"],
+        ", ".join(f"{g} {100 * v:.0f}%" for g, v in largest),
+    ]
+
+
 def manifest_entry(rule: RFMRule, scores: np.ndarray) -> dict[str, Any]:
     """The manifest's ``rfm``: the rule, customers per group and per score value."""
     groups = RFMRule.groups(scores)
