@@ -42,12 +42,13 @@ from bench.common import (
     bundle_source,
     child_env,
     fmt,
+    log_tail,
     machine_info,
     markdown_table,
     mode_parser,
     publish,
 )
-from bench.serving import BARE, BARE_FLOOR, FLOOR_PATH, HOST, _tail, build_scenarios, free_port
+from bench.serving import BARE, BARE_FLOOR, FLOOR_PATH, HOST, build_scenarios, free_port
 
 MODES = {
     # warm-up requests (before and after instrumentation), counted requests
@@ -119,7 +120,7 @@ def callgrind_server(
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(
-                    f"gunicorn under valgrind exited {proc.returncode}:\n{_tail(log)}"
+                    f"gunicorn under valgrind exited {proc.returncode}:\n{log_tail(log)}"
                 )
             with contextlib.suppress(OSError, http.client.HTTPException):
                 conn = http.client.HTTPConnection(HOST, port, timeout=60)
@@ -130,7 +131,7 @@ def callgrind_server(
                     break
             time.sleep(1)
         else:
-            raise RuntimeError(f"gunicorn under valgrind was not ready in time:\n{_tail(log)}")
+            raise RuntimeError(f"gunicorn under valgrind was not ready in time:\n{log_tail(log)}")
         # bench.one_process: the worker is the process valgrind started
         yield port, proc.pid
     finally:

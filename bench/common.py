@@ -409,3 +409,11 @@ def publish(name: str, result: dict[str, Any], table: str, directory: Path | Non
     print(table)
     print(f"\nwrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return path
+
+
+def log_tail(log: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of a child's log file, for an error message ("(no log)" if unreadable)."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -51,6 +51,7 @@ from bench.common import (
     child_env,
     demo_customers,
     fmt,
+    log_tail,
     machine_info,
     markdown_table,
     median,
@@ -272,7 +273,7 @@ def _wait_ready(port: int, proc: Any, log: Path, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{_tail(log)}")
+            raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{log_tail(log)}")
         try:
             conn = http.client.HTTPConnection(HOST, port, timeout=2)
             conn.request("GET", "/readyz")
@@ -284,14 +285,8 @@ def _wait_ready(port: int, proc: Any, log: Path, timeout: float = 90.0) -> None:
         except OSError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"gunicorn was not ready within {timeout:.0f} s:\n{_tail(log)}")
+    raise RuntimeError(f"gunicorn was not ready within {timeout:.0f} s:\n{log_tail(log)}")
 
-
-def _tail(log: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def check_answers(ports: dict[str, int], scenarios: list[Scenario]) -> None:
