@@ -288,7 +288,6 @@ def _wait_ready(port: int, proc: Any, log: Path, timeout: float = 90.0) -> None:
     raise RuntimeError(f"gunicorn was not ready within {timeout:.0f} s:\n{log_tail(log)}")
 
 
-
 def check_answers(ports: dict[str, int], scenarios: list[Scenario]) -> None:
     """One request per scenario must answer 200 with a JSON body before anything is timed."""
     for sc in scenarios:
