@@ -255,4 +255,7 @@ def test_blocks_give_the_same_bits_as_one_pass(engine, demo_customers, monkeypat
         engine.propensities(batch, whole.segment, mask), np.where(mask, expected, np.nan)
     )
     dense = engine.tables.layout.dense_rows(batch.numeric, batch.codes, whole.segment, m)
-    np.testing.assert_array_equal(dense, rows)
+    # campaign-major: row j * n + i is customer i with campaign j
+    np.testing.assert_array_equal(
+        dense, rows.reshape(n, m, -1).transpose(1, 0, 2).reshape(n * m, -1)
+    )
