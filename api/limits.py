@@ -97,7 +97,7 @@ class Limits:
     requests_per_second: float = 0.0
     customers_per_second: float = 0.0
     burst_seconds: float = 1.0
-    explain_weight: float = 4.0
+    explain_weight: float = 1.5
     auth_failures_per_minute: float = 0.0
 
     @property

@@ -94,7 +94,7 @@ def load_model(settings: Settings, folder: str | None, schemas: dict | None = No
     if folder and not (Path(root) / folder / MANIFEST).is_file():
         raise BundleMissingError(f"no bundle version {folder!r} under the model root")
     bundle = load_current(root, folder or None, hmac_key=settings.BUNDLE_HMAC_KEY)
-    engine = ScoringEngine(bundle)
+    engine = ScoringEngine(bundle, explain_method=settings.EXPLAIN_METHOD)
     name = bundle.path.name if bundle.path is not None else engine.version
     if name != engine.version:
         log.warning(

@@ -240,7 +240,10 @@ def option_fields(engine: ScoringEngine) -> dict[str, fields.Field]:
             },
         ),
         "explain": StrictBoolean(
-            metadata={"description": "add each campaign's top feature contributions (log-odds)"}
+            metadata={
+                "description": "add each campaign's top feature contributions (log-odds) and "
+                "explain_method to the answer"
+            }
         ),
         "commit": StrictBoolean(
             metadata={
@@ -838,10 +841,23 @@ class PredictSegmentResponse(_SegmentAnswer):
 
 
 class Contribution(Schema):
-    """A feature's contribution to the response model's log-odds."""
+    """A feature's contribution to the response model's log-odds (see ``explain_method``)."""
 
-    feature = fields.String(required=True)
-    contribution = fields.Float(required=True)
+    feature = fields.String(
+        required=True,
+        metadata={
+            "description": "a response-model column: a customer feature, a categorical, "
+            "the segment or the campaign"
+        },
+    )
+    contribution = fields.Float(
+        required=True,
+        metadata={
+            "description": "how much this feature moved the campaign's response log-odds from "
+            "the model's expected value; over all features they sum to log-odds(probability) "
+            "minus that expected value (only the largest three, by magnitude, are returned)"
+        },
+    )
 
 
 class RankedCampaign(Schema):
@@ -882,7 +898,11 @@ class RankedCampaign(Schema):
         },
     )
     contributions = fields.List(
-        fields.Nested(Contribution), metadata={"description": "only with explain=true"}
+        fields.Nested(Contribution),
+        metadata={
+            "description": "only with explain=true: the three features that moved this "
+            "campaign's response log-odds most, largest magnitude first"
+        },
     )
 
 
@@ -928,6 +948,16 @@ class RecommendResult(_SegmentAnswer):
         metadata={"description": "present when the request has no customer_id: never held out"}
     )
     reason = fields.String(metadata={"description": "why the campaign list is empty"})
+    explain_method = fields.String(
+        metadata={
+            "description": "with explain=true: how the contributions were computed. "
+            '"path": path attribution (Saabas), each split on the path credits its feature '
+            "with the change in the tree's expected output; exact in sum, but an "
+            'approximation of SHAP that depends on split order. "treeshap": exact TreeSHAP '
+            "(the service's EXPLAIN_METHOD setting)",
+            "enum": ["path", "treeshap"],
+        }
+    )
     caps = fields.Nested(
         CapsInfo,
         metadata={"description": "present when the pool has frequency caps or commit is true"},

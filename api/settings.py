@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from scoring.attribution import METHODS as EXPLAIN_METHODS
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -161,6 +163,13 @@ def _caps_fail(name: str, raw: Any) -> str:
     return text
 
 
+def _explain_method(name: str, raw: Any) -> str:
+    text = (_text(name, raw) or "").lower()
+    if text not in EXPLAIN_METHODS:
+        raise SettingsError(f"{name}={raw!r}: expected one of {', '.join(EXPLAIN_METHODS)}")
+    return text
+
+
 def _meta(parse: Callable[[str, Any], Any], *, secret: bool = False) -> dict[str, Any]:
     return {"parse": parse, "secret": secret}
 
@@ -237,7 +246,9 @@ class Settings(_FromEnvironment):
     #: bucket size, in seconds of the rate: the burst a key may send at once
     RATE_LIMIT_BURST_SECONDS: float = field(default=1.0, metadata=_meta(_float(0.001)))
     #: what one customer with explain=true costs against the customers limit
-    RATE_LIMIT_EXPLAIN_WEIGHT: float = field(default=4.0, metadata=_meta(_float(1.0)))
+    RATE_LIMIT_EXPLAIN_WEIGHT: float = field(default=1.5, metadata=_meta(_float(1.0)))
+    #: how explain=true computes contributions: "path" (per-leaf tables) or exact "treeshap"
+    EXPLAIN_METHOD: str = field(default="path", metadata=_meta(_explain_method))
     #: per client address: requests with a wrong or missing key per minute before 429 (0: off)
     AUTH_FAILURES_PER_MINUTE: float = field(default=0.0, metadata=_meta(_float(0.0)))
     #: proxies in front of the service whose X-Forwarded-For is trusted (0: none, use the peer)

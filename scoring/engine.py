@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from scoring.attribution import METHODS as EXPLAIN_METHODS
 from scoring.bundle import Bundle
 from scoring.campaigns import condition_columns, rank
 from scoring.features import (
@@ -135,8 +136,17 @@ class ScoringEngine:
     """Scores customers against one loaded, verified bundle."""
 
     def __init__(
-        self, bundle: Bundle, *, threads: int = 1, clock: Callable[[], float] = time.time
+        self,
+        bundle: Bundle,
+        *,
+        threads: int = 1,
+        clock: Callable[[], float] = time.time,
+        explain_method: str = "path",
     ) -> None:
+        if explain_method not in EXPLAIN_METHODS:
+            raise ValueError(
+                f"explain_method={explain_method!r} should be one of {EXPLAIN_METHODS}"
+            )
         self.bundle = bundle
         self.version = bundle.version
         self.schema = bundle.schema
@@ -155,6 +165,10 @@ class ScoringEngine:
             if self.has_response_model
             else None
         )
+        #: how ``explain`` computes contributions (scoring.attribution): "path" or "treeshap"
+        self.explain_method = explain_method
+        if self.model is not None and explain_method == "path":
+            self.model.prepare_explain()
         #: an uplift bundle also predicts the response without the campaign
         self.has_uplift_model = self.has_response_model and bundle.control_model is not None
         self._control = (
@@ -339,23 +353,32 @@ class ScoringEngine:
         exclude: Collection[str] = (),
         explain: bool = False,
     ) -> dict[str, Any]:
-        """``recommend`` for one validated record (explain goes through the batch path)."""
+        """``recommend`` for one validated record, on the plain-Python request path."""
         if not self.has_response_model:
             raise NoResponseModelError("this bundle has no response model (no response history)")
-        if explain:
-            batch = self.batch_from_records([record])
-            return self.recommend(
-                batch,
-                top_k=top_k,
-                channel=channel,
-                exclude=exclude,
-                explain=True,
-                customer_ids=[record.get("customer_id")],
-            )[0]
         res = self._single.recommend(record, top_k=top_k, channel=channel, exclude=exclude)
         held = res.pop("_held")
+        if explain:
+            self._explain_one(record, res)
         self._policy_fields(res, record.get("customer_id"), held, res.pop("_reason"))
         return res
+
+    def _explain_one(self, record: Mapping[str, Any], res: dict[str, Any]) -> None:
+        """Add the batch path's ``contributions`` to each offer of a single-path answer.
+
+        The model rows are rebuilt from the record as the single path built them (same
+        numbers to the bit as the batch path's rows), so both paths explain alike.
+        """
+        single, layout = self._single, self.tables.layout
+        vals, codes = single.numeric(record), single.codes(record)
+        index = self.tables.campaign_index
+        s = res["segment_id"]
+        rows = [layout.row(vals, codes, s, index[item["campaign_id"]]) for item in res["campaigns"]]
+        if rows:
+            values = self.model.contributions(np.array(rows), self.explain_method)
+            for item, top in zip(res["campaigns"], self._top_contributions(values), strict=True):
+                item["contributions"] = top
+        res["explain_method"] = self.explain_method
 
     def profile(self, segment_id: int) -> dict[str, Any]:
         """The training-time profile of a segment."""
@@ -602,6 +625,8 @@ class ScoringEngine:
                     item["contributions"] = contrib[i][k]
             res = segment_result(s, distance_l[i], atypical_l[i], membership_l[i], rfm_l[i])
             res["campaigns"] = ranked
+            if contrib is not None:
+                res["explain_method"] = self.explain_method
             if clv_l is not None:
                 res["gain_weight"] = "clv"
                 res["customer_value"] = {"clv": clv_l[i], "weight": weight_l[i]}
@@ -636,18 +661,26 @@ class ScoringEngine:
     def _contributions(
         self, batch: CustomerBatch, segment: np.ndarray, offers: list[list[int]]
     ) -> list[list[list[dict[str, Any]]]]:
-        """Top LightGBM feature contributions (log-odds) of each returned campaign."""
+        """Top feature contributions (log-odds, by :attr:`explain_method`) of each returned
+        campaign."""
         pairs = [(i, int(j)) for i in range(len(batch)) for j in offers[i]]
         out: list[list[list[dict[str, Any]]]] = [[] for _ in range(len(batch))]
         if not pairs:
             return out
         customer = np.array([p[0] for p in pairs])
         campaign = np.array([p[1] for p in pairs])
-        values = self.model.contributions(self.model_rows(batch, segment, customer, campaign))
-        top = np.argsort(-np.abs(values), axis=1)[:, :EXPLAIN_TOP]
-        columns = self.tables.layout.columns
-        for row, (i, _) in enumerate(pairs):
-            out[i].append(
-                [{"feature": columns[f], "contribution": float(values[row, f])} for f in top[row]]
-            )
+        rows = self.model_rows(batch, segment, customer, campaign)
+        values = self.model.contributions(rows, self.explain_method)
+        for (i, _), top in zip(pairs, self._top_contributions(values), strict=True):
+            out[i].append(top)
         return out
+
+    def _top_contributions(self, values: np.ndarray) -> list[list[dict[str, Any]]]:
+        """The EXPLAIN_TOP largest contributions by magnitude of each row of ``values``."""
+        top = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :EXPLAIN_TOP].tolist()
+        columns = self.tables.layout.columns
+        vals = values.tolist()
+        return [
+            [{"feature": columns[f], "contribution": v[f]} for f in t]
+            for t, v in zip(top, vals, strict=True)
+        ]

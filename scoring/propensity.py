@@ -2,8 +2,9 @@
 without the per-call set-up of ``Booster.predict``.
 
 With a :class:`scoring.compiled_trees.CompiledForest` (verified and checked against the booster
-when the bundle loaded), probabilities come from native code; feature contributions (``explain``)
-always come from LightGBM, which alone computes them.
+when the bundle loaded), probabilities come from native code. Feature contributions (``explain``)
+come from LightGBM: the leaf each row reaches in every tree (``pred_leaf``, summed over the
+per-leaf tables of :mod:`scoring.attribution`) or, as an option, its exact TreeSHAP.
 
 ``Booster.predict`` builds a new predictor object, deep-copies its parameters and checks its
 input on every call: about 40 µs before any tree is walked, which is a large share of a
@@ -23,7 +24,10 @@ from typing import Any
 import numpy as np
 from lightgbm import basic as _lgb
 
+from scoring.attribution import METHODS, PathAttribution
+
 _PREDICT_NORMAL = 0
+_PREDICT_LEAF = 2
 _PREDICT_CONTRIB = 3
 _ROW_MAJOR = 1
 _FLOAT64 = 1
@@ -46,16 +50,19 @@ class PropensityModel:
         self._fast = hasattr(booster, "_handle") and hasattr(_lgb, "_LIB")
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
+        self._attribution: PathAttribution | None = None
 
-    def _fast_config(self) -> ctypes.c_void_p:
-        """This thread's single-row FastConfig handle (not shareable between threads)."""
-        handle = getattr(self._local, "handle", None)
+    def _fast_config(self, kind: int = _PREDICT_NORMAL) -> ctypes.c_void_p:
+        """This thread's single-row FastConfig handle for prediction ``kind`` (not shareable
+        between threads)."""
+        name = "handle" if kind == _PREDICT_NORMAL else f"handle_{kind}"
+        handle = getattr(self._local, name, None)
         if handle is None:
             handle = ctypes.c_void_p()
             _lgb._safe_call(
                 _lgb._LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
                     self.booster._handle,
-                    ctypes.c_int(_PREDICT_NORMAL),
+                    ctypes.c_int(kind),
                     ctypes.c_int(0),
                     ctypes.c_int(-1),
                     ctypes.c_int(_FLOAT64),
@@ -64,15 +71,17 @@ class PropensityModel:
                     ctypes.byref(handle),
                 )
             )
-            self._local.handle = handle
+            setattr(self._local, name, handle)
             # freed with the thread's local storage when this model is dropped
-            self._local.finalizer = _FastConfigFree(handle)
+            setattr(self._local, f"finalizer_{kind}", _FastConfigFree(handle))
         return handle
 
-    def _single_rows(self, rows: np.ndarray) -> np.ndarray:
+    def _single_rows(
+        self, rows: np.ndarray, kind: int = _PREDICT_NORMAL, width: int = 1
+    ) -> np.ndarray:
         rows = np.ascontiguousarray(rows, dtype=np.float64)
-        handle = self._fast_config()
-        out = np.empty(rows.shape[0], dtype=np.float64)
+        handle = self._fast_config(kind)
+        out = np.empty(rows.shape[0] * width, dtype=np.float64)
         got = ctypes.c_int64(0)
         fn = _lgb._LIB.LGBM_BoosterPredictForMatSingleRowFast
         base = rows.ctypes.data
@@ -84,10 +93,10 @@ class PropensityModel:
                     handle,
                     ctypes.c_void_p(base + i * step),
                     ctypes.byref(got),
-                    ctypes.c_void_p(out_p + 8 * i),
+                    ctypes.c_void_p(out_p + 8 * width * i),
                 )
             )
-        return out
+        return out if width == 1 else out.reshape(rows.shape[0], width)
 
     def _call(self, rows: np.ndarray, kind: int, width: int) -> np.ndarray:
         rows = np.ascontiguousarray(rows, dtype=np.float64)
@@ -170,13 +179,40 @@ class PropensityModel:
             pass
         return out
 
-    def contributions(self, rows: np.ndarray) -> np.ndarray:
-        """Per-feature contributions in log-odds (n, n_features); the bias column is dropped."""
+    def contributions(self, rows: np.ndarray, method: str = "path") -> np.ndarray:
+        """Per-feature contributions in log-odds (n, n_features), by ``method``: "path"
+        (Saabas path attribution from per-leaf tables, :mod:`scoring.attribution`) or
+        "treeshap" (LightGBM's exact TreeSHAP, its bias column dropped)."""
         if rows.shape[0] == 0:
             return np.empty((0, self.n_features), dtype=np.float64)
+        if method == "path":
+            return self.attribution.contributions(self.leaves(rows))
+        if method != "treeshap":
+            raise ValueError(f"method={method!r} should be one of {METHODS}")
         if not self._fast:
             return self.booster.predict(rows, pred_contrib=True)[:, :-1]
         return self._call(rows, _PREDICT_CONTRIB, self.n_features + 1)[:, :-1]
+
+    @property
+    def attribution(self) -> PathAttribution:
+        """The per-leaf contribution tables (built on first use: a bundle nobody asks to
+        explain does not pay for them; :meth:`prepare_explain` builds them at load)."""
+        if self._attribution is None:
+            self._attribution = PathAttribution(self.booster)
+        return self._attribution
+
+    def prepare_explain(self) -> None:
+        """Build the path-attribution tables now (at load, before a worker forks)."""
+        _ = self.attribution
+
+    def leaves(self, rows: np.ndarray) -> np.ndarray:
+        """(n, trees) index of the leaf each row reaches in every tree (``pred_leaf``)."""
+        n_trees = self.attribution.n_trees
+        if not self._fast:
+            return self.booster.predict(rows, pred_leaf=True).reshape(rows.shape[0], n_trees)
+        if rows.shape[0] <= SINGLE_ROW_MAX:
+            return self._single_rows(rows, _PREDICT_LEAF, n_trees)
+        return self._call(rows, _PREDICT_LEAF, n_trees)
 
 
 class _FastConfigFree:

@@ -77,8 +77,10 @@ def test_customers_per_second_count_batch_items_and_explain(limited, demo_reques
     assert _post(client, batch).status_code == 200
     r = _post(client, batch)  # 60 more than the 40 left
     assert r.status_code == 429 and "customers" in r.get_json()["error"]["message"]
-    # a single customer still fits; with explain it weighs RATE_LIMIT_EXPLAIN_WEIGHT (4)
-    client2 = limited(RATE_LIMIT_CUSTOMERS_PER_SECOND=10, RATE_LIMIT_BURST_SECONDS=1).test_client()
+    # a single customer still fits; with explain it weighs RATE_LIMIT_EXPLAIN_WEIGHT (4 here)
+    client2 = limited(
+        RATE_LIMIT_CUSTOMERS_PER_SECOND=10, RATE_LIMIT_BURST_SECONDS=1, RATE_LIMIT_EXPLAIN_WEIGHT=4
+    ).test_client()
     explained = {**demo_request, "explain": True}
     codes = [_post(client2, explained, key=KEY_B, path="/recommend").status_code for _ in range(3)]
     assert codes[:2] == [200, 200] and codes[2] == 429  # 4 + 4 of 10, then 4 more is over

@@ -125,7 +125,7 @@ def test_single_customer_fast_path_equals_reference(engine, tiny_bundle, demo_cu
         )
 
 
-def test_contributions_equal_lightgbm_pred_contrib(engine, tiny_bundle, demo_customers):
+def test_treeshap_contributions_equal_lightgbm_pred_contrib(engine, tiny_bundle, demo_customers):
     frame, _ = demo_customers
     batch = engine.batch_from_frame(frame.head(40))
     seg = engine.assign(batch).segment
@@ -133,7 +133,7 @@ def test_contributions_equal_lightgbm_pred_contrib(engine, tiny_bundle, demo_cus
     campaign = np.tile([0, 1], 40)
     rows = engine.model_rows(batch, seg, customer, campaign)
     expected = tiny_bundle.response_model.predict(rows, pred_contrib=True)[:, :-1]
-    np.testing.assert_allclose(engine.model.contributions(rows), expected, atol=1e-12)
+    np.testing.assert_allclose(engine.model.contributions(rows, "treeshap"), expected, atol=1e-12)
 
 
 def test_model_columns_stay_unique_when_a_feature_is_called_campaign(tiny_bundle):
@@ -171,10 +171,25 @@ def test_one_customer_path_equals_batch_path(engine, demo_customers, options):
         assert seg == {k: v for k, v in got.items() if k not in policy}
 
 
-def test_one_customer_explain_goes_through_batch_path(engine, demo_request):
+def test_one_customer_explain(engine, demo_request):
     record = {k: v for k, v in demo_request.items() if k != "customer_id"}
     res = engine.recommend_one(record, explain=True, top_k=1)
     assert len(res["campaigns"]) == 1 and res["campaigns"][0]["contributions"]
+    assert res["explain_method"] == "path"
+
+
+@pytest.mark.parametrize("method", ["path", "treeshap"])
+def test_one_customer_explain_equals_batch_path(tiny_bundle, demo_customers, method):
+    engine = ScoringEngine(tiny_bundle, explain_method=method)
+    frame, _ = demo_customers
+    records = _records(frame.head(40))
+    for options in ({"top_k": 2}, {"channel": "push"}):
+        expected = engine.recommend(engine.batch_from_records(records), explain=True, **options)
+        for record, want in zip(records, expected, strict=True):
+            got = engine.recommend_one(record, explain=True, **options)
+            assert got == want and got["explain_method"] == method
+            for c in got["campaigns"]:
+                assert 1 <= len(c["contributions"]) <= 3
 
 
 def _renamed(bundle, frame, old: str, new: str):
