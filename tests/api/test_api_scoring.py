@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from api.extensions import get_services
 from api.schemas import (
     PredictSegmentResponse,
     RecommendBatchResponse,
@@ -131,6 +133,33 @@ def test_recommend_options(client, scoring_headers, demo_request, services):
         assert c["contributions"]
         names = engine.schema.response_model_columns
         assert all(x["feature"] in names for x in c["contributions"])
+
+
+@pytest.mark.parametrize("method", ["path", "treeshap"])
+def test_explain_method_setting_picks_the_contributions(
+    make_app, scoring_headers, demo_request, method
+):
+    app = make_app(EXPLAIN_METHOD=method)
+    engine = get_services(app).model.current.engine
+    body = {**demo_request, "explain": True, "top_k": 2}
+    single = app.test_client().post("/recommend", json=body, headers=scoring_headers).get_json()
+    RecommendResponse().load(single)
+    assert single["explain_method"] == method
+    # the contributions are the method's own: recompute them for the first offer
+    record = {k: v for k, v in demo_request.items() if k != "customer_id"}
+    batch = engine.batch_from_records([record])
+    seg = engine.assign(batch).segment
+    j = engine.campaign_ids.index(single["campaigns"][0]["campaign_id"])
+    rows = engine.model_rows(batch, seg, np.array([0]), np.array([j]))
+    values = engine.model.contributions(rows, method)[0]
+    columns = engine.schema.response_model_columns
+    for x in single["campaigns"][0]["contributions"]:
+        assert x["contribution"] == values[columns.index(x["feature"])]
+    # a batch of one answers the same
+    batch_body = {"customers": [demo_request], "explain": True, "top_k": 2}
+    answer = app.test_client().post("/recommend", json=batch_body, headers=scoring_headers)
+    item = answer.get_json()["results"][0]
+    assert item["campaigns"] == single["campaigns"] and item["explain_method"] == method
 
 
 @pytest.mark.parametrize("endpoint", ["/predict-segment", "/recommend"])

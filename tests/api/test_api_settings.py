@@ -18,6 +18,7 @@ def test_defaults():
     assert (s.REDIS_TIMEOUT_MS, s.CACHE_TTL_SECONDS, s.CACHE_PREFIX) == (50, 300, "segsvc")
     assert (s.MAX_BATCH_ITEMS, s.MAX_BODY_BYTES) == (1000, 1 << 20)
     assert s.API_KEYS == () and s.ADMIN_API_KEYS == ()
+    assert (s.EXPLAIN_METHOD, s.RATE_LIMIT_EXPLAIN_WEIGHT) == ("path", 1.5)
     assert ServerSettings.load(environ={}).bind == "127.0.0.1:8000"
 
 
@@ -27,11 +28,13 @@ def test_environment_is_parsed_and_overrides_win():
         "MAX_BATCH_ITEMS": "5",
         "BENCH_FLOOR": "yes",
         "LOG_LEVEL": "debug",
+        "EXPLAIN_METHOD": "TreeSHAP",
     }
     s = Settings.load({"MAX_BATCH_ITEMS": 7}, environ=env)
     assert s.API_KEYS == ("a-key", "b-key")
     assert s.MAX_BATCH_ITEMS == 7
     assert s.BENCH_FLOOR is True and s.LOG_LEVEL == "DEBUG"
+    assert s.EXPLAIN_METHOD == "treeshap"
     server = ServerSettings.load(
         environ={"HOST": "0.0.0.0", "PORT": "9000", "WEB_CONCURRENCY": "3"}
     )
@@ -56,6 +59,7 @@ def test_environment_is_parsed_and_overrides_win():
         ("BENCH_FLOOR", "maybe"),
         ("API_KEYS", "has space,x"),
         ("PROFILE_MEMO_SECONDS", "nan"),
+        ("EXPLAIN_METHOD", "shap"),
     ],
 )
 def test_malformed_value_names_the_variable(name, value):
