@@ -13,12 +13,12 @@ numpy's object-array indexing and joined once.
 :func:`encode_results` covers what the dict path (``ScoringEngine.recommend`` + the view's
 ``_answer`` + ``orjson.dumps``) does for a batch without ``explain``, frequency caps or a commit,
 items named by a stored customer id, a Gaussian-mixture bundle, or a bundle with RFM scores or
-CLV-weighted gains; the view sends those through the dict path. tests/api/test_api_batch_answer.py holds both to the same bytes.
+CLV-weighted gains (:func:`column_encoder` is None for those bundles); the view sends those
+through the dict path. tests/api/test_api_batch_answer.py holds both to the same bytes.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -119,15 +119,19 @@ def _opens(ids: Sequence[Any], positions: Sequence[int]) -> np.ndarray:
     return out
 
 
-_ENCODERS: weakref.WeakKeyDictionary[ScoringEngine, BatchEncoder] = weakref.WeakKeyDictionary()
-
-
-def encoder_for(engine: ScoringEngine) -> BatchEncoder:
-    """The engine's encoder (built on first use, kept while the engine lives)."""
-    encoder = _ENCODERS.get(engine)
-    if encoder is None:
-        encoder = _ENCODERS[engine] = BatchEncoder(engine)
-    return encoder
+def column_encoder(engine: ScoringEngine) -> BatchEncoder | None:
+    """The engine's encoder, built once when the bundle loads; None when its batches cannot take
+    the column path: no response model, or a Gaussian-mixture bundle, RFM scores or
+    CLV-weighted gains (answer fields only the dict path writes)."""
+    t = engine.tables
+    if (
+        not engine.has_response_model
+        or t.mixture is not None
+        or t.rfm is not None
+        or t.gain_weight is not None
+    ):
+        return None
+    return BatchEncoder(engine)
 
 
 def encode_results(

@@ -46,6 +46,7 @@ from typing import Any
 
 import orjson
 
+from api.batch_answer import BatchEncoder, column_encoder
 from api.errors import NotReady
 from api.fleet import Roster, write_marker
 from api.metrics import Metrics
@@ -73,6 +74,9 @@ class LoadedModel:
     loaded_at: float
     #: the bundle's folder under the model root (what the reload marker names)
     folder: str
+    #: the fixed JSON pieces of batch /recommend answers; None when the bundle's batches take
+    #: the dict path (api/batch_answer.py)
+    columns: BatchEncoder | None = None
 
 
 #: the bundle the gunicorn master loaded before forking (see the module docstring)
@@ -108,7 +112,15 @@ def load_model(settings: Settings, folder: str | None, schemas: dict | None = No
     if request_schemas is None:
         request_schemas = RequestSchemas(engine, settings.MAX_BATCH_ITEMS)
         cache[engine.version] = request_schemas
-    return LoadedModel(bundle, engine, request_schemas, engine.version, time.time(), name)
+    return LoadedModel(
+        bundle,
+        engine,
+        request_schemas,
+        engine.version,
+        time.time(),
+        name,
+        column_encoder(engine),
+    )
 
 
 def preload(settings: Settings, folder: str | None = None) -> LoadedModel | None:

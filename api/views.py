@@ -6,8 +6,9 @@ schemas (a body naming a stored customer is completed from the feature store fir
 orjson. Batch items are validated one by one; a bad item gets its own error entry and the others
 are scored. A plain batch /recommend (no explain, caps, commit or stored customers) takes the
 column path instead: validated column by column, ranked in one engine call and written straight
-to JSON by ``api/batch_answer.py``, the same bytes as the item-by-item path (tested). A body that does not fit its schema raises marshmallow's ValidationError, answered 422
-by the one handler in ``api/errors.py``. The views are registered by the route table
+to JSON by ``api/batch_answer.py``, the same bytes as the item-by-item path (tested). A body
+that does not fit its schema raises marshmallow's ValidationError, answered 422 by the one
+handler in ``api/errors.py``. The views are registered by the route table
 (``api/routes.py``), which also documents them.
 """
 
@@ -23,7 +24,7 @@ from flask import Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.auth import HEADER, SCORING
-from api.batch_answer import encode_results, encoder_for
+from api.batch_answer import encode_results
 from api.caps import Prefetch, ReadCounts, apply_caps, prefetch_caps, read_caps_batch
 from api.errors import BadRequest, FeedbackDown, Unauthorized, UnsupportedMedia, envelope
 from api.extensions import Services, get_services
@@ -191,17 +192,15 @@ def _score_batch(
 
 
 def columns_apply(
-    engine: Any, options: dict[str, Any], targeted: bool, lookup: BatchLookup
+    loaded: LoadedModel, options: dict[str, Any], targeted: bool, lookup: BatchLookup
 ) -> bool:
     """True when a batch /recommend can take the column path: no explain, caps or commit, no
-    item named by a stored customer, a bundle that serves K-Means (not the mixture) without RFM
-    scores or CLV-weighted gains (those answer fields are written by the dict path only)."""
+    item named by a stored customer, and a bundle whose answers it writes (``loaded.columns``,
+    decided at load: K-Means, no RFM scores or CLV-weighted gains)."""
     return (
-        not targeted
+        loaded.columns is not None
+        and not targeted
         and not options.get("explain")
-        and engine.tables.mixture is None
-        and engine.tables.rfm is None
-        and engine.tables.gain_weight is None
         and not lookup.records
         and not lookup.errors
     )
@@ -231,7 +230,7 @@ def _recommend_columns(
         )
         choice = engine.choose(ranking, checked.ids, options.get("top_k"))
         body = encode_results(
-            encoder_for(engine),
+            loaded.columns,
             ranking,
             choice,
             checked.ids,
@@ -345,7 +344,7 @@ def recommend() -> Response:
         options = dict(batch.options)
         commit, top_k, targeted = _targeting_options(engine, options)
         lookup = complete_batch(services.features, schemas, engine.schema, batch.customers)
-        if columns_apply(engine, options, targeted, lookup):
+        if columns_apply(loaded, options, targeted, lookup):
             return _recommend_columns(services, loaded, batch.customers, options)
 
         def score(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -9,14 +9,17 @@ customers take. Both must give the same body, byte for byte, whatever the items 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
 from bundle_builder import build_bundle, synthetic_customers
 
 from api import views
+from api.batch_answer import BatchEncoder, column_encoder
 from scoring.bundle import load_current, write_bundle
 from scoring.campaigns import Campaign
+from scoring.engine import ScoringEngine
 from tests.api.conftest import SCORING
 
 BAD_ITEMS = [
@@ -113,3 +116,15 @@ def test_only_bad_items_and_a_single_item(make_app, monkeypatch):
     assert fast == slow
     fast, slow = _both(client, monkeypatch, {"customers": _items(1, 3, bad=False)})
     assert fast == slow
+
+
+def test_column_encoder_decided_at_load(tiny_bundle_root, monkeypatch):
+    # built with the engine for bundles whose answers it writes; None sends batches to the
+    # dict path (the mixture, RFM scores, CLV-weighted gains)
+    engine = ScoringEngine(load_current(tiny_bundle_root))
+    assert isinstance(column_encoder(engine), BatchEncoder)
+    tables = engine.tables
+    for name in ("mixture", "rfm", "gain_weight"):
+        with monkeypatch.context() as m:
+            m.setattr(engine, "tables", dataclasses.replace(tables, **{name: object()}))
+            assert column_encoder(engine) is None, name
