@@ -17,6 +17,10 @@ access log and the metrics together (bench/RESULTS.md). The loop then serves one
 time, as the one pool thread did; reading stays non-blocking, so slow clients still cost only a
 buffer. With more threads the pool is used as gunicorn's gthread does.
 
+A response's head goes out in the same ``sendall`` as the first piece of its body
+(:class:`OneWriteResponse`): gunicorn writes them apart, two system calls and two TCP segments on
+loopback per small JSON answer, each waking the client.
+
 Written here rather than taken from a library: the usual answers (a buffering proxy in front,
 an event-loop worker such as gevent) either add a second program to ``make run`` and the
 container, or change how requests share the CPU; the measurements are in RELIABILITY.md. It
@@ -32,9 +36,12 @@ import re
 import selectors
 import time
 from collections import deque
+from datetime import datetime
 from functools import partial
 from typing import Any
 
+from gunicorn import util
+from gunicorn.http import wsgi
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 #: longest request head read before handing over (gunicorn then answers 431/400 itself)
@@ -94,6 +101,53 @@ def _chunked_complete(buf: bytes | bytearray, pos: int, body_limit: int) -> bool
             return False
 
 
+class OneWriteResponse(wsgi.Response):
+    """gunicorn's HTTP/1 response, holding the head back until the body's first bytes.
+
+    The head is then sent with them in one ``sendall``. Held until ``close`` when there is no
+    body (HEAD, 204, an empty answer); sent at once, as gunicorn does, before ``sendfile`` and
+    for chunked bodies.
+    """
+
+    _head: bytes | None = None
+    _hold = True
+
+    def send_headers(self) -> None:
+        """gunicorn's head, kept back (see the class) instead of written."""
+        if self.headers_sent:
+            return
+        if not self._hold or self.chunked:
+            super().send_headers()
+            return
+        tosend = self.default_headers()
+        tosend.extend(["%s: %s\r\n" % (k, v) for k, v in self.headers])  # noqa: UP031 (gunicorn's)
+        self._head = util.to_bytestring("%s\r\n" % "".join(tosend), "latin-1")  # noqa: UP031
+        self.headers_sent = True
+
+    def _emit_body(self, data: bytes) -> None:
+        head = self._head
+        if head is None:
+            super()._emit_body(data)
+            return
+        self._head = None
+        self.sock.sendall(head + data)
+
+    def sendfile(self, respiter: Any) -> bool:
+        """gunicorn's sendfile; the head is written before the file, as gunicorn does."""
+        self._hold = False
+        return super().sendfile(respiter)
+
+    def close(self) -> None:
+        """Send a head still held (an answer without body bytes), then gunicorn's close."""
+        if not self.headers_sent:
+            self.send_headers()
+        head = self._head
+        if head is not None:
+            self._head = None
+            self.sock.sendall(head)
+        super().close()
+
+
 class WholeRequestWorker(ThreadWorker):
     """gthread, except that a thread only ever sees a connection with a whole request buffered."""
 
@@ -143,7 +197,8 @@ class WholeRequestWorker(ThreadWorker):
         if self._complete(conn):
             self._hand_over(conn)
             return
-        conn.sock.setblocking(False)
+        if conn.sock.getblocking():  # a system call each time: only when it changes anything
+            conn.sock.setblocking(False)
         # Usually the request is already there (a kept-alive connection the poller just saw
         # readable, or a new one whose request came with it): read it now rather than after
         # another turn of the event loop.
@@ -254,11 +309,74 @@ class WholeRequestWorker(ThreadWorker):
         pending = getattr(conn, "segsvc_pending", None)
         if pending is not None:
             conn.segsvc_pending = None
-            conn.sock.setblocking(True)
+            # blocking again for the handler: conn.init() sets it on a new connection, gthread's
+            # handle() on every request
             conn.init()
             if conn.parser is not None and pending:
                 conn.parser.unreader.unread(pending)
         return super().handle(conn)
+
+    def handle_request(self, req: Any, conn: TConn) -> bool:
+        """gthread's ``handle_request`` (gunicorn 27.0.1), answering with
+        :class:`OneWriteResponse`; every other step is gunicorn's."""
+        environ: dict[str, Any] = {}
+        resp = None
+        try:
+            self.cfg.pre_request(self, req)
+            request_start = datetime.now()
+            resp, environ = wsgi.create(
+                req, conn.sock, conn.client, conn.server, self.cfg, OneWriteResponse
+            )
+            environ["wsgi.multithread"] = True
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                if self.alive:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+                resp.force_close()
+
+            if (
+                not self.alive
+                or not self.cfg.keepalive
+                or len(self.keepalived_conns) >= self.max_keepalived
+            ):
+                resp.force_close()
+
+            respiter = self.wsgi(environ, resp.start_response)
+            try:
+                if isinstance(respiter, environ["wsgi.file_wrapper"]):
+                    resp.write_file(respiter)
+                else:
+                    for item in respiter:
+                        resp.write(item)
+
+                resp.close()
+            finally:
+                request_time = datetime.now() - request_start
+                self.log.access(resp, req, environ, request_time)
+                if hasattr(respiter, "close"):
+                    respiter.close()
+
+            if resp.should_close():
+                self.log.debug("Closing connection.")
+                return False
+        except OSError:
+            raise  # gthread's handle() sorts socket errors out
+        except (Exception, SystemExit):
+            if resp and resp.headers_sent:
+                # Timeout abort is SystemExit. If we already started the
+                # response, writing a 500 on the same socket corrupts it.
+                self.log.exception("Error handling request")
+                util.close_graceful(conn.sock)
+                raise StopIteration() from None
+            raise
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
+
+        return True
 
     def _drop(self, conn: TConn, answer: bytes = b"") -> None:
         with contextlib.suppress(KeyError, ValueError, OSError):
