@@ -40,6 +40,9 @@ JSON = "application/json"
 #: Content-Encoding values that leave the body as sent (anything else, e.g. gzip: 415)
 IDENTITY = frozenset(["", "identity"])
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+#: where WSGI keeps the API key header and the Content-Encoding header
+_KEY_ENVIRON = "HTTP_" + HEADER.upper().replace("-", "_")
+_CONTENT_ENCODING = "HTTP_CONTENT_ENCODING"
 
 
 # ---- request plumbing shared by every scoring call (and the benchmark floor) --------------------
@@ -54,13 +57,16 @@ def read_json() -> Any:
     415 for another Content-Type or a compressed body, 413 beyond MAX_BODY_BYTES (with or without
     Content-Length), 400 for an empty body or bad JSON.
     """
-    if request.mimetype != JSON:
+    # the request object itself: each ``request.x`` is a context-variable look-up through
+    # werkzeug's proxy, and this runs on every scoring request
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    if req.mimetype != JSON:
         raise UnsupportedMedia("Content-Type must be application/json")
-    if (request.content_encoding or "").strip().lower() not in IDENTITY:
+    if (req.environ.get(_CONTENT_ENCODING) or "").strip().lower() not in IDENTITY:
         # RFC 9110 15.5.16: 415 for a content coding the server does not accept.
         raise UnsupportedMedia("Content-Encoding is not supported: send the JSON uncompressed")
-    body = request.get_data(cache=False)  # 413 when Content-Length exceeds MAX_BODY_BYTES
-    if request.content_length is None and _over_limit(body):
+    body = req.get_data(cache=False)  # 413 when Content-Length exceeds MAX_BODY_BYTES
+    if req.content_length is None and _over_limit(req, body):
         raise RequestEntityTooLarge()
     if not body:
         raise BadRequest("empty body: send a JSON object")
@@ -73,7 +79,7 @@ def read_json() -> Any:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
 
 
-def _over_limit(body: bytes) -> bool:
+def _over_limit(req: Any, body: bytes) -> bool:
     """True when a body sent without Content-Length (chunked) went on past MAX_BODY_BYTES.
 
     werkzeug stops reading such a stream at the limit and returns what it read, without an
@@ -81,22 +87,28 @@ def _over_limit(body: bytes) -> bool:
     whitespace, even be scored). One more byte from the server's stream tells the two apart.
     """
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    return limit is not None and len(body) >= limit and bool(request.environ["wsgi.input"].read(1))
+    return limit is not None and len(body) >= limit and bool(req.environ["wsgi.input"].read(1))
 
 
 def authorised(services: Services, kind: str = SCORING) -> None:
     """401/403 unless the request carries a key of ``kind``; 429 once this address has sent
     too many wrong keys (AUTH_FAILURES_PER_MINUTE)."""
+    environ = request.environ
     try:
-        services.keys.require(request.headers.get(HEADER), kind)
+        # what ``request.headers.get(HEADER)`` reads, without building the headers view
+        services.keys.require(environ.get(_KEY_ENVIRON), kind)
     except Unauthorized:
-        services.limits.failed_auth(request.remote_addr)
+        services.limits.failed_auth(environ.get("REMOTE_ADDR"))
         raise
 
 
 def admitted(services: Services, body: Any) -> None:
     """429 when this key is over its request or customer rate (api/limits.py); else charge it."""
-    services.limits.admit(request.headers.get(HEADER) or "", request.remote_addr, body)
+    limits = services.limits
+    if not limits.enabled:
+        return
+    environ = request.environ
+    limits.admit(environ.get(_KEY_ENVIRON) or "", environ.get("REMOTE_ADDR"), body)
 
 
 # ---- answers ------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from typing import Any
 
 from gunicorn import util
 from gunicorn.http import wsgi
-from gunicorn.workers.gthread import TConn, ThreadWorker
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 #: longest request head read before handing over (gunicorn then answers 431/400 itself)
 HEAD_LIMIT = 64 * 1024
@@ -209,7 +209,10 @@ class WholeRequestWorker(ThreadWorker):
             self._hand_over(conn)
             return
         self.reading.append(conn)
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        if self.inline:
+            self._watch(conn)
+        else:
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
     def run(self) -> None:
         """gthread's event loop; the app's batched metrics are written before the worker exits."""
@@ -289,6 +292,60 @@ class WholeRequestWorker(ThreadWorker):
             if len(data) < 65536:
                 break
         return self._complete(conn)
+
+    # ---- one thread: a connection stays on the poller from its first wait to its close --------
+    def _watch(self, conn: TConn) -> None:
+        """Put ``conn`` on the poller unless it is there already (one thread only)."""
+        if not getattr(conn, "segsvc_polled", False):
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_event, conn))
+            conn.segsvc_polled = True
+
+    def _unwatch(self, conn: TConn) -> None:
+        if getattr(conn, "segsvc_polled", False):
+            conn.segsvc_polled = False
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.poller.unregister(conn.sock)
+
+    def _on_event(self, conn: TConn, sock: Any) -> None:
+        """A watched connection is readable: a kept-alive one starts its next request, one
+        whose request is being read reads on."""
+        if getattr(conn, "segsvc_kept", False):
+            conn.segsvc_kept = False
+            self.keepalived_conns.remove(conn)
+            self.enqueue_req(conn)
+            return
+        if self._read(conn):
+            self.reading.remove(conn)
+            self._hand_over(conn)
+
+    def finish_request(self, conn: TConn, fs: Any) -> None:
+        """gthread's ``finish_request``; with one thread the connection stays on the poller
+        between requests instead of leaving it and coming back for every request (two
+        ``epoll_ctl`` calls and the selector's bookkeeping each time)."""
+        if not self.inline:
+            super().finish_request(conn, fs)
+            return
+        try:
+            if fs.result():
+                if conn.parser.unreader.buf.getvalue():
+                    # a body read pulled in the next request's bytes: they are not on the socket
+                    self.enqueue_req(conn)
+                    return
+                conn.sock.setblocking(False)
+                conn.set_timeout()
+                if not self.alive:
+                    conn.timeout = min(conn.timeout, time.monotonic() + STOP_KEEPALIVE_LINGER)
+                self.keepalived_conns.append(conn)
+                conn.segsvc_kept = True
+                self._watch(conn)
+            else:
+                self._unwatch(conn)
+                self.nr_conns -= 1
+                conn.close(graceful=True)
+        except Exception:  # noqa: BLE001 -- as gthread: close this connection, keep the loop
+            self._unwatch(conn)
+            self.nr_conns -= 1
+            conn.close()
 
     def _on_readable(self, conn: TConn, sock: Any) -> None:
         state = self._read(conn)
