@@ -90,3 +90,41 @@ def test_two_hundred_slow_clients_do_not_starve_the_service(tiny_bundle_root):
     result = scenarios.slow_clients(tiny_bundle_root, slow=200, seconds=8)
     assert all(result["checks"].values()), result
     assert result["ok"] >= 50, result
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_kept_alive_connections_come_and_go(tiny_bundle_root):
+    """One thread keeps a connection on the poller between requests (api/worker.py): requests
+    in turn on one connection, connections closed by either side, and new connections (which
+    reuse the closed ones' descriptors) are all answered."""
+    import http.client
+
+    body = json.dumps(CUSTOMER).encode()
+    headers = {"Content-Type": "application/json", "X-API-Key": SCORING_KEY}
+    with Server(tiny_bundle_root) as server:
+        for round_ in range(6):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            for i in range(3):
+                last = round_ % 2 == 1 and i == 2  # every other round the server closes
+                conn.request(
+                    "POST",
+                    "/predict-segment",
+                    body,
+                    {**headers, **({"Connection": "close"} if last else {})},
+                )
+                resp = conn.getresponse()
+                assert resp.status == 200 and b"segment_id" in resp.read()
+                assert resp.will_close is last
+            conn.close()
+        # a kept-alive connection left idle while another comes and goes
+        idle = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        idle.request("POST", "/predict-segment", body, headers)
+        assert idle.getresponse().read()
+        other = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        other.request("POST", "/predict-segment", body, headers)
+        assert other.getresponse().status == 200
+        other.close()
+        idle.request("POST", "/predict-segment", body, headers)
+        assert idle.getresponse().status == 200
+        idle.close()
