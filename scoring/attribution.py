@@ -33,6 +33,12 @@ import numpy as np
 
 #: the explain methods the service offers: path attribution (default) and exact TreeSHAP
 METHODS = ("path", "treeshap")
+#: rows gathered at once: the (rows x trees x features) gather of 64 rows of a 200-tree,
+#: 15-feature model is 1.5 MB, which stays in cache (a 6,000-row batch would be 140 MB). A
+#: sparse (rows x leaves) product with the table was 3.7x faster at 1,000 rows but 2.5x slower
+#: at 3, and it adds in another order: one method for every size keeps a customer's
+#: contributions the same to the bit in a batch and alone.
+GATHER_ROWS = 64
 
 
 class PathAttribution:
@@ -63,9 +69,16 @@ class PathAttribution:
         """(n, features) contributions from (n, trees) leaf indices (``pred_leaf``)."""
         idx = leaves.astype(np.intp)
         idx += self._offsets
-        # einsum sums the (n, trees, features) gather over trees in one pass: about half the
-        # time of .sum(axis=1), whose reduction over a middle axis walks the array twice
-        return np.einsum("ntf->nf", self.table[idx])
+        n = idx.shape[0]
+        if n <= GATHER_ROWS:
+            # einsum sums the (n, trees, features) gather over trees in one pass: about half
+            # the time of .sum(axis=1), whose reduction over a middle axis walks it twice
+            return np.einsum("ntf->nf", self.table[idx])
+        out = np.empty((n, self.n_features), dtype=np.float64)
+        for start in range(0, n, GATHER_ROWS):
+            block = idx[start : start + GATHER_ROWS]
+            np.einsum("ntf->nf", self.table[block], out=out[start : start + GATHER_ROWS])
+        return out
 
 
 def _fill(node: dict[str, Any], table: np.ndarray, path: np.ndarray) -> tuple[float, float]:

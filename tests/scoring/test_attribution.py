@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from scoring.attribution import PathAttribution
+from scoring.attribution import GATHER_ROWS, PathAttribution
 from scoring.engine import ScoringEngine
 from scoring.propensity import SINGLE_ROW_MAX, PropensityModel
 
@@ -132,3 +132,13 @@ def test_a_single_leaf_tree_contributes_nothing():
 def test_engine_refuses_an_unknown_explain_method(tiny_bundle):
     with pytest.raises(ValueError, match="explain_method='shap'"):
         ScoringEngine(tiny_bundle, explain_method="shap")
+
+
+def test_a_big_batch_is_gathered_in_blocks_with_the_same_bits(engine, rows):
+    many = np.vstack([rows] * 3)
+    assert many.shape[0] > GATHER_ROWS
+    together = engine.model.contributions(many, "path")
+    apart = np.vstack(
+        [engine.model.contributions(many[i : i + 5], "path") for i in range(0, len(many), 5)]
+    )
+    np.testing.assert_array_equal(together, apart)
