@@ -40,10 +40,11 @@ its own error entry and the others are scored. In a /recommend batch the ranking
 
 **explain**: each returned campaign gets its three largest feature contributions to the response
 log-odds, and the answer `explain_method` says how they were computed: `path` (the default:
-path attribution from per-leaf tables built when the bundle loads; about a fifth of a request's
-cost, contributions sum to the log-odds minus the model's expected value, an approximation of
-SHAP that depends on split order) or `treeshap` (exact, when the service runs with
-`EXPLAIN_METHOD=treeshap`; on a model of ~200 trees about ten times the cost of a request).
+path attribution from per-leaf tables built when the bundle loads: on ~200 trees a request with
+`explain` costs about 1.4x a plain one; contributions sum to the log-odds minus the model's
+expected value; an approximation of SHAP that depends on split order) or `treeshap` (exact, when
+the service runs with `EXPLAIN_METHOD=treeshap`: 1-2 ms per returned campaign on ~200
+trees of 31 leaves).
 
 **By customer id** (when the service has a Redis): a customer (or batch item) that carries a
 `customer_id` but not every required feature is completed from the feature store, the features
