@@ -417,13 +417,20 @@ class ScoringEngine:
         if mask is None or mask.all():
             # every pair: rows built by broadcasting, block by block, and predicted straight
             # into the answer (no index arrays, no scatter; the rows stay in the CPU cache)
+            major = model.campaign_major
             for s in range(0, n, BLOCK):
                 e = min(n, s + BLOCK)
-                rows = layout.dense_rows(batch.numeric[s:e], batch.codes[s:e], segment[s:e], m)
-                out[s:e] = model.predict(rows).reshape(m, e - s).T
+                rows = layout.dense_rows(
+                    batch.numeric[s:e], batch.codes[s:e], segment[s:e], m, campaign_major=major
+                )
+                p = model.predict(rows)
+                out[s:e] = p.reshape(m, e - s).T if major else p.reshape(e - s, m)
             return out
-        # campaign-major like dense_rows: the compiled trees walk that order faster
-        campaign, customer = np.nonzero(mask.T)
+        # pairs in the order the model walks faster (PropensityModel.campaign_major)
+        if model.campaign_major:
+            campaign, customer = np.nonzero(mask.T)
+        else:
+            customer, campaign = np.nonzero(mask)
         step = BLOCK * m
         for s in range(0, customer.shape[0], step):
             c, j = customer[s : s + step], campaign[s : s + step]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from bundle_builder import build_bundle
 
-from scoring import compiled_trees
+from scoring import compiled_trees, propensity
 from scoring.bundle import COMPILED, MANIFEST, BundleError, load_current
 from scoring.compiled_trees import TOLERANCE, check_sample, compile_model, platform_mismatch
 from scoring.engine import ScoringEngine
@@ -227,3 +227,21 @@ def test_bundle_without_compiled_trees_says_so(fresh_bundle_root):
     bundle = load_current(fresh_bundle_root)
     assert bundle.compiled_forest is None
     assert bundle.compiled_status.describe() == "LightGBM C API (the bundle has no compiled trees)"
+
+
+def test_row_order_follows_the_forest_size(compiled_root, demo_customers, monkeypatch):
+    # campaign-major rows only for a large compiled forest; the propensities do not change
+    bundle = load_current(compiled_root)
+    engine = ScoringEngine(bundle)
+    trees = bundle.response_model.num_trees()
+    assert engine.model.campaign_major is (trees >= propensity.CAMPAIGN_MAJOR_TREES)
+    frame, _ = demo_customers
+    batch = engine.batch_from_frame(frame)
+    segment = engine.assign(batch).segment
+    before = engine.propensities(batch, segment)
+    monkeypatch.setattr(propensity, "CAMPAIGN_MAJOR_TREES", 1)
+    large = ScoringEngine(bundle)
+    assert large.model.campaign_major
+    np.testing.assert_array_equal(large.propensities(batch, segment), before)
+    # LightGBM's own predictor keeps the customer-major order
+    assert not propensity.PropensityModel(bundle.response_model).campaign_major

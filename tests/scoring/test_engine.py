@@ -269,8 +269,18 @@ def test_blocks_give_the_same_bits_as_one_pass(engine, demo_customers, monkeypat
     np.testing.assert_array_equal(
         engine.propensities(batch, whole.segment, mask), np.where(mask, expected, np.nan)
     )
-    dense = engine.tables.layout.dense_rows(batch.numeric, batch.codes, whole.segment, m)
+    layout = engine.tables.layout
+    dense = layout.dense_rows(batch.numeric, batch.codes, whole.segment, m)
+    np.testing.assert_array_equal(dense, rows)
     # campaign-major: row j * n + i is customer i with campaign j
+    major = layout.dense_rows(batch.numeric, batch.codes, whole.segment, m, campaign_major=True)
     np.testing.assert_array_equal(
-        dense, rows.reshape(n, m, -1).transpose(1, 0, 2).reshape(n * m, -1)
+        major, rows.reshape(n, m, -1).transpose(1, 0, 2).reshape(n * m, -1)
     )
+    # the engine walks either order to the same propensities
+    for order in (True, False):
+        monkeypatch.setattr(engine.model, "campaign_major", order)
+        np.testing.assert_array_equal(engine.propensities(batch, whole.segment), expected)
+        np.testing.assert_array_equal(
+            engine.propensities(batch, whole.segment, mask), np.where(mask, expected, np.nan)
+        )
