@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         for w in workers:
             out = scratch / f"bundles-{w}"
             cmd = [PYTHON, "-m", "training", "-q", "train", "--config"]
-            cmd += [str(ROOT / "examples" / "demo.toml"), "--data-dir", str(data)]
+            cmd += [str(ROOT / "examples" / "demo_dask.toml"), "--data-dir", str(data)]
             cmd += ["--output", str(out), "--engine", "dask", "--workers", str(w)]
             train = run_tree(cmd)
             manifest = json.loads((out / "current" / "manifest.json").read_text())

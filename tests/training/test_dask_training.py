@@ -27,6 +27,8 @@ from training.engines.dask import (
     best_round,
     connect,
     kmeans_with_centers,
+    lloyd,
+    merged_percentile,
     pca_from_moments,
     scaler_from_moments,
 )
@@ -43,7 +45,7 @@ from training.prepare import prepare
 from training.validate import TableError, skewness
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_CONFIG = ROOT / "examples" / "demo.toml"
+DEMO_CONFIG = ROOT / "examples" / "demo_dask.toml"
 PARTS = 4
 
 
@@ -129,6 +131,61 @@ def test_the_dask_bundle_is_the_same_format_and_says_how_it_was_made(trained):
     # the files the service reads are plain scikit-learn / LightGBM objects
     assert type(on_dask.kmeans) is type(local.kmeans)
     assert type(on_dask.pca) is type(local.pca)
+    # the features the local engine offers run here too: compiled trees (when the compiler
+    # is installed, as for the local bundle) and the HTML report next to the Markdown one
+    assert (on_dask.compiled_status is None) == (local.compiled_status is None)
+    if local.compiled_status is not None:
+        assert on_dask.compiled_status.compiled == local.compiled_status.compiled
+    assert list((base / "dask" / "reports").glob("*.html"))
+    assert list((base / "dask" / "reports").glob("*.md"))
+    assert on_dask.manifest["metrics"]["uplift_skipped"].startswith("disabled by configuration")
+
+
+def test_an_uncapped_response_sample_joins_on_the_cluster_with_the_same_result(
+    trained, cluster, tmp_path
+):
+    """max_train_rows = 0: the duplicate collapse and the join run as shuffles on the cluster
+    instead of on the client; same rows, so the same model quality and response rates."""
+    client, info = cluster
+    on_dask, _, base = trained
+    text = DEMO_CONFIG.read_text(encoding="utf-8")
+    text = text.replace("seed = 42\n# the size", "seed = 42\nmax_train_rows = 0\n# the size")
+    config_file = tmp_path / "c.toml"
+    config_file.write_text(text, encoding="utf-8")
+    overrides = {"data_dir": str(base / "parts"), "output": str(tmp_path / "o")}
+    result = train_on_dask(load_config(config_file, overrides), client, info)
+    ours = result.bundle.manifest["metrics"]["response_model"]
+    theirs = on_dask.manifest["metrics"]["response_model"]
+    assert result.bundle.manifest["config"]["response_model"]["max_train_rows"] == 0
+    assert (ours["n_train_rows"], ours["n_valid_rows"]) == (
+        theirs["n_train_rows"],
+        theirs["n_valid_rows"],
+    )
+    assert abs(ours["auc"] - theirs["auc"]) <= 0.01
+    rates = [p["response_rate"] for p in result.bundle.profiles]
+    assert rates == [p["response_rate"] for p in on_dask.profiles]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [("uplift", "enabled", "true"), ("response_model", "select_smallest", "true")],
+)
+def test_features_the_engine_lacks_are_refused_before_fitting(
+    section, key, value, trained, cluster, tmp_path
+):
+    client, info = cluster
+    _, _, base = trained
+    text = DEMO_CONFIG.read_text(encoding="utf-8")
+    config_file = tmp_path / "c.toml"
+    if section == "uplift":
+        text = text.replace("\nenabled = false\n", f"\nenabled = {value}\n")
+    else:
+        text = text.replace("select_smallest = false", f"select_smallest = {value}")
+    config_file.write_text(text, encoding="utf-8")
+    overrides = {"data_dir": str(base / "parts"), "output": str(tmp_path / "o")}
+    with pytest.raises(TableError, match=f"{section}.{key}"):
+        train_on_dask(load_config(config_file, overrides), client, info)
+    assert not (tmp_path / "o").exists()
 
 
 BAD_TABLES = {
@@ -239,6 +296,30 @@ def test_best_round_follows_lightgbm_early_stopping():
     # 0.69999 is not better by more than min_delta; patience 3 stops before the late 0.6
     assert best_round(losses, patience=3, min_delta=1e-4) == 3
     assert best_round(losses, patience=10, min_delta=1e-4) == 8
+
+
+def test_lloyd_on_blocks_equals_scikit_learn_from_the_same_start():
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(5)
+    X = np.vstack([rng.normal(c, 0.7, size=(400, 2)) for c in ((0, 0), (5, 5), (0, 6))])
+    start = X[[0, 400, 800]] + 0.5
+    centers, counts, _ = lloyd(_parts(X, sizes=(7, 300, 1, 892)), start, tol=0.0)
+    reference = KMeans(n_clusters=3, init=start, n_init=1, tol=0.0).fit(X)
+    np.testing.assert_allclose(centers, reference.cluster_centers_, atol=1e-9)
+    assert counts.tolist() == np.bincount(reference.labels_).tolist()
+
+
+def test_merged_percentiles_of_partitions_approximate_the_whole():
+    rng = np.random.default_rng(9)
+    parts = [rng.lognormal(0, 1, size=n) for n in (5, 2000, 30000, 0, 12000)]
+    grid = np.arange(101.0)
+    values = [np.percentile(p, grid) if len(p) else np.full(101, np.nan) for p in parts]
+    merged = merged_percentile(50.0, [grid] * 5, values, [len(p) for p in parts])
+    whole = np.concatenate(parts)
+    # within a hundredth of the rows of the exact median
+    assert abs(np.mean(whole <= merged) - 0.5) < 0.01
+    assert np.isnan(merged_percentile(50.0, [grid], [np.full(101, np.nan)], [0]))
 
 
 def test_kmeans_with_centers_keeps_the_centres():

@@ -18,9 +18,13 @@ scaling and PCA        moments reduced over partitions (count, sum, X'X): the St
                        the covariance-eigh PCA the local path fits, built from the sums
 k search               the local rule on a fixed random sample of the projected rows (the local
                        path searches a sample too), silhouette on its fixed sub-sample
-final K-Means          ``dask_ml.cluster.KMeans`` with k-means|| initialisation on all rows
+final K-Means          Lloyd iterations on all rows started from the k search's centres (as
+                       the local engine's final fit starts); one round of per-block sums per
+                       iteration (:func:`lloyd`)
 profiles, naming       per-segment sums and approximate medians, reduced over partitions
-response model         ``lightgbm.dask`` (one LightGBM process per worker, rows where they are);
+response model         the history validated and sampled by customer in one pass; the capped
+                       sample joined on the client (no shuffle) and scattered back;
+                       ``lightgbm.dask`` (one LightGBM process per worker, rows where they are);
                        trained in chunks of rounds, each continuing the last, until the
                        held-out loss curve shows early stopping would stop (then trimmed),
                        because ``lightgbm.dask`` workers evaluate their own rows and may
@@ -37,9 +41,12 @@ The fitted objects are the ones the service loads (scikit-learn, LightGBM Booste
 written and verified by ``scoring.bundle`` exactly as for the local engine, and its manifest
 records ``engine``, the cluster size and per-stage timings.
 
-Libraries: dask, distributed, dask-ml (k-means||) and lightgbm.dask. dask-ml's own
-``StandardScaler``/``PCA`` are not used: their fitted objects are dask-ml classes the service
-would have to install, while the moments give scikit-learn's objects exactly.
+Libraries: dask, distributed and lightgbm.dask. The final K-Means is our own Lloyd loop
+(:func:`lloyd`) rather than dask-ml's: started from the sample's centres it needs one or two
+rounds of per-partition sums, where dask-ml's k-means|| initialisation alone passes over the
+rows several times and each of its iterations costs more scheduler round trips. dask-ml's
+``StandardScaler``/``PCA`` are not used either: their fitted objects are dask-ml classes the
+service would have to install, while the moments give scikit-learn's objects exactly.
 """
 
 from __future__ import annotations
@@ -115,14 +122,17 @@ def cluster_info(client: Client, local: bool) -> ClusterInfo:
 def connect(
     scheduler: str | None = None,
     workers: int | None = None,
-    threads_per_worker: int = 1,
+    threads_per_worker: int | None = None,
     timeout: float = 30.0,
 ) -> Iterator[tuple[Client, ClusterInfo]]:
     """A client of the cluster at ``scheduler``, or of a LocalCluster started for the run.
 
     The LocalCluster has ``workers`` worker processes (default: one per core) of
-    ``threads_per_worker`` threads, listening on the loopback interface only; it is stopped on
-    exit. An existing cluster is left running; ``timeout`` (seconds) bounds the wait for it.
+    ``threads_per_worker`` threads (default: the cores shared out, so one worker on two cores
+    gets two threads and LightGBM and numpy use both), listening on the loopback interface
+    only; each worker's memory limit is the machine's memory shared out (Dask's "auto"). It
+    is stopped on exit. An existing cluster is left running; ``timeout`` (seconds) bounds the
+    wait for it.
     """
     from distributed import Client, LocalCluster
 
@@ -135,10 +145,12 @@ def connect(
         except OSError as exc:
             raise TableError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
     else:
-        n = workers or os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+        n = workers or cores
+        threads = threads_per_worker or max(1, cores // n)
         cluster = LocalCluster(
             n_workers=n,
-            threads_per_worker=threads_per_worker,
+            threads_per_worker=threads,
             processes=True,
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
@@ -270,7 +282,8 @@ APPROXIMATIONS = (
     "k search, silhouette and stability on a fixed random sample of the projected rows",
     "algorithm comparison and the report's charts on a fixed random sample of the segmented "
     "rows (comparison.sample of them for the comparison)",
-    "final K-Means: dask-ml with k-means|| initialisation on all rows",
+    "final K-Means: Lloyd iterations on all rows (per-partition sums reduced on the "
+    "client), started from the k search's centres on the sample as the local engine starts",
     "response model: customers sampled by a hash of their id (to max_train_rows) and split "
     "train/held-out by another hash; unknown-customer check and response rates on that sample",
     "response model: lightgbm.dask in chunks of rounds (each continuing the last), stopped "
@@ -365,11 +378,58 @@ def _nearest(P, centers):
     return labels.astype(np.int32), np.sqrt(np.einsum("ij,ij->i", diff, diff))
 
 
-def _segment_counts(P, centers) -> Any:
+def _lloyd_sums(P, centers) -> tuple:
+    """(rows per centre, per-centre sums of the rows) of one block: a Lloyd step's partial."""
     import numpy as np
 
-    labels, _ = _nearest(P, centers)
-    return np.bincount(labels, minlength=centers.shape[0])
+    d2 = (centers**2).sum(axis=1)[None, :] - 2.0 * P @ centers.T
+    labels = np.argmin(d2, axis=1)
+    k = centers.shape[0]
+    sums = np.zeros_like(centers)
+    for j in range(centers.shape[1]):
+        sums[:, j] = np.bincount(labels, weights=P[:, j], minlength=k)
+    return np.bincount(labels, minlength=k), sums
+
+
+#: K-Means convergence as scikit-learn's (and dask-ml's) default: the centres' total squared
+#: shift under this fraction of the rows' mean variance
+LLOYD_TOL = 1e-4
+
+#: Lloyd iterations at most (scikit-learn's default)
+LLOYD_MAX_ITER = 300
+
+
+def lloyd(blocks, centers, tol: float, max_iter: int = LLOYD_MAX_ITER) -> tuple:
+    """K-Means (Lloyd) on every row of the persisted ``blocks``, started from ``centers``.
+
+    Each iteration is ONE round of tasks, each reducing its block to k counts and k x d sums
+    (bytes), combined on the client: one scheduler round trip per iteration, no other
+    traffic. Started from the k search's centres on the sample (as the local engine starts
+    its final fit), it converges in a few iterations. A centre that loses every row keeps its
+    place (scikit-learn would move it to a far point; from the sample's solution that does
+    not happen in practice). Returns (centres, rows per centre under the last centres but
+    one, iterations); convergence is scikit-learn's: the total squared shift <= ``tol``.
+    """
+    import dask
+    import numpy as np
+    from dask import delayed
+
+    centers = np.array(centers, dtype=np.float64)
+    counts = np.zeros(len(centers), dtype=np.int64)
+    iteration = 0
+    while iteration < max_iter:
+        iteration += 1
+        parts = dask.compute(*[delayed(_lloyd_sums)(b, centers) for b in blocks])
+        counts = np.sum([c for c, _ in parts], axis=0)
+        sums = np.sum([t for _, t in parts], axis=0)
+        moved = centers.copy()
+        filled = counts > 0
+        moved[filled] = sums[filled] / counts[filled, None]
+        shift = float(((moved - centers) ** 2).sum())
+        centers = moved
+        if shift <= tol:
+            break
+    return centers, counts, iteration
 
 
 def _assigned(
@@ -407,7 +467,22 @@ def _assigned(
     return result
 
 
-def _segment_sums(part: pd.DataFrame, k: int, columns: list[str]):
+#: percentiles (0..100) each partition reports per segment and column, merged on the client
+#: into the per-segment medians and outlier thresholds (dask's own Series.quantile reports
+#: only 0, q and 100 per partition; a grid is finer and costs nothing more than the sort)
+PERCENTILE_GRID = tuple(float(p) for p in range(101))
+
+
+def _grid_for(q: float):
+    import numpy as np
+
+    return np.unique(np.concatenate([PERCENTILE_GRID, [50.0, 100.0 * q]]))
+
+
+def _segment_sums(part: pd.DataFrame, k: int, columns: list[str], spread: list[str], q: float):
+    """Per segment of one partition: rows, sums of ``columns``, and the percentiles (the grid
+    of :func:`_grid_for`) and non-missing counts of each of ``spread``; and the truth
+    contingency. One pass gives the profiles' means, medians and the outlier thresholds."""
     import numpy as np
 
     labels = part["_segment"].to_numpy()
@@ -415,10 +490,56 @@ def _segment_sums(part: pd.DataFrame, k: int, columns: list[str]):
     sums = np.zeros((k, len(columns)))
     for j, column in enumerate(columns):
         sums[:, j] = np.bincount(labels, weights=part[column].to_numpy(), minlength=k)
+    grid = _grid_for(q)
+    values = part[spread].to_numpy(dtype=np.float64)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(k + 1))
+    percentiles = np.full((k, len(spread), len(grid)), np.nan)
+    present = np.zeros((k, len(spread)), dtype=np.int64)
+    for s in range(k):
+        rows = values[order[bounds[s] : bounds[s + 1]]]
+        present[s] = np.sum(~np.isnan(rows), axis=0)
+        for j in range(len(spread)):
+            column = rows[:, j]
+            column = column[~np.isnan(column)]
+            if len(column):
+                percentiles[s, j] = np.percentile(column, grid)
     truth = None
     if "_truth" in part.columns:
         truth = part.groupby(["_segment", "_truth"]).size()
-    return counts, sums, truth
+    return counts, sums, percentiles, present, truth
+
+
+def decile_points():
+    """The inner decile percentiles (10, 20, ... 90) of the PSI bins, as numbers 0-100."""
+    import numpy as np
+
+    from training.resegment import PSI_BINS
+
+    return np.linspace(0, 100, PSI_BINS + 1)[1:-1]
+
+
+def merged_percentile(q, grids, values, counts):
+    """The ``q``-th percentile(s) (0-100) of rows whose partitions reported ``values`` at
+    ``grids`` for ``counts`` rows each (dask's merge of per-partition percentiles); a float
+    for a scalar ``q`` (NaN when there are no rows), else an array."""
+    import numpy as np
+    from dask.array.percentile import merge_percentiles
+
+    qs = np.atleast_1d(np.asarray(q, dtype=np.float64))
+    kept = [(g, v, c) for g, v, c in zip(grids, values, counts, strict=True) if c > 0]
+    if not kept:
+        return float("nan") if np.ndim(q) == 0 else np.full(len(qs), np.nan)
+    merged = merge_percentiles(
+        qs,
+        [g for g, _, _ in kept],
+        [v for _, v, _ in kept],
+        "lower",
+        [int(c) for _, _, c in kept],
+        False,
+    )
+    merged = np.asarray(merged, dtype=np.float64)
+    return float(merged[0]) if np.ndim(q) == 0 else merged
 
 
 def _bin_counts(part: pd.DataFrame, columns: list[str], edges: list) -> list:
@@ -434,18 +555,18 @@ def _bin_counts(part: pd.DataFrame, columns: list[str], edges: list) -> list:
     return out
 
 
-def feature_distribution(assigned, names: list[str]) -> dict[str, dict[str, list]]:
+def feature_distribution(assigned, names: list[str], quantiles=None) -> dict[str, dict[str, list]]:
     """``training.resegment.feature_distribution`` on the cluster: inner decile edges from
-    approximate quantiles, then the share of rows in each bin counted per partition."""
+    approximate quantiles (``quantiles``, one array per feature, when already merged), then
+    the share of rows in each bin counted per partition."""
     import dask
     import numpy as np
     from dask import delayed
 
-    from training.resegment import PSI_BINS
-
     columns = [f"n{j}" for j in range(len(names))]
-    inner = list(np.linspace(0, 1, PSI_BINS + 1)[1:-1])
-    quantiles = dask.compute(*[assigned[c].quantile(inner) for c in columns])
+    if quantiles is None:
+        inner = list(decile_points() / 100.0)
+        quantiles = dask.compute(*[assigned[c].quantile(inner) for c in columns])
     edges = [np.unique(np.asarray(q, dtype=np.float64)) for q in quantiles]
     parts = dask.compute(*[delayed(_bin_counts)(p, columns, edges) for p in assigned.to_delayed()])
     out = {}
@@ -707,6 +828,18 @@ def train(
             "the dask engine reads responses whose campaign column holds pool ids "
             "(responses.control_values and responses.campaign_map need --engine local)"
         )
+    if config.responses is not None and config.responses.treated_column and config.uplift.enabled:
+        raise TableError(
+            "the dask engine fits no uplift model: with responses.treated_column set, set "
+            "uplift.enabled = false (the control rows are then left out and campaigns ranked "
+            "by response) or train with --engine local"
+        )
+    rm_config = config.response_model
+    if config.responses is not None and rm_config.enabled and rm_config.select_smallest:
+        raise TableError(
+            "response_model.select_smallest (the model size selection) needs --engine "
+            "local; set it to false on the dask engine (the configured num_leaves is fitted)"
+        )
     if config.responses is not None and config.responses.path is None:
         raise TableError(
             "the dask engine reads responses in long form from their own Parquet files "
@@ -837,18 +970,25 @@ def train(
         delayed(_sample_rows)(b, seg.seed, i, rate) for i, b in enumerate(P.to_delayed().ravel())
     ]
     S = np.concatenate(dask.compute(*sample_parts))
-    selection, _ = select_k(S, seg, n_rows=n)
+    selection, search_centers = select_k(S, seg, n_rows=n)
     k = selection.chosen
     timings["k_search"] = round(time.perf_counter() - lap, 3)
     lap = time.perf_counter()
-    from dask_ml.cluster import KMeans as DaskKMeans
+    if k in search_centers:
+        init = search_centers[k]
+    else:  # k set outside the searched range: k-means++ on the sample, as the search does
+        from sklearn.cluster import KMeans
 
-    fitted = DaskKMeans(n_clusters=k, init="k-means||", random_state=seg.seed).fit(P)
-    centers = np.asarray(fitted.cluster_centers_, dtype=np.float64)
-    sizes = np.sum(
-        dask.compute(*[delayed(_segment_counts)(b, centers) for b in P.to_delayed().ravel()]),
-        axis=0,
+        init = KMeans(n_clusters=k, n_init=seg.n_init, random_state=seg.seed).fit(S)
+        init = init.cluster_centers_
+    p_blocks = list(P.to_delayed().ravel())
+    centers, sizes, iterations = lloyd(
+        p_blocks, init, tol=LLOYD_TOL * float(pca.explained_variance_.mean())
     )
+    log.info(
+        "final K-Means on %d rows: %d Lloyd iteration(s) from the k search's centres", n, iterations
+    )
+    timings["kmeans"] = round(time.perf_counter() - lap, 3)
     order = size_order(centers, sizes)
     kmeans = kmeans_with_centers(centers[order])
     centers = kmeans.cluster_centers_
@@ -888,8 +1028,13 @@ def train(
     del frame, parts, blocks, P  # their rows on the workers are released with the last reference
     numeric_cols = [f"n{j}" for j in range(len(numeric_names))]
     z_cols = [f"z{j}" for j in range(len(schema.cluster_features))]
+    q = seg.outlier_quantile
+    spread = [*numeric_cols, "_distance"]
     sums = dask.compute(
-        *[delayed(_segment_sums)(p, k, numeric_cols + z_cols) for p in assigned.to_delayed()]
+        *[
+            delayed(_segment_sums)(p, k, numeric_cols + z_cols, spread, q)
+            for p in assigned.to_delayed()
+        ]
     )
     counts = np.sum([s[0] for s in sums], axis=0)
     totals = np.sum([s[1] for s in sums], axis=0)
@@ -897,19 +1042,21 @@ def train(
         means_all = np.nan_to_num(totals / counts[:, None], nan=0.0)
     means = means_all[:, : len(numeric_cols)]
     zscores = means_all[:, len(numeric_cols) :]
-    q = seg.outlier_quantile
-    per_segment = []
-    for s in range(k):
-        rows = assigned[assigned["_segment"] == s]
-        per_segment.append(rows[numeric_cols].quantile(0.5))
-        per_segment.append(rows["_distance"].quantile(q))
-    quantiles = dask.compute(*per_segment)
+    grid = _grid_for(q)
     medians_by_segment = np.zeros((k, len(numeric_cols)))
     thresholds = np.zeros(k)
     for s in range(k):
-        if counts[s]:
-            medians_by_segment[s] = np.asarray(quantiles[2 * s], dtype=np.float64)
-            thresholds[s] = float(quantiles[2 * s + 1])
+        if not counts[s]:
+            continue
+        for j in range(len(spread)):
+            at = 100.0 * q if j == len(numeric_cols) else 50.0
+            value = merged_percentile(
+                at, [grid] * len(sums), [p[2][s, j] for p in sums], [p[3][s, j] for p in sums]
+            )
+            if j == len(numeric_cols):
+                thresholds[s] = value
+            else:
+                medians_by_segment[s, j] = value
     timings["final_fit"] = round(time.perf_counter() - lap, 3)
     lap = time.perf_counter()
     stability = measure_stability(S, kmeans, seg)
@@ -925,10 +1072,20 @@ def train(
         stability=stability,
         timings=timings,
     )
-    distribution = feature_distribution(assigned, numeric_names)
+    # the decile edges of every feature, merged from the same per-(partition, segment) grids
+    deciles = [
+        merged_percentile(
+            decile_points(),
+            [grid] * (len(sums) * k),
+            [p[2][s, j] for p in sums for s in range(k)],
+            [p[3][s, j] for p in sums for s in range(k)],
+        )
+        for j in range(len(numeric_cols))
+    ]
+    distribution = feature_distribution(assigned, numeric_names, deciles)
     truth_ari = None
     if data.truth_column is not None:
-        crosstab = pd.concat([s[2] for s in sums]).groupby(level=[0, 1]).sum().unstack(fill_value=0)
+        crosstab = pd.concat([s[4] for s in sums]).groupby(level=[0, 1]).sum().unstack(fill_value=0)
         truth_ari = adjusted_rand_from_contingency(crosstab.to_numpy())
         log.info("adjusted Rand index against the planted segments: %.3f", truth_ari)
     done("segmentation")
@@ -960,6 +1117,13 @@ def train(
     )
     done("response_model")
 
+    # ---- compile the trees (on this machine, as the local engine does) ------------------------
+    from training.response import compile_response_model
+
+    compiled = compile_response_model(response, config.response_model)
+    if response is not None and config.response_model.compile:
+        done("compile")
+
     # ---- lifetime value ----------------------------------------------------------------------
     clv = None
     if config.clv.enabled:
@@ -988,6 +1152,13 @@ def train(
             },
             "response_model": None if response is None else response.metrics,
             "response_model_skipped": skipped,
+            "uplift": None,
+            # the engine refuses treated_column with uplift.enabled before fitting
+            "uplift_skipped": "no response model"
+            if response is None
+            else "disabled by configuration (uplift.enabled = false)"
+            if not config.uplift.enabled
+            else "the response history has no control rows (no treated column or control arm)",
         },
         "warnings": warnings,
         "timings": stage_timings
@@ -1021,6 +1192,7 @@ def train(
         profiles=profiles,
         campaigns=list(campaigns),
         response_model=None if response is None else response.booster,
+        compiled=compiled,
         manifest=manifest,
         evidence=evidence,
     )
@@ -1037,8 +1209,11 @@ def train(
         truth_ari=truth_ari,
     )
     if config.output.report:
+        from training.html_report import write_html_report
+
         try:
             result.report_path = write_report(result, config.output.root)
+            result.html_report_path = write_html_report(bundle, config.output.root)
         except OSError as exc:
             log.warning("could not write the report: %s", exc)
     return result
@@ -1208,6 +1383,109 @@ def _combined_digest(digests, config) -> str:
     return digest.hexdigest()
 
 
+def _sampled_responses(
+    frame: pd.DataFrame, config, pool: list[str], fraction: float, salt: str
+) -> pd.DataFrame:
+    """The long responses of one partition (every row validated), then only the rows of the
+    customers the id hash samples (all rows when ``fraction`` is 1)."""
+    long = _responses_partition(frame, config, pool)
+    if fraction >= 1.0:
+        return long
+    return long[_hash_unit(long["_id"], salt) < fraction].reset_index(drop=True)
+
+
+def _sent_count(frame: pd.DataFrame, config, column: str) -> int:
+    """Rows of one partition sent the campaign (treated = 1)."""
+    from training.validate import response_values
+
+    return int(response_values(frame[column].reset_index(drop=True), config, column).sum())
+
+
+def _sent_rows(raw, path, treated_column: str | None, config) -> int:
+    """Rows of the response history the model learns from (the treated ones), cheaply: the
+    Parquet footers' row counts, or one pass over the treated column alone."""
+    if treated_column is None:
+        import pyarrow.parquet as pq
+
+        return int(sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path)))
+    import dask
+    from dask import delayed
+
+    parts = raw[[treated_column]].to_delayed()
+    return int(sum(dask.compute(*[delayed(_sent_count)(p, config, treated_column) for p in parts])))
+
+
+def _join_on_client(client, responses, customers) -> tuple:
+    """(the sampled pairs joined to their customers' features as one pandas frame, rows kept,
+    distinct (customer, campaign) pairs): duplicates collapsed and joined on the client."""
+    import dask
+
+    sampled, people = dask.compute(responses, customers)
+    pairs = sampled.groupby(["_id", "_campaign"], sort=False)["_responded"].max().reset_index()
+    pairs["_id"] = pairs["_id"].astype("string")
+    people["_id"] = people["_id"].astype("string")
+    merged = pairs.merge(people, on="_id", how="left")
+    return merged, len(sampled), len(pairs)
+
+
+def _join_on_cluster(client, responses, customers) -> tuple:
+    """As :func:`_join_on_client`, as shuffles on the cluster (no cap on the sample)."""
+    import dask
+
+    responses = client.persist(responses)
+    pairs = responses.groupby(["_id", "_campaign"])["_responded"].max().reset_index()
+    n_pairs, n_kept = dask.compute(pairs.shape[0], responses.shape[0])
+    pairs["_id"] = pairs["_id"].astype("string")
+    customers["_id"] = customers["_id"].astype("string")
+    merged = client.persist(pairs.merge(customers, on="_id", how="left"))
+    return merged, int(n_kept), int(n_pairs)
+
+
+def _scatter_rows(client, X, y) -> tuple:
+    """``X`` and ``y`` (on the client) as Dask arrays, split into one block per worker and
+    scattered there, for ``lightgbm.dask``."""
+    import dask.array as da
+    import numpy as np
+
+    workers = sorted(client.scheduler_info()["workers"])
+    bounds = np.linspace(0, len(y), len(workers) + 1).astype(int)
+    X_blocks, y_blocks = [], []
+    for worker, start, stop in zip(workers, bounds[:-1], bounds[1:], strict=True):
+        if stop <= start:
+            continue
+        fx, fy = client.scatter(
+            [np.ascontiguousarray(X[start:stop]), y[start:stop]], workers=[worker]
+        )
+        X_blocks.append(da.from_delayed(fx, shape=(stop - start, X.shape[1]), dtype=X.dtype))
+        y_blocks.append(da.from_delayed(fy, shape=(stop - start,), dtype=y.dtype))
+    return da.concatenate(X_blocks), da.concatenate(y_blocks)
+
+
+def _dask_rows(part, layout, n_numeric: int, n_codes: int) -> tuple:
+    """(X, y, rows) of a merged Dask frame as Dask arrays, one block per partition."""
+    import dask.array as da
+    import numpy as np
+    from dask import delayed
+
+    rows = part.map_partitions(len).compute().tolist()
+    pieces = [delayed(_response_rows)(p, layout, n_numeric, n_codes) for p in part.to_delayed()]
+    X = da.concatenate(
+        [
+            da.from_delayed(pc[0], shape=(r, layout.width), dtype=np.float64)
+            for pc, r in zip(pieces, rows, strict=True)
+            if r
+        ]
+    )
+    y = da.concatenate(
+        [
+            da.from_delayed(pc[1], shape=(r,), dtype=np.float64)
+            for pc, r in zip(pieces, rows, strict=True)
+            if r
+        ]
+    )
+    return X, y, sum(rows)
+
+
 def _fit_response_on_dask(client, config, schema, campaigns, assigned, k, timings=None):
     """(ResponseModel or None, per-(segment, campaign) response rates, why no model, warnings).
 
@@ -1266,38 +1544,19 @@ def _fit_response_on_dask(client, config, schema, campaigns, assigned, k, timing
     wanted = [rc.customer_column, rc.campaign_column, rc.responded_column]
     if rc.treated_column is not None:
         wanted.append(rc.treated_column)
-    responses = raw[wanted].map_partitions(_responses_partition, config, pool, meta=meta)
-    n_rows = int(responses.shape[0].compute())
+    n_rows = _sent_rows(raw, rc.path, rc.treated_column, config)
     if n_rows == 0:
         raise TableError("the response history is empty (0 rows)", column="responded")
     fraction = min(1.0, rm.max_train_rows / n_rows) if rm.max_train_rows else 1.0
     salt = f"sample{rm.seed}"
+    # ONE pass over the history: every row converted and validated (the single-process
+    # messages), then only the sampled customers' rows kept, held in worker memory
+    responses = raw[wanted].map_partitions(
+        _sampled_responses, config, pool, fraction, salt, meta=meta
+    )
     if fraction < 1.0:
-        responses = responses[
-            responses["_id"].map_partitions(
-                lambda ids: pd.Series(_hash_unit(ids, salt) < fraction, index=ids.index),
-                meta=("_id", bool),
-            )
-        ]
         log.info("response model: customers sampled to %.1f%% of %d rows", 100 * fraction, n_rows)
     warnings = []
-    if rc.treated_column is not None:
-        warning = (
-            "dask engine: control rows (responses.treated_column = 0) are left out and no "
-            "uplift model is fitted: campaigns are ranked by response (use --engine local "
-            "for uplift)"
-        )
-        log.warning("%s", warning)
-        warnings.append(warning)
-    pairs = responses.groupby(["_id", "_campaign"])["_responded"].max().reset_index()
-    n_pairs, n_kept = dask.compute(pairs.shape[0], responses.shape[0])
-    if n_kept > n_pairs:
-        warning = (
-            f"responses: {n_kept - n_pairs} duplicate (customer, campaign) record(s) collapsed, "
-            "keeping the maximum (responded if any record says so)"
-        )
-        log.warning("%s", warning)
-        warnings.append(warning)
     n_numeric = len(schema.numeric_names)
     n_codes = len(schema.categoricals)
     customer_cols = (
@@ -1314,12 +1573,26 @@ def _fit_response_on_dask(client, config, schema, campaigns, assigned, k, timing
                 meta=("_id", bool),
             )
         ]
-    pairs["_id"] = pairs["_id"].astype("string")
-    customers["_id"] = customers["_id"].astype("string")
-    merged = pairs.merge(customers, on="_id", how="left")
-    merged = client.persist(merged)
+    layout = schema.response_layout()
+    if rm.max_train_rows:
+        # capped: the sample (about max_train_rows rows, whatever N is) is joined on the
+        # client, without a shuffle; the training rows go back to the workers for LightGBM
+        merged, n_kept, n_pairs = _join_on_client(client, responses, customers)
+    else:
+        merged, n_kept, n_pairs = _join_on_cluster(client, responses, customers)
+    if n_kept > n_pairs:
+        warning = (
+            f"responses: {n_kept - n_pairs} duplicate (customer, campaign) record(s) collapsed, "
+            "keeping the maximum (responded if any record says so)"
+        )
+        log.warning("%s", warning)
+        warnings.append(warning)
+    on_client = isinstance(merged, pd.DataFrame)
     unknown = merged[merged["_segment"].isna()]
-    n_unknown, example = dask.compute(unknown.shape[0], unknown["_id"].head(1, npartitions=-1))
+    if on_client:
+        n_unknown, example = len(unknown), unknown["_id"].head(1)
+    else:
+        n_unknown, example = dask.compute(unknown.shape[0], unknown["_id"].head(1, npartitions=-1))
     if n_unknown:
         raise TableError(
             f"{int(n_unknown)} response(s) for customer(s) not in the customer table, "
@@ -1329,6 +1602,7 @@ def _fit_response_on_dask(client, config, schema, campaigns, assigned, k, timing
     cell = merged["_segment"].astype("int64") * len(campaigns) + merged["_campaign"]
     stats = merged.assign(_cell=cell).groupby("_cell")["_responded"].agg(["count", "sum"])
     stats, y_all = dask.compute(stats, merged["_responded"].unique())
+    y_all = np.asarray(y_all)
     offers = np.zeros(k * len(campaigns))
     hits = np.zeros(k * len(campaigns))
     offers[stats.index.to_numpy()] = stats["count"].to_numpy()
@@ -1339,44 +1613,40 @@ def _fit_response_on_dask(client, config, schema, campaigns, assigned, k, timing
         reason = f"every recorded response is {int(y_all[0])}: there is nothing to learn"
         log.warning("response model skipped: %s", reason)
         return None, rates, reason, warnings
-    held = merged["_id"].map_partitions(
-        lambda ids: pd.Series(
+
+    def held_of(ids):
+        return pd.Series(
             _hash_unit(ids, f"split{rm.seed}") < rm.validation_fraction, index=ids.index
-        ),
-        meta=("_id", bool),
-    )
-    layout = schema.response_layout()
-    train_part, valid_part = merged[~held], merged[held]
-
-    def arrays(part):
-        import dask.array as da
-        from dask import delayed
-
-        rows = part.map_partitions(len).compute().tolist()
-        pieces = [delayed(_response_rows)(p, layout, n_numeric, n_codes) for p in part.to_delayed()]
-        X = da.concatenate(
-            [
-                da.from_delayed(pc[0], shape=(r, layout.width), dtype=np.float64)
-                for pc, r in zip(pieces, rows, strict=True)
-                if r
-            ]
         )
-        y = da.concatenate(
-            [
-                da.from_delayed(pc[1], shape=(r,), dtype=np.float64)
-                for pc, r in zip(pieces, rows, strict=True)
-                if r
-            ]
-        )
-        return X, y, sum(rows)
 
-    mark("join")
-    X_train, y_train, n_train = arrays(train_part)
-    X_train, y_train = client.persist([X_train.rechunk({1: -1}), y_train])
-    X_valid, y_valid, n_valid = arrays(valid_part)
-    if n_train == 0 or n_valid == 0:
-        reason = "responses from a single customer cannot be split into training and held-out"
-        return None, rates, reason, warnings
+    if on_client:
+        held = held_of(merged["_id"]).to_numpy()
+        X_all, y_all_rows = _response_rows(merged, layout, n_numeric, n_codes)
+        ids = merged["_id"]
+        n_train_customers = int(ids[~held].nunique())
+        n_valid_customers = int(ids[held].nunique())
+        Xv, yv = X_all[held], y_all_rows[held]
+        n_train, n_valid = int((~held).sum()), int(held.sum())
+        mark("join")
+        if n_train == 0 or n_valid == 0:
+            reason = "responses from a single customer cannot be split into training and held-out"
+            return None, rates, reason, warnings
+        X_train, y_train = _scatter_rows(client, X_all[~held], y_all_rows[~held])
+        del X_all, y_all_rows
+    else:
+        held = merged["_id"].map_partitions(held_of, meta=("_id", bool))
+        train_part, valid_part = merged[~held], merged[held]
+        mark("join")
+        X_train, y_train, n_train = _dask_rows(train_part, layout, n_numeric, n_codes)
+        X_train, y_train = client.persist([X_train.rechunk({1: -1}), y_train])
+        X_valid, y_valid, n_valid = _dask_rows(valid_part, layout, n_numeric, n_codes)
+        if n_train == 0 or n_valid == 0:
+            reason = "responses from a single customer cannot be split into training and held-out"
+            return None, rates, reason, warnings
+        Xv, yv = dask.compute(X_valid, y_valid)
+        n_train_customers, n_valid_customers = dask.compute(
+            train_part["_id"].nunique(), valid_part["_id"].nunique()
+        )
     columns = model_feature_names(list(layout.columns))
     categorical = [
         *range(layout.code_slots.start, layout.code_slots.stop),
@@ -1395,7 +1665,6 @@ def _fit_response_on_dask(client, config, schema, campaigns, assigned, k, timing
         "verbose": -1,
     }
     log.info("response model: %d training rows, %d held-out rows on the cluster", n_train, n_valid)
-    Xv, yv = dask.compute(X_valid, y_valid)
     mark("arrays")
     # lightgbm.dask cannot stop early itself (see the module docstring): it trains a chunk of
     # rounds at a time, each continuing the last chunk's booster, and stops as soon as the
@@ -1427,9 +1696,6 @@ def _fit_response_on_dask(client, config, schema, campaigns, assigned, k, timing
     trimmed = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
     p_valid = trimmed.predict(Xv)
     metrics = evaluate(yv, p_valid, Xv[:, layout.campaign_slot].astype(int), pool)
-    n_train_customers, n_valid_customers = dask.compute(
-        train_part["_id"].nunique(), valid_part["_id"].nunique()
-    )
     metrics.update(
         best_iteration=int(best),
         n_train_rows=int(n_train),
@@ -1445,4 +1711,7 @@ def _fit_response_on_dask(client, config, schema, campaigns, assigned, k, timing
         "n/a" if metrics["auc"] is None else f"{metrics['auc']:.3f}",
     )
     mark("evaluation")
-    return ResponseModel(trimmed, metrics), rates, None, warnings
+    from scoring import compiled_trees
+
+    check = compiled_trees.check_sample(Xv, rm.seed)
+    return ResponseModel(trimmed, metrics, check), rates, None, warnings
