@@ -130,6 +130,8 @@ class JsonAccessLogger(glogging.Logger):
 
     _second = -1
     _second_text = ""
+    #: the worker's pid, set by ``post_fork`` in each worker (a system call per line otherwise)
+    pid: int | None = None
 
     def warning(self, msg, *args, **kwargs) -> None:
         """gunicorn's warning, with protocol errors redacted."""
@@ -152,7 +154,7 @@ class JsonAccessLogger(glogging.Logger):
             "status": int(status) if str(status).isdigit() else status,
             "bytes": getattr(resp, "sent", None),
             "duration_ms": round(request_time.total_seconds() * 1000, 3),
-            "pid": os.getpid(),
+            "pid": self.pid or os.getpid(),
             "user_agent": environ.get("HTTP_USER_AGENT"),
             "request_id": environ.get("HTTP_X_REQUEST_ID"),
         }
@@ -369,6 +371,7 @@ def _marker_folder() -> str | None:
 
 def post_fork(server, worker) -> None:
     """Take recycling over from gunicorn: keep its jittered budget, decide when to use it."""
+    worker.log.pid = os.getpid()  # this worker's copy of the logger
     budget = worker.max_requests
     worker.max_requests = sys.maxsize  # gunicorn's own check never fires
     worker.segsvc_budget = budget if budget < sys.maxsize else None

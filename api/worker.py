@@ -160,7 +160,9 @@ class WholeRequestWorker(ThreadWorker):
         #: connections whose request is being read, oldest (first deadline) first
         self.reading: deque[TConn] = deque()
         #: one thread: whole requests are answered in the event loop, in arrival order
-        self.inline = self.cfg.threads == 1 and not self.cfg.is_ssl
+        #: gunicorn's settings are properties looked up by name: read these once
+        self.tls = bool(self.cfg.is_ssl)
+        self.inline = self.cfg.threads == 1 and not self.tls
         self._ready: deque[TConn] = deque()
         self._serving = False
         self._metrics: Any = None
@@ -179,7 +181,7 @@ class WholeRequestWorker(ThreadWorker):
 
     def enqueue_req(self, conn: TConn) -> None:
         """Every way a connection reaches a thread passes here: read the request first."""
-        if self.cfg.is_ssl or getattr(conn, "is_http2", False):
+        if self.tls or getattr(conn, "is_http2", False):
             super().enqueue_req(conn)  # TLS and HTTP/2 keep gunicorn's own path
             return
         if getattr(conn, "segsvc_whole", False):

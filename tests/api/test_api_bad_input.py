@@ -107,6 +107,25 @@ def test_oversize_body_is_413(make_app, scoring_headers, demo_request, endpoint)
     )
 
 
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_body_read_from_a_server_that_ends_it(make_app, scoring_headers, demo_request, endpoint):
+    """gunicorn sets wsgi.input_terminated: read_json then reads the stream directly
+    (api/views.py); same answers, same 413 and 400 as through werkzeug's wrappers."""
+    client = make_app(MAX_BODY_BYTES=2048).test_client()
+    ended = {"environ_overrides": {"wsgi.input_terminated": True}}
+    plain = client.post(endpoint, json=demo_request, headers=scoring_headers)
+    r = client.post(endpoint, json=demo_request, headers=scoring_headers, **ended)
+    assert r.status_code == 200 and r.get_json() == plain.get_json()
+    big = {"customers": [demo_request] * 40}
+    _check_envelope(
+        client.post(endpoint, json=big, headers=scoring_headers, **ended), 413, "payload_too_large"
+    )
+    empty = client.post(
+        endpoint, data=b"", content_type="application/json", headers=scoring_headers, **ended
+    )
+    _check_envelope(empty, 400, "bad_request")
+
+
 def test_default_body_limit_fits_a_full_batch(client, scoring_headers, demo_request):
     # 1,000 realistic customers must fit MAX_BODY_BYTES' default.
     body = {
