@@ -8,7 +8,9 @@ node's expected value it causes: the child's value minus the parent's, credited 
 feature. A leaf's path is fixed, so each leaf's contribution vector over the features is fixed
 too and is computed here once, when the bundle loads (from the booster the manifest already
 hashes: nothing new is stored). Explaining a row is then its leaf index in every tree (one
-LightGBM ``pred_leaf`` call) and a gather-sum over (trees x features).
+LightGBM ``pred_leaf`` call) and a gather-sum over (trees x features); or, where numba is
+installed (the service's requirements), both in one native pass with the same bits
+(:mod:`scoring.attribution_walk`, checked against this path at load).
 
 A node's value is the cover-weighted mean of its leaves' outputs (LightGBM's ``internal_count``
 / ``leaf_count``), so the root's value summed over the trees is the same expected value
@@ -64,6 +66,19 @@ class PathAttribution:
         #: sum over the trees of each root's value: what the contributions are measured from
         self.expected_value = expected
         self._offsets = np.arange(self.n_trees, dtype=np.intp) * width
+        self._trees, self._width = trees, width
+
+    def walker(self, leaves_of: Any) -> Any:
+        """A :class:`scoring.attribution_walk.PathWalker` over these tables (one native pass
+        instead of ``pred_leaf`` + :meth:`contributions`) when numba is here and, on its check
+        rows, it reaches the leaves ``leaves_of(rows)`` (LightGBM's ``pred_leaf``) gives with
+        the same contributions to the bit; else None."""
+        from scoring import attribution_walk
+
+        if not attribution_walk.available():
+            return None
+        walk = attribution_walk.PathWalker(self._trees, self.table, self._width)
+        return walk if walk.agrees(leaves_of, self.contributions) else None
 
     def contributions(self, leaves: np.ndarray) -> np.ndarray:
         """(n, features) contributions from (n, trees) leaf indices (``pred_leaf``)."""

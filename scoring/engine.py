@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from scoring import attribution_walk
 from scoring.attribution import METHODS as EXPLAIN_METHODS
 from scoring.bundle import Bundle
 from scoring.campaigns import condition_columns, rank
@@ -684,7 +685,10 @@ class ScoringEngine:
 
     def _top_contributions(self, values: np.ndarray) -> list[list[dict[str, Any]]]:
         """The EXPLAIN_TOP largest contributions by magnitude of each row of ``values``."""
-        top = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :EXPLAIN_TOP].tolist()
+        if attribution_walk.available():
+            top = attribution_walk.top_k(values, EXPLAIN_TOP).tolist()
+        else:
+            top = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :EXPLAIN_TOP].tolist()
         columns = self.tables.layout.columns
         vals = values.tolist()
         return [

@@ -3,8 +3,10 @@ without the per-call set-up of ``Booster.predict``.
 
 With a :class:`scoring.compiled_trees.CompiledForest` (verified and checked against the booster
 when the bundle loaded), probabilities come from native code. Feature contributions (``explain``)
-come from LightGBM: the leaf each row reaches in every tree (``pred_leaf``, summed over the
-per-leaf tables of :mod:`scoring.attribution`) or, as an option, its exact TreeSHAP.
+come from one native walk of the trees that sums the per-leaf tables of
+:mod:`scoring.attribution` as it goes (:mod:`scoring.attribution_walk`; else LightGBM's
+``pred_leaf`` and a gather-sum over the tables, the same bits) or, as an option, LightGBM's
+exact TreeSHAP.
 
 ``Booster.predict`` builds a new predictor object, deep-copies its parameters and checks its
 input on every call: about 40 µs before any tree is walked, which is a large share of a
@@ -17,6 +19,7 @@ private handle it relies on is the one it was written for.
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -25,6 +28,8 @@ import numpy as np
 from lightgbm import basic as _lgb
 
 from scoring.attribution import METHODS, PathAttribution
+
+log = logging.getLogger(__name__)
 
 _PREDICT_NORMAL = 0
 _PREDICT_LEAF = 2
@@ -59,6 +64,8 @@ class PropensityModel:
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._attribution: PathAttribution | None = None
+        #: the one-pass native walk of path attribution (None: pred_leaf + the tables)
+        self._walker: Any = None
 
     def _fast_config(self, kind: int = _PREDICT_NORMAL) -> ctypes.c_void_p:
         """This thread's single-row FastConfig handle for prediction ``kind`` (not shareable
@@ -194,6 +201,10 @@ class PropensityModel:
         if rows.shape[0] == 0:
             return np.empty((0, self.n_features), dtype=np.float64)
         if method == "path":
+            if self._attribution is None:
+                self.prepare_explain()
+            if self._walker is not None:
+                return self._walker.contributions(rows)
             return self.attribution.contributions(self.leaves(rows))
         if method != "treeshap":
             raise ValueError(f"method={method!r} should be one of {METHODS}")
@@ -206,7 +217,11 @@ class PropensityModel:
         """The per-leaf contribution tables (built on first use: a bundle nobody asks to
         explain does not pay for them; :meth:`prepare_explain` builds them at load)."""
         if self._attribution is None:
-            self._attribution = PathAttribution(self.booster)
+            attribution = PathAttribution(self.booster)
+            self._attribution = attribution
+            self._walker = attribution.walker(self.leaves)
+            if self._walker is None:
+                log.info("explain: path attribution from pred_leaf and tables (no native walk)")
         return self._attribution
 
     def prepare_explain(self) -> None:

@@ -142,3 +142,62 @@ def test_a_big_batch_is_gathered_in_blocks_with_the_same_bits(engine, rows):
         [engine.model.contributions(many[i : i + 5], "path") for i in range(0, len(many), 5)]
     )
     np.testing.assert_array_equal(together, apart)
+
+
+def test_the_native_walk_serves_path_explain_with_the_tables_bits(engine, tiny_bundle, rows):
+    model = engine.model
+    walker = model._walker
+    assert walker is not None  # numba is a service requirement
+    table_path = model.attribution.contributions(model.leaves(rows))
+    np.testing.assert_array_equal(model.contributions(rows, "path"), table_path)
+    np.testing.assert_array_equal(walker.leaves(rows), model.leaves(rows))
+
+
+def test_the_native_walk_follows_lightgbms_decisions_at_every_edge(engine):
+    """Thresholds and the floats beside them, every category and halves of them, zero, -0.0,
+    values LightGBM reads as zero (|x| <= 1e-35), negatives and NaN."""
+    model, walker = engine.model, engine.model._walker
+    edges = walker.check_rows(seed=11, n=3000)
+    assert np.isnan(edges).any() and (edges == 1e-40).any()
+    np.testing.assert_array_equal(walker.leaves(edges), model.leaves(edges))
+    np.testing.assert_array_equal(
+        walker.contributions(edges), model.attribution.contributions(model.leaves(edges))
+    )
+
+
+def test_a_walk_that_disagrees_with_lightgbm_is_not_used(tiny_bundle):
+    attribution = PathAttribution(tiny_bundle.response_model)
+    model = PropensityModel(tiny_bundle.response_model)
+
+    def off_by_one(rows):
+        leaves = model.leaves(rows)
+        leaves[:, 0] = (leaves[:, 0] + 1) % 2
+        return leaves
+
+    assert attribution.walker(model.leaves) is not None
+    assert attribution.walker(off_by_one) is None
+
+
+def test_without_numba_explain_uses_pred_leaf_and_the_tables(tiny_bundle, rows, monkeypatch):
+    from scoring import attribution_walk
+
+    monkeypatch.setattr(attribution_walk, "available", lambda: False)
+    plain = PropensityModel(tiny_bundle.response_model)
+    got = plain.contributions(rows, "path")
+    assert plain._walker is None
+    np.testing.assert_array_equal(got, plain.attribution.contributions(plain.leaves(rows)))
+
+
+@pytest.mark.parametrize("k", [1, 3, 40])
+def test_top_k_is_a_stable_argsort_of_magnitudes(k):
+    from scoring.attribution_walk import top_k
+
+    rng = np.random.default_rng(k)
+    pool = np.array([0.0, -0.0, 1.5, -1.5, 2.0, np.nan, 0.3, -0.3, np.inf, -np.inf])
+    for _ in range(50):
+        values = rng.choice(pool, size=(rng.integers(1, 9), rng.integers(1, 20)))
+        expected = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(top_k(values, k), expected)
+        normal = rng.normal(size=values.shape)
+        expected = np.argsort(-np.abs(normal), axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(top_k(normal, k), expected)
