@@ -31,8 +31,10 @@ from training.engines.dask import (
     merged_percentile,
     pca_from_moments,
     scaler_from_moments,
+    score_dataset,
 )
 from training.engines.dask import train as train_on_dask
+from training.engines.local import score_table
 from training.generate import write_demo
 from training.partitioned import (
     Moments,
@@ -164,6 +166,25 @@ def test_an_uncapped_response_sample_joins_on_the_cluster_with_the_same_result(
     assert abs(ours["auc"] - theirs["auc"]) <= 0.01
     rates = [p["response_rate"] for p in result.bundle.profiles]
     assert rates == [p["response_rate"] for p in on_dask.profiles]
+
+
+def test_a_bundle_with_compiled_trees_scores_on_the_cluster(trained, cluster, tmp_path):
+    """The loaded native forest stays on this machine; workers score through LightGBM, which
+    the compiled trees match (to scoring.compiled_trees.TOLERANCE)."""
+    client, _ = cluster
+    on_dask, _, base = trained
+    frame = pd.read_parquet(base / "fresh" / "customers.parquet")
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for i in range(3):
+        frame.iloc[i * 1000 : (i + 1) * 1000].to_parquet(parts / f"p{i}.parquet", index=False)
+    result = score_dataset(client, on_dask, parts, tmp_path / "out", show_progress=False)
+    assert result.rows == 3000
+    scored = pd.concat(
+        [pd.read_parquet(p) for p in sorted((tmp_path / "out").iterdir())], ignore_index=True
+    )
+    in_one = score_table(on_dask, frame.iloc[:3000], batch_size=1000)
+    pd.testing.assert_frame_equal(scored, in_one, check_exact=False, rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize(

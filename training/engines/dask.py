@@ -213,6 +213,13 @@ def score_partition(frame: pd.DataFrame, bundle: Bundle, out_dir: str, index: in
     return len(scored)
 
 
+def shippable(bundle: Bundle) -> Bundle:
+    """``bundle`` as workers receive it: the loaded native forests left out (see above)."""
+    import dataclasses
+
+    return dataclasses.replace(bundle, compiled_forest=None, compiled_control_forest=None)
+
+
 @dataclass(frozen=True)
 class ScoreResult:
     """What batch scoring on the cluster wrote."""
@@ -252,8 +259,11 @@ def score_dataset(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TableError(f"{out}: the output folder exists and is not empty; choose another")
     out.mkdir(parents=True, exist_ok=True)
-    # one verified bundle shipped to every worker once (workers need not see the bundle root)
-    [shared] = client.scatter([bundle], broadcast=True)
+    # one verified bundle shipped to every worker once (workers need not see the bundle root),
+    # without the compiled trees: native code loaded for this machine is neither picklable nor
+    # meant for other machines; workers predict through LightGBM, which the compiled trees
+    # were checked to match (scoring.compiled_trees.TOLERANCE) when the bundle was loaded
+    [shared] = client.scatter([shippable(bundle)], broadcast=True)
     parts = frame.to_delayed()
     tasks = [
         delayed(score_partition, pure=False)(part, shared, str(out), i)
