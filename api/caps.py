@@ -25,6 +25,16 @@ kernel's loopback socket work. So the read path does as little of it as it can:
   (a few hundred microseconds apart, both advisory: only a commit counts). Pools with more than
   :data:`PREFETCH_MAX_KEYS` counters per customer are read after scoring instead, and only for
   the campaigns that survived eligibility, gain and hold-outs.
+* **Recent reads are reused** for :attr:`FrequencyCaps.read_max_age` seconds (the service's
+  ``CAPS_READ_MAX_AGE_SECONDS``, default 1; 0 switches it off): a read-only request for a
+  customer whose counters this worker read less than that long ago answers from that read,
+  with no round trip. So a read-only answer may miss sends counted in the last
+  ``read_max_age`` seconds by *other* workers (or other customers' sends towards a campaign's
+  ``daily_cap``); a commit in this worker forgets the customer's read at once. Read-only
+  answers were advisory before (a send elsewhere can land between a read and a send); this
+  widens that window from the request's duration to at most ``read_max_age``. A commit never
+  uses it: the Lua script reads every counter atomically, so no cap is ever exceeded. At most
+  :data:`READ_CACHE_ENTRIES` customers are kept (the oldest read is dropped first).
 * **Exhausted campaign caps** are remembered for :data:`EXHAUSTED_SECONDS`: a campaign-day
   counter only grows during its day (``INCR`` only; the key names the day), so once it has
   reached the ``daily_cap`` it stays there until the next UTC day. The memory is dropped at the
@@ -107,6 +117,8 @@ REASONS = ("per_customer_day", "per_customer_week", "daily_cap")
 PREFETCH_MAX_KEYS = 96
 #: how long a worker trusts that a campaign's daily cap is exhausted without reading it again
 EXHAUSTED_SECONDS = 60.0
+#: most customers whose last counter read a worker keeps for reuse (read_max_age)
+READ_CACHE_ENTRIES = 2048
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,10 @@ class CapLimits:
         object.__setattr__(self, "_limits", limits)
         #: True when some limit is set
         object.__setattr__(self, "any", any(v is not None for v in limits))
+        #: (counter index, limit) of the limits that are set, in counter order
+        object.__setattr__(
+            self, "set_limits", tuple((i, v) for i, v in enumerate(limits) if v is not None)
+        )
 
     def as_tuple(self) -> tuple[int | None, int | None, int | None]:
         """The limits in counter order (customer-day, customer-week, campaign-day)."""
@@ -172,10 +188,18 @@ class Prefetch:
     connection.
     """
 
-    def __init__(self, pool: Any, connection: Any, keys: list[str]) -> None:
+    def __init__(
+        self,
+        pool: Any,
+        connection: Any,
+        keys: list[str],
+        on_read: Callable[[dict[str, int]], None] | None = None,
+    ) -> None:
         self._pool = pool
         self._connection = connection
         self.keys = keys
+        #: given the counts once the reply is read (FrequencyCaps keeps them for reuse)
+        self._on_read = on_read
         self._values: dict[str, int] | None = None
         self._error: Exception | None = None
 
@@ -185,6 +209,8 @@ class Prefetch:
             try:
                 reply = self._connection.read_response()
                 self._values = _ints(self.keys, reply)
+                if self._on_read is not None:
+                    self._on_read(self._values)
             except (redis.RedisError, OSError, ValueError, TypeError) as exc:
                 self._error = exc if isinstance(exc, redis.RedisError) else redis.RedisError(exc)
                 self._connection.disconnect()
@@ -219,6 +245,8 @@ class FrequencyCaps:
         fail: str = OPEN,
         clock: Callable[[], float] = time.time,
         on_failure: Callable[[str], None] | None = None,
+        read_max_age: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if fail not in (OPEN, CLOSED):
             raise ValueError(f"fail={fail!r} should be {OPEN!r} or {CLOSED!r}")
@@ -227,6 +255,13 @@ class FrequencyCaps:
         self.fail = fail
         self.clock = clock
         self.on_failure = on_failure
+        #: seconds a read-only check may reuse this worker's last read of a customer's
+        #: counters (0: never; see the module docstring)
+        self.read_max_age = float(read_max_age)
+        self._monotonic = monotonic
+        #: customer -> (monotonic time the read was sent, period labels, {key: count}, the
+        #: candidates it was read for: a prefetch's are the served pool's capped campaigns)
+        self._reads: dict[str | None, tuple[float, tuple[str, str], dict[str, int], Any]] = {}
         self._script: Any = None  # registered on first use (a test double may lack scripts)
         self._period_ordinal = -1
         self._period_labels = ("", "")
@@ -266,6 +301,38 @@ class FrequencyCaps:
     def _remember(self, day_key: str, count: int, limit: int | None) -> None:
         if limit is not None and count >= limit:
             self._exhausted[day_key] = (count, self.clock())
+
+    def _recent(
+        self, customer_id: str | None
+    ) -> tuple[float, tuple[str, str], dict[str, int], Any] | None:
+        """This worker's read of the customer's counters, when younger than read_max_age."""
+        if self.read_max_age <= 0.0:
+            return None
+        entry = self._reads.get(customer_id)
+        if entry is None:
+            return None
+        if entry[1] is not self._period() or self._monotonic() - entry[0] > self.read_max_age:
+            self._reads.pop(customer_id, None)  # another thread may have dropped it already
+            return None
+        return entry
+
+    def _keep(
+        self, customer_id: str | None, sent: float, scope: Any, counts: dict[str, int]
+    ) -> None:
+        """Keep a fresh read (``sent``: when it was sent, so its age is never understated;
+        ``scope``: the candidates it covers)."""
+        if self.read_max_age <= 0.0:
+            return
+        reads = self._reads
+        reads.pop(customer_id, None)  # re-inserted last: the dict's order is read order
+        reads[customer_id] = (sent, self._period(), counts, scope)
+        while len(reads) > READ_CACHE_ENTRIES:
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                reads.pop(next(iter(reads)))
+
+    def forget(self, customer_id: str | None) -> None:
+        """Drop the kept read of a customer (their counters just changed here)."""
+        self._reads.pop(customer_id, None)
 
     def _read_keys(
         self, customer_id: str | None, candidates: Sequence[tuple[str, CapLimits]]
@@ -328,9 +395,15 @@ class FrequencyCaps:
         pool = getattr(self.client, "connection_pool", None)
         if pool is None:
             return None
+        recent = self._recent(customer_id)
+        if recent is not None and recent[3] is candidates:
+            # read for these very candidates (all but the then known-exhausted campaigns, whose
+            # counters check() reads should their memory have lapsed since)
+            return ReadCounts(recent[2])
         keys = self._read_keys(customer_id, candidates)
         if not keys or len(keys) > PREFETCH_MAX_KEYS:
             return None
+        sent = self._monotonic()
         try:
             connection = pool.get_connection()
         except (redis.RedisError, OSError):
@@ -341,7 +414,10 @@ class FrequencyCaps:
             connection.disconnect()
             pool.release(connection)
             return None
-        return Prefetch(pool, connection, keys)
+        keep = None
+        if self.read_max_age > 0.0:
+            keep = functools.partial(self._keep, customer_id, sent, candidates)
+        return Prefetch(pool, connection, keys, keep)
 
     def _key_table(self, customer_id: str | None) -> dict[str, tuple[str, str, str]]:
         """This customer's counter keys by campaign, filled as asked: kept for the last customer
@@ -399,16 +475,39 @@ class FrequencyCaps:
         if commit:
             return self._commit(customer_id, candidates, n if top_k is None else top_k)
         try:
-            read = prefetched.counts() if prefetched is not None else {}
-            missing = [k for k in self._read_keys(customer_id, candidates) if k not in read]
+            if prefetched is not None:
+                counts = prefetched.counts()
+            else:
+                recent = self._recent(customer_id)
+                counts = {} if recent is None else recent[2]
+            allowed, reasons, missing = self._decide(customer_id, candidates, counts)
             if missing:
-                # the counters the prefetch did not cover (a shared dict is never changed)
-                read = {**read, **_ints(missing, self.client.mget(missing))}
+                if prefetched is None:
+                    # all of them afresh: a kept read is never topped up (its age would lie)
+                    needed = self._read_keys(customer_id, candidates)
+                    sent = self._monotonic()
+                    counts = _ints(needed, self.client.mget(needed))
+                    self._keep(customer_id, sent, candidates, counts)
+                else:
+                    # the counters the prefetch did not cover (a shared dict is never changed)
+                    counts = {**counts, **_ints(missing, self.client.mget(missing))}
+                allowed, reasons, missing = self._decide(customer_id, candidates, counts)
         except redis.RedisError as exc:
             return self._failed(n, exc)
-        counts = read
+        return CapResult(allowed, reasons, "ok")
+
+    def _decide(
+        self,
+        customer_id: str | None,
+        candidates: Sequence[tuple[str, CapLimits]],
+        counts: dict[str, int],
+    ) -> tuple[list[bool], list[str | None], list[str]]:
+        """Which candidates pass their caps by ``counts``, why the others do not, and the
+        counters ``counts`` lacks (their campaigns pass for now: read them and ask again)."""
         table = self._key_table(customer_id)
-        allowed, reasons = [], []
+        allowed: list[bool] = []
+        reasons: list[str | None] = []
+        missing: list[str] = []
         for campaign_id, cap in candidates:
             reason = None
             if cap.any:
@@ -416,15 +515,21 @@ class FrequencyCaps:
                 if self._known_exhausted(triple[2], cap.daily_cap):
                     reason = REASONS[2]
                 else:
-                    for i, (key, limit) in enumerate(zip(triple, cap.as_tuple(), strict=True)):
-                        if key and limit is not None and counts.get(key, 0) >= limit:
+                    for i, limit in cap.set_limits:
+                        key = triple[i]
+                        if not key:
+                            continue
+                        count = counts.get(key)
+                        if count is None:
+                            missing.append(key)
+                        elif count >= limit:
                             if i == 2:
-                                self._remember(key, counts[key], limit)
+                                self._remember(key, count, limit)
                             reason = REASONS[i]
                             break
             allowed.append(reason is None)
             reasons.append(reason)
-        return CapResult(allowed, reasons, "ok")
+        return allowed, reasons, missing
 
     def _commit(
         self, customer_id: str | None, candidates: Sequence[tuple[str, CapLimits]], top_k: int
@@ -441,6 +546,9 @@ class FrequencyCaps:
             codes = self._script(keys=keys, args=[top_k, *limits, DAY_TTL, WEEK_TTL, DAY_TTL])
         except redis.RedisError as exc:
             return self._failed(len(candidates), exc)
+        finally:
+            # the customer's counters may have changed: the next read-only check reads them
+            self.forget(customer_id)
         codes = [int(c) for c in codes]
         for c, code in enumerate(codes):
             if code == -3:  # blocked by the campaign's daily cap: it is exhausted for today
@@ -504,6 +612,7 @@ def apply_caps(
         result["reason"] = CAPS_UNAVAILABLE if checked.status == f"failed_{CLOSED}" else ALL_CAPPED
 
 
+@functools.lru_cache(maxsize=1024)
 def _cap_rule(cap: CapLimits, status: str, commit: bool) -> str:
     """How the frequency caps admitted one offer, for its ``rules``."""
     if status == "disabled":

@@ -186,6 +186,9 @@ class ScoringEngine:
             c.id: control_group_rule(share, tables.pool.holdout_share)
             for c, share in zip(self.campaigns, tables.holdout_shares, strict=True)
         }
+        #: id(a table item's rules) -> (those rules, the same + the control-group rule): built
+        #: once per shared list, not per answer (the original is kept, so an id is never reused)
+        self._with_control: dict[int, tuple[list[str], list[str]]] = {}
         self._single = SingleCustomerScorer(tables, self.model, self._control, self.today)
 
     def today(self) -> dt.date:
@@ -652,12 +655,20 @@ class ScoringEngine:
             if customer_id is None:
                 res["holdout_note"] = NO_ID_NOTE
             else:
-                # the offer passed its control-group draw: say so (a new list: the table's
-                # rules are shared by every answer)
+                # the offer passed its control-group draw: say so (another list: the table's
+                # rules are shared by every answer, and so is the extended one; answers replace
+                # an item's rules, never change them in place)
+                memo = self._with_control
                 for item in res["campaigns"]:
                     rule = self.control_rule(item["campaign_id"])
                     if rule is not None:
-                        item["rules"] = [*item["rules"], rule]
+                        rules = item["rules"]
+                        seen = memo.get(id(rules))
+                        if seen is None or seen[0] is not rules or seen[1][-1] != rule:
+                            if len(memo) > 4096:  # only the tables' lists come here: a bound
+                                memo.clear()
+                            seen = memo[id(rules)] = (rules, [*rules, rule])
+                        item["rules"] = seen[1]
         if reason is not None:
             res["reason"] = reason
 

@@ -16,6 +16,7 @@ when the same gain is positive.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
@@ -44,6 +45,31 @@ def holdout_draw(customer_id: str, campaign_id: str, salt: str) -> float:
         f"{customer_id}\x1f{campaign_id}".encode(), digest_size=8, key=salt.encode()[:64]
     ).digest()
     return int.from_bytes(digest, "big") / _SCALE
+
+
+@functools.lru_cache(maxsize=64)
+def _keyed(salt: str) -> Any:
+    """BLAKE2b keyed with ``salt``, nothing hashed yet: copied, never updated itself (keying
+    costs a compression; a copy of the keyed state does not)."""
+    return hashlib.blake2b(digest_size=8, key=salt.encode()[:64])
+
+
+class CustomerDraws:
+    """:func:`holdout_draw` for one customer and many campaigns, the same numbers to the bit:
+    the keyed state and the customer's bytes are hashed once, each campaign continues a copy
+    (BLAKE2b hashes a stream, so the digest of ``customer + 0x1f + campaign`` is the same)."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, customer_id: str, salt: str) -> None:
+        self._state = _keyed(salt).copy()
+        self._state.update(f"{customer_id}\x1f".encode())
+
+    def draw(self, campaign_id: str) -> float:
+        """The customer's draw for ``campaign_id`` (= holdout_draw(customer, campaign, salt))."""
+        h = self._state.copy()
+        h.update(campaign_id.encode())
+        return int.from_bytes(h.digest(), "big") / _SCALE
 
 
 def held_out(customer_id: str | None, campaign_id: str, share: float, salt: str) -> bool:
@@ -99,9 +125,9 @@ def choose(
     group holds the customer is skipped (and reported), the next one takes its place; a
     customer in the global control group gets nothing. Without a customer id nobody is held out.
     """
-    cid = None if customer_id is None else str(customer_id)
+    draws = None if customer_id is None else CustomerDraws(str(customer_id), salt)
     limit = len(ranked) if top_k is None else top_k
-    if cid is not None and held_out(cid, GLOBAL_HOLDOUT, global_share, salt):
+    if draws is not None and global_share > 0.0 and draws.draw(GLOBAL_HOLDOUT) < global_share:
         return [], list(ranked[:limit]), IN_GLOBAL_HOLDOUT
     offers: list[int] = []
     held: list[int] = []
@@ -109,7 +135,7 @@ def choose(
         if len(offers) >= limit:
             break
         share = holdout_shares[j]
-        if cid is not None and share > 0.0 and held_out(cid, campaign_ids[j], share, salt):
+        if draws is not None and share > 0.0 and draws.draw(campaign_ids[j]) < share:
             held.append(j)
         else:
             offers.append(j)

@@ -16,6 +16,7 @@ numpy's elementwise operations do. Campaign rules and ranking come from
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,18 @@ class SingleCustomerScorer:
             for c in tables.schema.categoricals
         ]
         self._eligible = [row.tolist() for row in tables.eligible]
+        # campaigns with the same conditions share one check per request (pools often repeat a
+        # condition across campaigns); each group's conditions are compiled closures
+        groups: dict[str, int] = {}
+        self._condition_group: dict[int, int] = {}
+        self._condition_checks: list[tuple[Callable[[Mapping[str, Any]], bool], ...]] = []
+        for j in tables.conditional:
+            conds = tables.campaigns[j].parsed_conditions
+            key = json.dumps([c.tree for c in conds], sort_keys=True)
+            if key not in groups:
+                groups[key] = len(self._condition_checks)
+                self._condition_checks.append(tuple(c.holds for c in conds))
+            self._condition_group[j] = groups[key]
         self._values = tables.values.tolist()
         self._project = _projection(self._b, self._w)
         self._nearest = _nearest_centre(self._centers)
@@ -167,8 +180,19 @@ class SingleCustomerScorer:
             values = dict(zip(self._numeric_names, vals, strict=True))
             for name, _ in self._categoricals:
                 values[name] = record.get(name)
-            conditional = tables.conditional
-            chosen = [j for j in chosen if j not in conditional or camps[j].admits(values)]
+            group, checks = self._condition_group, self._condition_checks
+            seen: dict[int, bool] = {}
+            kept = []
+            for j in chosen:
+                g = group.get(j)
+                if g is not None:
+                    ok = seen.get(g)
+                    if ok is None:
+                        ok = seen[g] = all(check(values) for check in checks[g])
+                    if not ok:
+                        continue
+                kept.append(j)
+            chosen = kept
         layout = tables.layout
         row = layout.row(vals, self.codes(record), s, 0)
         slot = layout.campaign_slot
