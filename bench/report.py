@@ -20,6 +20,7 @@ from bench import (
     evidence,
     profile_request,
     serving,
+    targeting,
     training,
     transactions,
 )
@@ -34,6 +35,7 @@ SECTIONS = (
     ("evidence", "Algorithm comparison and reports (issue 13)", evidence.markdown),
     ("transactions", "Transactions to features and the CLV fit (issue 10)", transactions.markdown),
     ("database_read", "Reading a PostgreSQL table (issue 10)", database_read.markdown),
+    ("targeting", "Targeting: rules, control groups, caps (issue 9)", targeting.markdown),
     ("profile_request", "Profile of one request", profile_request.markdown),
 )
 TEMPLATE = f"""# Benchmark results
@@ -79,6 +81,7 @@ def figures(directory: Path) -> str:
         ("training", "2"),
         ("evidence", "13"),
         ("transactions", "10"),
+        ("targeting", "9"),
     ):
         data = loaded.get(name)
         for t in (data or {}).get("targets", []):

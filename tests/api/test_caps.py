@@ -7,7 +7,7 @@ import multiprocessing as mp
 import pytest
 import redis
 
-from api.caps import CLOSED, EXHAUSTED_SECONDS, OPEN, CapLimits, FrequencyCaps
+from api.caps import CLOSED, EXHAUSTED_SECONDS, OPEN, CapLimits, FrequencyCaps, Prefetch
 
 DAY = 1_764_633_600.0  # 2025-12-02 00:00 UTC
 
@@ -183,3 +183,77 @@ def test_a_prefetch_against_a_dead_redis_fails_as_configured():
         if pending is not None:
             pending.close()
     assert result.allowed == [False] and result.status == "failed_closed"
+
+
+def test_a_read_only_check_reuses_a_recent_read_no_longer_than_its_max_age(redis_url, redis_prefix):
+    mono = [100.0]
+    caps = _caps(redis_url, redis_prefix, clock=lambda: DAY, read_max_age=1.0,
+                 monotonic=lambda: mono[0])  # fmt: skip
+    other = _caps(redis_url, redis_prefix, clock=lambda: DAY)  # another worker, no reuse
+    pool = [("a", CapLimits(per_customer_day=1)), ("b", CapLimits(daily_cap=5))]
+    assert caps.check("c1", pool).allowed == [True, True]  # read, and kept
+    assert other.check("c1", pool[:1], commit=True).allowed == [True]
+    # within the max age the kept read answers: the other worker's send is not seen yet
+    mono[0] += 0.9
+    assert caps.check("c1", pool).allowed == [True, True]
+    # past it, the counters are read again and the send shows
+    mono[0] += 0.2
+    assert caps.check("c1", pool).allowed == [False, True]
+    # another customer was never read: nothing stale about them
+    assert caps.check("c2", pool).allowed == [True, True]
+
+
+def test_a_prefetch_for_the_served_pool_is_kept_and_reused_within_the_max_age(
+    redis_url, redis_prefix
+):
+    mono = [100.0]
+    caps = _caps(redis_url, redis_prefix, clock=lambda: DAY, read_max_age=1.0,
+                 monotonic=lambda: mono[0])  # fmt: skip
+    other = _caps(redis_url, redis_prefix, clock=lambda: DAY)
+    served = caps.pool_candidates(["a", "b"], [(1, None, None), (None, None, 5)])
+    sent = caps.prefetch("c1", served)
+    assert isinstance(sent, Prefetch)
+    try:
+        assert caps.check("c1", served, prefetched=sent).allowed == [True, True]
+    finally:
+        sent.close()
+    other.check("c1", served[:1], commit=True)
+    mono[0] += 0.5
+    reused = caps.prefetch("c1", served)
+    assert reused is not None and not isinstance(reused, Prefetch)  # nothing sent
+    assert caps.check("c1", served, prefetched=reused).allowed == [True, True]
+    mono[0] += 0.6  # the read is now 1.1 s old
+    again = caps.prefetch("c1", served)
+    assert isinstance(again, Prefetch)
+    try:
+        assert caps.check("c1", served, prefetched=again).allowed == [False, True]
+    finally:
+        again.close()
+
+
+def test_a_commit_forgets_the_customers_read_at_once(redis_url, redis_prefix):
+    mono = [100.0]
+    caps = _caps(redis_url, redis_prefix, clock=lambda: DAY, read_max_age=60.0,
+                 monotonic=lambda: mono[0])  # fmt: skip
+    pool = [("a", CapLimits(per_customer_day=1))]
+    assert caps.check("c1", pool).allowed == [True]
+    assert caps.check("c1", pool, commit=True).allowed == [True]
+    # the same worker's own send is never hidden by its kept read, prefetched or not
+    pending = caps.prefetch("c1", pool)
+    try:
+        assert caps.check("c1", pool, prefetched=pending).allowed == [False]
+    finally:
+        pending.close()
+    assert caps.check("c1", pool).allowed == [False]
+    # a commit is atomic whatever was read: a second send is refused
+    assert caps.check("c1", pool, commit=True).allowed == [False]
+
+
+def test_reads_are_never_reused_when_the_max_age_is_zero(redis_url, redis_prefix):
+    caps = _caps(redis_url, redis_prefix, clock=lambda: DAY)
+    other = _caps(redis_url, redis_prefix, clock=lambda: DAY)
+    pool = [("a", CapLimits(per_customer_day=1))]
+    assert caps.check("c1", pool).allowed == [True]
+    other.check("c1", pool, commit=True)
+    assert caps.check("c1", pool).allowed == [False]
+    assert isinstance(caps.prefetch("c1", pool), Prefetch)

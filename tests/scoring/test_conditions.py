@@ -97,3 +97,37 @@ def test_batch_mask_matches_the_single_path_on_random_customers():
     single = [condition.holds({k: v[i] for k, v in cols.items()}) for i in range(n)]
     assert condition.mask(cols, n).tolist() == single
     assert 0 < sum(single) < n
+
+
+def test_compiled_conditions_answer_as_the_tree_walk_does():
+    # holds() runs closures compiled from the tree; the plain walk is the reference
+    from scoring.conditions import _holds
+
+    texts = [
+        "(total_spend >= 1000 or days_since_last_purchase > 90) and not mobile_usage < 0.3",
+        "0.2 <= mobile_usage < 0.8",
+        "total_spend != 0 or mobile_usage == 0.5 or days_since_last_purchase <= 10",
+        'region in ["north", "south"] and not region == "south"',
+        'region != "east"',
+        "total_spend > 1 and mobile_usage > 0.1 and days_since_last_purchase < 200",
+    ]
+    rng = np.random.default_rng(1)
+    customers = [
+        {
+            "total_spend": float(rng.choice([0.0, 5.0, 1500.0, np.nan])),
+            "days_since_last_purchase": rng.choice([None, 3, 120]),
+            "mobile_usage": float(rng.choice([0.1, 0.5, 0.9, np.nan])),
+            "region": rng.choice([None, "north", "south", "east"]),
+        }
+        for _ in range(300)
+    ]
+    for text in texts:
+        condition = parse(text)
+        answers = [condition.holds(c) for c in customers]
+        assert answers == [_holds(condition.tree, c) for c in customers]
+        assert 0 < sum(answers) < len(customers)
+        # a copy or a pickle (process pools) rebuilds the closures
+        import pickle
+
+        again = pickle.loads(pickle.dumps(condition))
+        assert again == condition and [again.holds(c) for c in customers] == answers

@@ -8,7 +8,15 @@ import sys
 import numpy as np
 import pytest
 
-from scoring.policy import expected_gain, held_out, holdout_draw, is_offer
+from scoring.policy import (
+    IN_GLOBAL_HOLDOUT,
+    CustomerDraws,
+    choose,
+    expected_gain,
+    held_out,
+    holdout_draw,
+    is_offer,
+)
 
 
 def test_holdout_draw_is_fixed_by_customer_campaign_and_salt():
@@ -56,3 +64,23 @@ def test_expected_gain_uses_the_lift_when_there_is_a_control_probability():
         expected_gain(np.array([0.3, 0.1]), np.array([0.1, 0.2]), np.array([10.0, 10.0]), 1.0),
         [1.0, -2.0],
     )
+
+
+def test_assignments_are_pinned_and_choose_draws_as_holdout_draw_does():
+    # users rely on the same control groups after an upgrade: the draws are pinned to the
+    # values the first release gave, and choose()'s per-customer hashing reproduces them
+    assert holdout_draw("c-1", "cashback", "pool-salt") == 0.5247589495730958
+    assert holdout_draw("c-42", "*", "") == 0.29357125397268685
+    campaigns = ["cashback", "savings", "travel", "é-mail"]
+    shares = [0.3, 0.0, 0.5, 0.2]
+    for i in range(300):
+        cid, salt = f"c-{i}", ("pool-salt", "", "s" * 80)[i % 3]
+        draws = CustomerDraws(cid, salt)
+        assert [draws.draw(c) for c in campaigns] == [holdout_draw(cid, c, salt) for c in campaigns]
+        offers, held, reason = choose(cid, [0, 1, 2, 3], 4, campaigns, shares, salt, 0.1, None)
+        if held_out(cid, "*", 0.1, salt):
+            assert (offers, held, reason) == ([], [0, 1, 2, 3], IN_GLOBAL_HOLDOUT)
+        else:
+            expected = [j for j in range(4) if held_out(cid, campaigns[j], shares[j], salt)]
+            assert held == expected
+            assert offers == [j for j in range(4) if j not in expected]
