@@ -158,6 +158,17 @@ class CapResult:
     status: str
 
 
+def pack_mget(keys: Sequence[str]) -> bytes:
+    """``MGET keys...`` in Redis's wire format (RESP). redis-py's general packer encodes and
+    type-checks each argument one by one: for the prefetch's ~20 keys it cost several times
+    this (bench/RESULTS.md, Targeting), and the bytes are the same (tests/api/test_caps.py)."""
+    parts = [b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)]
+    for key in keys:
+        raw = key.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(parts)
+
+
 def _ints(keys: Sequence[str], values: Sequence[Any]) -> dict[str, int]:
     """``MGET`` reply as {key: count} (an absent counter is 0)."""
     return {k: int(v or 0) for k, v in zip(keys, values, strict=True)}
@@ -409,7 +420,7 @@ class FrequencyCaps:
         except (redis.RedisError, OSError):
             return None
         try:
-            connection.send_command("MGET", *keys)
+            connection.send_packed_command([pack_mget(keys)])
         except (redis.RedisError, OSError):
             connection.disconnect()
             pool.release(connection)

@@ -257,3 +257,15 @@ def test_reads_are_never_reused_when_the_max_age_is_zero(redis_url, redis_prefix
     other.check("c1", pool, commit=True)
     assert caps.check("c1", pool).allowed == [False]
     assert isinstance(caps.prefetch("c1", pool), Prefetch)
+
+
+def test_the_prefetch_packs_mget_as_redis_py_does(redis_url):
+    from api.caps import pack_mget
+
+    connection = redis.Redis.from_url(redis_url).connection_pool.get_connection()
+    for keys in (
+        ["a"],
+        ["p:cap:x:c:é-1:d:20251202", "p:cap:x:d:20251202"],
+        [f"k{i}" for i in range(40)],
+    ):
+        assert pack_mget(keys) == b"".join(connection._command_packer.pack("MGET", *keys))
