@@ -216,3 +216,25 @@ def test_dask_training_smoke(tmp_path):
     assert run["train_peak_tree_mb"] > 0 and run["score_wall_s"] > 0
     assert set(run["stages_s"]) >= {"prepare", "segmentation", "response_model"}
     assert result["generation"]["customers"] == 20_000
+
+
+def test_targeting_targets_are_ratios_to_the_code_before_the_feature():
+    from bench import targeting
+
+    names = ["base", "head", "head+rules", "head+rules+caps"]
+    result = {
+        "median_requests_per_s": dict.fromkeys(names, 100.0),
+        "median_ratio_to_base": {
+            "base": 1.0,
+            "head": 1.0,
+            "head+rules": 0.95,
+            "head+rules+caps": 0.6,
+        },
+        "median_ratio_to_head": dict.fromkeys(names, 1.0),
+        "median_cpu_us": dict.fromkeys(names, 300.0),
+        "median_wall_us": dict.fromkeys(names, 300.0),
+    }
+    got = {t["measured"]: t["met"] for t in targeting.targets(result)}
+    assert got == {0.95: True, 0.6: False}
+    # an older JSON without round trips still renders
+    assert "| head+rules+caps | 100 | 0.600 |" in targeting.markdown(result)
