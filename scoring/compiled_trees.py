@@ -293,6 +293,21 @@ class CompiledForest:
         self._entry(data, out, 0, n)
         return out[:]
 
+    def predict_variants(self, row: list[float], slot: int, values: list[float]) -> list[float]:
+        """``predict_rows`` of copies of ``row`` with ``row[slot]`` set to each of ``values``."""
+        n, width = len(values), self.n_features
+        if len(row) != width:
+            raise ValueError(f"row has {len(row)} values, the model {width}")
+        if not 0 <= slot < width:
+            raise ValueError(f"slot {slot} is outside the model's {width} columns")
+        flat = array.array("d", row) * n
+        for i, v in enumerate(values):
+            flat[i * width + slot] = v
+        data = (ctypes.c_double * (n * width)).from_buffer(flat)
+        out = (ctypes.c_double * n)()
+        self._entry(data, out, 0, n)
+        return out[:]
+
 
 def load_checked(
     object_path: Path,

@@ -161,6 +161,18 @@ class PropensityModel:
             result.append(out.value)
         return result
 
+    def predict_variants(self, row: list[float], slot: int, values: list[float]) -> list[float]:
+        """``predict_rows`` of copies of ``row`` with ``row[slot]`` set to each of ``values``
+        (one customer's row for each campaign)."""
+        if self.compiled is not None:
+            return self.compiled.predict_variants(row, slot, values)
+        rows = []
+        for v in values:
+            r = list(row)
+            r[slot] = v
+            rows.append(r)
+        return self.predict_rows(rows)
+
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Probability of response for each row (n, n_features) -> (n,)."""
         if rows.shape[0] == 0:

@@ -78,6 +78,8 @@ class SingleCustomerScorer:
                 groups[key] = len(self._condition_checks)
                 self._condition_checks.append(tuple(c.holds for c in conds))
             self._condition_group[j] = groups[key]
+        #: per segment, the campaigns its rules allow (before dates, channel and exclusions)
+        self._allowed = [[j for j, ok in enumerate(row) if ok] for row in self._eligible]
         self._values = tables.values.tolist()
         self._project = _projection(self._b, self._w)
         self._nearest = _nearest_centre(self._centers)
@@ -171,11 +173,13 @@ class SingleCustomerScorer:
         s, distance, atypical, membership, scores = self.assign(vals)
         camps = tables.campaigns
         active = self._active_today() if tables.dated else self._active
-        chosen = [
-            j
-            for j, ok in enumerate(self._eligible[s])
-            if ok and active[j] and camps[j].reaches(channel) and camps[j].id not in exclude
-        ]
+        chosen = self._allowed[s]
+        if tables.dated or channel is not None or exclude:
+            chosen = [
+                j
+                for j in chosen
+                if active[j] and camps[j].reaches(channel) and camps[j].id not in exclude
+            ]
         if tables.conditional and chosen:
             values = dict(zip(self._numeric_names, vals, strict=True))
             for name, _ in self._categoricals:
@@ -196,12 +200,8 @@ class SingleCustomerScorer:
         layout = tables.layout
         row = layout.row(vals, self.codes(record), s, 0)
         slot = layout.campaign_slot
-        rows = []
-        for j in chosen:
-            r = row.copy()
-            r[slot] = float(j)
-            rows.append(r)
-        probs = self.model.predict_rows(rows)
+        # one model row per chosen campaign: the customer's row with the campaign's code
+        probs = self.model.predict_variants(row, slot, [float(j) for j in chosen])
         values_ = self._values
         costs = self._costs
         evs = [p * values_[j] for p, j in zip(probs, chosen, strict=True)]
@@ -215,7 +215,7 @@ class SingleCustomerScorer:
             without = None
             gains = [p * values_[j] - costs[j] for p, j in zip(probs, chosen, strict=True)]
         else:
-            without = self.control.predict_rows(rows)
+            without = self.control.predict_variants(row, slot, [float(j) for j in chosen])
             gains = [
                 (p - w) * values_[j] - costs[j]
                 for p, w, j in zip(probs, without, chosen, strict=True)

@@ -70,6 +70,24 @@ def test_compiled_trees_equal_lightgbm(compiled_root, demo_customers):
     # the few-rows path used by single-customer requests, without numpy
     few = bundle.compiled_forest.predict_rows(rows[:6].tolist())
     np.testing.assert_allclose(few, expected[:6], rtol=0, atol=1e-12)
+    # one customer's row for several campaigns (the single path): the same bits either way,
+    # compiled or through LightGBM's own fallback
+    slot = engine.tables.layout.campaign_slot
+    row = rows[0].tolist()
+    codes = [3.0, 0.0, 5.0, 1.0]
+    variants = []
+    for v in codes:
+        r = list(row)
+        r[slot] = v
+        variants.append(r)
+    compiled = bundle.compiled_forest.predict_variants(row, slot, codes)
+    assert compiled == bundle.compiled_forest.predict_rows(variants)
+    assert engine.model.predict_variants(row, slot, codes) == compiled
+    assert bundle.compiled_forest.predict_variants(row, slot, []) == []
+    engine.model.compiled = None
+    np.testing.assert_allclose(
+        engine.model.predict_variants(row, slot, codes), compiled, rtol=0, atol=1e-12
+    )
 
 
 def test_two_threads_give_the_same_numbers(compiled_root, demo_customers):
