@@ -89,6 +89,8 @@ class BatchEncoder:
         self.ranking = b'],"ranking":' + orjson.dumps(engine.ranking) + b',"held_out":'
         self.note = b',"holdout_note":' + orjson.dumps(NO_ID_NOTE) if t.has_holdout else b""
         self.campaign_ids = engine.campaign_ids
+        #: the pieces of the compact form (``"answer": "compact"``)
+        self.compact = CompactEncoder(self)
 
     def tails(
         self, stats: Callable[[int], dict[str, Any]], segments: np.ndarray
@@ -240,3 +242,218 @@ def encode_results(
     pieces += out.tolist()
     pieces.append(b"]" + after)
     return b"".join(pieces)
+
+
+# ---- the compact form (``"answer": "compact"``) ------------------------------------------------
+#: what each offer array of a compact answer holds, in order
+OFFER_FIELDS = ("campaign_id", "probability", "expected_value", "expected_gain")
+OFFER_FIELDS_UPLIFT = (
+    "campaign_id",
+    "probability",
+    "probability_without",
+    "uplift",
+    "expected_value",
+    "expected_gain",
+)
+#: the campaign fields the ``campaigns`` table holds once (the rest of a full item is per
+#: segment and channel: ``eligibility`` and ``rules``, in the ``segments`` table)
+_CAMPAIGN_FIELDS = ("name", "channel", "value", "cost")
+
+
+class CompactEncoder:
+    """The fixed JSON pieces of one engine's compact answers, serialised once."""
+
+    def __init__(self, encoder: BatchEncoder) -> None:
+        engine = encoder.engine
+        t = engine.tables
+        self.encoder = encoder
+        k = len(t.segment_names)
+        ids = engine.campaign_ids
+        campaigns = {}
+        for j, cid in enumerate(ids):
+            item = t.items[False][0][j]
+            entry = {name: item[name] for name in _CAMPAIGN_FIELDS}
+            if t.has_holdout:
+                # the rule an offer to a customer *with an id* passed, added to its rules
+                entry["control_rule"] = engine.control_rule(cid)
+            campaigns[cid] = entry
+        fields = OFFER_FIELDS_UPLIFT if encoder.uplift else OFFER_FIELDS
+        #: the body's fixed fields up to the segments table
+        self.head = (
+            b',"answer":"compact","ranking":'
+            + orjson.dumps(engine.ranking)
+            + b',"offer_fields":'
+            + orjson.dumps(list(fields))
+            + (b',"holdout_note":' + orjson.dumps(NO_ID_NOTE) if t.has_holdout else b"")
+            + b',"campaigns":'
+            + orjson.dumps(campaigns)
+            + b',"segments":{'
+        )
+        #: (channel asked?) -> per segment: its key and fields up to its stats
+        self.segments = {
+            with_channel: [
+                b'"%d":' % s
+                + orjson.dumps(
+                    {
+                        "segment_name": t.segment_names[s],
+                        "recommended_campaigns": t.defaults[s],
+                        "offers": {
+                            ids[j]: {
+                                "eligibility": table[s][j]["eligibility"],
+                                "rules": table[s][j]["rules"],
+                            }
+                            for j in range(len(ids))
+                        },
+                    }
+                )[:-1]
+                + b',"segment_stats":'
+                for s in range(k)
+            ]
+            for with_channel, table in t.items.items()
+        }
+        self.heads = _objects([b'"segment_id":%d,"distance":' % s for s in range(k)])
+        self.middles = _objects([b',"atypical":false,"offers":[', b',"atypical":true,"offers":['])
+        #: per campaign: an offer's opening, up to its numbers
+        self.offers = _objects([b"[" + orjson.dumps(cid) + b"," for cid in ids])
+        self.plain_tail = b'],"held_out":[]}'
+
+    def tables(
+        self, stats: Callable[[int], dict[str, Any]], segments: np.ndarray, channel: bool
+    ) -> bytes:
+        """From ``,"answer"`` to the end of the ``segments`` table (segments present only)."""
+        fixed = self.segments[channel]
+        parts = [fixed[s] + orjson.dumps(stats(s)) + b"}" for s in np.unique(segments).tolist()]
+        return self.head + b",".join(parts) + b"}"
+
+
+def encode_compact(
+    compact: CompactEncoder,
+    r: Ranking,
+    choice: Choice,
+    ids: Sequence[Any],
+    stats: Callable[[int], dict[str, Any]],
+    *,
+    channel: bool,
+    total: int,
+    positions: Sequence[int],
+    errors: dict[int, Any],
+    before: bytes = b"",
+    after: bytes = b"",
+) -> bytes:
+    """A compact batch answer's tables and ``results`` array (see :func:`expand_compact`),
+    between ``before`` and ``after``; entries as in :func:`encode_results`."""
+    a = r.assignment
+    n = len(ids)
+    seg = a.segment
+    cust, camp = choice.customer, choice.campaign
+    t = cust.shape[0]
+    counts = choice.counts
+    encoder = compact.encoder
+
+    # every offer's numbers in one orjson call: "[[p,ev,g],[...]]" split between offers
+    p = r.probability[cust, camp]
+    columns = [p]
+    if encoder.uplift:
+        w = r.probability_without[cust, camp]
+        columns += [w, p - w]
+    columns += [r.expected_value[cust, camp], r.gain[cust, camp]]
+    numbers = orjson.dumps(np.column_stack(columns), option=_NUMPY)[2:-2].split(b"],[") if t else []
+    distance = orjson.dumps(a.distance, option=_NUMPY)[1:-1].split(b",") if n else []
+
+    # slots: per customer 4 head pieces + 3 per offer + 1 tail; per error 1
+    sizes = np.ones(total, dtype=np.intp)
+    pos = np.asarray(positions, dtype=np.intp)
+    sizes[pos] = 5 + 3 * counts
+    start = np.zeros(total, dtype=np.intp)
+    np.cumsum(sizes[:-1], out=start[1:])
+    out = np.empty(int(sizes.sum()), dtype=object)
+    first = start[pos]
+
+    out[first] = _opens(ids, positions)
+    out[first + 1] = compact.heads[seg]
+    out[first + 2] = _objects(distance)
+    out[first + 3] = compact.middles[a.atypical.astype(np.intp)]
+    if t:
+        offsets = np.zeros(n, dtype=np.intp)
+        np.cumsum(counts[:-1], out=offsets[1:])
+        slot = np.repeat(first + 4, counts) + 3 * (np.arange(t) - np.repeat(offsets, counts))
+        out[slot] = compact.offers[camp]
+        out[slot + 1] = _objects(numbers)
+        ends = np.full(t, b"],", dtype=object)
+        ends[offsets[counts > 0] + counts[counts > 0] - 1] = b"]"
+        out[slot + 2] = ends
+
+    tails = np.full(n, compact.plain_tail, dtype=object)
+    special = {i for i, reason in enumerate(choice.reasons) if reason is not None}
+    special.update(i for i, held in enumerate(choice.held) if held)
+    for i in special:
+        tail = b'],"held_out":' + orjson.dumps([encoder.campaign_ids[j] for j in choice.held[i]])
+        reason = choice.reasons[i]
+        if reason is not None:
+            tail += b',"reason":' + orjson.dumps(reason)
+        tails[i] = tail + b"}"
+    out[first + 4 + 3 * counts] = tails
+
+    for i, entry in errors.items():
+        out[start[i]] = (b"," if i else b"") + orjson.dumps(entry, option=_NUMPY)
+    pieces = [before + compact.tables(stats, seg, channel) + b',"results":[']
+    pieces += out.tolist()
+    pieces.append(b"]" + after)
+    return b"".join(pieces)
+
+
+def expand_compact(body: dict[str, Any]) -> dict[str, Any]:
+    """A compact batch answer (parsed) -> the full answer for the same request.
+
+    The reference for what the compact form means (clients may copy it; the tests hold it to
+    the full answer): each result takes its segment's fields and stats from ``segments``, each
+    offer its campaign's fields from ``campaigns`` and its ``eligibility`` and ``rules`` from its
+    segment's ``offers`` (plus the campaign's ``control_rule``, when there is one, for a customer
+    with an id), and a customer without an id gets ``holdout_note`` when the answer has one.
+    """
+    campaigns, segments = body["campaigns"], body["segments"]
+    names = body["offer_fields"]
+    note = body.get("holdout_note")
+    results = []
+    for entry in body["results"]:
+        if "error" in entry:
+            results.append(entry)
+            continue
+        seg = segments[str(entry["segment_id"])]
+        with_id = "customer_id" in entry
+        offers = []
+        for values in entry["offers"]:
+            offer = dict(zip(names, values, strict=True))
+            cid = offer["campaign_id"]
+            static = campaigns[cid]
+            rules = seg["offers"][cid]["rules"]
+            rule = static.get("control_rule")
+            if with_id and rule is not None:
+                rules = [*rules, rule]
+            offers.append(
+                {
+                    "campaign_id": cid,
+                    **{name: static[name] for name in _CAMPAIGN_FIELDS},
+                    "eligibility": seg["offers"][cid]["eligibility"],
+                    "rules": rules,
+                    **{name: offer[name] for name in names[1:]},
+                }
+            )
+        full = {"customer_id": entry["customer_id"]} if with_id else {}
+        full.update(
+            segment_id=entry["segment_id"],
+            segment_name=seg["segment_name"],
+            distance=entry["distance"],
+            atypical=entry["atypical"],
+            recommended_campaigns=seg["recommended_campaigns"],
+            campaigns=offers,
+            ranking=body["ranking"],
+            held_out=entry["held_out"],
+        )
+        if note is not None and not with_id:
+            full["holdout_note"] = note
+        if "reason" in entry:
+            full["reason"] = entry["reason"]
+        full["segment_stats"] = seg["segment_stats"]
+        results.append(full)
+    return {"model_version": body["model_version"], "results": results}

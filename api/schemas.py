@@ -35,6 +35,11 @@ from scoring.features import FeatureSchema
 CUSTOMER_ID = "customer_id"
 CUSTOMERS = "customers"
 OPTION_NAMES = ("top_k", "channel", "exclude", "explain", "commit")
+#: the batch /recommend option that picks the answer's form (batch only: one customer's answer
+#: has nothing to share)
+ANSWER = "answer"
+ANSWER_FORMS = ("full", "compact")
+BATCH_OPTION_NAMES = (*OPTION_NAMES, ANSWER)
 CAMPAIGN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_CUSTOMER_ID_LENGTH = 128
 MAX_CATEGORY_LENGTH = 256
@@ -255,6 +260,22 @@ def option_fields(engine: ScoringEngine) -> dict[str, fields.Field]:
     }
 
 
+def answer_field() -> fields.Field:
+    """The batch /recommend ``answer`` option: the full answer (default) or the compact one."""
+    return StrictString(
+        validate=validate.OneOf(ANSWER_FORMS),
+        metadata={
+            "description": "the answer's form: 'full' (default; every result carries its "
+            "campaigns' and segment's fields) or 'compact' (those fields once, in the "
+            "'campaigns' and 'segments' tables, and per customer only its segment id, numbers "
+            "and policy fields; see the README). 'compact' is refused (422) with explain, "
+            "commit, a bundle with frequency caps, RFM scores, CLV-weighted gains or a "
+            "Gaussian mixture, and items naming a stored customer",
+            "example": "compact",
+        },
+    )
+
+
 @dataclass(frozen=True)
 class Ratio:
     """A derived ``numerator / denominator`` feature, as the request check needs it."""
@@ -381,6 +402,7 @@ class RequestSchemas:
                     fields.Nested(self.customer_class), required=True, validate=batch_size
                 ),
                 **option_fields(engine),
+                ANSWER: answer_field(),
             },
         )
         # Runtime checks of a batch's top level: items are checked one by one afterwards.
@@ -393,6 +415,7 @@ class RequestSchemas:
             {
                 CUSTOMERS: fields.List(fields.Raw(), required=True, validate=batch_size),
                 **option_fields(engine),
+                ANSWER: answer_field(),
             },
         )()
         self._customer = self.customer_class()
@@ -509,19 +532,23 @@ class RequestSchemas:
     def load_batch(self, body: Mapping[str, Any], *, recommend: bool) -> BatchEnvelope:
         """A batch body's top level (size, options); items are checked with :meth:`check_item`."""
         customers = body.get(CUSTOMERS)
-        allowed = {CUSTOMERS, *OPTION_NAMES} if recommend else {CUSTOMERS}
+        allowed = {CUSTOMERS, *BATCH_OPTION_NAMES} if recommend else {CUSTOMERS}
         if (
             type(customers) is list
             and 0 < len(customers) <= self.max_batch_items
             and allowed.issuperset(body)
-            and (not recommend or self.options_ok(body))
+            and (
+                not recommend
+                or (self.options_ok(body) and body.get(ANSWER, "full") in ANSWER_FORMS)
+            )
         ):
             data = body
         else:
             envelope = self._envelope_recommend if recommend else self._envelope_segment
             data = envelope.load(body)
         return BatchEnvelope(
-            customers=data[CUSTOMERS], options={k: data[k] for k in OPTION_NAMES if k in data}
+            customers=data[CUSTOMERS],
+            options={k: data[k] for k in BATCH_OPTION_NAMES if k in data},
         )
 
     def check_items(

@@ -19,19 +19,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import orjson
 from flask import Response, current_app, request
+from marshmallow import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.auth import HEADER, SCORING
-from api.batch_answer import encode_results
+from api.batch_answer import encode_compact, encode_results
 from api.caps import Prefetch, ReadCounts, apply_caps, prefetch_caps, read_caps_batch
 from api.errors import BadRequest, FeedbackDown, Unauthorized, UnsupportedMedia, envelope
 from api.extensions import Services, get_services
 from api.feedback import FeedbackUnavailable, holdout_events
 from api.model import LoadedModel
 from api.online import LAST_SCORED, BatchLookup, complete_batch, complete_one
-from api.schemas import CUSTOMER_ID, CUSTOMERS, RequestSchemas, load_feedback
+from api.schemas import ANSWER, CUSTOMER_ID, CUSTOMERS, RequestSchemas, load_feedback
 from scoring.engine import NoResponseModelError
 
 log = logging.getLogger(__name__)
@@ -228,8 +230,30 @@ def columns_apply(
     )
 
 
+def _refuse_compact(
+    loaded: LoadedModel, options: dict[str, Any], commit: bool, lookup: Any
+) -> None:
+    """422 naming ``answer`` when a compact answer was asked of a batch only the dict path
+    answers (its extra fields have no place in the compact tables)."""
+    if loaded.columns is None:
+        why = "this model version (a Gaussian mixture, RFM scores or CLV-weighted gains)"
+    elif options.get("explain"):
+        why = "explain"
+    elif commit:
+        why = "commit"
+    elif loaded.engine.tables.has_caps:
+        why = "a model version with frequency caps"
+    else:
+        why = "items naming a stored customer"
+    raise ValidationError({ANSWER: [f"'compact' is not available with {why}: ask 'full'"]})
+
+
 def _recommend_columns(
-    services: Services, loaded: LoadedModel, customers: list[Any], options: dict[str, Any]
+    services: Services,
+    loaded: LoadedModel,
+    customers: list[Any],
+    options: dict[str, Any],
+    compact: bool = False,
 ) -> Response:
     """A batch /recommend without explain, caps, commit or stored customers, column by column.
 
@@ -242,7 +266,8 @@ def _recommend_columns(
         i: envelope("validation_error", f"customers[{i}] does not match the schema", messages)
         for i, messages in checked.errors.items()
     }
-    head = b'{"model_version":' + orjson.dumps(loaded.version) + b',"results":'
+    version = b'{"model_version":' + orjson.dumps(loaded.version)
+    head = version + b',"results":'
     if checked.positions:
         channel = options.get("channel")
         ranking = engine.rank(
@@ -251,8 +276,8 @@ def _recommend_columns(
             exclude=options.get("exclude", ()),
         )
         choice = engine.choose(ranking, checked.ids, options.get("top_k"))
-        body = encode_results(
-            loaded.columns,
+        body = (encode_compact if compact else encode_results)(
+            loaded.columns.compact if compact else loaded.columns,
             ranking,
             choice,
             checked.ids,
@@ -261,7 +286,7 @@ def _recommend_columns(
             total=len(customers),
             positions=checked.positions,
             errors=errors,
-            before=head,
+            before=version if compact else head,
             after=b"}",
         )
         services.metrics.count_customers("recommend", len(checked.positions))
@@ -270,6 +295,9 @@ def _recommend_columns(
         )
     else:
         results = orjson.dumps([errors[i] for i in range(len(customers))], option=_DUMP_OPTIONS)
+        if compact:  # nothing scored: the tables are empty
+            tables = loaded.columns.compact.tables(lambda s: {}, np.empty(0, np.intp), False)
+            head = version + tables + b',"results":'
         body = head + results + b"}"
     return Response(body, status=200, content_type=JSON)
 
@@ -364,10 +392,13 @@ def recommend() -> Response:
     if type(body) is dict and CUSTOMERS in body:
         batch = schemas.load_batch(body, recommend=True)
         options = dict(batch.options)
+        compact = options.pop(ANSWER, "full") == "compact"
         commit, top_k, targeted = _targeting_options(engine, options)
         lookup = complete_batch(services.features, schemas, engine.schema, batch.customers)
         if columns_apply(loaded, options, targeted, lookup):
-            return _recommend_columns(services, loaded, batch.customers, options)
+            return _recommend_columns(services, loaded, batch.customers, options, compact)
+        if compact:
+            _refuse_compact(loaded, options, commit, lookup)
 
         def score(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ids = [r.get(CUSTOMER_ID) for r in records]

@@ -12,11 +12,12 @@ import copy
 import dataclasses
 
 import numpy as np
+import orjson
 import pytest
 from bundle_builder import build_bundle, synthetic_customers
 
 from api import views
-from api.batch_answer import BatchEncoder, column_encoder
+from api.batch_answer import BatchEncoder, column_encoder, expand_compact
 from scoring.bundle import load_current, write_bundle
 from scoring.campaigns import Campaign
 from scoring.engine import ScoringEngine
@@ -128,3 +129,68 @@ def test_column_encoder_decided_at_load(tiny_bundle_root, monkeypatch):
         with monkeypatch.context() as m:
             m.setattr(engine, "tables", dataclasses.replace(tables, **{name: object()}))
             assert column_encoder(engine) is None, name
+
+
+# ---- the compact form: the same information, rebuilt by expand_compact -------------------------
+def _full_and_compact(client, body):
+    full = client.post("/recommend", json=body, headers=SCORING)
+    compact = client.post("/recommend", json={**body, "answer": "compact"}, headers=SCORING)
+    assert full.status_code == compact.status_code == 200, compact.get_json()
+    return orjson.loads(full.get_data()), orjson.loads(compact.get_data())
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+def test_compact_answer_rebuilds_the_full_one(make_app, targeting_root, options):
+    # demo bundle, and the one with control groups, a costly campaign and an uplift model
+    for root, n, seed in ((None, 300, 1), (targeting_root, 400, 2)):
+        app = make_app() if root is None else make_app(MODEL_ROOT=str(root))
+        body = {"customers": _items(n, seed), **options}
+        full, compact = _full_and_compact(app.test_client(), body)
+        assert expand_compact(compact) == full
+        # the static parts are sent once: the results carry none of them
+        text = orjson.dumps(compact["results"])
+        for part in (b'"rules"', b'"segment_stats"', b'"segment_name"', b'"ranking"'):
+            assert part not in text, part
+        assert len(orjson.dumps(compact)) < len(orjson.dumps(full)) / 2
+        if root is not None and not options:
+            assert "holdout_note" in compact and compact["offer_fields"][3] == "uplift"
+            assert any(r.get("held_out") for r in compact["results"])
+            assert any("reason" in r for r in compact["results"])
+
+
+def test_compact_answer_of_only_bad_items_and_a_default_answer(make_app):
+    client = make_app().test_client()
+    full, compact = _full_and_compact(client, {"customers": BAD_ITEMS})
+    assert compact["segments"] == {} and expand_compact(compact) == full
+    full, compact = _full_and_compact(client, {"customers": _items(1, 3, bad=False)})
+    assert expand_compact(compact) == full
+    # "full" named is the default answer, byte for byte
+    body = {"customers": _items(20, 4)}
+    named = client.post("/recommend", json={**body, "answer": "full"}, headers=SCORING)
+    plain = client.post("/recommend", json=body, headers=SCORING)
+    assert named.get_data() == plain.get_data()
+
+
+@pytest.mark.parametrize(
+    ("extra", "word"), [({"explain": True}, "explain"), ({"commit": True}, "commit")]
+)
+def test_compact_refused_where_the_dict_path_answers(make_app, extra, word):
+    client = make_app().test_client()
+    body = {"customers": _items(5, 5, bad=False), "answer": "compact", **extra}
+    r = client.post("/recommend", json=body, headers=SCORING)
+    assert r.status_code == 422
+    message = r.get_json()["error"]["fields"]["answer"][0]
+    assert word in message and "compact" in message
+
+
+@pytest.mark.parametrize("value", ["short", 1, None, True])
+def test_answer_option_checked(make_app, value):
+    client = make_app().test_client()
+    r = client.post(
+        "/recommend", json={"customers": _items(2, 6, bad=False), "answer": value}, headers=SCORING
+    )
+    assert r.status_code == 422 and "answer" in r.get_json()["error"]["fields"]
+    # one customer's /recommend has no answer forms
+    one = {k: v for k, v in _items(1, 7, bad=False)[0].items()}
+    r = client.post("/recommend", json={**one, "answer": "compact"}, headers=SCORING)
+    assert r.status_code == 422 and "answer" in r.get_json()["error"]["fields"]
