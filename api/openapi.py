@@ -372,8 +372,12 @@ def recommend_response(ex: Examples) -> dict[str, Any]:
         else None
     )
     return {
-        "description": "Ranked campaigns (one customer) or one entry per customer",
-        **json_content(one_of("RecommendResponse", "RecommendBatchResponse"), examples),
+        "description": "Ranked campaigns (one customer) or one entry per customer (a batch "
+        'asking "answer": "compact": the static parts once, see RecommendCompactBatchResponse)',
+        **json_content(
+            one_of("RecommendResponse", "RecommendBatchResponse", "RecommendCompactBatchResponse"),
+            examples,
+        ),
     }
 
 

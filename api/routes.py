@@ -105,7 +105,11 @@ ROUTES: tuple[Route, ...] = (
         security=SCORING_KEY,
         request=recommend_request,
         errors=(*SCORING_ERRORS, "no_response_model"),
-        components=(sc.RecommendResponse, sc.RecommendBatchResponse),
+        components=(
+            sc.RecommendResponse,
+            sc.RecommendBatchResponse,
+            sc.RecommendCompactBatchResponse,
+        ),
     ),
     Route(
         "POST",

@@ -1038,6 +1038,102 @@ class RecommendBatchResponse(Schema):
     results = fields.List(Either(RecommendResult, ErrorEnvelope), required=True)
 
 
+class CompactCampaign(Schema):
+    """A campaign's fixed fields, once per compact answer (its ``campaigns`` table)."""
+
+    name = fields.String(required=True)
+    channel = fields.String(required=True)
+    value = fields.Float(required=True, metadata={"description": "value of one response"})
+    cost = fields.Float(required=True, metadata={"description": "cost of one contact"})
+    control_rule = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "pools with control groups: the rule an offer to a customer with a "
+            "customer_id passed; the full answer appends it to that offer's rules (null: none)"
+        },
+    )
+
+
+class CompactOfferRules(Schema):
+    """What admitted a campaign's offers to one segment (per the request's channel)."""
+
+    eligibility = fields.String(required=True)
+    rules = fields.List(fields.String(), required=True)
+
+
+class CompactSegment(Schema):
+    """A segment's fields, once per compact answer (its ``segments`` table)."""
+
+    segment_name = fields.String(required=True)
+    recommended_campaigns = fields.List(fields.String(), required=True)
+    offers = fields.Dict(
+        keys=fields.String(),
+        values=fields.Nested(CompactOfferRules),
+        required=True,
+        metadata={"description": "by campaign id: each offer's eligibility and rules"},
+    )
+    segment_stats = fields.Nested(SegmentStats, required=True)
+
+
+class CompactResult(Schema):
+    """One customer of a compact batch answer."""
+
+    customer_id = fields.Raw(metadata={"description": "echoed when sent"})
+    segment_id = fields.Integer(
+        required=True, metadata={"description": "its fields: segments[str(segment_id)]"}
+    )
+    distance = fields.Float(required=True)
+    atypical = fields.Boolean(required=True)
+    offers = fields.List(
+        fields.List(fields.Raw()),
+        required=True,
+        metadata={
+            "description": "best first: one array per offer, its values named by the answer's "
+            "offer_fields (campaign id first; its fields: campaigns[id])"
+        },
+    )
+    held_out = fields.List(fields.String(), required=True)
+    reason = fields.String(metadata={"description": "why nothing is offered, when so"})
+
+
+class RecommendCompactBatchResponse(Schema):
+    """Answer of a /recommend batch with ``"answer": "compact"``: the static parts once.
+
+    The full answer is each result with its segment's fields and stats, each offer with its
+    campaign's fields, its segment's eligibility and rules (plus ``control_rule`` for a
+    customer with an id), ``ranking``, and ``holdout_note`` for a customer without an id
+    (``api.batch_answer.expand_compact`` does exactly this).
+    """
+
+    model_version = fields.String(required=True)
+    answer = fields.String(required=True, metadata={"enum": ["compact"]})
+    ranking = fields.String(required=True, metadata={"description": "as in the full answer"})
+    offer_fields = fields.List(
+        fields.String(),
+        required=True,
+        metadata={
+            "description": "what each offer array holds: campaign_id, probability, "
+            "(uplift bundles: probability_without, uplift), expected_value, expected_gain"
+        },
+    )
+    holdout_note = fields.String(
+        metadata={
+            "description": "pools with control groups: the note of every customer "
+            "without a customer_id"
+        }
+    )
+    campaigns = fields.Dict(
+        keys=fields.String(), values=fields.Nested(CompactCampaign), required=True
+    )
+    segments = fields.Dict(
+        keys=fields.String(),
+        values=fields.Nested(CompactSegment),
+        required=True,
+        metadata={"description": "by segment id (as text): the segments of this answer"},
+    )
+    results = fields.List(Either(CompactResult, ErrorEnvelope), required=True)
+
+
 class Health(Schema):
     """The process is alive."""
 

@@ -18,6 +18,7 @@ from bundle_builder import build_bundle, synthetic_customers
 
 from api import views
 from api.batch_answer import BatchEncoder, column_encoder, expand_compact
+from api.schemas import RecommendCompactBatchResponse
 from scoring.bundle import load_current, write_bundle
 from scoring.campaigns import Campaign
 from scoring.engine import ScoringEngine
@@ -147,6 +148,7 @@ def test_compact_answer_rebuilds_the_full_one(make_app, targeting_root, options)
         body = {"customers": _items(n, seed), **options}
         full, compact = _full_and_compact(app.test_client(), body)
         assert expand_compact(compact) == full
+        RecommendCompactBatchResponse().load(compact)  # the documented shape
         # the static parts are sent once: the results carry none of them
         text = orjson.dumps(compact["results"])
         for part in (b'"rules"', b'"segment_stats"', b'"segment_name"', b'"ranking"'):
