@@ -251,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
             ("recommend", "/recommend", body, 1),
             ("recommend explain=true", "/recommend", {**body, "explain": True}, 1),
             (f"recommend batch of {BATCH_SIZE}", "/recommend", batch, 100),
+            (
+                f"recommend batch of {BATCH_SIZE}, compact",
+                "/recommend",
+                {**batch, "answer": "compact"},
+                100,
+            ),
         ]
         result: dict[str, Any] = {
             "benchmark": "profile_request",

@@ -51,6 +51,7 @@ def test_serving_smoke(tiny_bundle_root, fresh_bundle_root, tmp_path, loadgen):
             assert row["requests"] > 0, row["name"]
             assert row["errors"] == 0, row["name"]
         assert rows["recommend batch of 20"]["customers_per_request"] == 20
+        assert rows["recommend batch of 20, compact"]["customers_per_request"] == 20
         assert rows["recommend"]["ratio_to_floor"] > 0
         assert rows["recommend"]["ratio_to_bare"] > 0
         # one entry per worker process seen; recycling is on (as in production), so a fast load
@@ -60,6 +61,10 @@ def test_serving_smoke(tiny_bundle_root, fresh_bundle_root, tmp_path, loadgen):
     names = {t["name"] for t in result["targets"]}
     assert "demo model: batch recommend customers/s per worker" in names
     assert "production model: recommend rps / bare floor rps" in names
+    assert (
+        f"production model: recommend batch of {serving.BATCH_SIZE}, compact customers/s per worker"
+        in names
+    )
 
 
 @pytest.mark.slow
@@ -106,6 +111,7 @@ def test_profile_request_smoke(tiny_bundle_root, tmp_path):
     names = [e["name"] for e in result["endpoints"]]
     assert names[:4] == ["floor", "predict-segment", "recommend", "recommend explain=true"]
     assert names[4].startswith("recommend batch of")
+    assert names[5].endswith(", compact")
     recommend = result["endpoints"][2]
     assert recommend["by_module"], "no time was attributed inside the app"
     assert (tmp_path / "profile_recommend.txt").read_text().strip()
