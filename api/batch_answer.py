@@ -313,8 +313,11 @@ class CompactEncoder:
         }
         self.heads = _objects([b'"segment_id":%d,"distance":' % s for s in range(k)])
         self.middles = _objects([b',"atypical":false,"offers":[', b',"atypical":true,"offers":['])
-        #: per campaign: an offer's opening, up to its numbers
-        self.offers = _objects([b"[" + orjson.dumps(cid) + b"," for cid in ids])
+        #: (2, m) per campaign: an offer's opening, up to its numbers, as a customer's first
+        #: offer (row 1) or after another (row 0: with the comma between)
+        self.offers = np.empty((2, len(ids)), dtype=object)
+        self.offers[1] = _objects([b"[" + orjson.dumps(cid) + b"," for cid in ids])
+        self.offers[0] = b"," + self.offers[1]
         self.plain_tail = b'],"held_out":[]}'
 
     def tables(
@@ -350,20 +353,21 @@ def encode_compact(
     counts = choice.counts
     encoder = compact.encoder
 
-    # every offer's numbers in one orjson call: "[[p,ev,g],[...]]" split between offers
+    # every offer's numbers in one orjson call, "[[p,ev,g],[...]]", cut after each "]": a piece
+    # is an offer's numbers and its closing bracket
     p = r.probability[cust, camp]
     columns = [p]
     if encoder.uplift:
         w = r.probability_without[cust, camp]
         columns += [w, p - w]
     columns += [r.expected_value[cust, camp], r.gain[cust, camp]]
-    numbers = orjson.dumps(np.column_stack(columns), option=_NUMPY)[2:-2].split(b"],[") if t else []
+    numbers = orjson.dumps(np.column_stack(columns), option=_NUMPY)[2:-1].split(b",[") if t else []
     distance = orjson.dumps(a.distance, option=_NUMPY)[1:-1].split(b",") if n else []
 
-    # slots: per customer 4 head pieces + 3 per offer + 1 tail; per error 1
+    # slots: per customer 4 head pieces + 2 per offer + 1 tail; per error 1
     sizes = np.ones(total, dtype=np.intp)
     pos = np.asarray(positions, dtype=np.intp)
-    sizes[pos] = 5 + 3 * counts
+    sizes[pos] = 5 + 2 * counts
     start = np.zeros(total, dtype=np.intp)
     np.cumsum(sizes[:-1], out=start[1:])
     out = np.empty(int(sizes.sum()), dtype=object)
@@ -376,12 +380,10 @@ def encode_compact(
     if t:
         offsets = np.zeros(n, dtype=np.intp)
         np.cumsum(counts[:-1], out=offsets[1:])
-        slot = np.repeat(first + 4, counts) + 3 * (np.arange(t) - np.repeat(offsets, counts))
-        out[slot] = compact.offers[camp]
+        rank_in = np.arange(t) - np.repeat(offsets, counts)
+        slot = np.repeat(first + 4, counts) + 2 * rank_in
+        out[slot] = compact.offers[(rank_in == 0).astype(np.intp), camp]
         out[slot + 1] = _objects(numbers)
-        ends = np.full(t, b"],", dtype=object)
-        ends[offsets[counts > 0] + counts[counts > 0] - 1] = b"]"
-        out[slot + 2] = ends
 
     tails = np.full(n, compact.plain_tail, dtype=object)
     special = {i for i, reason in enumerate(choice.reasons) if reason is not None}
@@ -392,7 +394,7 @@ def encode_compact(
         if reason is not None:
             tail += b',"reason":' + orjson.dumps(reason)
         tails[i] = tail + b"}"
-    out[first + 4 + 3 * counts] = tails
+    out[first + 4 + 2 * counts] = tails
 
     for i, entry in errors.items():
         out[start[i]] = (b"," if i else b"") + orjson.dumps(entry, option=_NUMPY)
