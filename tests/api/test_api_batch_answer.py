@@ -196,3 +196,17 @@ def test_answer_option_checked(make_app, value):
     one = {k: v for k, v in _items(1, 7, bad=False)[0].items()}
     r = client.post("/recommend", json={**one, "answer": "compact"}, headers=SCORING)
     assert r.status_code == 422 and "answer" in r.get_json()["error"]["fields"]
+
+
+def test_compact_refused_for_a_bundle_with_caps(make_app, tmp_path, tiny_bundle_root):
+    bundle = copy.copy(load_current(tiny_bundle_root))
+    bundle.campaigns = [
+        Campaign(**{**c.to_dict(), "per_customer_day": 1}) for c in bundle.campaigns
+    ]
+    bundle.manifest = {k: v for k, v in bundle.manifest.items() if k in ("config", "metrics")}
+    write_bundle(bundle, tmp_path, version="v-capped-compact")
+    client = make_app(MODEL_ROOT=str(tmp_path)).test_client()
+    body = {"customers": _items(3, 8, bad=False), "answer": "compact"}
+    r = client.post("/recommend", json=body, headers=SCORING)
+    assert r.status_code == 422
+    assert "frequency caps" in r.get_json()["error"]["fields"]["answer"][0]
