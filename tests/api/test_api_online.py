@@ -374,3 +374,14 @@ def test_an_id_alone_with_bad_options_is_422(
     r = store_app.test_client().post("/recommend", json=body, headers=scoring_headers)
     assert r.status_code == 422
     assert field in r.get_json()["error"]["fields"]
+
+
+def test_compact_answer_refused_for_items_naming_a_stored_customer(
+    store_app, put, tiny_bundle, scoring_headers
+):
+    # the stored record's last scoring has no place in the compact tables: 422 naming the option
+    _store(put, tiny_bundle, "c-9")
+    body = {"customers": [{"customer_id": "c-9"}, FEATURES], "answer": "compact"}
+    r = store_app.test_client().post("/recommend", json=body, headers=scoring_headers)
+    assert r.status_code == 422, r.get_json()
+    assert "stored customer" in r.get_json()["error"]["fields"]["answer"][0]
