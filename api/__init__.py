@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from flask import Flask, Response, request
 from flask.json.provider import JSONProvider
+from flask.sessions import SecureCookieSessionInterface
 
 from api.settings import Settings
 
@@ -108,6 +109,7 @@ def create_app(config: dict[str, Any] | None = None) -> ServiceFlask:
     app = ServiceFlask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.MAX_BODY_BYTES, JSON_SORT_KEYS=False)
     app.json = OrjsonProvider(app)
+    app.session_interface = NoSessions()
     app.url_map.strict_slashes = False
 
     metrics = Metrics(settings.PROMETHEUS_MULTIPROC_DIR)
@@ -180,6 +182,23 @@ def _configure_logging(settings: Settings) -> None:
         else:
             logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         root.setLevel(level)
+
+
+class NoSessions(SecureCookieSessionInterface):
+    """Flask's sessions as they are without a secret key (this API has none): no session is
+    opened and every request sees the same empty, read-only session, instead of a new one built
+    per request."""
+
+    def __init__(self) -> None:
+        self._null = self.null_session_class()
+
+    def open_session(self, app: Flask, request: Any) -> None:
+        """No cookie session: Flask falls back to the null session."""
+        return None
+
+    def make_null_session(self, app: Flask) -> Any:
+        """The one null session (it refuses every change, so sharing it changes nothing)."""
+        return self._null
 
 
 class ServiceFlask(Flask):
