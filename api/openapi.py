@@ -41,7 +41,7 @@ its own error entry and the others are scored. In a /recommend batch the ranking
 **explain**: each returned campaign gets its three largest feature contributions to the response
 log-odds, and the answer `explain_method` says how they were computed: `path` (the default:
 path attribution from per-leaf tables built when the bundle loads: on ~200 trees a request with
-`explain` costs about 1.4x a plain one; contributions sum to the log-odds minus the model's
+`explain` costs about 1.3x a plain one; contributions sum to the log-odds minus the model's
 expected value; an approximation of SHAP that depends on split order) or `treeshap` (exact, when
 the service runs with `EXPLAIN_METHOD=treeshap`: 1-2 ms per returned campaign on ~200
 trees of 31 leaves).
