@@ -104,6 +104,10 @@ class Scenario:
     floor: str | None
     #: which server answers: BARE or the label of a bundle ("demo", "production")
     server: str = "demo"
+    #: when set, the load generators cycle through these bodies (``body`` is the first), so
+    #: requests name many customers rather than one (bench.targeting --server: per-customer
+    #: state such as frequency-cap reads must not be served from a one-customer cache)
+    bodies: tuple[bytes, ...] = ()
 
     @property
     def key(self) -> str:
@@ -218,10 +222,12 @@ def gunicorn_server(
     threads: int | None,
     log: Path,
     max_requests: int | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Start gunicorn with the project's config; yield (port, master pid); stop it afterwards.
 
     ``model_root`` None starts the bare floor instead (bench/bare_floor.py, gunicorn's defaults).
+    ``extra_env`` is set last (e.g. ``REDIS_URL`` for a scenario that needs Redis).
     """
     port = free_port()
     metrics_dir = Path(tempfile.mkdtemp(prefix="bench-prom-"))
@@ -248,6 +254,7 @@ def gunicorn_server(
         env["GUNICORN_THREADS"] = str(threads)
     if max_requests is not None:
         env["GUNICORN_MAX_REQUESTS"] = str(max_requests)
+    env.update(extra_env or {})
     cwd = ROOT
     if model_root is None:
         # gunicorn reads ./gunicorn.conf.py when present: start the bare floor elsewhere
@@ -346,6 +353,21 @@ done = function(summary, latency, requests)
 end
 """
 
+#: appended to WRK_SCRIPT for a scenario with many bodies: one request per body, in turn
+WRK_POOL_SCRIPT = """
+local requests_pool = {{}}
+local turn = 0
+init = function(args)
+  for line in io.lines("{bodies}") do
+    requests_pool[#requests_pool + 1] = wrk.format(nil, nil, nil, line)
+  end
+end
+request = function()
+  turn = turn % #requests_pool + 1
+  return requests_pool[turn]
+end
+"""
+
 
 def wrk_load(
     port: int, sc: Scenario, connections: int, duration: float, cores: str | None, scratch: Path
@@ -355,7 +377,15 @@ def wrk_load(
     if not body.exists():
         body.write_bytes(sc.body)
     script = scratch / f"{body.stem}.lua"
-    script.write_text(WRK_SCRIPT.format(body=body, key=BENCH_API_KEY))
+    lua = WRK_SCRIPT.format(body=body, key=BENCH_API_KEY)
+    if sc.bodies:
+        # one JSON document a line (json.dumps never writes a raw newline)
+        pool = scratch / f"bodies-{abs(hash(sc.bodies))}.jsonl"
+        if not pool.exists():
+            pool.write_bytes(b"\n".join(sc.bodies) + b"\n")
+        script = scratch / f"{pool.stem}.lua"
+        lua += WRK_POOL_SCRIPT.format(bodies=pool)
+    script.write_text(lua)
     seconds = max(1, round(duration))
     cmd = [*taskset(cores), "wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s"]
     cmd += ["--timeout", "10s", "-s", str(script), f"http://{HOST}:{port}{sc.path}"]
@@ -386,6 +416,7 @@ def python_load(port: int, sc: Scenario, connections: int, duration: float) -> d
     limited by the client; it exists so the benchmark runs where wrk cannot be installed.
     """
     headers = _headers()
+    pool = sc.bodies or (sc.body,)
     latencies: list[list[float]] = [[] for _ in range(connections)]
     errors = [0] * connections
     start_gate = threading.Barrier(connections + 1)
@@ -394,13 +425,17 @@ def python_load(port: int, sc: Scenario, connections: int, duration: float) -> d
     def client(k: int) -> None:
         conn = http.client.HTTPConnection(HOST, port, timeout=10)
         mine = latencies[k]
+        # each connection starts at its own place in the pool, so they name different customers
+        turn = k * len(pool) // connections
         start_gate.wait()
         while True:
             t0 = time.perf_counter()
             if t0 >= stop_at[0]:
                 break
+            body = pool[turn % len(pool)]
+            turn += 1
             try:
-                conn.request("POST", sc.path, sc.body, headers)
+                conn.request("POST", sc.path, body, headers)
                 resp = conn.getresponse()
                 resp.read()
                 if not 200 <= resp.status < 300:
@@ -456,8 +491,12 @@ def run_configuration(
     threads: int | None,
     scratch: Path,
     max_requests: int | None = None,
+    server_env: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """Start the servers with ``workers`` workers each, measure every scenario ``rounds`` times."""
+    """Start the servers with ``workers`` workers each, measure every scenario ``rounds`` times.
+
+    ``server_env`` adds environment variables to the server of a label (see gunicorn_server).
+    """
     if isinstance(model_roots, Path):
         model_roots = {"demo": model_roots}
     # one worker: server on core 0, load on core 1; two workers: both use both cores
@@ -493,7 +532,15 @@ def run_configuration(
             root = None if label == BARE else model_roots[label]
             log = scratch / f"gunicorn-{label}-{workers}w.log"
             ports[label], masters[label] = stack.enter_context(
-                gunicorn_server(root, workers, server_cores, threads, log, max_requests)
+                gunicorn_server(
+                    root,
+                    workers,
+                    server_cores,
+                    threads,
+                    log,
+                    max_requests,
+                    (server_env or {}).get(label),
+                )
             )
         check_answers(ports, scenarios)
         for sc in scenarios:

@@ -68,6 +68,46 @@ def test_serving_smoke(tiny_bundle_root, fresh_bundle_root, tmp_path, loadgen):
 
 
 @pytest.mark.slow
+def test_targeting_server_smoke(tiny_bundle_root, redis_url, tmp_path):
+    """--server: one gunicorn per scenario answers through the load generator, none errs, and
+    the requests name many customers (caps count one customer per request under commit)."""
+    import redis
+
+    from bench import targeting
+
+    seen: list[int] = []
+    clean = targeting._clean
+
+    def counting_clean(url: str, prefix: str) -> None:
+        client = redis.Redis.from_url(url, socket_timeout=2)
+        keys = [k.decode() for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        seen.append(len({k.split(":c:")[1].split(":")[0] for k in keys if ":c:" in k}))
+        clean(url, prefix)
+
+    args = ["--server", "--model-root", str(tiny_bundle_root), "--results", str(tmp_path)]
+    args += ["--rounds", "1", "--seconds", "0.5", "--warmup", "0.2", "--pool", "60"]
+    args += ["--loadgen", "python", "--redis-url", redis_url]
+    targeting._clean = counting_clean
+    try:
+        assert targeting.main(args) == 0
+    finally:
+        targeting._clean = clean
+
+    result = json.loads((tmp_path / "targeting_server.json").read_text())
+    rows = {r["scenario"]: r for r in result["scenarios"]}
+    assert set(rows) == set(targeting.SERVER_SCENARIOS)
+    for row in rows.values():
+        assert row["requests"] > 0 and row["errors"] == 0, row
+        assert row["ratio_to_base"] > 0, row
+    assert rows["base"]["ratio_to_base"] == 1.0
+    assert result["settings"]["distinct_customers"] == 60
+    # commit counted sends for many customers (those not held out), all keys deleted afterwards
+    assert seen and seen[0] > 30, seen
+    assert [t["issue"] for t in result["targets"]] == ["9", "9"]
+    assert "rules+caps-every-read" in targeting.server_markdown(result)
+
+
+@pytest.mark.slow
 def test_recycling_smoke(tiny_bundle_root, tmp_path):
     """Steady, recycling and SIGHUP roll-outs with one worker: every mode answers, none errs."""
     if shutil.which("wrk") is None:
