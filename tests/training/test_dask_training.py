@@ -124,6 +124,9 @@ def test_the_dask_bundle_is_the_same_format_and_says_how_it_was_made(trained):
     engine = on_dask.manifest["engine"]
     assert engine["name"] == "dask" and engine["partitions"] == PARTS
     assert engine["cluster"]["workers"] == 2 and engine["approximations"]
+    refused = [name for name, how in engine["features"].items() if how.startswith("refused")]
+    assert any("uplift.enabled" in name for name in refused)
+    assert any("select_smallest" in name for name in refused)
     # as in the local manifest, written during export: the stages before it
     for stage in ("prepare", "segmentation", "naming", "response_model"):
         assert on_dask.manifest["timings"][stage] >= 0

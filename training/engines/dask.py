@@ -302,6 +302,23 @@ APPROXIMATIONS = (
 )
 
 
+#: what of the single-process engine's training runs here and what is refused before fitting
+#: (the manifest's ``engine.features``; README, "Past one machine: Dask")
+FEATURES = {
+    "algorithm comparison (comparison.enabled)": "runs, on a fixed sample of the segmented rows",
+    "lifetime value (clv.enabled)": "runs; BG/NBD and Gamma-Gamma fitted on the client",
+    "Markdown and HTML reports (output.report)": "runs",
+    "compiled trees (response_model.compile)": "runs, compiled on the client",
+    "transactions -> RFM features ([data.transactions])": "runs, a groupby on the cluster",
+    "uplift model (uplift.enabled with responses.treated_column)": "refused before fitting",
+    "model size selection (response_model.select_smallest)": "refused before fitting",
+    "re-segmentation (segmentation.previous)": "refused before fitting",
+    'RFM groups (segmentation.method = "rfm")': "refused before fitting",
+    "PostgreSQL sources, wide responses, responses.control_values/campaign_map": "refused "
+    "before fitting",
+}
+
+
 #: the manifest's note when lifetime value is fitted
 CLV_APPROXIMATION = (
     "lifetime value: BG/NBD and Gamma-Gamma fitted on the client, on the per-customer "
@@ -1187,6 +1204,7 @@ def train(
             "cluster": info.to_dict(),
             "partitions": n_parts,
             "workers_peak_rss_mb": worker_peaks,
+            "features": dict(FEATURES),
             "approximations": list(APPROXIMATIONS)
             + ([] if tx_summary is None else [TRANSACTIONS_APPROXIMATION])
             + ([] if clv is None else [CLV_APPROXIMATION]),
