@@ -22,6 +22,8 @@ import datetime as dt
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from itertools import repeat
+from operator import is_
 from typing import Any
 
 import numpy as np
@@ -584,15 +586,19 @@ class RequestSchemas:
         n = len(items)
         dicts = [i for i, item in enumerate(items) if type(item) is dict]
         records = items if len(dicts) == n else [items[i] for i in dicts]
-        ok = np.fromiter(map(self._customer_keys.issuperset, records), bool, len(records))
+        # one key check over all the records' keys; record by record only when it fails
+        if self._customer_keys.issuperset(set().union(*records)):
+            ok = np.ones(len(records), dtype=bool)
+        else:
+            ok = np.fromiter(map(self._customer_keys.issuperset, records), bool, len(records))
         columns = []
         for name, required, lo, hi in self._numeric:
-            values, good = _number_column([r.get(name) for r in records], required, lo, hi)
+            values, good = _number_column(_column(records, name), required, lo, hi)
             ok &= good
             columns.append(values)
         cats = []
         for name, required in self._categorical:
-            col = [r.get(name) for r in records]
+            col = _column(records, name)
             ok &= _text_column(col, required)
             cats.append(col)
         if self._ratios:
@@ -604,7 +610,7 @@ class RequestSchemas:
                     den = np.where(np.isnan(den), ratio.denominator_median, den)
                     num = np.where(np.isnan(num), ratio.numerator_median, num)
                     ok &= ~(den > 0) | (np.abs(num / den) <= MAX_MAGNITUDE)
-        ids = [r.get(CUSTOMER_ID) for r in records]
+        ids = _column(records, CUSTOMER_ID)
         ok &= _id_column(ids, records)
         if len(dicts) == n and ok.all():
             # the common batch: every item valid, the columns are the answer as they stand
@@ -652,6 +658,15 @@ class RequestSchemas:
         return CheckedBatch(rows, out_cats, out_ids, positions, errors)
 
 
+def _column(records: list[dict[str, Any]], name: str) -> list[Any]:
+    """Each record's ``name`` (None where absent).
+
+    ``map(dict.get, ...)`` loops in C: 12 inputs of 1,000 records in 0.42 ms, against 0.66 ms
+    for list comprehensions calling ``r.get`` (bench/RESULTS.md).
+    """
+    return list(map(dict.get, records, repeat(name)))
+
+
 _NUMBER = frozenset([int, float])
 _NUMBER_OR_NONE = frozenset([int, float, type(None)])
 
@@ -670,7 +685,7 @@ def _number_column(
             with np.errstate(invalid="ignore"):
                 good = (column >= lo) & (column <= hi)
             if type(None) in kinds:
-                good |= np.fromiter((v is None for v in values), bool, len(values))
+                good |= np.fromiter(map(is_, values, repeat(None)), bool, len(values))
             return column, good
     column = np.full(len(values), np.nan)
     good = np.zeros(len(values), dtype=bool)
