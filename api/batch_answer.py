@@ -108,9 +108,12 @@ def _opens(ids: Sequence[Any], positions: Sequence[int]) -> np.ndarray:
     n = len(ids)
     kinds = set(map(type, ids))
     if n and kinds <= {str, int} and (str not in kinds or "," not in "".join(map(str, ids))):
-        # no id holds a comma: orjson's text of the whole list splits into the ids' texts
-        texts = _objects(orjson.dumps(list(ids))[1:-1].split(b","))
-        out = b',{"customer_id":' + texts + b","
+        # no id holds a comma: orjson's text of the whole list, each comma widened into the
+        # close of one opening and the start of the next, cut at a NUL (orjson escapes any NUL
+        # in a text): a few passes over one short text instead of two additions per customer
+        # (0.33 -> 0.09 ms for 1,000 customers, bench/RESULTS.md)
+        text = orjson.dumps(list(ids))[1:-1].replace(b",", b',\x00,{"customer_id":')
+        out = _objects((b',{"customer_id":' + text + b",").split(b"\x00"))
     else:
         out = _objects(
             [b"{" if cid is None else b'{"customer_id":' + orjson.dumps(cid) + b"," for cid in ids]

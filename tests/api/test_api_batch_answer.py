@@ -17,7 +17,7 @@ import pytest
 from bundle_builder import build_bundle, synthetic_customers
 
 from api import views
-from api.batch_answer import BatchEncoder, column_encoder, expand_compact
+from api.batch_answer import BatchEncoder, _opens, column_encoder, expand_compact
 from api.schemas import RecommendCompactBatchResponse
 from scoring.bundle import load_current, write_bundle
 from scoring.campaigns import Campaign
@@ -210,3 +210,26 @@ def test_compact_refused_for_a_bundle_with_caps(make_app, tmp_path, tiny_bundle_
     r = client.post("/recommend", json=body, headers=SCORING)
     assert r.status_code == 422
     assert "frequency caps" in r.get_json()["error"]["fields"]["answer"][0]
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["c-1", "c-2", "c-3"],
+        [7, -1, 0, 2**40],
+        ["a", 3, 'é\u0000"\\', "x" * 128, "with space", 'quote"d'],
+        ["has,comma", "b"],
+        ["a", None, 5],
+        ["only"],
+    ],
+)
+@pytest.mark.parametrize("first", [0, 2])
+def test_batch_openings_are_each_ids_own_text(ids, first):
+    # the answers' openings cut from one orjson text agree with one orjson call per id
+    positions = list(range(first, first + len(ids)))
+    expected = [
+        (b"," if p else b"")
+        + (b"{" if cid is None else b'{"customer_id":' + orjson.dumps(cid) + b",")
+        for cid, p in zip(ids, positions, strict=True)
+    ]
+    assert _opens(ids, positions).tolist() == expected
