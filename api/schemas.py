@@ -1097,7 +1097,9 @@ class CompactSegment(Schema):
 class CompactResult(Schema):
     """One customer of a compact batch answer."""
 
-    customer_id = fields.Raw(metadata={"description": "echoed when sent"})
+    customer_id = CustomerId(
+        metadata={"description": "echoed when sent", **CUSTOMER_ID_JSON_SCHEMA}
+    )
     segment_id = fields.Integer(
         required=True, metadata={"description": "its fields: segments[str(segment_id)]"}
     )
