@@ -137,7 +137,8 @@ def create_app(config: dict[str, Any] | None = None) -> ServiceFlask:
             client,
             prefix=settings.CACHE_PREFIX,
             fail=settings.CAPS_FAIL,
-            read_max_age=settings.CAPS_READ_MAX_AGE_SECONDS,
+            local_cache=settings.CAPS_LOCAL_CACHE,
+            local_entries=settings.CAPS_LOCAL_CACHE_ENTRIES,
             on_failure=metrics.count_caps_failure,
         ),
         feedback=FeedbackStream(

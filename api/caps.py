@@ -25,21 +25,20 @@ kernel's loopback socket work. So the read path does as little of it as it can:
   (a few hundred microseconds apart, both advisory: only a commit counts). Pools with more than
   :data:`PREFETCH_MAX_KEYS` counters per customer are read after scoring instead, and only for
   the campaigns that survived eligibility, gain and hold-outs.
-* **Recent reads are reused** for :attr:`FrequencyCaps.read_max_age` seconds (the service's
-  ``CAPS_READ_MAX_AGE_SECONDS``, default 1; 0 switches it off): a read-only request for a
-  customer whose counters this worker read less than that long ago answers from that read,
-  with no round trip. So a read-only answer may miss sends counted in the last
-  ``read_max_age`` seconds by *other* workers (or other customers' sends towards a campaign's
-  ``daily_cap``); a commit in this worker forgets the customer's read at once. Read-only
-  answers were advisory before (a send elsewhere can land between a read and a send); this
-  widens that window from the request's duration to at most ``read_max_age``. A commit never
-  uses it: the Lua script reads every counter atomically, so no cap is ever exceeded. At most
-  :data:`READ_CACHE_ENTRIES` customers are kept (the oldest read is dropped first).
+* **Counters held until they change** (:mod:`api.cap_tracking`; the service's
+  ``CAPS_LOCAL_CACHE``, on by default): a worker holds every counter value it has read, per key,
+  until Redis's client-side-caching invalidation (``CLIENT TRACKING ... BCAST``) says the key
+  changed (a commit in any worker, an expiry, an operator's ``DEL``). A read-only check whose
+  counters are all held makes no round trip. An answer may miss a change only for the moment
+  the invalidation message is in flight (sub-millisecond on one host), as a read that raced the
+  change would; a commit never uses held values (the Lua script reads every counter
+  atomically), and drops its keys here at once. Without the subscriber (not yet connected, or
+  lost) nothing is held and every check reads. At most ``CAPS_LOCAL_CACHE_ENTRIES`` keys.
 * **Exhausted campaign caps** are remembered for :data:`EXHAUSTED_SECONDS`: a campaign-day
   counter only grows during its day (``INCR`` only; the key names the day), so once it has
   reached the ``daily_cap`` it stays there until the next UTC day. The memory is dropped at the
-  day's end and after :data:`EXHAUSTED_SECONDS` anyway, so an operator who deletes a counter to
-  lift a cap mid-day sees read-only answers follow within that time. A commit never relies on
+  day's end, after :data:`EXHAUSTED_SECONDS`, and at once when the held counters' invalidation
+  names the key (an operator who deletes a counter to lift a cap mid-day). A commit never relies on
   it: the Lua script re-reads every counter atomically.
 
 When Redis fails, caps fail *open* (every candidate passes, as if uncapped) or *closed* (none
@@ -58,6 +57,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+
+from api.cap_tracking import CapTracker
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,8 @@ REASONS = ("per_customer_day", "per_customer_week", "daily_cap")
 PREFETCH_MAX_KEYS = 96
 #: how long a worker trusts that a campaign's daily cap is exhausted without reading it again
 EXHAUSTED_SECONDS = 60.0
-#: most customers whose last counter read a worker keeps for reuse (read_max_age)
-READ_CACHE_ENTRIES = 2048
+#: most counter values a worker holds by default (CAPS_LOCAL_CACHE_ENTRIES)
+LOCAL_ENTRIES = 65_536
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ class Prefetch:
         self._pool = pool
         self._connection = connection
         self.keys = keys
-        #: given the counts once the reply is read (FrequencyCaps keeps them for reuse)
+        #: given the counts once the reply is read (FrequencyCaps holds them)
         self._on_read = on_read
         self._values: dict[str, int] | None = None
         self._error: Exception | None = None
@@ -256,8 +257,8 @@ class FrequencyCaps:
         fail: str = OPEN,
         clock: Callable[[], float] = time.time,
         on_failure: Callable[[str], None] | None = None,
-        read_max_age: float = 0.0,
-        monotonic: Callable[[], float] = time.monotonic,
+        local_cache: bool = False,
+        local_entries: int = LOCAL_ENTRIES,
     ) -> None:
         if fail not in (OPEN, CLOSED):
             raise ValueError(f"fail={fail!r} should be {OPEN!r} or {CLOSED!r}")
@@ -266,13 +267,12 @@ class FrequencyCaps:
         self.fail = fail
         self.clock = clock
         self.on_failure = on_failure
-        #: seconds a read-only check may reuse this worker's last read of a customer's
-        #: counters (0: never; see the module docstring)
-        self.read_max_age = float(read_max_age)
-        self._monotonic = monotonic
-        #: customer -> (monotonic time the read was sent, period labels, {key: count}, the
-        #: candidates it was read for: a prefetch's are the served pool's capped campaigns)
-        self._reads: dict[str | None, tuple[float, tuple[str, str], dict[str, int], Any]] = {}
+        #: counter values held until Redis says they changed (None: read every time)
+        self.tracker: CapTracker | None = None
+        if client is not None and local_cache:
+            self.tracker = CapTracker(
+                client, prefix, max_entries=local_entries, on_invalidate=self._invalidated
+            )
         self._script: Any = None  # registered on first use (a test double may lack scripts)
         self._period_ordinal = -1
         self._period_labels = ("", "")
@@ -313,37 +313,27 @@ class FrequencyCaps:
         if limit is not None and count >= limit:
             self._exhausted[day_key] = (count, self.clock())
 
-    def _recent(
-        self, customer_id: str | None
-    ) -> tuple[float, tuple[str, str], dict[str, int], Any] | None:
-        """This worker's read of the customer's counters, when younger than read_max_age."""
-        if self.read_max_age <= 0.0:
-            return None
-        entry = self._reads.get(customer_id)
-        if entry is None:
-            return None
-        if entry[1] is not self._period() or self._monotonic() - entry[0] > self.read_max_age:
-            self._reads.pop(customer_id, None)  # another thread may have dropped it already
-            return None
-        return entry
-
-    def _keep(
-        self, customer_id: str | None, sent: float, scope: Any, counts: dict[str, int]
-    ) -> None:
-        """Keep a fresh read (``sent``: when it was sent, so its age is never understated;
-        ``scope``: the candidates it covers)."""
-        if self.read_max_age <= 0.0:
+    def _invalidated(self, keys: list[str] | None) -> None:
+        """Counters changed in Redis: an exhausted daily cap among them is read again."""
+        if keys is None:
+            self._exhausted = {}
             return
-        reads = self._reads
-        reads.pop(customer_id, None)  # re-inserted last: the dict's order is read order
-        reads[customer_id] = (sent, self._period(), counts, scope)
-        while len(reads) > READ_CACHE_ENTRIES:
-            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
-                reads.pop(next(iter(reads)))
+        for key in keys:
+            self._exhausted.pop(key, None)
 
-    def forget(self, customer_id: str | None) -> None:
-        """Drop the kept read of a customer (their counters just changed here)."""
-        self._reads.pop(customer_id, None)
+    def _held(self, keys: Sequence[str]) -> dict[str, int] | None:
+        """The held values of all ``keys``, or None (then they are read)."""
+        tracker = self.tracker
+        return None if tracker is None else tracker.get_all(keys)
+
+    def _mget(self, keys: list[str]) -> dict[str, int]:
+        """Read ``keys`` and hold the reply when no change raced the read."""
+        tracker = self.tracker
+        mark = None if tracker is None else tracker.mark()
+        counts = _ints(keys, self.client.mget(keys))  # type: ignore[union-attr]
+        if tracker is not None:
+            tracker.hold(mark, counts)
+        return counts
 
     def _read_keys(
         self, customer_id: str | None, candidates: Sequence[tuple[str, CapLimits]]
@@ -375,8 +365,11 @@ class FrequencyCaps:
         )
         if not keys:
             return None
+        held = self._held(keys)
+        if held is not None:
+            return ReadCounts(held)
         try:
-            return ReadCounts(_ints(keys, self.client.mget(keys)))
+            return ReadCounts(self._mget(keys))
         except redis.RedisError as exc:
             return ReadCounts({}, exc)
 
@@ -406,15 +399,16 @@ class FrequencyCaps:
         pool = getattr(self.client, "connection_pool", None)
         if pool is None:
             return None
-        recent = self._recent(customer_id)
-        if recent is not None and recent[3] is candidates:
-            # read for these very candidates (all but the then known-exhausted campaigns, whose
-            # counters check() reads should their memory have lapsed since)
-            return ReadCounts(recent[2])
         keys = self._read_keys(customer_id, candidates)
-        if not keys or len(keys) > PREFETCH_MAX_KEYS:
+        if not keys:
             return None
-        sent = self._monotonic()
+        held = self._held(keys)
+        if held is not None:
+            return ReadCounts(held)
+        if len(keys) > PREFETCH_MAX_KEYS:
+            return None
+        tracker = self.tracker
+        mark = None if tracker is None else tracker.mark()
         try:
             connection = pool.get_connection()
         except (redis.RedisError, OSError):
@@ -425,10 +419,8 @@ class FrequencyCaps:
             connection.disconnect()
             pool.release(connection)
             return None
-        keep = None
-        if self.read_max_age > 0.0:
-            keep = functools.partial(self._keep, customer_id, sent, candidates)
-        return Prefetch(pool, connection, keys, keep)
+        hold = None if tracker is None else functools.partial(tracker.hold, mark)
+        return Prefetch(pool, connection, keys, hold)
 
     def _key_table(self, customer_id: str | None) -> dict[str, tuple[str, str, str]]:
         """This customer's counter keys by campaign, filled as asked: kept for the last customer
@@ -489,19 +481,14 @@ class FrequencyCaps:
             if prefetched is not None:
                 counts = prefetched.counts()
             else:
-                recent = self._recent(customer_id)
-                counts = {} if recent is None else recent[2]
+                needed = self._read_keys(customer_id, candidates)
+                held = self._held(needed) if needed else None
+                counts = held if held is not None else (self._mget(needed) if needed else {})
             allowed, reasons, missing = self._decide(customer_id, candidates, counts)
             if missing:
-                if prefetched is None:
-                    # all of them afresh: a kept read is never topped up (its age would lie)
-                    needed = self._read_keys(customer_id, candidates)
-                    sent = self._monotonic()
-                    counts = _ints(needed, self.client.mget(needed))
-                    self._keep(customer_id, sent, candidates, counts)
-                else:
-                    # the counters the prefetch did not cover (a shared dict is never changed)
-                    counts = {**counts, **_ints(missing, self.client.mget(missing))}
+                # the counters not read yet (an exhausted cap's memory lapsed meanwhile, or
+                # campaigns beyond the prefetch's): a shared dict is never changed
+                counts = {**counts, **self._mget(missing)}
                 allowed, reasons, missing = self._decide(customer_id, candidates, counts)
         except redis.RedisError as exc:
             return self._failed(n, exc)
@@ -558,8 +545,9 @@ class FrequencyCaps:
         except redis.RedisError as exc:
             return self._failed(len(candidates), exc)
         finally:
-            # the customer's counters may have changed: the next read-only check reads them
-            self.forget(customer_id)
+            # the counters may have changed: read them again here (the invalidation follows)
+            if self.tracker is not None:
+                self.tracker.drop(keys)
         codes = [int(c) for c in codes]
         for c, code in enumerate(codes):
             if code == -3:  # blocked by the campaign's daily cap: it is exhausted for today

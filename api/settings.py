@@ -265,9 +265,11 @@ class Settings(_FromEnvironment):
     BENCH_FLOOR: bool = field(default=False, metadata=_meta(_bool))
     #: with Redis down, frequency caps let every offer through ("open") or none ("closed")
     CAPS_FAIL: str = field(default="open", metadata=_meta(_caps_fail))
-    #: seconds a read-only /recommend may reuse this worker's last read of a customer's
-    #: frequency-cap counters (0: read every time); a commit always reads them atomically
-    CAPS_READ_MAX_AGE_SECONDS: float = field(default=1.0, metadata=_meta(_float(0.0)))
+    #: hold frequency-cap counters read in this worker until Redis reports they changed
+    #: (CLIENT TRACKING; api/cap_tracking.py); off: read-only /recommend reads them every time
+    CAPS_LOCAL_CACHE: bool = field(default=True, metadata=_meta(_bool))
+    #: most cap counter values a worker holds (about 100 bytes each; the oldest go first)
+    CAPS_LOCAL_CACHE_ENTRIES: int = field(default=65_536, metadata=_meta(_int(1)))
     #: Redis Stream of feedback events (default "{CACHE_PREFIX}:feedback")
     FEEDBACK_STREAM: str | None = field(default=None, metadata=_meta(_text))
 

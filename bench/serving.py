@@ -369,6 +369,22 @@ end
 """
 
 
+#: scenario key -> where its next run starts in its bodies: each run goes on where the last
+#: stopped, so a body (a customer) comes back only after the whole pool was sent (warm-up runs
+#: included), never because a run started again at the first body
+_POOL_START: dict[str, int] = {}
+
+
+def _pool_rotated(sc: Scenario) -> tuple[bytes, ...]:
+    start = _POOL_START.get(sc.key, 0) % len(sc.bodies)
+    return sc.bodies[start:] + sc.bodies[:start]
+
+
+def _pool_advance(sc: Scenario, requests: int) -> None:
+    if sc.bodies:
+        _POOL_START[sc.key] = _POOL_START.get(sc.key, 0) + int(requests)
+
+
 def wrk_load(
     port: int, sc: Scenario, connections: int, duration: float, cores: str | None, scratch: Path
 ) -> dict[str, Any]:
@@ -381,8 +397,7 @@ def wrk_load(
     if sc.bodies:
         # one JSON document a line (json.dumps never writes a raw newline)
         pool = scratch / f"bodies-{abs(hash(sc.bodies))}.jsonl"
-        if not pool.exists():
-            pool.write_bytes(b"\n".join(sc.bodies) + b"\n")
+        pool.write_bytes(b"\n".join(_pool_rotated(sc)) + b"\n")
         script = scratch / f"{pool.stem}.lua"
         lua += WRK_POOL_SCRIPT.format(bodies=pool)
     script.write_text(lua)
@@ -397,6 +412,7 @@ def wrk_load(
     else:
         raise RuntimeError(f"wrk gave no summary (exit {proc.returncode}): {proc.stderr[-500:]}")
     secs = raw["duration_us"] / 1e6
+    _pool_advance(sc, raw["requests"])
     return {
         "requests": raw["requests"],
         "seconds": secs,
@@ -416,7 +432,7 @@ def python_load(port: int, sc: Scenario, connections: int, duration: float) -> d
     limited by the client; it exists so the benchmark runs where wrk cannot be installed.
     """
     headers = _headers()
-    pool = sc.bodies or (sc.body,)
+    pool = _pool_rotated(sc) if sc.bodies else (sc.body,)
     latencies: list[list[float]] = [[] for _ in range(connections)]
     errors = [0] * connections
     start_gate = threading.Barrier(connections + 1)
@@ -465,6 +481,7 @@ def python_load(port: int, sc: Scenario, connections: int, duration: float) -> d
     def pct(q: float) -> float:
         return lat[min(n - 1, max(0, math.ceil(q * n) - 1))] * 1000 if n else float("nan")
 
+    _pool_advance(sc, n)  # each connection started elsewhere in it: roughly where it stopped
     return {
         "requests": n,
         "seconds": secs,

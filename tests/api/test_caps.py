@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 
 import pytest
 import redis
@@ -185,74 +186,147 @@ def test_a_prefetch_against_a_dead_redis_fails_as_configured():
     assert result.allowed == [False] and result.status == "failed_closed"
 
 
-def test_a_read_only_check_reuses_a_recent_read_no_longer_than_its_max_age(redis_url, redis_prefix):
-    mono = [100.0]
-    caps = _caps(redis_url, redis_prefix, clock=lambda: DAY, read_max_age=1.0,
-                 monotonic=lambda: mono[0])  # fmt: skip
-    other = _caps(redis_url, redis_prefix, clock=lambda: DAY)  # another worker, no reuse
-    pool = [("a", CapLimits(per_customer_day=1)), ("b", CapLimits(daily_cap=5))]
-    assert caps.check("c1", pool).allowed == [True, True]  # read, and kept
-    assert other.check("c1", pool[:1], commit=True).allowed == [True]
-    # within the max age the kept read answers: the other worker's send is not seen yet
-    mono[0] += 0.9
-    assert caps.check("c1", pool).allowed == [True, True]
-    # past it, the counters are read again and the send shows
-    mono[0] += 0.2
-    assert caps.check("c1", pool).allowed == [False, True]
-    # another customer was never read: nothing stale about them
-    assert caps.check("c2", pool).allowed == [True, True]
+def _live(caps):
+    """Start the worker's invalidation subscriber and wait (bounded) until it is subscribed."""
+    caps.tracker.ensure_started()
+    _until(lambda: caps.tracker.live)
+    return caps
 
 
-def test_a_prefetch_for_the_served_pool_is_kept_and_reused_within_the_max_age(
-    redis_url, redis_prefix
-):
-    mono = [100.0]
-    caps = _caps(redis_url, redis_prefix, clock=lambda: DAY, read_max_age=1.0,
-                 monotonic=lambda: mono[0])  # fmt: skip
+def _until(condition, tries=500):
+    """Poll ``condition`` (an invalidation is asynchronous) at most ``tries`` times."""
+    for _ in range(tries):
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+def test_a_commit_elsewhere_reaches_a_held_read_by_invalidation(redis_url, redis_prefix):
+    caps = _live(_caps(redis_url, redis_prefix, clock=lambda: DAY, local_cache=True))
+    other = _caps(redis_url, redis_prefix, clock=lambda: DAY)  # another worker
+    try:
+        pool = [("a", CapLimits(per_customer_day=1)), ("b", CapLimits(daily_cap=5))]
+        assert caps.check("c1", pool).allowed == [True, True]  # read, and held
+        held = caps._read_keys("c1", pool)
+        assert caps.tracker.get_all(held) is not None
+        assert caps.prefetch("c1", pool) is not None
+        assert not isinstance(caps.prefetch("c1", pool), Prefetch)  # held: nothing sent
+        assert other.check("c1", pool[:1], commit=True).allowed == [True]
+        # Redis tells this worker the counter changed; then the send shows, read afresh
+        _until(lambda: caps.tracker.get_all(held) is None)
+        pending = caps.prefetch("c1", pool)
+        assert isinstance(pending, Prefetch)
+        try:
+            assert caps.check("c1", pool, prefetched=pending).allowed == [False, True]
+        finally:
+            pending.close()
+        assert caps.check("c1", pool).allowed == [False, True]
+        # another customer was never read: nothing stale about them
+        assert caps.check("c2", pool).allowed == [True, True]
+    finally:
+        caps.tracker.stop()
+
+
+def test_an_operator_del_lifts_a_cap_held_or_remembered(redis_url, redis_prefix):
+    caps = _live(_caps(redis_url, redis_prefix, clock=lambda: DAY, local_cache=True))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        pool = [("a", CapLimits(per_customer_day=1)), ("b", CapLimits(daily_cap=1))]
+        assert caps.check("c1", pool, commit=True).allowed == [True, True]
+        assert caps.check("c1", pool).allowed == [False, False]  # read and held (b: remembered)
+        day = caps.keys("c1", "a")[0]
+        b_day = caps.keys("c1", "b")[2]
+        client.delete(day, b_day)  # an operator lifts both
+        _until(lambda: caps.check("c1", pool).allowed == [True, True])
+        assert b_day not in caps._exhausted
+    finally:
+        caps.tracker.stop()
+
+
+def test_losing_the_subscriber_clears_held_values_and_reads_every_time(redis_url, redis_prefix):
+    caps = _live(_caps(redis_url, redis_prefix, clock=lambda: DAY, local_cache=True))
     other = _caps(redis_url, redis_prefix, clock=lambda: DAY)
-    served = caps.pool_candidates(["a", "b"], [(1, None, None), (None, None, 5)])
-    sent = caps.prefetch("c1", served)
-    assert isinstance(sent, Prefetch)
     try:
-        assert caps.check("c1", served, prefetched=sent).allowed == [True, True]
+        pool = [("a", CapLimits(per_customer_day=1))]
+        assert caps.check("c1", pool).allowed == [True]
+        assert len(caps.tracker) > 0
+        caps.tracker.stop()  # the subscriber is gone (as after a dropped connection)
+        assert len(caps.tracker) == 0 and not caps.tracker.live
+        assert isinstance(caps.prefetch("c1", pool), Prefetch)
+        assert caps.check("c1", pool).allowed == [True]
+        assert len(caps.tracker) == 0  # nothing is held without invalidations
+        other.check("c1", pool, commit=True)
+        assert caps.check("c1", pool).allowed == [False]
     finally:
-        sent.close()
-    other.check("c1", served[:1], commit=True)
-    mono[0] += 0.5
-    reused = caps.prefetch("c1", served)
-    assert reused is not None and not isinstance(reused, Prefetch)  # nothing sent
-    assert caps.check("c1", served, prefetched=reused).allowed == [True, True]
-    mono[0] += 0.6  # the read is now 1.1 s old
-    again = caps.prefetch("c1", served)
-    assert isinstance(again, Prefetch)
+        caps.tracker.stop()
+
+
+def test_a_dropped_subscriber_connection_clears_and_reconnects(redis_url, redis_prefix):
+    caps = _live(_caps(redis_url, redis_prefix, clock=lambda: DAY, local_cache=True))
     try:
-        assert caps.check("c1", served, prefetched=again).allowed == [False, True]
+        pool = [("a", CapLimits(per_customer_day=1))]
+        caps.check("c1", pool)
+        before = caps.tracker.epoch
+        caps.tracker.kill_connection()
+        _until(lambda: caps.tracker.epoch > before and len(caps.tracker) == 0)
+        _until(lambda: caps.tracker.live)  # subscribed again: values are held again
+        caps.check("c1", pool)
+        assert caps.tracker.get_all(caps._read_keys("c1", pool)) is not None
     finally:
-        again.close()
+        caps.tracker.stop()
 
 
-def test_a_commit_forgets_the_customers_read_at_once(redis_url, redis_prefix):
-    mono = [100.0]
-    caps = _caps(redis_url, redis_prefix, clock=lambda: DAY, read_max_age=60.0,
-                 monotonic=lambda: mono[0])  # fmt: skip
-    pool = [("a", CapLimits(per_customer_day=1))]
-    assert caps.check("c1", pool).allowed == [True]
-    assert caps.check("c1", pool, commit=True).allowed == [True]
-    # the same worker's own send is never hidden by its kept read, prefetched or not
-    pending = caps.prefetch("c1", pool)
+def test_a_read_raced_by_an_invalidation_is_not_held(redis_url, redis_prefix):
+    caps = _live(_caps(redis_url, redis_prefix, clock=lambda: DAY, local_cache=True))
     try:
-        assert caps.check("c1", pool, prefetched=pending).allowed == [False]
+        mark = caps.tracker.mark()
+        caps.tracker.drop([])  # an invalidation arrives between the read's send and its reply
+        caps.tracker.hold(mark, {"k": 0})
+        assert caps.tracker.get_all(["k"]) is None
+        caps.tracker.hold(caps.tracker.mark(), {"k": 0})
+        assert caps.tracker.get_all(["k"]) == {"k": 0}
     finally:
-        pending.close()
-    assert caps.check("c1", pool).allowed == [False]
-    # a commit is atomic whatever was read: a second send is refused
-    assert caps.check("c1", pool, commit=True).allowed == [False]
+        caps.tracker.stop()
 
 
-def test_reads_are_never_reused_when_the_max_age_is_zero(redis_url, redis_prefix):
+def test_held_values_are_bounded(redis_url, redis_prefix):
+    caps = _live(
+        _caps(redis_url, redis_prefix, clock=lambda: DAY, local_cache=True, local_entries=4)
+    )
+    try:
+        pool = [("a", CapLimits(per_customer_day=1, per_customer_week=3))]
+        for c in range(5):
+            caps.check(f"c{c}", pool)
+        assert len(caps.tracker) <= 4
+        assert caps.tracker.get_all(caps._read_keys("c4", pool)) is not None  # newest kept
+    finally:
+        caps.tracker.stop()
+
+
+def test_a_commit_drops_its_keys_here_at_once(redis_url, redis_prefix):
+    caps = _live(_caps(redis_url, redis_prefix, clock=lambda: DAY, local_cache=True))
+    try:
+        pool = [("a", CapLimits(per_customer_day=1))]
+        assert caps.check("c1", pool).allowed == [True]
+        assert caps.check("c1", pool, commit=True).allowed == [True]
+        # the same worker's own send is never hidden by a held value, prefetched or not
+        pending = caps.prefetch("c1", pool)
+        try:
+            assert caps.check("c1", pool, prefetched=pending).allowed == [False]
+        finally:
+            if pending is not None:
+                pending.close()
+        assert caps.check("c1", pool, commit=True).allowed == [False]
+    finally:
+        caps.tracker.stop()
+
+
+def test_without_the_local_cache_every_check_reads(redis_url, redis_prefix):
     caps = _caps(redis_url, redis_prefix, clock=lambda: DAY)
     other = _caps(redis_url, redis_prefix, clock=lambda: DAY)
     pool = [("a", CapLimits(per_customer_day=1))]
+    assert caps.tracker is None
     assert caps.check("c1", pool).allowed == [True]
     other.check("c1", pool, commit=True)
     assert caps.check("c1", pool).allowed == [False]
