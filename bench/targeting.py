@@ -41,14 +41,16 @@ once per round in an order reversed every other round, medians of per-round rati
 - ``base-repeat`` and ``rules+caps-repeat``: ``base`` and ``rules+caps`` cycling through the
   first ``--repeat-pool`` customers only (default 2,000): customers who come back.
 
-The requests cycle through ``--pool`` customers (default 20,000), one body per customer. Held
-counters are kept until they change (no age limit), so the first ``rules+caps`` round meets
-every customer new, and later rounds (same prefix, no commits) find them held: to keep the
-headline the cost of a *new* customer, ``rules+caps`` and ``rules+caps-every-read`` get a fresh
-server per round (serving.run_configuration starts one per scenario and round) and each worker
-holds only what it read in that round's warm-up and run: a customer comes back only after
-20,000 requests, more than one worker serves in a measurement. ``rules+caps-repeat`` measures
-the other end: 2,000 customers whose counters the worker holds after its warm-up.
+The requests cycle through ``--pool`` customers (default 20,000), one body per customer, and
+each run of a scenario (warm-ups included) goes on in the pool where its last run stopped
+(bench/serving.py), so a customer comes back only after 20,000 requests to that server: more
+than one worker serves in a whole benchmark at the rates reached here (check the requests
+column). Held counters have no age limit (api/cap_tracking.py), so ``rules+caps`` then measures
+a stream of new customers: its figure is the honest cost of a customer the worker has not read
+yet, the headline. ``rules+caps-repeat`` measures the other end: 2,000 customers whose counters
+the worker holds after its first pass (no commits touch them meanwhile except the ``commit``
+scenario's, which share the key prefix: their invalidations drop the held campaign-day counters,
+re-read once).
 
     python -m bench.targeting --server [--rounds 3] [--seconds 5] [--pool 20000]
         [--model-root DIR] [--loadgen auto]
