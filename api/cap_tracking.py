@@ -192,7 +192,10 @@ class CapTracker:
             except Exception as exc:  # noqa: BLE001 - whatever broke it, the thread must live on
                 # (a socket closed by stop() from another thread surfaces as a TypeError)
                 if not stop.is_set():
-                    log.warning("cap invalidations lost (%s): reading Redis every time", exc)
+                    # once per outage, not once per retry (Redis down: every second)
+                    (log.warning if self.live else log.debug)(
+                        "cap invalidations lost (%s): reading Redis every time", exc
+                    )
             finally:
                 self._lost()
                 conn, self._connection = self._connection, None
