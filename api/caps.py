@@ -141,6 +141,11 @@ class CapLimits:
         object.__setattr__(
             self, "set_limits", tuple((i, v) for i, v in enumerate(limits) if v is not None)
         )
+        #: the counter indexes of those limits (the keys a read needs)
+        object.__setattr__(self, "set_indexes", tuple(i for i, _ in self.set_limits))
+        #: (status, commit) -> its rule text (_cap_rule): a per-offer lru_cache lookup hashed
+        #: this dataclass field by field in Python
+        object.__setattr__(self, "rule_texts", {})
 
     def as_tuple(self) -> tuple[int | None, int | None, int | None]:
         """The limits in counter order (customer-day, customer-week, campaign-day)."""
@@ -282,6 +287,8 @@ class FrequencyCaps:
         self._pool_memo: tuple[Any, list[tuple[str, CapLimits]]] | None = None
         #: (customer, period labels, {campaign: keys}) of the last customer asked about
         self._key_memo: tuple[Any, tuple[str, str], dict[str, tuple[str, str, str]]] | None = None
+        #: (period labels, {campaign: the customer-free parts of its keys}); see _keys_in
+        self._key_parts: tuple[Any, dict[str, tuple[str, str, str, str]]] = (None, {})
 
     def _period(self) -> tuple[str, str]:
         """Today's day and ISO-week labels (UTC), recomputed once a day."""
@@ -341,15 +348,20 @@ class FrequencyCaps:
         """The counters a read-only check of ``candidates`` needs (no known-exhausted ones)."""
         keys: list[str] = []
         table = self._key_table(customer_id)
+        # per request and campaign (callgrind/cProfile, bench/RESULTS.md): plain loops, and no
+        # exhausted-cap lookup while no cap is known exhausted
+        exhausted = self._exhausted
+        append = keys.append
         for campaign_id, cap in candidates:
             if not cap.any:
                 continue
-            triple = self._keys_of(table, customer_id, campaign_id)
-            if self._known_exhausted(triple[2], cap.daily_cap):
+            triple = table.get(campaign_id) or self._keys_of(table, customer_id, campaign_id)
+            if exhausted and self._known_exhausted(triple[2], cap.daily_cap):
                 continue
-            keys.extend(
-                k for k, v in zip(triple, cap.as_tuple(), strict=True) if k and v is not None
-            )
+            for i in cap.set_indexes:
+                key = triple[i]
+                if key:
+                    append(key)
         return keys
 
     def read_many(
@@ -434,25 +446,41 @@ class FrequencyCaps:
         self._key_memo = (customer_id, period, table)
         return table
 
+    def _keys_in(
+        self, customer_id: str | None, campaign_id: str, period: tuple[str, str]
+    ) -> tuple[str, str, str]:
+        """:meth:`keys` for the given period labels (day, week)."""
+        # the customer-free parts of a campaign's keys, built once per campaign and period:
+        # a request then joins two short strings per key (per request and campaign)
+        parts_memo = self._key_parts
+        if parts_memo[0] is not period:
+            parts_memo = self._key_parts = (period, {})
+        parts = parts_memo[1].get(campaign_id)
+        if parts is None:
+            day, week = period
+            base = f"{self.prefix}:cap:{campaign_id}"
+            parts = parts_memo[1][campaign_id] = (
+                f"{base}:c:",
+                f":d:{day}",
+                f":w:{week}",
+                f"{base}:d:{day}",
+            )
+        if customer_id is None:
+            return ("", "", parts[3])
+        head = parts[0] + customer_id
+        return (head + parts[1], head + parts[2], parts[3])
+
     def _keys_of(
         self, table: dict[str, tuple[str, str, str]], customer_id: str | None, campaign_id: str
     ) -> tuple[str, str, str]:
         triple = table.get(campaign_id)
         if triple is None:
-            triple = table[campaign_id] = self.keys(customer_id, campaign_id)
+            triple = table[campaign_id] = self._keys_in(customer_id, campaign_id, self._period())
         return triple
 
     def keys(self, customer_id: str | None, campaign_id: str) -> tuple[str, str, str]:
         """The three counter keys of a (customer, campaign) pair now ("" without a customer)."""
-        day, week = self._period()
-        base = f"{self.prefix}:cap:{campaign_id}"
-        if customer_id is None:
-            return ("", "", f"{base}:d:{day}")
-        return (
-            f"{base}:c:{customer_id}:d:{day}",
-            f"{base}:c:{customer_id}:w:{week}",
-            f"{base}:d:{day}",
-        )
+        return self._keys_in(customer_id, campaign_id, self._period())
 
     def check(
         self,
@@ -470,8 +498,7 @@ class FrequencyCaps:
         None) in order and counts them, atomically.
         """
         n = len(candidates)
-        capped = [i for i, (_, limits) in enumerate(candidates) if limits.any]
-        if not capped:
+        if not any(limits.any for _, limits in candidates):
             return CapResult([True] * n, [None] * n, "ok")
         if self.client is None:
             return CapResult([True] * n, [None] * n, "disabled")
@@ -506,11 +533,12 @@ class FrequencyCaps:
         allowed: list[bool] = []
         reasons: list[str | None] = []
         missing: list[str] = []
+        exhausted = self._exhausted
         for campaign_id, cap in candidates:
             reason = None
             if cap.any:
-                triple = self._keys_of(table, customer_id, campaign_id)
-                if self._known_exhausted(triple[2], cap.daily_cap):
+                triple = table.get(campaign_id) or self._keys_of(table, customer_id, campaign_id)
+                if exhausted and self._known_exhausted(triple[2], cap.daily_cap):
                     reason = REASONS[2]
                 else:
                     for i, limit in cap.set_limits:
@@ -592,28 +620,47 @@ def apply_caps(
     candidates = _candidates(limits, campaign_index, items)
     cid = None if customer_id is None else str(customer_id)
     checked = caps.check(cid, candidates, commit=commit, top_k=top_k, prefetched=prefetched)
-    kept = [item for item, ok in zip(items, checked.allowed, strict=True) if ok]
-    if top_k is not None:
-        kept = kept[:top_k]
-    kept_ids = {id(item) for item in kept}
-    for item, (_, cap) in zip(items, candidates, strict=True):
-        if cap.any and id(item) in kept_ids:
+    allowed = checked.allowed
+    if all(allowed):
+        # the usual answer: nobody capped, so no filtering and no reasons to collect
+        kept = items if top_k is None else items[:top_k]
+        kept_n = len(kept)
+        capped: list[str] = []
+    else:
+        kept = [item for item, ok in zip(items, allowed, strict=True) if ok]
+        if top_k is not None:
+            kept = kept[:top_k]
+        kept_n = -1
+        capped = [
+            item["campaign_id"]
+            for item, ok, why in zip(items, allowed, checked.reasons, strict=True)
+            if not ok and why is not None
+        ]
+    kept_ids = None if kept_n >= 0 else {id(item) for item in kept}
+    status = checked.status
+    for n, (item, (_, cap)) in enumerate(zip(items, candidates, strict=True)):
+        if n == kept_n:
+            break
+        if cap.any and (kept_ids is None or id(item) in kept_ids):
             # the caps admitted it (or could not be asked): a new list, the table's is shared
-            item["rules"] = [*item.get("rules", ()), _cap_rule(cap, checked.status, commit)]
-    capped = [
-        item["campaign_id"]
-        for item, ok, why in zip(items, checked.allowed, checked.reasons, strict=True)
-        if not ok and why is not None
-    ]
+            item["rules"] = [*item.get("rules", ()), _cap_rule(cap, status, commit)]
     result["campaigns"] = kept
     result["caps"] = {"status": checked.status, "capped": capped, "committed": commit}
     if not kept and items and "reason" not in result:
         result["reason"] = CAPS_UNAVAILABLE if checked.status == f"failed_{CLOSED}" else ALL_CAPPED
 
 
-@functools.lru_cache(maxsize=1024)
 def _cap_rule(cap: CapLimits, status: str, commit: bool) -> str:
-    """How the frequency caps admitted one offer, for its ``rules``."""
+    """How the frequency caps admitted one offer, for its ``rules`` (built once per limits,
+    status and commit)."""
+    texts = cap.rule_texts  # type: ignore[attr-defined]
+    text = texts.get((status, commit))
+    if text is None:
+        text = texts[(status, commit)] = _cap_rule_text(cap, status, commit)
+    return text
+
+
+def _cap_rule_text(cap: CapLimits, status: str, commit: bool) -> str:
     if status == "disabled":
         return "frequency caps not checked (no Redis configured)"
     if status.startswith("failed"):
@@ -635,10 +682,24 @@ def _candidates(
     campaign_index: dict[str, int],
     items: Sequence[dict],
 ) -> list[tuple[str, CapLimits]]:
-    return [
-        (item["campaign_id"], _cap_limits(limits[campaign_index[item["campaign_id"]]]))
-        for item in items
-    ]
+    by_id = _limits_by_campaign(limits, campaign_index)
+    return [(cid, by_id[cid]) for cid in [item["campaign_id"] for item in items]]
+
+
+#: (the served pool's limits, its campaign index, {campaign: CapLimits}): rebuilt when they change
+_BY_CAMPAIGN: tuple[Any, Any, dict[str, CapLimits]] = (None, None, {})
+
+
+def _limits_by_campaign(
+    limits: Sequence[tuple[int | None, int | None, int | None]], campaign_index: dict[str, int]
+) -> dict[str, CapLimits]:
+    """Each campaign's CapLimits, built once per served pool (not per offer and request)."""
+    global _BY_CAMPAIGN
+    memo = _BY_CAMPAIGN
+    if memo[0] is not limits or memo[1] is not campaign_index:
+        by_id = {cid: _cap_limits(limits[i]) for cid, i in campaign_index.items()}
+        memo = _BY_CAMPAIGN = (limits, campaign_index, by_id)
+    return memo[2]
 
 
 @functools.lru_cache(maxsize=4096)
