@@ -646,6 +646,10 @@ def summarise(
     return out
 
 
+#: a bare floor below this share of our own floor measured the machine, not the floor
+BARE_SANE_MIN = 0.5
+
+
 def evaluate_targets(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 3's targets (demo bundle) and issue 12's (production-sized), one worker."""
     targets = []
@@ -658,11 +662,14 @@ def evaluate_targets(config: dict[str, Any]) -> list[dict[str, Any]]:
         )
 
     production = {r["name"]: r for r in config["scenarios"] if r["server"] == "production"}
-    # The bare floor does strictly less than the service's own floor: when it measured slower,
-    # the run measured the machine (load, sync-worker reconnects), and no ratio to it is claimed.
+    # The bare floor's sync worker opens a connection per request, which an overloaded machine
+    # punishes most: on 2026-12-02 (load 7-15) it measured 0.12-0.40x our own floor, against
+    # 1.05x on a quiet machine on 2026-12-06 at 11:00. Our floor may beat it (it keeps connections alive and has
+    # been made leaner: 1.22x on 2026-12-06), so only a bare floor under half of ours is taken
+    # as a measurement of the machine, and then no ratio to it is claimed.
     bare_row = next((r for r in config["scenarios"] if r["server"] == BARE), None)
     own = production.get("floor", {}).get("rps")
-    bare_sane = bare_row is not None and own is not None and bare_row["rps"] >= own
+    bare_sane = bare_row is not None and own is not None and bare_row["rps"] >= BARE_SANE_MIN * own
     for scenario, measure, goal, at_least in ISSUE12_TARGETS if production else ():
         value = production.get(scenario, {}).get(measure)
         if measure == "ratio_to_bare" and not bare_sane:

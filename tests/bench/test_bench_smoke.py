@@ -212,6 +212,24 @@ def test_ratio_to_floor_is_taken_within_each_round():
     assert rows["floor"]["ratio_to_floor"] is None
 
 
+def test_ratios_to_the_bare_floor_are_claimed_unless_it_measured_the_machine():
+    def targets(bare_rps: float) -> dict[str, float | None]:
+        config = {
+            "workers": 1,
+            "scenarios": [
+                {"server": serving.BARE, "name": "bare floor", "rps": bare_rps},
+                {"server": "production", "name": "floor", "rps": 1000.0, "ratio_to_bare": 1.2},
+            ],
+        }
+        return {t["name"]: t["measured"] for t in serving.evaluate_targets(config)}
+
+    name = "production model: floor rps / bare floor rps"
+    # our floor may beat the bare one (kept-alive connections): still a measurement
+    assert targets(bare_rps=800.0)[name] == pytest.approx(1.2)
+    # a bare floor under half of ours measured an overloaded machine: no ratio claimed
+    assert targets(bare_rps=400.0)[name] is None
+
+
 def test_training_targets_are_not_claimed_without_the_million_run():
     small = [{"customers": 10_000, "wall_s": 1.0, "max_rss_mb": 100.0}]
     assert all(t["met"] is None for t in training.evaluate_targets(small))
