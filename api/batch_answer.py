@@ -178,13 +178,7 @@ def encode_results(
     distance = text[:n]
 
     # slots: per customer 4 head pieces + stride per offer + 1 tail; per error 1
-    sizes = np.ones(total, dtype=np.intp)
-    pos = np.asarray(positions, dtype=np.intp)
-    sizes[pos] = 5 + stride * counts
-    start = np.zeros(total, dtype=np.intp)
-    np.cumsum(sizes[:-1], out=start[1:])
-    out = np.empty(int(sizes.sum()), dtype=object)
-    first = start[pos]
+    start, first, out = _slots(total, positions, 5 + stride * counts)
 
     out[first] = _opens(ids, positions)
     out[first + 1] = encoder.heads[seg]
@@ -192,10 +186,7 @@ def encode_results(
     out[first + 3] = encoder.middles[seg, a.atypical.astype(np.intp)]
 
     if t:
-        offsets = np.zeros(n, dtype=np.intp)
-        np.cumsum(counts[:-1], out=offsets[1:])
-        rank_in = np.arange(t) - np.repeat(offsets, counts)
-        slot = np.repeat(first + 4, counts) + stride * rank_in
+        offsets, _, slot = _offer_slots(first, counts, stride)
         pieces = encoder.items[channel][seg[cust], camp]
         if encoder.items_with_id is not None:
             # offers to customers with an id passed the control-group draw: their rules say so
@@ -238,12 +229,43 @@ def encode_results(
             tail += b',"reason":' + orjson.dumps(reason)
         tails[i] = tail + stats_of[int(seg[i])]
     out[first + 4 + stride * counts] = tails
+    return _joined(out, start, errors, before + b"[", b"]" + after)
 
+
+def _slots(
+    total: int, positions: Sequence[int], customer_sizes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An answer's ``results`` as slots: ``customer_sizes`` pieces for each scored customer (at
+    ``positions``), one for every error entry. Returns each entry's first slot, each scored
+    customer's first slot and the empty slot array."""
+    sizes = np.ones(total, dtype=np.intp)
+    pos = np.asarray(positions, dtype=np.intp)
+    sizes[pos] = customer_sizes
+    start = np.zeros(total, dtype=np.intp)
+    np.cumsum(sizes[:-1], out=start[1:])
+    return start, start[pos], np.empty(int(sizes.sum()), dtype=object)
+
+
+def _offer_slots(
+    first: np.ndarray, counts: np.ndarray, stride: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each customer's first offer, each offer's rank within its customer, and each offer's
+    first slot (after the customer's 4 head pieces, ``stride`` slots an offer)."""
+    offsets = np.zeros(counts.shape[0], dtype=np.intp)
+    np.cumsum(counts[:-1], out=offsets[1:])
+    rank_in = np.arange(int(counts.sum())) - np.repeat(offsets, counts)
+    return offsets, rank_in, np.repeat(first + 4, counts) + stride * rank_in
+
+
+def _joined(
+    out: np.ndarray, start: np.ndarray, errors: dict[int, Any], before: bytes, after: bytes
+) -> bytes:
+    """The filled slots, each error entry in its own, between ``before`` and ``after``."""
     for i, entry in errors.items():
         out[start[i]] = (b"," if i else b"") + orjson.dumps(entry, option=_NUMPY)
-    pieces = [before + b"["]
+    pieces = [before]
     pieces += out.tolist()
-    pieces.append(b"]" + after)
+    pieces.append(after)
     return b"".join(pieces)
 
 
@@ -368,23 +390,14 @@ def encode_compact(
     distance = orjson.dumps(a.distance, option=_NUMPY)[1:-1].split(b",") if n else []
 
     # slots: per customer 4 head pieces + 2 per offer + 1 tail; per error 1
-    sizes = np.ones(total, dtype=np.intp)
-    pos = np.asarray(positions, dtype=np.intp)
-    sizes[pos] = 5 + 2 * counts
-    start = np.zeros(total, dtype=np.intp)
-    np.cumsum(sizes[:-1], out=start[1:])
-    out = np.empty(int(sizes.sum()), dtype=object)
-    first = start[pos]
+    start, first, out = _slots(total, positions, 5 + 2 * counts)
 
     out[first] = _opens(ids, positions)
     out[first + 1] = compact.heads[seg]
     out[first + 2] = _objects(distance)
     out[first + 3] = compact.middles[a.atypical.astype(np.intp)]
     if t:
-        offsets = np.zeros(n, dtype=np.intp)
-        np.cumsum(counts[:-1], out=offsets[1:])
-        rank_in = np.arange(t) - np.repeat(offsets, counts)
-        slot = np.repeat(first + 4, counts) + 2 * rank_in
+        _, rank_in, slot = _offer_slots(first, counts, 2)
         out[slot] = compact.offers[(rank_in == 0).astype(np.intp), camp]
         out[slot + 1] = _objects(numbers)
 
@@ -398,13 +411,8 @@ def encode_compact(
             tail += b',"reason":' + orjson.dumps(reason)
         tails[i] = tail + b"}"
     out[first + 4 + 2 * counts] = tails
-
-    for i, entry in errors.items():
-        out[start[i]] = (b"," if i else b"") + orjson.dumps(entry, option=_NUMPY)
-    pieces = [before + compact.tables(stats, seg, channel) + b',"results":[']
-    pieces += out.tolist()
-    pieces.append(b"]" + after)
-    return b"".join(pieces)
+    head = before + compact.tables(stats, seg, channel) + b',"results":['
+    return _joined(out, start, errors, head, b"]" + after)
 
 
 def expand_compact(body: dict[str, Any]) -> dict[str, Any]:
