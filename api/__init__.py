@@ -139,6 +139,8 @@ def create_app(config: dict[str, Any] | None = None) -> ServiceFlask:
             fail=settings.CAPS_FAIL,
             local_cache=settings.CAPS_LOCAL_CACHE,
             local_entries=settings.CAPS_LOCAL_CACHE_ENTRIES,
+            summary=settings.CAPS_SUMMARY,
+            seen_bits=settings.CAPS_SUMMARY_BITS,
             on_failure=metrics.count_caps_failure,
         ),
         feedback=FeedbackStream(

@@ -23,6 +23,10 @@ again after :data:`RETRY_SECONDS`. A link that dies silently (no reset) is found
 after :data:`HEALTH_SECONDS` of silence, unanswered for as long again: until then held values
 may answer (at most about two seconds, the one window in which a change can go unseen longer
 than a message's flight). At most ``max_entries`` keys are held (the oldest first out).
+
+The same subscriber keeps the worker's summary of which customers have counters this week
+(:mod:`api.cap_summary`, optional): it loads the week's bitmap once subscribed (and again when
+the week turns) and marks the customers its messages name; losing the connection clears it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from typing import Any
 
 import redis
 
+from api.cap_summary import SeenSummary
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "__redis__:invalidate"
@@ -45,6 +51,8 @@ CHANNEL = "__redis__:invalidate"
 RETRY_SECONDS = 1.0
 #: seconds of silence after which the subscriber PINGs; no answer in as long again: lost
 HEALTH_SECONDS = 1.0
+#: most seconds loading the week's seen-customers bitmap may take (api/cap_summary.py)
+LOAD_SECONDS = 10.0
 
 
 class CapTracker:
@@ -57,6 +65,8 @@ class CapTracker:
         *,
         max_entries: int = 65_536,
         on_invalidate: Callable[[list[str] | None], None] | None = None,
+        summary: SeenSummary | None = None,
+        week: Callable[[], str] | None = None,
     ) -> None:
         self.client = client
         #: keys whose changes are broadcast (the caps' counters)
@@ -64,6 +74,12 @@ class CapTracker:
         self.max_entries = max_entries
         #: told of each invalidation (keys, or None: all) after the values are dropped
         self.on_invalidate = on_invalidate
+        #: which customers may have counters this week (kept by the subscriber), or None
+        self.summary = summary
+        #: the current ISO week label (the summary's bitmap follows it)
+        self.week = week
+        if summary is not None and week is None:
+            raise ValueError("a summary needs week=, the current ISO week label")
         # ordered, so the oldest entries go first in O(1) each (a dict's list(values)[:n] copies
         # every key: measured 0.73x -> 0.47x of base on cold customers once full)
         self._values: OrderedDict[str, int] = OrderedDict()
@@ -88,6 +104,8 @@ class CapTracker:
             # a forked child inherits the parent's values but not its thread: start clean
             self._values = OrderedDict()
             self.live = False
+            if self.summary is not None:
+                self.summary.clear()
             self._pid = os.getpid()
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, name="caps-invalidation", daemon=True)
@@ -140,14 +158,38 @@ class CapTracker:
             else:
                 for key in keys:
                     self._values.pop(key, None)
+        if keys is not None and self.summary is not None:
+            self.summary.note(keys)
         if self.on_invalidate is not None:
             self.on_invalidate(keys)
+
+    def _load_summary(self) -> None:
+        """Load the current week's bitmap: only from the subscriber thread, once subscribed, so
+        every send after the GET arrives as a message read after this (module doc)."""
+        summary, week = self.summary, self.week
+        if summary is None or week is None:
+            return
+        label = week()
+        # a connection of its own, not the pool's: a bitmap of megabytes may take longer than
+        # the requests' short REDIS_TIMEOUT_MS
+        pool = self.client.connection_pool
+        kwargs = {**pool.connection_kwargs, "protocol": 2, "socket_timeout": LOAD_SECONDS}
+        conn = pool.connection_class(**kwargs)
+        try:
+            conn.connect()
+            conn.send_command("GET", summary.key(label))
+            raw = conn.read_response()
+        finally:
+            conn.disconnect()
+        summary.load(label, raw)
 
     def _lost(self) -> None:
         with self._lock:
             self.live = False
             self.epoch += 1
             self._values = OrderedDict()
+        if self.summary is not None:
+            self.summary.clear()
         if self.on_invalidate is not None:
             self.on_invalidate(None)
 
@@ -175,8 +217,12 @@ class CapTracker:
                     self.epoch += 1
                     self._values = OrderedDict()
                     self.live = True
+                self._load_summary()
+                summary, week = self.summary, self.week
                 ping_sent = False
                 while not stop.is_set():
+                    if summary is not None and week is not None and summary.week != week():
+                        self._load_summary()  # a new week (at most HEALTH_SECONDS late)
                     if not conn.can_read(timeout=HEALTH_SECONDS):
                         # quiet: a silently dead link would keep stale values, so ask
                         if ping_sent:

@@ -34,6 +34,15 @@ kernel's loopback socket work. So the read path does as little of it as it can:
   change would; a commit never uses held values (the Lua script reads every counter
   atomically), and drops its keys here at once. Without the subscriber (not yet connected, or
   lost) nothing is held and every check reads. At most ``CAPS_LOCAL_CACHE_ENTRIES`` keys.
+* **No per-customer read for a customer not sent to this week** (:mod:`api.cap_summary`; the
+  service's ``CAPS_SUMMARY``, on by default with the local cache): the commit script also sets
+  the customer's bit in the ISO week's bitmap ``{prefix}:capseen:{bits}:{YYYYWW}`` (2**bits
+  bits, ``CAPS_SUMMARY_BITS``), and each worker keeps a copy through the same subscriber (loaded
+  once subscribed, then marked by every invalidation naming a per-customer counter). A clear
+  bit means the customer's per-customer counters are all 0: only the campaign-wide ``daily_cap``
+  counters are needed, and they are held. A set bit (a send this week, or another customer's
+  bit) reads as before. Without the subscriber, or before the week's bitmap is loaded, every
+  customer is read.
 * **Exhausted campaign caps** are remembered for :data:`EXHAUSTED_SECONDS`: a campaign-day
   counter only grows during its day (``INCR`` only; the key names the day), so once it has
   reached the ``daily_cap`` it stays there until the next UTC day. The memory is dropped at the
@@ -58,6 +67,7 @@ from typing import Any
 
 import redis
 
+from api.cap_summary import SEEN_BITS, SeenSummary, seen_bit, seen_key
 from api.cap_tracking import CapTracker
 
 log = logging.getLogger(__name__)
@@ -67,15 +77,18 @@ OPEN, CLOSED = "open", "closed"
 DAY_TTL = 2 * 86_400
 WEEK_TTL = 8 * 86_400
 
-#: KEYS: 3 per candidate (customer-day, customer-week, campaign-day; "" when unused).
-#: ARGV: top_k, then per candidate: 3 limits (-1: none), then the 3 TTLs.
+#: KEYS: 3 per candidate (customer-day, customer-week, campaign-day; "" when unused), then the
+#: week's seen-customers bitmap (api/cap_summary.py; "" without a customer).
+#: ARGV: top_k, then per candidate: 3 limits (-1: none), then the 3 TTLs, then the customer's
+#: bit in the bitmap and the bitmap's TTL. The bit is set when a per-customer counter is counted.
 #: Returns one entry per candidate: 1 admitted, 0 not reached (top_k already admitted),
 #: or -(1 + i) blocked by its i-th counter (0: per day, 1: per week, 2: daily cap).
 _ADMIT = """
 local top_k = tonumber(ARGV[1])
-local n = #KEYS / 3
+local n = (#KEYS - 1) / 3
 local out = {}
 local admitted = 0
+local seen = false
 for c = 0, n - 1 do
   if admitted >= top_k then
     out[c + 1] = 0
@@ -103,11 +116,21 @@ for c = 0, n - 1 do
           if count == 1 then
             redis.call("EXPIRE", key, tonumber(ARGV[1 + 3 * n + i]))
           end
+          if i < 3 then
+            seen = true
+          end
         end
       end
       admitted = admitted + 1
       out[c + 1] = 1
     end
+  end
+end
+local seen_key = KEYS[3 * n + 1]
+if seen and seen_key ~= "" then
+  if redis.call("SETBIT", seen_key, tonumber(ARGV[3 * n + 5]), 1) == 0
+      and redis.call("TTL", seen_key) < 0 then
+    redis.call("EXPIRE", seen_key, tonumber(ARGV[3 * n + 6]))
   end
 end
 return out
@@ -141,6 +164,8 @@ class CapLimits:
         object.__setattr__(
             self, "set_limits", tuple((i, v) for i, v in enumerate(limits) if v is not None)
         )
+        #: True when a per-customer limit is set (a commit then marks the customer seen)
+        object.__setattr__(self, "per_customer", limits[0] is not None or limits[1] is not None)
         #: the counter indexes of those limits (the keys a read needs)
         object.__setattr__(self, "set_indexes", tuple(i for i, _ in self.set_limits))
         #: (status, commit) -> its rule text (_cap_rule): a per-offer lru_cache lookup hashed
@@ -264,6 +289,8 @@ class FrequencyCaps:
         on_failure: Callable[[str], None] | None = None,
         local_cache: bool = False,
         local_entries: int = LOCAL_ENTRIES,
+        summary: bool = False,
+        seen_bits: int = SEEN_BITS,
     ) -> None:
         if fail not in (OPEN, CLOSED):
             raise ValueError(f"fail={fail!r} should be {OPEN!r} or {CLOSED!r}")
@@ -272,11 +299,23 @@ class FrequencyCaps:
         self.fail = fail
         self.clock = clock
         self.on_failure = on_failure
+        #: size of the week's seen-customers bitmap a commit marks (2**seen_bits bits)
+        self.seen_bits = seen_bits
+        #: which customers may have counters this week (needs the local cache's subscriber):
+        #: a read-only check of one who has none reads no per-customer counter
+        self.summary: SeenSummary | None = None
         #: counter values held until Redis says they changed (None: read every time)
         self.tracker: CapTracker | None = None
         if client is not None and local_cache:
+            if summary:
+                self.summary = SeenSummary(prefix, seen_bits)
             self.tracker = CapTracker(
-                client, prefix, max_entries=local_entries, on_invalidate=self._invalidated
+                client,
+                prefix,
+                max_entries=local_entries,
+                on_invalidate=self._invalidated,
+                summary=self.summary,
+                week=lambda: self._period()[1],
             )
         self._script: Any = None  # registered on first use (a test double may lack scripts)
         self._period_ordinal = -1
@@ -333,6 +372,14 @@ class FrequencyCaps:
         tracker = self.tracker
         return None if tracker is None else tracker.get_all(keys)
 
+    def _unseen(self, customer_id: str | None) -> bool:
+        """True when this worker knows the customer has no per-customer counter this week
+        (api/cap_summary.py): those counts are 0 with no read."""
+        summary = self.summary
+        if summary is None or customer_id is None:
+            return False
+        return not summary.may_have(customer_id, self._period()[1])
+
     def _mget(self, keys: list[str]) -> dict[str, int]:
         """Read ``keys`` and hold the reply when no change raced the read."""
         tracker = self.tracker
@@ -343,9 +390,13 @@ class FrequencyCaps:
         return counts
 
     def _read_keys(
-        self, customer_id: str | None, candidates: Sequence[tuple[str, CapLimits]]
+        self,
+        customer_id: str | None,
+        candidates: Sequence[tuple[str, CapLimits]],
+        unseen: bool = False,
     ) -> list[str]:
-        """The counters a read-only check of ``candidates`` needs (no known-exhausted ones)."""
+        """The counters a read-only check of ``candidates`` needs (no known-exhausted ones;
+        with ``unseen``, no per-customer ones)."""
         keys: list[str] = []
         table = self._key_table(customer_id)
         # per request and campaign (callgrind/cProfile, bench/RESULTS.md): plain loops, and no
@@ -360,7 +411,7 @@ class FrequencyCaps:
                 continue
             for i in cap.set_indexes:
                 key = triple[i]
-                if key:
+                if key and not (unseen and i < 2):
                     append(key)
         return keys
 
@@ -373,7 +424,9 @@ class FrequencyCaps:
         if self.client is None:
             return None
         keys = list(
-            dict.fromkeys(k for cid, cands in requests for k in self._read_keys(cid, cands))
+            dict.fromkeys(
+                k for cid, cands in requests for k in self._read_keys(cid, cands, self._unseen(cid))
+            )
         )
         if not keys:
             return None
@@ -411,7 +464,7 @@ class FrequencyCaps:
         pool = getattr(self.client, "connection_pool", None)
         if pool is None:
             return None
-        keys = self._read_keys(customer_id, candidates)
+        keys = self._read_keys(customer_id, candidates, self._unseen(customer_id))
         if not keys:
             return None
         held = self._held(keys)
@@ -504,19 +557,22 @@ class FrequencyCaps:
             return CapResult([True] * n, [None] * n, "disabled")
         if commit:
             return self._commit(customer_id, candidates, n if top_k is None else top_k)
+        # asked again here, not carried from the prefetch: a bit may have been set since
+        # (the counters it then lacks are read below); bits are never cleared while in use
+        unseen = self._unseen(customer_id)
         try:
             if prefetched is not None:
                 counts = prefetched.counts()
             else:
-                needed = self._read_keys(customer_id, candidates)
+                needed = self._read_keys(customer_id, candidates, unseen)
                 held = self._held(needed) if needed else None
                 counts = held if held is not None else (self._mget(needed) if needed else {})
-            allowed, reasons, missing = self._decide(customer_id, candidates, counts)
+            allowed, reasons, missing = self._decide(customer_id, candidates, counts, unseen)
             if missing:
                 # the counters not read yet (an exhausted cap's memory lapsed meanwhile, or
                 # campaigns beyond the prefetch's): a shared dict is never changed
                 counts = {**counts, **self._mget(missing)}
-                allowed, reasons, missing = self._decide(customer_id, candidates, counts)
+                allowed, reasons, missing = self._decide(customer_id, candidates, counts, unseen)
         except redis.RedisError as exc:
             return self._failed(n, exc)
         return CapResult(allowed, reasons, "ok")
@@ -526,9 +582,11 @@ class FrequencyCaps:
         customer_id: str | None,
         candidates: Sequence[tuple[str, CapLimits]],
         counts: dict[str, int],
+        unseen: bool = False,
     ) -> tuple[list[bool], list[str | None], list[str]]:
-        """Which candidates pass their caps by ``counts``, why the others do not, and the
-        counters ``counts`` lacks (their campaigns pass for now: read them and ask again)."""
+        """Which candidates pass their caps by ``counts`` (``unseen``: the per-customer ones
+        are 0), why the others do not, and the counters ``counts`` lacks (their campaigns pass
+        for now: read them and ask again)."""
         table = self._key_table(customer_id)
         allowed: list[bool] = []
         reasons: list[str | None] = []
@@ -545,7 +603,7 @@ class FrequencyCaps:
                         key = triple[i]
                         if not key:
                             continue
-                        count = counts.get(key)
+                        count = 0 if unseen and i < 2 else counts.get(key)
                         if count is None:
                             missing.append(key)
                         elif count >= limit:
@@ -566,10 +624,18 @@ class FrequencyCaps:
         for campaign_id, cap in candidates:
             keys.extend(self.keys(customer_id, campaign_id))
             limits.extend(-1 if v is None else v for v in cap.as_tuple())
+        seen, bit = "", 0
+        if customer_id is not None:
+            seen = seen_key(self.prefix, self.seen_bits, self._period()[1])
+            bit = seen_bit(customer_id, self.seen_bits)
+            if self.summary is not None and any(cap.per_customer for _, cap in candidates):
+                # before the send is counted: no check here may call the customer unseen after
+                self.summary.mark(customer_id)
+        args = [top_k, *limits, DAY_TTL, WEEK_TTL, DAY_TTL, bit, WEEK_TTL]
         try:
             if self._script is None:
                 self._script = self.client.register_script(_ADMIT)
-            codes = self._script(keys=keys, args=[top_k, *limits, DAY_TTL, WEEK_TTL, DAY_TTL])
+            codes = self._script(keys=[*keys, seen], args=args)
         except redis.RedisError as exc:
             return self._failed(len(candidates), exc)
         finally:

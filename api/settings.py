@@ -270,6 +270,11 @@ class Settings(_FromEnvironment):
     CAPS_LOCAL_CACHE: bool = field(default=True, metadata=_meta(_bool))
     #: most cap counter values a worker holds (about 100 bytes each; the oldest go first)
     CAPS_LOCAL_CACHE_ENTRIES: int = field(default=65_536, metadata=_meta(_int(1)))
+    #: with CAPS_LOCAL_CACHE: keep a per-worker bitmap of the customers with a per-customer cap
+    #: counter this ISO week (api/cap_summary.py); a read-only check of anyone else reads none
+    CAPS_SUMMARY: bool = field(default=True, metadata=_meta(_bool))
+    #: that bitmap holds 2**CAPS_SUMMARY_BITS bits (23: 1 MB a worker); the same in all workers
+    CAPS_SUMMARY_BITS: int = field(default=23, metadata=_meta(_int(3, 32)))
     #: Redis Stream of feedback events (default "{CACHE_PREFIX}:feedback")
     FEEDBACK_STREAM: str | None = field(default=None, metadata=_meta(_text))
 

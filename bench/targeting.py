@@ -14,7 +14,11 @@ own cost), one child process per measurement:
   counters: ``CAPS_LOCAL_CACHE``, api/cap_tracking.py). The requests cycle through 500
   customers, so most are such repeats; the child reports Redis round trips per request;
 - ``head+rules+caps-every-read``: the same with ``CAPS_LOCAL_CACHE=0`` (one ``MGET``
-  per request: what a stream of distinct customers costs);
+  per request: what a stream of distinct customers cost before the seen-customers summary);
+- ``head+rules+caps-cold``: default settings, every request a customer never sent to (20,000
+  distinct ids over the same feature rows): with the summary (``CAPS_SUMMARY``,
+  api/cap_summary.py) no per-customer counter is read; ``head+rules+caps-cold-no-summary`` is
+  the same with ``CAPS_SUMMARY=0`` (held values only: one ``MGET`` per new customer);
 - ``head+commit``: the same with ``"commit": true`` (one atomic Lua script per request);
 - ``head+uplift``: an uplift bundle (a control model walked per eligible campaign).
 
@@ -37,7 +41,12 @@ once per round in an order reversed every other round, medians of per-round rati
 - ``rules``: rules + control groups (no Redis call);
 - ``rules+caps``: plus read-only caps, default ``CAPS_LOCAL_CACHE`` (held counters);
 - ``rules+caps-every-read``: the same with the local cache off (``CAPS_LOCAL_CACHE=0``);
-- ``commit``: ``"commit": true`` (one atomic Lua script a request);
+- ``rules+caps-no-summary``: ``rules+caps`` with ``CAPS_SUMMARY=0`` (held values only: the
+  default before the seen-customers summary, api/cap_summary.py);
+- ``rules+caps-counted``: ``rules+caps`` over other ids, ``--counted-share`` of which (default
+  1 in 4) were sent one offer this week before the run: the summary cannot spare their reads;
+- ``commit``: ``"commit": true`` (one atomic Lua script a request), over ids of its own, so the
+  sends it counts never give the other scenarios' customers counters;
 - ``base-repeat`` and ``rules+caps-repeat``: ``base`` and ``rules+caps`` cycling through the
   first ``--repeat-pool`` customers only (default 2,000): customers who come back.
 
@@ -46,8 +55,8 @@ each run of a scenario (warm-ups included) goes on in the pool where its last ru
 (bench/serving.py), so a customer comes back only after 20,000 requests to that server: more
 than one worker serves in a whole benchmark at the rates reached here (check the requests
 column). Held counters have no age limit (api/cap_tracking.py), so ``rules+caps`` then measures
-a stream of new customers: its figure is the honest cost of a customer the worker has not read
-yet, the headline. ``rules+caps-repeat`` measures the other end: 2,000 customers whose counters
+a stream of new customers with no counter this week (the usual case: most customers are not
+sent to in a given week); ``rules+caps-counted`` a stream in which some have one. ``rules+caps-repeat`` measures the other end: 2,000 customers whose counters
 the worker holds after its first pass (no commits touch them meanwhile except the ``commit``
 scenario's, which share the key prefix: their invalidations drop the held campaign-day counters,
 re-read once).
@@ -87,6 +96,9 @@ app = create_app(cfg["settings"])
 client = app.test_client()
 headers = {"X-API-Key": "bench-key"}
 bodies = cfg["bodies"]
+if cfg.get("distinct"):  # every request another customer: the same rows under new ids
+    bodies = [{**bodies[i % len(bodies)], "customer_id": f"{cfg['id_prefix']}{i}"}
+              for i in range(cfg["distinct"])]
 for body in bodies[:50]:
     r = client.post("/recommend", json=body, headers=headers)
     assert r.status_code == 200, r.get_data(as_text=True)
@@ -215,6 +227,7 @@ def measure(
     redis_url: str | None,
     prefix: str,
     extra: dict[str, str] | None = None,
+    distinct: int = 0,
 ) -> dict[str, float]:
     """Requests/s of one child process, and its CPU and wall microseconds per request (their
     difference is time spent waiting: for Redis, or for a CPU on a shared machine)."""
@@ -222,7 +235,15 @@ def measure(
     if redis_url:
         settings |= {"REDIS_URL": redis_url, "CACHE_PREFIX": prefix}
     settings |= extra or {}
-    cfg = json.dumps({"settings": settings, "bodies": reqs, "seconds": seconds})
+    cfg = json.dumps(
+        {
+            "settings": settings,
+            "bodies": reqs,
+            "seconds": seconds,
+            "distinct": distinct,
+            "id_prefix": f"cold-{uuid.uuid4().hex[:6]}-",
+        }
+    )
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
     out = _run([sys.executable, "-c", CHILD, cfg], tree, env)
     return {k: float(v) for k, v in json.loads(out.strip().splitlines()[-1]).items()}
@@ -258,6 +279,15 @@ def main(argv: list[str] | None = None) -> int:
                 reqs,
                 args.redis_url,
                 {"CAPS_LOCAL_CACHE": "0"},
+            ),
+            "head+rules+caps-cold": (ROOT, paths["caps"], reqs, args.redis_url, {}, 20_000),
+            "head+rules+caps-cold-no-summary": (
+                ROOT,
+                paths["caps"],
+                reqs,
+                args.redis_url,
+                {"CAPS_SUMMARY": "0"},
+                20_000,
             ),
             "head+commit": (ROOT, paths["caps"], commit_reqs, args.redis_url),
             "head+uplift": (ROOT, paths["uplift"], reqs, None),
@@ -375,12 +405,17 @@ SERVER_SCENARIOS: dict[str, tuple[str, dict[str, str], bool]] = {
     "rules": ("rules", {}, False),
     "rules+caps": ("caps", {}, False),
     "rules+caps-every-read": ("caps", {"CAPS_LOCAL_CACHE": "0"}, False),
+    "rules+caps-no-summary": ("caps", {"CAPS_SUMMARY": "0"}, False),
+    "rules+caps-counted": ("caps", {}, False),
     "commit": ("caps", {}, True),
     "base-repeat": ("response", {}, False),
     "rules+caps-repeat": ("caps", {}, False),
 }
 #: the scenarios that cycle through --repeat-pool customers (who come back) only
 REPEAT_SCENARIOS = ("base-repeat", "rules+caps-repeat")
+#: scenarios over customer ids of their own (label -> id prefix), so that the sends the commit
+#: scenario counts, and those counted before the run, give no other scenario's customer counters
+OWN_IDS = {"commit": "commit-", "rules+caps-counted": "counted-"}
 #: issue 9's criteria through the server: scenario -> what it is, against ``base``
 SERVER_TARGETS = {
     "rules": "/recommend through gunicorn (1 worker) with rules + control groups, "
@@ -404,6 +439,12 @@ def main_server(args_in: list[str], argv: list[str]) -> int:
         "--repeat-pool", type=int, default=2_000, help="customers of the *-repeat scenarios"
     )
     ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument(
+        "--counted-share",
+        type=float,
+        default=0.25,
+        help="share of rules+caps-counted's customers sent one offer before the run",
+    )
     ap.add_argument("--customers", type=int, default=20_000, help="demo customers to train on")
     ap.add_argument("--base", help="git revision whose trainer makes the pre-feature bundle")
     ap.add_argument(
@@ -428,18 +469,35 @@ def main_server(args_in: list[str], argv: list[str]) -> int:
             base = args.base or default_base()
             roots = prepare(scratch, base, args.customers, uplift=False)
         reqs = bodies(roots["response"], args.pool)
-        read = tuple(json.dumps(b).encode() for b in reqs)
-        commit = tuple(json.dumps({**b, "commit": True}).encode() for b in reqs)
-        pools = {False: read, True: commit}
 
         def pool_of(label: str, c: bool) -> tuple[bytes, ...]:
-            return pools[c][: args.repeat_pool] if label in REPEAT_SCENARIOS else pools[c]
+            chosen = reqs[: args.repeat_pool] if label in REPEAT_SCENARIOS else reqs
+            ids = OWN_IDS.get(label)
+            return tuple(
+                json.dumps(
+                    {
+                        **b,
+                        **({"customer_id": f"{ids}{i}"} if ids else {}),
+                        **({"commit": True} if c else {}),
+                    }
+                ).encode()
+                for i, b in enumerate(chosen)
+            )
+
+        counted = count_sends(
+            args.redis_url,
+            prefix,
+            roots["caps"],
+            [f"{OWN_IDS['rules+caps-counted']}{i}" for i in range(len(reqs))],
+            args.counted_share,
+        )
+        pools = {label: pool_of(label, c) for label, (_, _, c) in SERVER_SCENARIOS.items()}
 
         scenarios = [
             serving.Scenario(
-                "recommend", "/recommend", pools[c][0], 1, None, label, pool_of(label, c)
+                "recommend", "/recommend", pools[label][0], 1, None, label, pools[label]
             )
-            for label, (_, _, c) in SERVER_SCENARIOS.items()
+            for label in SERVER_SCENARIOS
         ]
         redis_env = {"REDIS_URL": args.redis_url, "CACHE_PREFIX": prefix}
         print(
@@ -474,12 +532,33 @@ def main_server(args_in: list[str], argv: list[str]) -> int:
         "seconds_per_measurement": args.seconds,
         "distinct_customers": len(reqs),
         "repeat_customers": min(args.repeat_pool, len(reqs)),
+        "counted_customers": counted,
         "server": "gunicorn.conf.py, 1 worker on core 0, load generator on core 1",
         "bundles": f"pre-feature pool from {args.model_root or f'the trainer at {base}'} "
         f"({args.customers:,} demo customers) and the same with rules/caps",
     }
     publish("targeting_server", result, server_markdown(result), args.results)
     return 0
+
+
+def count_sends(url: str, prefix: str, root: Path, ids: list[str], share: float) -> int:
+    """Count one send (a committed offer of the first capped campaign) to every ``1/share``-th
+    of ``ids`` under ``prefix``, as earlier sends this week would have; returns how many."""
+    import redis
+
+    from api.caps import CapLimits, FrequencyCaps
+    from scoring.bundle import load_current
+
+    if share <= 0:
+        return 0
+    campaign = next(c for c in load_current(root).campaigns if c.per_customer_day is not None)
+    limits = CapLimits(campaign.per_customer_day, campaign.per_customer_week, campaign.daily_cap)
+    caps = FrequencyCaps(redis.Redis.from_url(url), prefix=prefix)
+    step = max(1, round(1 / share))
+    chosen = ids[::step]
+    for customer in chosen:
+        caps.check(customer, [(campaign.id, limits)], commit=True)
+    return len(chosen)
 
 
 def server_result(config: dict[str, Any]) -> dict[str, Any]:
