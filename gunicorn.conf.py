@@ -427,6 +427,18 @@ def _write_error_envelope(sock, status_int, reason, mesg) -> None:
     util.write_nonblock(sock, protocol_error_response(int(status_int)))
 
 
+def worker_exit(server, worker) -> None:
+    """In a worker whose run loop ended cleanly: leave now, without the interpreter's teardown
+    (``api.worker.WholeRequestWorker.init_process`` says why), log lines flushed first."""
+    if not getattr(worker, "segsvc_exit_fast", False):
+        return  # a failed start or an abort: gunicorn's own exit, with its status
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
 def child_exit(server, worker) -> None:
     """A worker is gone: drop its live-only gauges from the aggregated metrics."""
     from prometheus_client import multiprocess
