@@ -7,8 +7,15 @@ about a third of the request (bench/RESULTS.md). Most of an answer does not depe
 customer: the campaign fields of each (segment, campaign) pair, the segment fields, the segment
 stats. Those are serialised by orjson once (per model version, or per request for the stats) and
 only the numbers change per customer; orjson formats those too, a whole numpy array in one call
-(the same digits it writes for each Python float, tested). The pieces are put in place with
-numpy's object-array indexing and joined once.
+(the same digits it writes for each Python float, tested).
+
+An answer is laid out as slots, each a (start, length) pair of integer arrays pointing into one
+byte source: the fixed pieces (one buffer per model version), then the request's own texts (the
+numbers, the customers' ids, the segment stats). The slots are filled with numpy's integer
+indexing and the bytes copied out by one small numba loop (:func:`_copy_pieces`): putting
+~20,000-50,000 bytes objects in place and joining them cost about twice as much
+(bench/RESULTS.md, "Batch `/recommend`, fourth pass"). Without numba the same slots are joined in
+Python.
 
 :func:`encode_results` covers what the dict path (``ScoringEngine.recommend`` + the view's
 ``_answer`` + ``orjson.dumps``) does for a batch without ``explain``, frequency caps or a commit,
@@ -19,7 +26,9 @@ through the dict path. tests/api/test_api_batch_answer.py holds both to the same
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,17 +37,168 @@ import orjson
 from scoring.engine import Choice, Ranking, ScoringEngine
 from scoring.policy import NO_ID_NOTE
 
+try:  # numba is a service requirement (scoring/attribution_walk.py); without it, Python joins
+    import numba
+except ImportError:  # pragma: no cover - exercised only where numba is missing
+    numba = None
+
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _EXPECTED_VALUE = b',"expected_value":'
 _EXPECTED_GAIN = b',"expected_gain":'
 _WITHOUT = b',"probability_without":'
 _UPLIFT = b',"uplift":'
+#: an answer's opening for a customer with an id (the id's text follows)
+_ID_OPEN = b',{"customer_id":'
+_COMMA = 44
+#: the largest answer buffers a thread keeps between answers (bytes; see _Fixed.scratch)
+KEEP_BYTES = 16 << 20
 
 
-def _objects(values: Sequence[bytes]) -> np.ndarray:
-    out = np.empty(len(values), dtype=object)
-    out[:] = list(values)
-    return out
+if numba is not None:
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _move(typingctx: Any, out: Any, at: Any, source: Any, start: Any, n: Any) -> Any:
+        """``out[at:at + n] = source[start:start + n]`` as one ``memcpy`` (both contiguous
+        uint8 arrays): numba copies a slice byte by byte, ~10x slower on a 2.7 MB answer."""
+        sig = numba.types.void(out, at, source, start, n)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            to = context.make_array(signature.args[0])(context, builder, args[0])
+            frm = context.make_array(signature.args[2])(context, builder, args[2])
+            dst = builder.gep(to.data, [args[1]])
+            src = builder.gep(frm.data, [args[3]])
+            cgutils.raw_memcpy(builder, dst, src, args[4], 1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    def _copy_pieces(
+        source: np.ndarray, start: np.ndarray, length: np.ndarray, out: np.ndarray
+    ) -> None:
+        """``out`` = the pieces ``source[start[k]:start[k] + length[k]]`` one after another."""
+        at = 0
+        for k in range(start.shape[0]):
+            _move(out, at, source, start[k], length[k])
+            at += length[k]
+
+    try:  # cached on disk like explain's walk (NUMBA_CACHE_DIR), else compiled once per process
+        _copy = numba.njit(cache=True, nogil=True, boundscheck=False)(_copy_pieces)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        _copy = numba.njit(nogil=True, boundscheck=False)(_copy_pieces)
+else:  # pragma: no cover - exercised only where numba is missing
+    _copy = None
+
+
+@dataclass(frozen=True)
+class _Table:
+    """Fixed pieces of one kind, any shape: where each starts in the fixed buffer, its length."""
+
+    start: np.ndarray
+    length: np.ndarray
+
+
+class _Fixed:
+    """The fixed pieces of one model version's answers, in one byte buffer."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.buffer = np.empty(0, dtype=np.uint8)
+
+    def table(self, pieces: Any) -> _Table:
+        """A table of ``pieces`` (bytes, or nested lists / object arrays of them)."""
+        values = np.empty(np.shape(pieces), dtype=object)
+        values[...] = pieces
+        start = np.empty(values.shape, dtype=np.intp)
+        length = np.empty(values.shape, dtype=np.intp)
+        for at, piece in np.ndenumerate(values):
+            start[at], length[at] = self._size, len(piece)
+            self._parts.append(piece)
+            self._size += len(piece)
+        return _Table(start, length)
+
+    def freeze(self) -> None:
+        """Join the pieces into :attr:`buffer` (after the last table)."""
+        self.buffer = np.frombuffer(b"".join(self._parts), dtype=np.uint8)
+        self._local = threading.local()
+
+    def scratch(self, name: str, size: int) -> np.ndarray:
+        """A byte array of at least ``size`` for this thread's answers: ``"source"`` starts with
+        :attr:`buffer`, ``"out"`` receives the answer.
+
+        Kept from one answer to the next (up to :data:`KEEP_BYTES`): a fresh 2.7 MB array on
+        every full 1,000-customer answer cost ~2,000 page faults, more than copying into it.
+        """
+        kept = getattr(self._local, name, None)
+        if kept is not None and kept.shape[0] >= size:
+            return kept
+        grown = np.empty(max(size, 0 if kept is None else 2 * kept.shape[0]), dtype=np.uint8)
+        if name == "source":
+            grown[: self.buffer.shape[0]] = self.buffer
+        if grown.shape[0] <= KEEP_BYTES:
+            setattr(self._local, name, grown)
+        return grown
+
+
+class _Answer:
+    """One answer being laid out: its slots and the request's own texts."""
+
+    def __init__(self, fixed: _Fixed, slots: int) -> None:
+        self.fixed = fixed
+        self.start = np.empty(slots, dtype=np.intp)
+        self.length = np.empty(slots, dtype=np.intp)
+        self._texts: list[bytes] = []
+        self._size = fixed.buffer.shape[0]
+
+    def text(self, data: bytes) -> int:
+        """Add ``data`` to the source; where it starts there."""
+        at = self._size
+        self._texts.append(data)
+        self._size += len(data)
+        return at
+
+    def put(self, slots: Any, table: _Table, index: Any = ()) -> None:
+        """Slots ``slots`` take the table's pieces at ``index``."""
+        self.start[slots] = table.start[index]
+        self.length[slots] = table.length[index]
+
+    def put_text(self, slot: int, data: bytes) -> None:
+        """Slot ``slot`` takes ``data``."""
+        self.start[slot] = self.text(data)
+        self.length[slot] = len(data)
+
+    def numbers(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each value's JSON text, formatted by one orjson call: (starts, lengths) in the source."""
+        text = orjson.dumps(values, option=_NUMPY)  # "[a,b,...]": no comma within a number
+        base = self.text(text)
+        bounds = np.empty(values.shape[0] + 1, dtype=np.intp)
+        commas = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == _COMMA)
+        if commas.shape[0] != max(values.shape[0] - 1, 0):
+            raise AssertionError("a number's text holds a comma")  # never: orjson's numbers
+        bounds[0], bounds[1:-1], bounds[-1] = 0, commas, len(text) - 1
+        return base + bounds[:-1] + 1, bounds[1:] - bounds[:-1] - 1
+
+    def bytes(self) -> bytes:
+        """The slots' pieces, one after another."""
+        joined = b"".join(self._texts)
+        fixed = self.fixed.buffer
+        if _copy is None:  # no numba: the same pieces joined in Python (tested)
+            source = fixed.tobytes() + joined
+            return b"".join(
+                [
+                    source[s : s + n]
+                    for s, n in zip(self.start.tolist(), self.length.tolist(), strict=True)
+                ]
+            )
+        f = fixed.shape[0]
+        source = self.fixed.scratch("source", f + len(joined))
+        source[f : f + len(joined)] = np.frombuffer(joined, dtype=np.uint8)
+        size = int(self.length.sum())
+        out = self.fixed.scratch("out", size)
+        _copy(source, self.start, self.length, out)
+        return out[:size].tobytes()
 
 
 class BatchEncoder:
@@ -49,29 +209,33 @@ class BatchEncoder:
         self.engine = engine
         self.uplift = engine.has_uplift_model
         k, m = len(t.segment_names), len(t.campaigns)
+        self.fixed = fixed = _Fixed()
         #: (channel asked?) -> (k, m) item openings: the campaign's fields up to the probability
-        self.items = {}
+        self.items: dict[bool, _Table] = {}
         #: the same for a customer with an id when the pool has control groups: the item's
         #: rules end with the control-group draw it passed (None: no control groups)
-        self.items_with_id: dict[bool, np.ndarray] | None = {} if t.has_holdout else None
+        self.items_with_id: dict[bool, _Table] | None = {} if t.has_holdout else None
         for with_channel, table in t.items.items():
-            pieces = np.empty((k, m), dtype=object)
-            for s in range(k):
-                for j in range(m):
-                    pieces[s, j] = orjson.dumps(table[s][j])[:-1] + b',"probability":'
-            self.items[with_channel] = pieces
+            self.items[with_channel] = fixed.table(
+                [
+                    [orjson.dumps(table[s][j])[:-1] + b',"probability":' for j in range(m)]
+                    for s in range(k)
+                ]
+            )
             if self.items_with_id is not None:
-                with_id = np.empty((k, m), dtype=object)
+                with_id = []
                 for s in range(k):
+                    row = []
                     for j in range(m):
                         item = table[s][j]
                         rule = engine.control_rule(item["campaign_id"])
                         if rule is not None:
                             item = {**item, "rules": [*item["rules"], rule]}
-                        with_id[s, j] = orjson.dumps(item)[:-1] + b',"probability":'
-                self.items_with_id[with_channel] = with_id
+                        row.append(orjson.dumps(item)[:-1] + b',"probability":')
+                    with_id.append(row)
+                self.items_with_id[with_channel] = fixed.table(with_id)
         #: per segment: its fields up to the distance's value
-        self.heads = _objects(
+        self.heads = fixed.table(
             [
                 b'"segment_id":%d,"segment_name":%s,"distance":'
                 % (s, orjson.dumps(t.segment_names[s]))
@@ -79,18 +243,28 @@ class BatchEncoder:
             ]
         )
         #: (k, 2) per segment and atypical flag: from the flag to the campaigns' opening bracket
-        self.middles = np.empty((k, 2), dtype=object)
-        for s in range(k):
-            for flag in (0, 1):
-                self.middles[s, flag] = (
+        self.middles = fixed.table(
+            [
+                [
                     b',"atypical":%s,"recommended_campaigns":%s,"campaigns":['
                     % (b"true" if flag else b"false", orjson.dumps(t.defaults[s]))
-                )
+                    for flag in (0, 1)
+                ]
+                for s in range(k)
+            ]
+        )
+        #: the numbers' labels, and an item's end (row 1: the customer's last item)
+        self.labels = fixed.table([_WITHOUT, _UPLIFT, _EXPECTED_VALUE, _EXPECTED_GAIN])
+        self.ends = fixed.table([b"},", b"}"])
         self.ranking = b'],"ranking":' + orjson.dumps(engine.ranking) + b',"held_out":'
         self.note = b',"holdout_note":' + orjson.dumps(NO_ID_NOTE) if t.has_holdout else b""
         self.campaign_ids = engine.campaign_ids
         #: the pieces of the compact form (``"answer": "compact"``)
         self.compact = CompactEncoder(self)
+        fixed.freeze()
+        if _copy is not None:  # compiled (or loaded from numba's cache) now, not in a request
+            one = np.ones(1, dtype=np.intp)
+            _copy(np.zeros(1, dtype=np.uint8), one - 1, one, np.empty(1, dtype=np.uint8))
 
     def tails(
         self, stats: Callable[[int], dict[str, Any]], segments: np.ndarray
@@ -102,26 +276,32 @@ class BatchEncoder:
         }
 
 
-def _opens(ids: Sequence[Any], positions: Sequence[int]) -> np.ndarray:
+def _opens(ids: Sequence[Any], positions: Sequence[int]) -> tuple[bytes, np.ndarray, np.ndarray]:
     """Each answer's opening: ``{"customer_id":...,`` (or ``{`` without an id), with the comma
-    that separates it from the entry before."""
+    that separates it from the entry before, as one text and each opening's (start, length)."""
     n = len(ids)
     kinds = set(map(type, ids))
     if n and kinds <= {str, int} and (str not in kinds or "," not in "".join(map(str, ids))):
         # no id holds a comma: orjson's text of the whole list, each comma widened into the
-        # close of one opening and the start of the next, cut at a NUL (orjson escapes any NUL
-        # in a text): a few passes over one short text instead of two additions per customer
+        # close of one opening and the start of the next; the commas give each id's length
         # (0.33 -> 0.09 ms for 1,000 customers, bench/RESULTS.md)
-        text = orjson.dumps(list(ids))[1:-1].replace(b",", b',\x00,{"customer_id":')
-        out = _objects((b',{"customer_id":' + text + b",").split(b"\x00"))
+        listed = orjson.dumps(list(ids))[1:-1]
+        text = _ID_OPEN + listed.replace(b",", b"," + _ID_OPEN) + b","
+        ends = np.empty(n + 1, dtype=np.intp)
+        ends[0] = -1
+        ends[1:-1] = np.flatnonzero(np.frombuffer(listed, dtype=np.uint8) == _COMMA)
+        ends[-1] = len(listed)
+        length = np.diff(ends) - 1 + len(_ID_OPEN) + 1
     else:
-        out = _objects(
-            [b"{" if cid is None else b'{"customer_id":' + orjson.dumps(cid) + b"," for cid in ids]
-        )
-        out = b"," + out
-    if n and positions[0] == 0:
-        out[0] = out[0][1:]
-    return out
+        pieces = [b",{" if cid is None else _ID_OPEN + orjson.dumps(cid) + b"," for cid in ids]
+        text = b"".join(pieces)
+        length = np.fromiter(map(len, pieces), dtype=np.intp, count=n)
+    start = np.zeros(n, dtype=np.intp)
+    np.cumsum(length[:-1], out=start[1:])
+    if n and positions[0] == 0:  # the first entry: no comma before it
+        start[0] += 1
+        length[0] -= 1
+    return text, start, length
 
 
 def column_encoder(engine: ScoringEngine) -> BatchEncoder | None:
@@ -154,7 +334,7 @@ def encode_results(
     after: bytes = b"",
 ) -> bytes:
     """The ``results`` array of a batch answer (``[...]``), ``total`` entries long, between
-    ``before`` and ``after`` (the rest of the body: joined once, the answer is not copied again).
+    ``before`` and ``after`` (the rest of the body: laid out with it, not copied again).
 
     Entry ``positions[i]`` is customer i of the ranking; every other entry is the error
     envelope in ``errors`` under its position.
@@ -168,54 +348,65 @@ def encode_results(
     uplift = encoder.uplift
     stride = 11 if uplift else 7
 
+    # slots: per customer 4 head pieces + stride per offer + 1 tail; per error 1
+    answer, start, first = _slots(encoder.fixed, total, positions, 5 + stride * counts)
+    answer.put_text(0, before + b"[")
+    answer.put_text(-1, b"]" + after)
+
     # every number of the answer in one orjson call
     p = r.probability[cust, camp]
     numbers = [a.distance, p, r.expected_value[cust, camp], r.gain[cust, camp]]
     if uplift:
         w = r.probability_without[cust, camp]
         numbers += [w, p - w]
-    text = orjson.dumps(np.concatenate(numbers), option=_NUMPY)[1:-1].split(b",") if n else []
-    distance = text[:n]
+    at, length = answer.numbers(np.concatenate(numbers))
 
-    # slots: per customer 4 head pieces + stride per offer + 1 tail; per error 1
-    start, first, out = _slots(total, positions, 5 + stride * counts)
-
-    out[first] = _opens(ids, positions)
-    out[first + 1] = encoder.heads[seg]
-    out[first + 2] = _objects(distance)
-    out[first + 3] = encoder.middles[seg, a.atypical.astype(np.intp)]
+    _put_opens(answer, first, ids, positions)
+    answer.put(first + 1, encoder.heads, seg)
+    answer.start[first + 2], answer.length[first + 2] = at[:n], length[:n]
+    answer.put(first + 3, encoder.middles, (seg, a.atypical.astype(np.intp)))
 
     if t:
         offsets, _, slot = _offer_slots(first, counts, stride)
-        pieces = encoder.items[channel][seg[cust], camp]
+        index = (seg[cust], camp)
+        answer.put(slot, encoder.items[channel], index)
         if encoder.items_with_id is not None:
             # offers to customers with an id passed the control-group draw: their rules say so
             known = np.fromiter((cid is not None for cid in ids), dtype=bool, count=n)[cust]
-            pieces[known] = encoder.items_with_id[channel][seg[cust][known], camp[known]]
-        out[slot] = pieces
-        out[slot + 1] = _objects(text[n : n + t])
+            with_id = encoder.items_with_id[channel]
+            answer.put(slot[known], with_id, (index[0][known], index[1][known]))
+
+        def put_numbers(into: np.ndarray, block: int) -> None:
+            answer.start[into] = at[n + block * t : n + (block + 1) * t]
+            answer.length[into] = length[n + block * t : n + (block + 1) * t]
+
+        put_numbers(slot + 1, 0)
         k = 2
         if uplift:
-            out[slot + 2] = _WITHOUT
-            out[slot + 3] = _objects(text[n + 3 * t : n + 4 * t])
-            out[slot + 4] = _UPLIFT
-            out[slot + 5] = _objects(text[n + 4 * t : n + 5 * t])
+            answer.put(slot + 2, encoder.labels, 0)
+            put_numbers(slot + 3, 3)
+            answer.put(slot + 4, encoder.labels, 1)
+            put_numbers(slot + 5, 4)
             k = 6
-        out[slot + k] = _EXPECTED_VALUE
-        out[slot + k + 1] = _objects(text[n + t : n + 2 * t])
-        out[slot + k + 2] = _EXPECTED_GAIN
-        out[slot + k + 3] = _objects(text[n + 2 * t : n + 3 * t])
-        ends = np.full(t, b"},", dtype=object)
-        ends[offsets[counts > 0] + counts[counts > 0] - 1] = b"}"
-        out[slot + k + 4] = ends
+        answer.put(slot + k, encoder.labels, 2)
+        put_numbers(slot + k + 1, 1)
+        answer.put(slot + k + 2, encoder.labels, 3)
+        put_numbers(slot + k + 3, 2)
+        last = np.zeros(t, dtype=np.intp)
+        last[offsets[counts > 0] + counts[counts > 0] - 1] = 1
+        answer.put(slot + k + 4, encoder.ends, last)
 
     # the tail: ranking, control groups, reason, segment stats; most customers share their
     # segment's, the others (held out, nothing offered, no id under control groups) get their own
     stats_of = encoder.tails(stats, seg)
-    plain = np.empty(len(encoder.heads), dtype=object)
+    plain_start = np.zeros(encoder.heads.start.shape[0], dtype=np.intp)
+    plain_length = np.zeros_like(plain_start)
     for s, tail in stats_of.items():
-        plain[s] = encoder.ranking + b"[]" + tail
-    tails = plain[seg]
+        piece = encoder.ranking + b"[]" + tail
+        plain_start[s], plain_length[s] = answer.text(piece), len(piece)
+    tail_slot = first + 4 + stride * counts
+    answer.start[tail_slot] = plain_start[seg]
+    answer.length[tail_slot] = plain_length[seg]
     special = {i for i, reason in enumerate(choice.reasons) if reason is not None}
     special.update(i for i, held in enumerate(choice.held) if held)
     if encoder.note:
@@ -227,23 +418,33 @@ def encode_results(
             tail += encoder.note
         if reason is not None:
             tail += b',"reason":' + orjson.dumps(reason)
-        tails[i] = tail + stats_of[int(seg[i])]
-    out[first + 4 + stride * counts] = tails
-    return _joined(out, start, errors, before + b"[", b"]" + after)
+        answer.put_text(int(tail_slot[i]), tail + stats_of[int(seg[i])])
+    _put_errors(answer, start, errors)
+    return answer.bytes()
 
 
 def _slots(
-    total: int, positions: Sequence[int], customer_sizes: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """An answer's ``results`` as slots: ``customer_sizes`` pieces for each scored customer (at
-    ``positions``), one for every error entry. Returns each entry's first slot, each scored
-    customer's first slot and the empty slot array."""
+    fixed: _Fixed, total: int, positions: Sequence[int], customer_sizes: np.ndarray
+) -> tuple[_Answer, np.ndarray, np.ndarray]:
+    """An answer laid out as slots: ``before`` (slot 0), ``results``' entries, ``after`` (the
+    last slot); ``customer_sizes`` slots for each scored customer (at ``positions``), one for
+    every error entry. Returns the answer, each entry's first slot and each scored customer's
+    first slot."""
     sizes = np.ones(total, dtype=np.intp)
     pos = np.asarray(positions, dtype=np.intp)
     sizes[pos] = customer_sizes
-    start = np.zeros(total, dtype=np.intp)
+    start = np.ones(total, dtype=np.intp)
     np.cumsum(sizes[:-1], out=start[1:])
-    return start, start[pos], np.empty(int(sizes.sum()), dtype=object)
+    start[1:] += 1
+    return _Answer(fixed, int(sizes.sum()) + 2), start, start[pos]
+
+
+def _put_opens(
+    answer: _Answer, slots: np.ndarray, ids: Sequence[Any], positions: Sequence[int]
+) -> None:
+    text, start, length = _opens(ids, positions)
+    answer.start[slots] = answer.text(text) + start
+    answer.length[slots] = length
 
 
 def _offer_slots(
@@ -257,16 +458,10 @@ def _offer_slots(
     return offsets, rank_in, np.repeat(first + 4, counts) + stride * rank_in
 
 
-def _joined(
-    out: np.ndarray, start: np.ndarray, errors: dict[int, Any], before: bytes, after: bytes
-) -> bytes:
-    """The filled slots, each error entry in its own, between ``before`` and ``after``."""
+def _put_errors(answer: _Answer, start: np.ndarray, errors: dict[int, Any]) -> None:
+    """Each error entry in its own slot."""
     for i, entry in errors.items():
-        out[start[i]] = (b"," if i else b"") + orjson.dumps(entry, option=_NUMPY)
-    pieces = [before]
-    pieces += out.tolist()
-    pieces.append(after)
-    return b"".join(pieces)
+        answer.put_text(int(start[i]), (b"," if i else b"") + orjson.dumps(entry, option=_NUMPY))
 
 
 # ---- the compact form (``"answer": "compact"``) ------------------------------------------------
@@ -283,6 +478,7 @@ OFFER_FIELDS_UPLIFT = (
 #: the campaign fields the ``campaigns`` table holds once (the rest of a full item is per
 #: segment and channel: ``eligibility`` and ``rules``, in the ``segments`` table)
 _CAMPAIGN_FIELDS = ("name", "channel", "value", "cost")
+_PLAIN_TAIL = b'],"held_out":[]}'
 
 
 class CompactEncoder:
@@ -292,6 +488,7 @@ class CompactEncoder:
         engine = encoder.engine
         t = engine.tables
         self.encoder = encoder
+        fixed = encoder.fixed
         k = len(t.segment_names)
         ids = engine.campaign_ids
         campaigns = {}
@@ -303,6 +500,8 @@ class CompactEncoder:
                 entry["control_rule"] = engine.control_rule(cid)
             campaigns[cid] = entry
         fields = OFFER_FIELDS_UPLIFT if encoder.uplift else OFFER_FIELDS
+        #: how many numbers an offer array holds
+        self.width = len(fields) - 1
         #: the body's fixed fields up to the segments table
         self.head = (
             b',"answer":"compact","ranking":'
@@ -336,14 +535,21 @@ class CompactEncoder:
             ]
             for with_channel, table in t.items.items()
         }
-        self.heads = _objects([b'"segment_id":%d,"distance":' % s for s in range(k)])
-        self.middles = _objects([b',"atypical":false,"offers":[', b',"atypical":true,"offers":['])
+        self.heads = fixed.table([b'"segment_id":%d,"distance":' % s for s in range(k)])
+        self.middles = fixed.table(
+            [b',"atypical":false,"offers":[', b',"atypical":true,"offers":[']
+        )
         #: (2, m) per campaign: an offer's opening, up to its numbers, as a customer's first
-        #: offer (row 1) or after another (row 0: with the comma between)
-        self.offers = np.empty((2, len(ids)), dtype=object)
-        self.offers[1] = _objects([b"[" + orjson.dumps(cid) + b"," for cid in ids])
-        self.offers[0] = b"," + self.offers[1]
-        self.plain_tail = b'],"held_out":[]}'
+        #: offer (row 1) or after another (row 0: closing the one before)
+        self.offers = fixed.table(
+            [
+                [b"],[" + orjson.dumps(cid) + b"," for cid in ids],
+                [b"[" + orjson.dumps(cid) + b"," for cid in ids],
+            ]
+        )
+        #: a customer's end when nothing is held out and no reason given: without offers
+        #: (row 0) or closing the last offer (row 1)
+        self.plain_tails = fixed.table([_PLAIN_TAIL, b"]" + _PLAIN_TAIL])
 
     def tables(
         self, stats: Callable[[int], dict[str, Any]], segments: np.ndarray, channel: bool
@@ -377,31 +583,41 @@ def encode_compact(
     t = cust.shape[0]
     counts = choice.counts
     encoder = compact.encoder
+    width = compact.width
 
-    # every offer's numbers in one orjson call, "[[p,ev,g],[...]]", cut after each "]": a piece
-    # is an offer's numbers and its closing bracket
+    # slots: per customer 4 head pieces + 2 per offer + 1 tail; per error 1
+    answer, start, first = _slots(encoder.fixed, total, positions, 5 + 2 * counts)
+    answer.put_text(0, before + compact.tables(stats, seg, channel) + b',"results":[')
+    answer.put_text(-1, b"]" + after)
+
+    # every number in one orjson call: the distances, then each offer's numbers side by side
+    # (an offer's text is then one piece: from its first number to its last)
     p = r.probability[cust, camp]
     columns = [p]
     if encoder.uplift:
         w = r.probability_without[cust, camp]
         columns += [w, p - w]
     columns += [r.expected_value[cust, camp], r.gain[cust, camp]]
-    numbers = orjson.dumps(np.column_stack(columns), option=_NUMPY)[2:-1].split(b",[") if t else []
-    distance = orjson.dumps(a.distance, option=_NUMPY)[1:-1].split(b",") if n else []
+    values = np.empty(n + width * t, dtype=np.float64)
+    values[:n] = a.distance
+    for c, column in enumerate(columns):
+        values[n + c :: width] = column
+    at, length = answer.numbers(values)
 
-    # slots: per customer 4 head pieces + 2 per offer + 1 tail; per error 1
-    start, first, out = _slots(total, positions, 5 + 2 * counts)
-
-    out[first] = _opens(ids, positions)
-    out[first + 1] = compact.heads[seg]
-    out[first + 2] = _objects(distance)
-    out[first + 3] = compact.middles[a.atypical.astype(np.intp)]
+    _put_opens(answer, first, ids, positions)
+    answer.put(first + 1, compact.heads, seg)
+    answer.start[first + 2], answer.length[first + 2] = at[:n], length[:n]
+    answer.put(first + 3, compact.middles, a.atypical.astype(np.intp))
     if t:
         _, rank_in, slot = _offer_slots(first, counts, 2)
-        out[slot] = compact.offers[(rank_in == 0).astype(np.intp), camp]
-        out[slot + 1] = _objects(numbers)
+        answer.put(slot, compact.offers, ((rank_in == 0).astype(np.intp), camp))
+        q = n + width * np.arange(t)
+        answer.start[slot + 1] = at[q]
+        answer.length[slot + 1] = at[q + width - 1] + length[q + width - 1] - at[q]
 
-    tails = np.full(n, compact.plain_tail, dtype=object)
+    tail_slot = first + 4 + 2 * counts
+    offered = (counts > 0).astype(np.intp)
+    answer.put(tail_slot, compact.plain_tails, offered)
     special = {i for i, reason in enumerate(choice.reasons) if reason is not None}
     special.update(i for i, held in enumerate(choice.held) if held)
     for i in special:
@@ -409,10 +625,9 @@ def encode_compact(
         reason = choice.reasons[i]
         if reason is not None:
             tail += b',"reason":' + orjson.dumps(reason)
-        tails[i] = tail + b"}"
-    out[first + 4 + 2 * counts] = tails
-    head = before + compact.tables(stats, seg, channel) + b',"results":['
-    return _joined(out, start, errors, head, b"]" + after)
+        answer.put_text(int(tail_slot[i]), (b"]" if offered[i] else b"") + tail + b"}")
+    _put_errors(answer, start, errors)
+    return answer.bytes()
 
 
 def expand_compact(body: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from bundle_builder import build_bundle, synthetic_customers
 
-from api import views
+from api import batch_answer, views
 from api.batch_answer import BatchEncoder, _opens, column_encoder, expand_compact
 from api.schemas import RecommendCompactBatchResponse
 from scoring.bundle import load_current, write_bundle
@@ -232,4 +232,31 @@ def test_batch_openings_are_each_ids_own_text(ids, first):
         + (b"{" if cid is None else b'{"customer_id":' + orjson.dumps(cid) + b",")
         for cid, p in zip(ids, positions, strict=True)
     ]
-    assert _opens(ids, positions).tolist() == expected
+    text, start, length = _opens(ids, positions)
+    assert [
+        text[s : s + n] for s, n in zip(start.tolist(), length.tolist(), strict=True)
+    ] == expected
+
+
+def test_pieces_joined_in_python_without_numba(make_app, monkeypatch, targeting_root):
+    # the answer's slots copied out by numba or joined in Python: the same bytes
+    client = make_app(MODEL_ROOT=str(targeting_root)).test_client()
+    body = {"customers": _items(200, 4)}
+    for extra in ({}, {"answer": "compact"}, {"channel": "email", "answer": "compact"}):
+        compiled = client.post("/recommend", json={**body, **extra}, headers=SCORING)
+        with monkeypatch.context() as m:
+            m.setattr(batch_answer, "_copy", None)
+            joined = client.post("/recommend", json={**body, **extra}, headers=SCORING)
+        assert compiled.status_code == joined.status_code == 200
+        assert compiled.get_data() == joined.get_data()
+
+
+@pytest.mark.parametrize("keep", [batch_answer.KEEP_BYTES, 0])
+def test_answers_of_growing_and_shrinking_batches(make_app, monkeypatch, keep):
+    # the answer buffers a thread keeps grow with the answers (or are not kept at all): every
+    # answer still equals the dict path's, whatever came before it
+    monkeypatch.setattr(batch_answer, "KEEP_BYTES", keep)
+    client = make_app().test_client()
+    for n, seed in ((1, 5), (300, 6), (2, 7), (50, 8)):
+        fast, slow = _both(client, monkeypatch, {"customers": _items(n, seed, bad=False)})
+        assert fast == slow
