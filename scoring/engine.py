@@ -38,7 +38,7 @@ from scoring.policy import (
     control_group_rule,
     expected_gain,
 )
-from scoring.propensity import PropensityModel
+from scoring.propensity import PropensityModel, walk_order
 from scoring.single import SingleCustomerScorer
 from scoring.tables import ScoringTables
 
@@ -160,9 +160,16 @@ class ScoringEngine:
             ch for c in self.campaigns for ch in (c.channels or ())
         }
         self.has_response_model = bundle.response_model is not None
+        #: model columns of the customer features (what a batch's walk order may follow)
+        order_slots = range(tables.layout.width)[tables.layout.numeric_slots]
         #: the response model (None for a segmentation-only bundle)
         self.model = (
-            PropensityModel(bundle.response_model, threads=threads, compiled=bundle.compiled_forest)
+            PropensityModel(
+                bundle.response_model,
+                threads=threads,
+                compiled=bundle.compiled_forest,
+                order_slots=order_slots,
+            )
             if self.has_response_model
             else None
         )
@@ -174,7 +181,10 @@ class ScoringEngine:
         self.has_uplift_model = self.has_response_model and bundle.control_model is not None
         self._control = (
             PropensityModel(
-                bundle.control_model, threads=threads, compiled=bundle.compiled_control_forest
+                bundle.control_model,
+                threads=threads,
+                compiled=bundle.compiled_control_forest,
+                order_slots=order_slots,
             )
             if self.has_uplift_model
             else None
@@ -418,20 +428,29 @@ class ScoringEngine:
         n, m = len(batch), len(self.campaigns)
         out = np.full((n, m), np.nan, dtype=np.float64)
         layout = self.tables.layout
+        # customers in the order the model walks faster (PropensityModel.order_slot)
+        order = None
+        if model.order_slot is not None and n > 1:
+            column = batch.numeric[:, layout.numeric_index[model.order_slot]]
+            order = walk_order(segment, column)
         if mask is None or mask.all():
             # every pair: rows built by broadcasting, block by block, and predicted straight
-            # into the answer (no index arrays, no scatter; the rows stay in the CPU cache)
+            # into the answer (no pair index arrays; the rows stay in the CPU cache)
             major = model.campaign_major
             for s in range(0, n, BLOCK):
                 e = min(n, s + BLOCK)
+                at = slice(s, e) if order is None else order[s:e]
                 rows = layout.dense_rows(
-                    batch.numeric[s:e], batch.codes[s:e], segment[s:e], m, campaign_major=major
+                    batch.numeric[at], batch.codes[at], segment[at], m, campaign_major=major
                 )
                 p = model.predict(rows)
-                out[s:e] = p.reshape(m, e - s).T if major else p.reshape(e - s, m)
+                out[at] = p.reshape(m, e - s).T if major else p.reshape(e - s, m)
             return out
         # pairs in the order the model walks faster (PropensityModel.campaign_major)
-        if model.campaign_major:
+        if order is not None:
+            campaign, position = np.nonzero(mask[order].T)
+            customer = order[position]
+        elif model.campaign_major:
             campaign, customer = np.nonzero(mask.T)
         else:
             customer, campaign = np.nonzero(mask)

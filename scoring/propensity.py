@@ -2,11 +2,12 @@
 without the per-call set-up of ``Booster.predict``.
 
 With a :class:`scoring.compiled_trees.CompiledForest` (verified and checked against the booster
-when the bundle loaded), probabilities come from native code. Feature contributions (``explain``)
-come from one native walk of the trees that sums the per-leaf tables of
-:mod:`scoring.attribution` as it goes (:mod:`scoring.attribution_walk`; else LightGBM's
-``pred_leaf`` and a gather-sum over the tables, the same bits) or, as an option, LightGBM's
-exact TreeSHAP.
+when the bundle loaded), probabilities come from native code; a large forest walks a batch's
+customers grouped by segment and ordered by its most-split feature (:func:`walk_order`).
+Feature contributions (``explain``) come from one native walk of the trees that sums the
+per-leaf tables of :mod:`scoring.attribution` as it goes (:mod:`scoring.attribution_walk`; else
+LightGBM's ``pred_leaf`` and a gather-sum over the tables, the same bits) or, as an option,
+LightGBM's exact TreeSHAP.
 
 ``Booster.predict`` builds a new predictor object, deep-copies its parameters and checks its
 input on every call: about 40 µs before any tree is walked, which is a large share of a
@@ -21,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -47,10 +49,38 @@ SINGLE_ROW_MAX = 32
 CAMPAIGN_MAJOR_TREES = 64
 
 
+def walk_order(segment: np.ndarray, column: np.ndarray) -> np.ndarray:
+    """Positions of customers grouped by ``segment`` and, within a segment, by ``column``
+    (missing values last): consecutive customers then take similar paths through the trees, so
+    the CPU predicts the compiled trees' branches better. Measured 2026-12-06 on a busy machine
+    (1,000 customers x 6 campaigns, 194 trees of 31 leaves, CPU time, medians of 15 interleaved
+    rounds): the compiled trees took 3.59 ms as given, 3.05 by segment, 2.95 by segment then
+    the most-split column; ``ScoringEngine.propensities`` 3.65 -> 3.09 ms with the ~40 us this
+    order costs. A 20-tree forest gained about what the order costs, so only a forest of
+    :data:`CAMPAIGN_MAJOR_TREES` or more is ordered. Which order does not change any
+    probability: each row is walked alone."""
+    key = segment.astype(np.float64)
+    finite = column[np.isfinite(column)]
+    if finite.size:
+        lo, hi = float(finite.min()), float(finite.max())
+        # the column mapped into [0, 0.5] (missing: 0.75) and added to the segment id, so the
+        # segments stay apart
+        part = (column - lo) * (0.5 / (hi - lo) if hi > lo else 0.0)
+        key += np.where(np.isfinite(part), part, 0.75)
+    return np.argsort(key)
+
+
 class PropensityModel:
     """Response probabilities (and feature contributions) from a LightGBM Booster."""
 
-    def __init__(self, booster: Any, *, threads: int = 1, compiled: Any = None) -> None:
+    def __init__(
+        self,
+        booster: Any,
+        *,
+        threads: int = 1,
+        compiled: Any = None,
+        order_slots: Sequence[int] = (),
+    ) -> None:
         self.booster = booster
         self.n_features = booster.num_feature()
         #: the compiled trees (None: LightGBM computes the probabilities)
@@ -58,6 +88,10 @@ class PropensityModel:
         #: the batch row order this model walks faster (scoring.features.ResponseLayout.dense_rows):
         #: campaign by campaign for a large compiled forest, else customer by customer
         self.campaign_major = compiled is not None and booster.num_trees() >= CAMPAIGN_MAJOR_TREES
+        #: a large compiled forest also walks a batch's customers in :func:`walk_order` by this
+        #: model column, the one of ``order_slots`` (customer features) it splits on most
+        #: (None: customers as given)
+        self.order_slot = self._most_split(order_slots) if self.campaign_major else None
         self._threads = max(1, int(threads or 1))
         self._params = _lgb._c_str(f"num_threads={int(threads)}" if threads else "")
         self._fast = hasattr(booster, "_handle") and hasattr(_lgb, "_LIB")
@@ -66,6 +100,11 @@ class PropensityModel:
         self._attribution: PathAttribution | None = None
         #: the one-pass native walk of path attribution (None: pred_leaf + the tables)
         self._walker: Any = None
+
+    def _most_split(self, slots: Sequence[int]) -> int | None:
+        counts = self.booster.feature_importance("split")
+        best = max(slots, key=lambda slot: counts[slot], default=None)
+        return None if best is None or counts[best] == 0 else int(best)
 
     def _fast_config(self, kind: int = _PREDICT_NORMAL) -> ctypes.c_void_p:
         """This thread's single-row FastConfig handle for prediction ``kind`` (not shareable

@@ -263,3 +263,51 @@ def test_row_order_follows_the_forest_size(compiled_root, demo_customers, monkey
     np.testing.assert_array_equal(large.propensities(batch, segment), before)
     # LightGBM's own predictor keeps the customer-major order
     assert not propensity.PropensityModel(bundle.response_model).campaign_major
+
+
+def test_walk_order_groups_segments_then_orders_the_column():
+    segment = np.array([2, 0, 1, 0, 2, 1, 0])
+    column = np.array([5.0, 3.0, np.nan, -1.0, 1.0, 7.0, np.nan])
+    order = propensity.walk_order(segment, column)
+    assert sorted(order.tolist()) == list(range(7))
+    # segments ascending; within one, the column ascending with missing values last
+    assert [segment[i] for i in order] == [0, 0, 0, 1, 1, 2, 2]
+    assert order.tolist() == [3, 1, 6, 5, 2, 4, 0]
+    # a column with one value (or none) leaves the segments to decide
+    flat = propensity.walk_order(segment, np.full(7, np.nan))
+    assert [segment[i] for i in flat] == sorted(segment.tolist())
+    assert sorted(propensity.walk_order(segment, np.ones(7)).tolist()) == list(range(7))
+
+
+def test_walk_order_leaves_every_probability_where_it_was(
+    compiled_root, demo_customers, monkeypatch
+):
+    # a large compiled forest walks customers by segment and its most-split column; the
+    # probabilities are the same bits in the same places, for every pair and for a mask
+    monkeypatch.setattr(propensity, "CAMPAIGN_MAJOR_TREES", 1)
+    engine = ScoringEngine(load_current(compiled_root))
+    model = engine.model
+    layout = engine.tables.layout
+    counts = model.booster.feature_importance("split")
+    numeric = range(layout.width)[layout.numeric_slots]
+    assert model.order_slot in numeric
+    assert counts[model.order_slot] == max(counts[s] for s in numeric) > 0
+    frame, _ = demo_customers
+    batch = engine.batch_from_frame(frame)
+    segment = engine.assign(batch).segment
+    n, m = len(batch), len(engine.campaigns)
+    customer, campaign = np.nonzero(np.ones((n, m), dtype=bool))
+    expected = model.booster.predict(engine.model_rows(batch, segment, customer, campaign))
+    expected = expected.reshape(n, m)
+    mask = np.random.default_rng(5).random((n, m)) < 0.6
+    monkeypatch.setattr("scoring.engine.BLOCK", 7)
+    ordered = engine.propensities(batch, segment)
+    masked = engine.propensities(batch, segment, mask)
+    np.testing.assert_allclose(ordered, expected, rtol=0, atol=TOLERANCE)
+    np.testing.assert_array_equal(np.isnan(masked), ~mask)
+    np.testing.assert_array_equal(masked[mask], ordered[mask])
+    monkeypatch.setattr(model, "order_slot", None)
+    np.testing.assert_array_equal(engine.propensities(batch, segment), ordered)
+    np.testing.assert_array_equal(engine.propensities(batch, segment, mask), masked)
+    # LightGBM's own predictor keeps customers as given
+    assert propensity.PropensityModel(model.booster, order_slots=numeric).order_slot is None
