@@ -33,7 +33,14 @@ from api.extensions import Services, get_services
 from api.feedback import FeedbackUnavailable, holdout_events
 from api.model import LoadedModel
 from api.online import LAST_SCORED, BatchLookup, complete_batch, complete_one
-from api.schemas import ANSWER, CUSTOMER_ID, CUSTOMERS, RequestSchemas, load_feedback
+from api.schemas import (
+    ANSWER,
+    CUSTOMER_ID,
+    CUSTOMERS,
+    CheckedBatch,
+    RequestSchemas,
+    load_feedback,
+)
 from scoring.engine import NoResponseModelError
 
 log = logging.getLogger(__name__)
@@ -216,18 +223,30 @@ def _score_batch(
 
 
 def columns_apply(
-    loaded: LoadedModel, options: dict[str, Any], targeted: bool, lookup: BatchLookup
+    loaded: LoadedModel, options: dict[str, Any], targeted: bool, lookup: BatchLookup | None = None
 ) -> bool:
     """True when a batch /recommend can take the column path: no explain, caps or commit, no
-    item named by a stored customer, and a bundle whose answers it writes (``loaded.columns``,
-    decided at load: K-Means, no RFM scores or CLV-weighted gains)."""
+    item named by a stored customer (in ``lookup``, when given), and a bundle whose answers it
+    writes (``loaded.columns``, decided at load: K-Means, no RFM scores or CLV-weighted gains)."""
     return (
         loaded.columns is not None
         and not targeted
         and not options.get("explain")
-        and not lookup.records
-        and not lookup.errors
+        and (lookup is None or (not lookup.records and not lookup.errors))
     )
+
+
+def _names_stored(
+    services: Services, loaded: LoadedModel, customers: list[Any], refused: Any
+) -> bool:
+    """Whether any of the items the column check refused names a stored customer.
+
+    Only those can: an item the feature store completes lacks a required input, which the
+    column check refuses. So an all-valid batch costs no item-by-item look at the store
+    (``complete_batch`` spent 0.84 ms on 1,000 such customers with Redis on).
+    """
+    store, schema = services.features, loaded.engine.schema
+    return any(store.names_stored_customer(customers[i], schema) for i in refused)
 
 
 def _refuse_compact(
@@ -253,15 +272,16 @@ def _recommend_columns(
     loaded: LoadedModel,
     customers: list[Any],
     options: dict[str, Any],
-    compact: bool = False,
+    compact: bool,
+    checked: CheckedBatch,
 ) -> Response:
     """A batch /recommend without explain, caps, commit or stored customers, column by column.
 
-    Validated as columns (``RequestSchemas.check_batch``), ranked in one engine call and
-    written straight to JSON (``api/batch_answer.py``): the same bytes as the item-by-item path.
+    Validated as columns (``checked``: ``RequestSchemas.check_batch``), ranked in one engine
+    call and written straight to JSON (``api/batch_answer.py``): the same bytes as the
+    item-by-item path.
     """
-    engine, schemas = loaded.engine, loaded.schemas
-    checked = schemas.check_batch(customers)
+    engine = loaded.engine
     errors = {
         i: envelope("validation_error", f"customers[{i}] does not match the schema", messages)
         for i, messages in checked.errors.items()
@@ -394,9 +414,13 @@ def recommend() -> Response:
         options = dict(batch.options)
         compact = options.pop(ANSWER, "full") == "compact"
         commit, top_k, targeted = _targeting_options(engine, options)
+        if columns_apply(loaded, options, targeted):
+            checked = schemas.check_batch(batch.customers)
+            if not _names_stored(services, loaded, batch.customers, checked.errors):
+                return _recommend_columns(
+                    services, loaded, batch.customers, options, compact, checked
+                )
         lookup = complete_batch(services.features, schemas, engine.schema, batch.customers)
-        if columns_apply(loaded, options, targeted, lookup):
-            return _recommend_columns(services, loaded, batch.customers, options, compact)
         if compact:
             _refuse_compact(loaded, options, commit, lookup)
 

@@ -385,3 +385,37 @@ def test_compact_answer_refused_for_items_naming_a_stored_customer(
     r = store_app.test_client().post("/recommend", json=body, headers=scoring_headers)
     assert r.status_code == 422, r.get_json()
     assert "stored customer" in r.get_json()["error"]["fields"]["answer"][0]
+
+
+def test_a_batch_looks_up_only_items_that_name_a_stored_customer(
+    store_app, put, tiny_bundle, scoring_headers, monkeypatch
+):
+    # items the column check accepts carry every required input: no store look-up for them,
+    # so a batch without id-only items never reaches complete_batch; one with them answers as
+    # the item-by-item path does
+    from api import views
+
+    _store(put, tiny_bundle, "s-1")
+    looked_up = []
+    real = views.complete_batch
+
+    def spy(store, schemas, schema, items):
+        looked_up.append(len(items))
+        return real(store, schemas, schema, items)
+
+    monkeypatch.setattr(views, "complete_batch", spy)
+    client = store_app.test_client()
+    plain = [{"customer_id": "p-1", **FEATURES}, {**FEATURES}, {"order_count": "bad"}]
+    for answer in ("full", "compact"):
+        r = client.post(
+            "/recommend", json={"customers": plain, "answer": answer}, headers=scoring_headers
+        )
+        assert r.status_code == 200
+        assert r.get_json()["results"][2]["error"]["code"] == "validation_error"
+    assert looked_up == []
+    r = client.post(
+        "/recommend", json={"customers": [*plain, {"customer_id": "s-1"}]}, headers=scoring_headers
+    )
+    assert r.status_code == 200 and looked_up == [4]
+    results = r.get_json()["results"]
+    assert results[3]["customer_id"] == "s-1" and "segment_id" in results[3]
