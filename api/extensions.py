@@ -46,4 +46,8 @@ class Services:
 
 def get_services(app: Any = None) -> Services:
     """The services of ``app`` (default: the app handling the current request)."""
-    return (app or current_app).extensions[EXTENSION]
+    if app is None:
+        # the app itself, not an attribute through the proxy: a proxied attribute first fails
+        # the ordinary look-up (an AttributeError built and dropped) on every request
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return app.extensions[EXTENSION]

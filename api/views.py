@@ -112,7 +112,7 @@ def _over_limit(req: Any, body: bytes) -> bool:
 def authorised(services: Services, kind: str = SCORING) -> None:
     """401/403 unless the request carries a key of ``kind``; 429 once this address has sent
     too many wrong keys (AUTH_FAILURES_PER_MINUTE)."""
-    environ = request.environ
+    environ = request._get_current_object().environ  # type: ignore[attr-defined]
     try:
         # what ``request.headers.get(HEADER)`` reads, without building the headers view
         services.keys.require(environ.get(_KEY_ENVIRON), kind)
@@ -126,7 +126,7 @@ def admitted(services: Services, body: Any) -> None:
     limits = services.limits
     if not limits.enabled:
         return
-    environ = request.environ
+    environ = request._get_current_object().environ  # type: ignore[attr-defined]
     limits.admit(environ.get(_KEY_ENVIRON) or "", environ.get("REMOTE_ADDR"), body)
 
 

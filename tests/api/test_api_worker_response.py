@@ -95,3 +95,23 @@ def test_files_and_chunked_bodies_keep_gunicorns_writes():
     theirs = _answer(wsgi.Response, *file_case, file=io.BytesIO(data))
     assert ours == theirs and ours[-1] == data
     assert _answer(OneWriteResponse, *CASES["chunked"]) == _answer(wsgi.Response, *CASES["chunked"])
+
+
+def test_settled_config_reads_every_setting_as_gunicorns_config_does():
+    from api.worker import SettledConfig
+
+    def hook(worker, req):
+        return None
+
+    cfg = Config()
+    cfg.set("keepalive", 7)
+    cfg.set("pre_request", hook)
+    settled = SettledConfig(cfg)
+    for name in cfg.settings:
+        assert getattr(settled, name) == getattr(cfg, name), name
+        if not hasattr(Config, name):  # a property stays the property
+            assert name in vars(settled), name  # found without Config.__getattr__
+    assert settled.pre_request is hook and settled.keepalive == 7
+    assert settled.is_ssl == cfg.is_ssl
+    settled.set("keepalive", 9)
+    assert settled.keepalive == 9 and settled.settings["keepalive"].get() == 9
