@@ -260,3 +260,35 @@ def test_answers_of_growing_and_shrinking_batches(make_app, monkeypatch, keep):
     for n, seed in ((1, 5), (300, 6), (2, 7), (50, 8)):
         fast, slow = _both(client, monkeypatch, {"customers": _items(n, seed, bad=False)})
         assert fast == slow
+
+
+@pytest.mark.parametrize("options", [*OPTIONS, {"answer": "compact", "top_k": 2}])
+def test_batch_decoded_from_bytes_same_bytes(make_app, monkeypatch, targeting_root, options):
+    # an all-valid batch is decoded straight from the body (RequestSchemas.decode_batch): the
+    # same bytes as the column check's path and as the dict path
+    from api.schemas import RequestSchemas
+
+    items = [i for i in _items(300, 9, bad=False) if i.get("return_rate") != 1.5]
+    decoded = []
+    real = RequestSchemas.decode_batch
+
+    def spy(self, body):
+        out = real(self, body)
+        decoded.append(out is not None)
+        return out
+
+    for root in (None, targeting_root):
+        client = (make_app() if root is None else make_app(MODEL_ROOT=str(root))).test_client()
+        body = {"customers": items, **options}
+        with monkeypatch.context() as m:
+            m.setattr(RequestSchemas, "decode_batch", spy)
+            plain = client.post("/recommend", json=body, headers=SCORING)
+        with monkeypatch.context() as m:
+            m.setattr(RequestSchemas, "decode_batch", lambda self, body: None)
+            checked = client.post("/recommend", json=body, headers=SCORING)
+        assert plain.status_code == checked.status_code == 200
+        assert plain.get_data() == checked.get_data()
+        if options.get("answer") != "compact":
+            fast, slow = _both(client, monkeypatch, body)
+            assert fast == slow == plain.get_data()
+    assert decoded == [True, True]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
+import orjson
 import pytest
 from marshmallow import ValidationError
 
@@ -189,3 +191,104 @@ def test_batch_check_agrees_with_marshmallow_and_builds_the_same_columns(schemas
     again = schemas.check_batch(valid)
     assert again.positions == list(range(len(valid))) and again.errors == {}
     np.testing.assert_array_equal(again.raw, expected)
+
+
+BATCH_OPTION_VALUES = {
+    **OPTION_VALUES,
+    "commit": [True, False, 0, None],
+    "answer": ["full", "compact", "short", None, 1],
+    "surprise": [1],
+}
+
+
+def _batch_bodies(
+    schemas: RequestSchemas, features: FeatureSchema, n: int, seed: int
+) -> list[bytes]:
+    """Batch bodies of 0-11 items (the fixture takes 1-10), most of valid items only, some
+    mixed, with options now and then (valid or not)."""
+    rng = np.random.default_rng(seed)
+    records = _records(features, 4000, seed, options=False)
+    valid = [r for r in records if _accepted(schemas._customer, r)]
+    bodies = []
+    for _ in range(n):
+        size = int(rng.integers(0, 12))
+        pool = valid if rng.random() < 0.7 else records
+        body: dict = {"customers": [pool[k] for k in rng.integers(len(pool), size=size)]}
+        for name, values in BATCH_OPTION_VALUES.items():
+            if rng.random() < 0.1:
+                body[name] = values[rng.integers(len(values))]
+        # json.dumps writes NaN and Infinity as such: not JSON, refused by both parsers
+        bodies.append(json.dumps(body).encode())
+    return bodies
+
+
+def _through_dicts(schemas: RequestSchemas, body: bytes):
+    """What the dict path makes of a batch body: None unless every item is valid."""
+    try:
+        parsed = orjson.loads(body)
+        envelope = schemas.load_batch(parsed, recommend=True)
+    except (orjson.JSONDecodeError, ValidationError):
+        return None
+    checked = schemas.check_batch(envelope.customers)
+    return None if checked.errors else (checked, envelope.options)
+
+
+def test_batch_decoded_from_bytes_agrees_with_the_dict_path(schemas, features):
+    # msgspec straight from the body: the same verdict (every item valid, options valid) and
+    # the same columns, ids and options as orjson + load_batch + check_batch
+    bodies = _batch_bodies(schemas, features, 3000, 5)
+    accepted = 0
+    for body in bodies:
+        fast, slow = schemas.decode_batch(body), _through_dicts(schemas, body)
+        assert (fast is None) == (slow is None), body
+        if fast is None:
+            continue
+        accepted += 1
+        (got, got_options), (want, want_options) = fast, slow
+        np.testing.assert_array_equal(got.raw, want.raw)
+        assert got.raw.tobytes() == want.raw.tobytes()  # -0.0 and NaN included
+        assert got.categoricals == want.categoricals
+        assert got.ids == want.ids and list(map(type, got.ids)) == list(map(type, want.ids))
+        assert got_options == want_options
+        assert got.positions == want.positions and got.errors == want.errors == {}
+    assert 300 < accepted < len(bodies) - 300
+
+
+GOOD_ITEM = (
+    '"total_spend":1.0,"order_count":1,"days_since_last_purchase":1,"unique_products":1,'
+    '"discount_usage":0.1,"return_rate":0.0,"region":"north"'
+)
+
+
+def _one(extra: str = "", after: str = "}") -> str:
+    """A batch body of one good item with ``extra`` JSON members, ``after`` its items."""
+    return '{"customers":[{' + GOOD_ITEM + extra + "}]" + after
+
+
+@pytest.mark.parametrize(
+    ("body", "taken"),
+    [
+        (_one(',"customer_id":"a","customer_id":7'), True),
+        (_one(',"total_spend":2,"total_spend":3.5'), True),
+        (_one(',"customer_id":"\\u00e9\\ud83d\\ude00"'), True),
+        (_one(',"customer_id":123456789012345678901234'), False),
+        (_one(',"customer_id":9223372036854775808'), False),
+        (_one(',"customer_id":"\\ud800"'), False),
+        (_one(',"total_spend":1e400'), False),
+        (_one(after=',"customers":[]}'), False),
+        (_one(after="} x"), False),
+        (_one(',"customer_id":null'), False),
+        (_one(',"order_count":5e-324'), False),  # total_spend / order_count overflows
+        (_one(',"order_count":0'), True),  # a ratio over zero takes its fill value
+    ],
+)
+def test_batch_decoded_from_bytes_edge_cases(schemas, body, taken):
+    # duplicate keys (the last wins in both parsers), escapes, numbers and ids past 64 bits,
+    # lone surrogates, trailing bytes: msgspec takes a body only where the dict path would
+    # answer it the same way; an id past int64 it leaves to the dict path
+    fast = schemas.decode_batch(body.encode())
+    assert (fast is not None) == taken
+    if taken:
+        (got, _), (want, _) = fast, _through_dicts(schemas, body.encode())
+        assert got.raw.tobytes() == want.raw.tobytes() and got.ids == want.ids
+        assert list(map(type, got.ids)) == list(map(type, want.ids))
