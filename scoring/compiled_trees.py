@@ -69,8 +69,9 @@ COMPILER_ENV = "TREE_COMPILER_PYTHON"
 #: the same architecture (an image built on one machine and served on another)
 COMPILER_CPU_ENV = "TREE_COMPILER_CPU"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-_DOUBLE_P = ctypes.POINTER(ctypes.c_double)
-_ENTRY_TYPE = ctypes.CFUNCTYPE(None, _DOUBLE_P, _DOUBLE_P, ctypes.c_int, ctypes.c_int)
+#: the entry point takes the rows' and the output's addresses as plain integers: building ctypes
+#: arrays over the buffers cost about 0.9 of a one-customer call's 8.6 us (bench/RESULTS.md)
+_ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int)
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,7 @@ class CompiledForest:
             raise ValueError("out must be a contiguous float64 array of at least n values")
         if n:
             # lleaves' entry point releases the GIL and walks rows [0, n)
-            self._entry(rows.ctypes.data_as(_DOUBLE_P), out.ctypes.data_as(_DOUBLE_P), 0, n)
+            self._entry(rows.ctypes.data, out.ctypes.data, 0, n)
         return out[:n]
 
     def predict_rows(self, rows: list[list[float]]) -> list[float]:
@@ -288,10 +289,7 @@ class CompiledForest:
             flat.extend(row)
         # array.array converts the floats in C: a ctypes array built from them one by one
         # cost about 5 us per 6-row request (bench/RESULTS.md)
-        data = (ctypes.c_double * (n * width)).from_buffer(flat)
-        out = (ctypes.c_double * n)()
-        self._entry(data, out, 0, n)
-        return out[:]
+        return self._walk(flat, n)
 
     def predict_variants(self, row: list[float], slot: int, values: list[float]) -> list[float]:
         """``predict_rows`` of copies of ``row`` with ``row[slot]`` set to each of ``values``."""
@@ -303,10 +301,15 @@ class CompiledForest:
         flat = array.array("d", row) * n
         for i, v in enumerate(values):
             flat[i * width + slot] = v
-        data = (ctypes.c_double * (n * width)).from_buffer(flat)
-        out = (ctypes.c_double * n)()
-        self._entry(data, out, 0, n)
-        return out[:]
+        return self._walk(flat, n)
+
+    def _walk(self, flat: array.array, n: int) -> list[float]:
+        """The probabilities of the ``n`` rows laid out in ``flat`` (row after row)."""
+        out = array.array("d", bytes(8 * n))
+        if n:
+            # both buffers stay referenced (and unresized) until the call returns
+            self._entry(flat.buffer_info()[0], out.buffer_info()[0], 0, n)
+        return out.tolist()
 
 
 def load_checked(
