@@ -98,10 +98,13 @@ class SeenSummary:
 
     def may_have(self, customer_id: str, week: str) -> bool:
         """False only when ``week``'s bitmap is loaded and the customer's bit is clear."""
+        return self.has_bit(seen_bit(customer_id, self.bits), week)
+
+    def has_bit(self, bit: int, week: str) -> bool:
+        """:meth:`may_have` for a customer's :func:`seen_bit` (computed once by the caller)."""
         state = self._state
         if state is None or state[0] != week:
             return True
-        bit = seen_bit(customer_id, self.bits)
         return bool(state[2][bit >> 3] & (0x80 >> (bit & 7)))
 
     def mark(self, customer_id: str) -> None:

@@ -328,6 +328,8 @@ class FrequencyCaps:
         self._key_memo: tuple[Any, tuple[str, str], dict[str, tuple[str, str, str]]] | None = None
         #: (period labels, {campaign: the customer-free parts of its keys}); see _keys_in
         self._key_parts: tuple[Any, dict[str, tuple[str, str, str, str]]] = (None, {})
+        #: (customer, their bit in the seen-customers bitmap) of the last customer asked about
+        self._bit_memo: tuple[str | None, int] = (None, 0)
 
     def _period(self) -> tuple[str, str]:
         """Today's day and ISO-week labels (UTC), recomputed once a day."""
@@ -378,7 +380,11 @@ class FrequencyCaps:
         summary = self.summary
         if summary is None or customer_id is None:
             return False
-        return not summary.may_have(customer_id, self._period()[1])
+        # asked twice a request (prefetch, check): the bit of the last customer is kept
+        memo = self._bit_memo
+        if memo[0] != customer_id:
+            memo = self._bit_memo = (customer_id, seen_bit(customer_id, summary.bits))
+        return not summary.has_bit(memo[1], self._period()[1])
 
     def _mget(self, keys: list[str]) -> dict[str, int]:
         """Read ``keys`` and hold the reply when no change raced the read."""
@@ -398,6 +404,9 @@ class FrequencyCaps:
         """The counters a read-only check of ``candidates`` needs (no known-exhausted ones;
         with ``unseen``, no per-customer ones)."""
         keys: list[str] = []
+        if unseen:
+            # the customer-free keys ("" per customer): one table for every such customer
+            customer_id = None
         table = self._key_table(customer_id)
         # per request and campaign (callgrind/cProfile, bench/RESULTS.md): plain loops, and no
         # exhausted-cap lookup while no cap is known exhausted
@@ -411,7 +420,7 @@ class FrequencyCaps:
                 continue
             for i in cap.set_indexes:
                 key = triple[i]
-                if key and not (unseen and i < 2):
+                if key:
                     append(key)
         return keys
 
@@ -587,6 +596,8 @@ class FrequencyCaps:
         """Which candidates pass their caps by ``counts`` (``unseen``: the per-customer ones
         are 0), why the others do not, and the counters ``counts`` lacks (their campaigns pass
         for now: read them and ask again)."""
+        if unseen:
+            customer_id = None  # the customer-free keys (see _read_keys)
         table = self._key_table(customer_id)
         allowed: list[bool] = []
         reasons: list[str | None] = []
@@ -601,9 +612,12 @@ class FrequencyCaps:
                 else:
                     for i, limit in cap.set_limits:
                         key = triple[i]
-                        if not key:
+                        if unseen and i < 2:
+                            count: int | None = 0  # no counter this week (a limit of 0 holds)
+                        elif not key:
                             continue
-                        count = 0 if unseen and i < 2 else counts.get(key)
+                        else:
+                            count = counts.get(key)
                         if count is None:
                             missing.append(key)
                         elif count >= limit:
