@@ -222,6 +222,17 @@ class ReadCounts:
         """Nothing is held."""
 
 
+class Verdict(ReadCounts):
+    """A read-only check decided before scoring with no read: the customer has no per-customer
+    counter this week (api/cap_summary.py) and the pool's campaign-wide counters are held."""
+
+    def __init__(self, customer_id: str, blocked: dict[str, str]) -> None:
+        super().__init__({})
+        self.customer_id = customer_id
+        #: {campaign: the cap that stops it} for the pool's capped campaigns (usually empty)
+        self.blocked = blocked
+
+
 class Prefetch:
     """An ``MGET`` of cap counters sent before scoring; the reply is read after it.
 
@@ -328,6 +339,8 @@ class FrequencyCaps:
         self._key_memo: tuple[Any, tuple[str, str], dict[str, tuple[str, str, str]]] | None = None
         #: (period labels, {campaign: the customer-free parts of its keys}); see _keys_in
         self._key_parts: tuple[Any, dict[str, tuple[str, str, str, str]]] = (None, {})
+        #: (pool candidates, period, tracker epoch, {campaign: reason}): _unseen_verdict's memo
+        self._verdict_memo: tuple[Any, Any, int, dict[str, str]] | None = None
         #: (customer, their bit in the seen-customers bitmap) of the last customer asked about
         self._bit_memo: tuple[str | None, int] = (None, 0)
 
@@ -473,7 +486,12 @@ class FrequencyCaps:
         pool = getattr(self.client, "connection_pool", None)
         if pool is None:
             return None
-        keys = self._read_keys(customer_id, candidates, self._unseen(customer_id))
+        unseen = self._unseen(customer_id)
+        if unseen and not self._exhausted:
+            blocked = self._unseen_verdict(candidates)
+            if blocked is not None:
+                return Verdict(customer_id, blocked)  # type: ignore[arg-type]
+        keys = self._read_keys(customer_id, candidates, unseen)
         if not keys:
             return None
         held = self._held(keys)
@@ -495,6 +513,29 @@ class FrequencyCaps:
             return None
         hold = None if tracker is None else functools.partial(tracker.hold, mark)
         return Prefetch(pool, connection, keys, hold)
+
+    def _unseen_verdict(self, candidates: Sequence[tuple[str, CapLimits]]) -> dict[str, str] | None:
+        """{campaign: why capped} of the pool's ``candidates`` for any customer with no
+        per-customer counter this week, from held campaign-wide counters (None: not all held).
+        Kept until an invalidation (the tracker's epoch) or the day changes, so such requests
+        skip the per-campaign work; only used while no daily cap is remembered exhausted."""
+        tracker = self.tracker
+        if tracker is None:
+            return None
+        epoch = tracker.epoch  # before reading: a change after it makes the memo stale at once
+        period = self._period()
+        memo = self._verdict_memo
+        if memo is not None and memo[0] is candidates and memo[1] is period and memo[2] == epoch:
+            return memo[3]
+        held = tracker.get_all(self._read_keys(None, candidates, True))
+        if held is None:
+            return None
+        _, reasons, missing = self._decide(None, candidates, held, True)
+        if missing:
+            return None
+        blocked = {cid: r for (cid, _), r in zip(candidates, reasons, strict=True) if r is not None}
+        self._verdict_memo = (candidates, period, epoch, blocked)
+        return blocked
 
     def _key_table(self, customer_id: str | None) -> dict[str, tuple[str, str, str]]:
         """This customer's counter keys by campaign, filled as asked: kept for the last customer
@@ -566,6 +607,13 @@ class FrequencyCaps:
             return CapResult([True] * n, [None] * n, "disabled")
         if commit:
             return self._commit(customer_id, candidates, n if top_k is None else top_k)
+        if type(prefetched) is Verdict and prefetched.customer_id == customer_id:
+            # decided before scoring (a bit set since is a message that was still in flight)
+            blocked = prefetched.blocked
+            if not blocked:
+                return CapResult([True] * n, [None] * n, "ok")
+            why = [blocked.get(cid) for cid, _ in candidates]
+            return CapResult([r is None for r in why], why, "ok")
         # asked again here, not carried from the prefetch: a bit may have been set since
         # (the counters it then lacks are read below); bits are never cleared while in use
         unseen = self._unseen(customer_id)

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from api.cap_summary import SeenSummary, seen_bit, week_days
-from api.caps import CapLimits, FrequencyCaps, Prefetch
+from api.caps import CapLimits, FrequencyCaps, Prefetch, Verdict
 
 DAY = 1_764_633_600.0  # 2025-12-02 00:00 UTC, ISO week 2025-49
 WEEK = "202549"
@@ -104,11 +104,18 @@ def test_a_never_committed_customer_makes_no_redis_command(redis_url, redis_pref
         per_customer = [("a", CapLimits(per_customer_day=1, per_customer_week=3))]
         commands = Commands(caps)
         for c in range(20):
-            assert caps.prefetch(f"new-{c}", per_customer) is None
+            pending = caps.prefetch(f"new-{c}", per_customer)
+            assert isinstance(pending, Verdict) and pending.blocked == {}
+            assert caps.check(f"new-{c}", per_customer, prefetched=pending).allowed == [True]
             assert caps.check(f"new-{c}", per_customer).allowed == [True]
         assert commands.n == 0
         # a limit of 0 still blocks: the count is 0, not unknown
-        assert caps.check("new-0", [("z", CapLimits(per_customer_day=0))]).allowed == [False]
+        zero = [("z", CapLimits(per_customer_day=0)), *per_customer]
+        assert caps.check("new-0", zero).allowed == [False, True]
+        pending = caps.prefetch("new-0", zero)
+        assert isinstance(pending, Verdict) and pending.blocked == {"z": "per_customer_day"}
+        result = caps.check("new-0", zero, prefetched=pending)
+        assert result.allowed == [False, True] and result.reasons == ["per_customer_day", None]
         # with a campaign-wide cap, only that counter is read, once, then held
         pool = [*per_customer, ("b", CapLimits(per_customer_day=1, daily_cap=50))]
         pending = caps.prefetch("new-x", pool)
@@ -135,6 +142,17 @@ def test_a_commit_elsewhere_is_read_once_its_message_arrives(redis_url, redis_pr
         result = caps.check("c1", pool)
         assert result.allowed == [False] and result.reasons == ["per_customer_day"]
         assert commands.n == 1  # read, not skipped
+        # a campaign-wide counter reaching its cap reaches customers decided with no read
+        wide = [("d", CapLimits(daily_cap=1))]
+        caps.check("x0", wide)  # read and held
+        pending = caps.prefetch("x1", wide)
+        assert isinstance(pending, Verdict) and pending.blocked == {}
+        other.check("someone", wide, commit=True)
+
+        def capped(customer):
+            return caps.check(customer, wide, prefetched=caps.prefetch(customer, wide)).reasons
+
+        _until(lambda: capped("x2") == ["daily_cap"])
         # an operator writing a counter marks the customer too
         redis.Redis.from_url(redis_url).set(caps.keys("c2", "a")[1], 7)
         _until(lambda: caps.summary.may_have("c2", WEEK))
@@ -218,8 +236,9 @@ def test_a_new_week_loads_its_own_bitmap(redis_url, redis_prefix):
         caps.tracker.stop()
 
 
+@pytest.mark.parametrize("b_cap", [3, 50])  # 3: reached (remembered exhausted), 50: not
 @pytest.mark.parametrize("summary", [True, False])
-def test_the_summary_gives_the_answers_of_a_read(redis_url, redis_prefix, summary):
+def test_the_summary_gives_the_answers_of_a_read(redis_url, redis_prefix, summary, b_cap):
     caps = _caps(redis_url, redis_prefix, clock=lambda: DAY, local_cache=True, summary=summary)
     plain = _caps(redis_url, redis_prefix, clock=lambda: DAY)
     caps.tracker.ensure_started()
@@ -227,7 +246,7 @@ def test_the_summary_gives_the_answers_of_a_read(redis_url, redis_prefix, summar
     try:
         pool = [
             ("a", CapLimits(per_customer_day=1)),
-            ("b", CapLimits(per_customer_week=2, daily_cap=3)),
+            ("b", CapLimits(per_customer_week=2, daily_cap=b_cap)),
             ("c", CapLimits(daily_cap=1)),
         ]
         for c in range(6):
@@ -237,5 +256,14 @@ def test_the_summary_gives_the_answers_of_a_read(redis_url, redis_prefix, summar
         _until(lambda: [caps.check(c, pool) for c in customers] == want)
         batch = caps.read_many([(c, pool) for c in customers])
         assert [caps.check(c, pool, prefetched=batch) for c in customers] == want
+        for c, wanted in zip(customers, want, strict=True):
+            pending = caps.prefetch(c, pool)  # decided before scoring, or sent for
+            try:
+                assert caps.check(c, pool, prefetched=pending) == wanted, c
+                # the answer's campaigns only (ranked), from the pool's prefetch
+                assert caps.check(c, pool[1:], prefetched=pending).reasons == wanted.reasons[1:]
+            finally:
+                if pending is not None:
+                    pending.close()
     finally:
         caps.tracker.stop()
