@@ -294,29 +294,31 @@ def test_batch_decoded_from_bytes_same_bytes(make_app, monkeypatch, targeting_ro
     assert decoded == [True, True]
 
 
+@pytest.mark.parametrize("answer", ["full", "compact"])
 @pytest.mark.parametrize("bad", [False, True])
-def test_compact_written_in_one_pass_or_by_slots(make_app, monkeypatch, targeting_root, bad):
-    # ids that are texts without commas or integers: the compact answer is written by one numba
-    # pass; the same bytes as the slots (held out, reasons, notes, error entries included)
+def test_answer_written_in_one_pass_or_by_slots(make_app, monkeypatch, targeting_root, bad, answer):
+    # ids that are texts without commas or integers: the answer is written by one numba pass;
+    # the same bytes as the slots (held out, reasons, error entries, uplift, channels included)
     items = _items(300, 11, bad=bad)
     for k, item in enumerate(items):
         if isinstance(item, dict):
             item["customer_id"] = k if k % 3 else f"c-{k}"
     passes = []
-    real = batch_answer._compact_in_one_pass
-    monkeypatch.setattr(
-        batch_answer, "_compact_in_one_pass", lambda *a: passes.append(a[2]) or real(*a)
-    )
+    real = batch_answer._written
+    monkeypatch.setattr(batch_answer, "_written", lambda *a: passes.append(a) or real(*a))
     for root in (None, targeting_root):
         client = (make_app() if root is None else make_app(MODEL_ROOT=str(root))).test_client()
         for options in ({}, {"top_k": 1, "channel": "email"}):
-            body = {"customers": items, "answer": "compact", **options}
+            body = {"customers": items, "answer": answer, **options}
             one_pass = client.post("/recommend", json=body, headers=SCORING)
             with monkeypatch.context() as m:
-                m.setattr(batch_answer, "_write_compact", None)
+                m.setattr(batch_answer, "_write", None)
                 slots = client.post("/recommend", json=body, headers=SCORING)
             assert one_pass.status_code == slots.status_code == 200
             assert one_pass.get_data() == slots.get_data()
-    assert len(passes) == 4
-    assert any(c.held[i] or c.reasons[i] for c in passes for i in range(len(c.held)))
-    assert len(batch_answer._write_compact.signatures) == 1  # warmed up at load, never again
+            if answer == "full" and not bad:  # and the dict path's
+                fast, slow = _both(client, monkeypatch, body)
+                assert fast == slow == one_pass.get_data()
+    assert len(passes) == 4 + (4 if answer == "full" and not bad else 0)
+    assert any(a[12] for a in passes)  # some customers had tails of their own
+    assert len(batch_answer._write.signatures) == 1  # warmed up at load, never again
