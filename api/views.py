@@ -78,13 +78,16 @@ def read_body() -> bytes:
     # the request object itself: each ``request.x`` is a context-variable look-up through
     # werkzeug's proxy, and this runs on every scoring request
     req = request._get_current_object()  # type: ignore[attr-defined]
-    if req.mimetype != JSON:
+    environ = req.environ
+    # The usual headers are read from environ as they are: werkzeug's ``mimetype`` parses the
+    # Content-Type and ``content_length`` builds a headers view (looking up Transfer-Encoding
+    # raises a KeyError when absent); both are asked only when the plain values do not decide.
+    if environ.get("CONTENT_TYPE") != JSON and req.mimetype != JSON:
         raise UnsupportedMedia("Content-Type must be application/json")
-    if (req.environ.get(_CONTENT_ENCODING) or "").strip().lower() not in IDENTITY:
+    if (environ.get(_CONTENT_ENCODING) or "").strip().lower() not in IDENTITY:
         # RFC 9110 15.5.16: 415 for a content coding the server does not accept.
         raise UnsupportedMedia("Content-Encoding is not supported: send the JSON uncompressed")
-    length = req.content_length
-    environ = req.environ
+    length = content_length(req)
     limit = req.max_content_length
     if length is not None and (limit is None or length <= limit) and _TERMINATED in environ:
         # What get_data reads here, without its stream wrappers: the server ends the body at
@@ -97,6 +100,20 @@ def read_body() -> bytes:
     if not body:
         raise BadRequest("empty body: send a JSON object")
     return body
+
+
+def content_length(req: Any) -> int | None:
+    """werkzeug's ``req.content_length``, read straight from environ for plain digits."""
+    environ = req.environ
+    raw = environ.get("CONTENT_LENGTH")
+    if (
+        type(raw) is str
+        and raw.isascii()
+        and raw.isdigit()
+        and "HTTP_TRANSFER_ENCODING" not in environ
+    ):
+        return int(raw)
+    return req.content_length
 
 
 def parse_json(body: bytes) -> Any:

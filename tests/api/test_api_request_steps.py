@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.api.conftest import SCORING
 
 
@@ -41,3 +43,23 @@ def test_the_body_limit_is_the_apps_own(make_app, demo_request):
             "/predict-segment", data=body, content_type="application/json", headers=SCORING
         )
         assert response.status_code == status
+
+
+@pytest.mark.parametrize(
+    "length", ["0", "5", "0012", "+5", " 5", "5 ", "-1", "abc", "\u0663", "", None, "1" * 30]
+)
+@pytest.mark.parametrize("transfer", [None, "chunked", "identity", "gzip, chunked"])
+def test_content_length_is_werkzeugs(app, length, transfer):
+    from api.views import content_length
+
+    environ = {"CONTENT_LENGTH": length, "HTTP_TRANSFER_ENCODING": transfer}
+    environ = {k: v for k, v in environ.items() if v is not None}
+    with app.test_request_context("/recommend", method="POST", environ_overrides=environ):
+        from flask import request
+
+        req = request._get_current_object()
+        for key, value in environ.items():  # the test client sets its own: put ours back
+            req.environ[key] = value
+        if length is None:
+            req.environ.pop("CONTENT_LENGTH", None)
+        assert content_length(req) == app.request_class(req.environ).content_length
