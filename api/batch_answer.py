@@ -579,8 +579,7 @@ def encode_results(
     tail_slot = first + 4 + stride * counts
     answer.start[tail_slot] = plain_start[seg]
     answer.length[tail_slot] = plain_length[seg]
-    special = {i for i, reason in enumerate(choice.reasons) if reason is not None}
-    special.update(i for i, held in enumerate(choice.held) if held)
+    special = set(_special(choice))
     if encoder.note:
         special.update(i for i, cid in enumerate(ids) if cid is None)
     for i in special:
@@ -893,9 +892,7 @@ def encode_compact(
 def _special(choice: Choice) -> list[int]:
     """The customers whose answers end in a tail of their own: held out of a campaign, or told
     why nothing is offered."""
-    special = {i for i, reason in enumerate(choice.reasons) if reason is not None}
-    special.update(i for i, held in enumerate(choice.held) if held)
-    return sorted(special)
+    return choice.special.tolist()
 
 
 def _compact_tail(compact: CompactEncoder, choice: Choice, i: int) -> bytes:

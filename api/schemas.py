@@ -445,6 +445,9 @@ class RequestSchemas:
         self._batch_decoder = _batch_decoder(
             self._numeric, self._categorical, max_batch_items, self._n_campaigns
         )
+        self._batch_getters = [
+            (attrgetter(f"n{j}"), required) for j, (_, required, *_) in enumerate(self._numeric)
+        ]
 
     # ---- fast checks --------------------------------------------------------------------------
     def customer_ok(self, record: Any, allowed: frozenset[str] | None = None) -> bool:
@@ -692,9 +695,12 @@ class RequestSchemas:
             return None
         customers = decoded.customers
         n = len(customers)
+        # a required input is never None here: straight into an array, no list in between
         columns = [
-            np.array(list(map(attrgetter(f"n{j}"), customers)), dtype=np.float64)
-            for j in range(len(self._numeric))
+            np.fromiter(map(get, customers), dtype=np.float64, count=n)
+            if required
+            else np.array(list(map(get, customers)), dtype=np.float64)
+            for get, required in self._batch_getters
         ]
         if self._ratios and not self._ratios_ok(columns).all():
             return None

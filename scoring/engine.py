@@ -131,6 +131,9 @@ class Choice:
     held: list[list[int]]
     #: per customer: why nothing is offered (None when something is)
     reasons: list[str | None]
+    #: the customers held out of a campaign or given a reason, ascending (answers write their
+    #: ends apart; most batches have few)
+    special: np.ndarray
 
 
 class ScoringEngine:
@@ -548,7 +551,8 @@ class ScoringEngine:
             limit = r.counts if top_k is None else np.minimum(r.counts, top_k)
             keep = np.arange(m) < limit[:, None]
             reasons: list[str | None] = [None] * n
-            for i in np.flatnonzero(limit == 0).tolist():
+            empty = np.flatnonzero(limit == 0)
+            for i in empty.tolist():
                 reasons[i] = (
                     NO_ELIGIBLE
                     if eligible[i] == 0
@@ -557,7 +561,12 @@ class ScoringEngine:
                     else NO_OFFER_REQUESTED
                 )
             return Choice(
-                np.nonzero(keep)[0], r.order[keep], limit, [[] for _ in range(n)], reasons
+                np.nonzero(keep)[0],
+                r.order[keep],
+                limit,
+                [[] for _ in range(n)],
+                reasons,
+                empty,
             )
         ids = [None] * n if customer_ids is None else list(customer_ids)
         order_l, counts_l, eligible_l = r.order.tolist(), r.counts.tolist(), eligible.tolist()
@@ -579,7 +588,15 @@ class ScoringEngine:
             reasons.append(reason)
         counts = np.array([len(o) for o in offers_all], dtype=np.intp)
         campaign = np.array([j for o in offers_all for j in o], dtype=np.intp)
-        return Choice(np.repeat(np.arange(n), counts), campaign, counts, held_all, reasons)
+        special = [i for i in range(n) if reasons[i] is not None or held_all[i]]
+        return Choice(
+            np.repeat(np.arange(n), counts),
+            campaign,
+            counts,
+            held_all,
+            reasons,
+            np.array(special, dtype=np.intp),
+        )
 
     def recommend(
         self,

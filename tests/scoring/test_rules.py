@@ -186,3 +186,23 @@ def test_the_batch_command_ranks_by_the_same_gain(tiny_bundle, demo_customers):
     for i in range(100):
         top = r.order[i, : r.counts[i]]
         assert (r.gain[i, top] > 0).all()
+
+
+@pytest.mark.parametrize("holdout", [0.0, 0.5])
+@pytest.mark.parametrize("top_k", [None, 1])
+def test_choice_names_the_customers_held_out_or_given_a_reason(
+    tiny_bundle, demo_customers, holdout, top_k
+):
+    # Choice.special: exactly the customers with a held-out campaign or a reason, ascending,
+    # with and without control groups (the answers' writers take their own tails from it)
+    pool = {"salt": "pool-salt-1", "holdout_share": 0.0}
+    costly = {"holdout_share": holdout, "cost": 5.0}
+    engine = _engine(tiny_bundle, pool=pool, cashback=costly)
+    records = _records(demo_customers, n=300)
+    # only cashback, at a cost: some customers get it, some are held out of it, some have none
+    others = [c for c in engine.campaign_ids if c != "cashback"]
+    ranking = engine.rank(engine.batch_from_records(records), exclude=others)
+    choice = engine.choose(ranking, [r["customer_id"] for r in records], top_k)
+    expected = [i for i in range(len(records)) if choice.reasons[i] or choice.held[i]]
+    assert choice.special.tolist() == expected
+    assert 0 < len(expected) < len(records)
