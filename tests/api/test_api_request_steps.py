@@ -63,3 +63,38 @@ def test_content_length_is_werkzeugs(app, length, transfer):
         if length is None:
             req.environ.pop("CONTENT_LENGTH", None)
         assert content_length(req) == app.request_class(req.environ).content_length
+
+
+ENVIRONS = [
+    {},
+    {"HTTP_HOST": "Scoring.Example.COM:8000"},
+    {"HTTP_HOST": "b\\xc3\\xbccher.example"},
+    {"SCRIPT_NAME": "/api", "PATH_INFO": "/recommend/", "QUERY_STRING": "a=1&b=%C3%BC"},
+    {"HTTP_CONNECTION": "keep-alive, Upgrade", "HTTP_UPGRADE": "websocket"},
+    {"wsgi.url_scheme": "https", "HTTP_HOST": "x:443"},
+    {"PATH_INFO": "/caf\\xc3\\xa9"},
+]
+
+
+def _adapter_fields(adapter):
+    names = ("server_name", "script_name", "subdomain", "url_scheme", "path_info")
+    return {n: getattr(adapter, n) for n in names} | {
+        "method": adapter.default_method,
+        "query": adapter.query_args,
+    }
+
+
+def test_url_adapters_are_flasks_also_when_remembered(app):
+    from flask import Flask
+
+    for overrides in ENVIRONS:
+        for _ in range(2):  # the second time from what the first one bound
+            with app.test_request_context("/predict-segment", method="POST") as ctx:
+                ctx.request.environ.update(overrides)
+                flask_req = app.request_class(ctx.request.environ)
+                theirs = Flask.create_url_adapter(app, flask_req)
+                req = app.request_class(ctx.request.environ)
+                ours = app.create_url_adapter(req)
+                assert _adapter_fields(ours) == _adapter_fields(theirs), overrides
+                assert req.host == flask_req.host, overrides
+    assert app._bound  # the host part was remembered
