@@ -67,6 +67,16 @@ re-read once).
 Results go to bench/results/targeting_server.json; its two ratios are issue 9's rows in
 "Targets at a glance" (bench/report.py); the in-process ones stay in the Targeting section.
 
+**Instructions per request** (``--callgrind``): requests/s on a shared machine move with the
+load; the instructions a worker executes do not. The server-mode scenarios (``base``, ``rules``,
+``rules+caps``, ``rules+caps-counted``, ``rules+caps-no-summary``, ``rules+caps-every-read``)
+each run in one gunicorn worker under ``valgrind --tool=callgrind`` (bench/callgrind.py), with
+one distinct customer per request; ``base / scenario`` estimates the ratio of requests/s where no
+Redis round trip is made (kernel time, Redis's CPU and waiting are not counted, so scenarios
+that read Redis look cheaper than they are):
+
+    python -m bench.targeting --callgrind [--requests 300] [--model-root DIR]
+
 Needs Redis at ``REDIS_URL`` (default 127.0.0.1:6379) for the caps scenarios; keys go under a
 fresh prefix and are deleted afterwards.
 """
@@ -255,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--server" in argv:
         return main_server([a for a in argv if a != "--server"], argv)
+    if "--callgrind" in argv:
+        return main_callgrind([a for a in argv if a != "--callgrind"], argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=2.0)
@@ -539,6 +551,123 @@ def main_server(args_in: list[str], argv: list[str]) -> int:
     }
     publish("targeting_server", result, server_markdown(result), args.results)
     return 0
+
+
+#: --callgrind's scenarios: label -> (bundle, environment, customer id prefix)
+CALLGRIND_SCENARIOS: dict[str, tuple[str, dict[str, str], str]] = {
+    "base": ("response", {}, "cold-"),
+    "rules": ("rules", {}, "cold-"),
+    "rules+caps": ("caps", {}, "cold-"),
+    "rules+caps-counted": ("caps", {}, "counted-"),
+    "rules+caps-no-summary": ("caps", {"CAPS_SUMMARY": "0"}, "cold-"),
+    "rules+caps-every-read": ("caps", {"CAPS_LOCAL_CACHE": "0"}, "cold-"),
+}
+
+
+def main_callgrind(args_in: list[str], argv: list[str]) -> int:
+    """Instructions per request of each scenario in one gunicorn worker under callgrind;
+    publish bench/results/targeting_callgrind.json."""
+    import time
+
+    from bench import callgrind
+
+    ap = argparse.ArgumentParser(description="bench.targeting --callgrind")
+    ap.add_argument("--requests", type=int, default=300, help="counted requests per scenario")
+    ap.add_argument("--customers", type=int, default=20_000, help="demo customers to train on")
+    ap.add_argument("--counted-share", type=float, default=0.25)
+    ap.add_argument("--base", help="git revision whose trainer makes the pre-feature bundle")
+    ap.add_argument("--model-root", type=Path, help="the pre-feature (response-only) bundle root")
+    ap.add_argument("--scenarios", default=",".join(CALLGRIND_SCENARIOS))
+    ap.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--results", type=Path, help="results folder (default bench/results)")
+    args = ap.parse_args(args_in)
+    prefix = f"bench-targeting-{uuid.uuid4().hex[:8]}"
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-targeting-cg-") as tmp:
+        scratch = Path(tmp)
+        if args.model_root is not None:
+            roots = {"response": args.model_root, **rules_bundles(args.model_root, scratch)}
+        else:
+            roots = prepare(scratch, args.base or default_base(), args.customers, uplift=False)
+        reqs = bodies(roots["response"])
+        n = args.requests
+        count_sends(
+            args.redis_url,
+            prefix,
+            roots["caps"],
+            [f"counted-{i}" for i in range(n + 200)],
+            args.counted_share,
+        )
+        env = {"REDIS_URL": args.redis_url, "CACHE_PREFIX": prefix}
+        try:
+            for label in args.scenarios.split(","):
+                bundle, extra, ids = CALLGRIND_SCENARIOS[label]
+                dumps = scratch / f"dumps-{label}"
+                dumps.mkdir()
+                log = scratch / f"gunicorn-{label}.log"
+                with callgrind.callgrind_server(roots[bundle], dumps, log, {**env, **extra}) as (
+                    port,
+                    worker,
+                ):
+                    _send_distinct(port, reqs, ids, 0, 100)
+                    time.sleep(1.5)  # the cap subscriber connects and loads the week's bitmap
+                    callgrind._control("--instr=on", str(worker))
+                    _send_distinct(port, reqs, ids, 100, 30)
+                    callgrind._control("--zero", str(worker))
+                    _send_distinct(port, reqs, ids, 130, n)
+                    callgrind._control("--dump", str(worker))
+                    callgrind._control("--instr=off", str(worker))
+                    dump = max(dumps.glob(f"callgrind.out.{worker}.*"), key=os.path.getmtime)
+                    per = callgrind.parse_total(dump.read_bytes()) / n
+                print(f"    {label}: {per:,.0f} instructions/request", flush=True)
+                rows.append({"scenario": label, "requests": n, "per_request": per})
+        finally:
+            _clean(args.redis_url, prefix)
+    base = next((r["per_request"] for r in rows if r["scenario"] == "base"), None)
+    for r in rows:
+        r["base_over_this"] = None if base is None else base / r["per_request"]
+    result = {
+        "benchmark": "targeting_callgrind",
+        "machine": machine_info("bench.targeting", argv),
+        "scenarios": rows,
+    }
+    table = markdown_table(
+        ["scenario (one gunicorn worker, callgrind)", "instructions/request", "base / this"],
+        [
+            [
+                r["scenario"],
+                f"{r['per_request']:,.0f}",
+                "-" if r["base_over_this"] is None else f"{r['base_over_this']:.3f}",
+            ]
+            for r in rows
+        ],
+    )
+    publish("targeting_callgrind", result, table, args.results)
+    return 0
+
+
+def _send_distinct(port: int, reqs: list[dict], ids: str, start: int, n: int) -> None:
+    """``n`` requests one after another, request ``i`` naming customer ``{ids}{i}``."""
+    import http.client
+
+    from bench.common import BENCH_API_KEY
+    from bench.serving import HOST
+
+    headers = {"Content-Type": "application/json", "X-API-Key": BENCH_API_KEY}
+    conn = http.client.HTTPConnection(HOST, port, timeout=600)
+    try:
+        for i in range(start, start + n):
+            body = json.dumps({**reqs[i % len(reqs)], "customer_id": f"{ids}{i}"}).encode()
+            conn.request("POST", "/recommend", body, headers)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"/recommend answered {resp.status}")
+            if resp.will_close:
+                conn.close()
+                conn = http.client.HTTPConnection(HOST, port, timeout=600)
+    finally:
+        conn.close()
 
 
 def count_sends(url: str, prefix: str, root: Path, ids: list[str], share: float) -> int:
