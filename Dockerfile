@@ -52,7 +52,8 @@ RUN apt-get update \
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-create-home --home-dir /app app
 COPY --from=deps /opt/venv /opt/venv
-# NUMBA_CACHE_DIR: explain's compiled walk is cached there (the code folder is read-only)
+# NUMBA_CACHE_DIR: explain's compiled walk and the batch answer writer are cached there (the
+# code folder is read-only)
 ENV PATH=/opt/venv/bin:$PATH \
     NUMBA_CACHE_DIR=/tmp/numba-cache \
     PYTHONDONTWRITEBYTECODE=1 \
