@@ -57,6 +57,7 @@ import orjson
 from gunicorn import glogging, util
 
 from api.fleet import Recycler, Roster, write_marker
+from api.memory import keep_freed_memory
 from api.settings import ServerSettings
 
 _server = ServerSettings.load()
@@ -185,7 +186,9 @@ logger_class = JsonAccessLogger
 
 
 def on_starting(server) -> None:
-    """Master start: empty metrics and roster folders (stale files would add old counts)."""
+    """Master start: empty metrics and roster folders (stale files would add old counts), and
+    the freed memory processes keep (api/memory.py; workers inherit it)."""
+    keep_freed_memory(_server.MALLOC_KEEP_MB)
     for folder in (_metrics_dir, _roster_dir):
         if folder.exists():
             shutil.rmtree(folder)

@@ -344,6 +344,8 @@ class ServerSettings(_FromEnvironment):
     RELOAD_MARKER: Path | None = field(default=None, metadata=_meta(_optional_path))
     WORKER_ROSTER: Path | None = field(default=None, metadata=_meta(_optional_path))
     LOG_LEVEL: str = field(default="INFO", metadata=_meta(_log_level))
+    #: freed memory each process keeps for reuse, in MB (api/memory.py); 0: glibc's defaults
+    MALLOC_KEEP_MB: int = field(default=32, metadata=_meta(_int(0, 4096)))
 
     @property
     def bind(self) -> str:
