@@ -25,6 +25,7 @@ from flask import Response, current_app, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from api import ServiceResponse
 from api.auth import HEADER, SCORING
 from api.batch_answer import encode_compact, encode_results
 from api.caps import Prefetch, ReadCounts, apply_caps, prefetch_caps, read_caps_batch
@@ -61,7 +62,9 @@ _BATCH_KEY_WITHIN = 64
 # ---- request plumbing shared by every scoring call (and the benchmark floor) --------------------
 def json_response(payload: Any, status: int = 200) -> Response:
     """Serialise with orjson (NaN and infinities become null, numpy scalars are accepted)."""
-    return Response(orjson.dumps(payload, option=_DUMP_OPTIONS), status=status, content_type=JSON)
+    return ServiceResponse(
+        orjson.dumps(payload, option=_DUMP_OPTIONS), status=status, content_type=JSON
+    )
 
 
 def read_json() -> Any:
@@ -542,7 +545,7 @@ def bench_floor() -> Response:
     authorised(services)
     services.model.serving()
     read_json()
-    return Response(_FLOOR, content_type=JSON)
+    return ServiceResponse(_FLOOR, content_type=JSON)
 
 
 def feedback() -> Response:

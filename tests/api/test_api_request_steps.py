@@ -98,3 +98,63 @@ def test_url_adapters_are_flasks_also_when_remembered(app):
                 assert _adapter_fields(ours) == _adapter_fields(theirs), overrides
                 assert req.host == flask_req.host, overrides
     assert app._bound  # the host part was remembered
+
+
+def _wsgi(response, method="POST"):
+    seen = {}
+
+    def start_response(status, headers, exc_info=None):
+        seen["status"], seen["headers"] = status, headers
+
+    environ = {"REQUEST_METHOD": method, "SERVER_NAME": "x", "SERVER_PORT": "80"}
+    environ["wsgi.url_scheme"] = "http"
+    body = b"".join(response(environ, start_response))
+    return seen["status"], seen["headers"], body
+
+
+@pytest.mark.parametrize("method", ["POST", "HEAD"])
+@pytest.mark.parametrize(
+    "case",
+    ["plain", "created", "extra header", "text body", "two pieces", "location", "not modified"],
+)
+def test_service_responses_answer_as_werkzeug_does(case, method):
+    from flask import Response
+
+    from api import ServiceResponse
+
+    def build(cls):
+        body = "café" if case == "text body" else b'{"ok":true}'
+        response = cls(body, content_type="application/json")
+        if case == "created":
+            response.status_code = 201
+        elif case == "extra header":
+            response.headers["X-Request-Id"] = "r-1"
+        elif case == "two pieces":
+            response.response = [b'{"ok"', b":true}"]
+        elif case == "location":
+            response.headers["Location"] = "/recommend"
+        elif case == "not modified":
+            response.status_code = 304
+        return response
+
+    assert _wsgi(build(ServiceResponse), method) == _wsgi(build(Response), method)
+
+
+def test_a_response_with_something_to_close_is_closed():
+    from api import ServiceResponse
+
+    closed = []
+    response = ServiceResponse(b'{"ok":true}', content_type="application/json")
+    response.call_on_close(lambda: closed.append(True))
+    iterable = response({"REQUEST_METHOD": "POST"}, lambda status, headers: None)
+    assert b"".join(iterable) == b'{"ok":true}' and not closed
+    iterable.close()  # what the server does when it is done with the body
+    assert closed == [True]
+
+
+def test_a_plain_answer_is_handed_over_as_it_is():
+    from api import ServiceResponse
+
+    response = ServiceResponse(b'{"ok":true}', content_type="application/json")
+    assert response.get_app_iter({"REQUEST_METHOD": "POST"}) is response.response
+    assert response.get_wsgi_headers({}) is response.headers
