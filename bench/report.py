@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,19 @@ def _met(met: bool | None) -> str:
     return "not measured" if met is None else ("met" if met else "**not met**")
 
 
+def _digits_showing_miss(target: dict[str, Any], digits: int) -> int:
+    """More digits when the rounded figure would equal a goal it missed (5.005 shown as 5.00
+    against "<= 5" reads as met)."""
+    goal = re.search(r"-?\d[\d,]*(?:\.\d+)?", str(target.get("target", "")))
+    measured = target.get("measured")
+    if target.get("met") is not False or goal is None or not isinstance(measured, float):
+        return digits
+    bound = float(goal.group().replace(",", ""))
+    while digits < 6 and round(measured, digits) == bound:
+        digits += 1
+    return digits
+
+
 def figures(directory: Path) -> str:
     """The generated section: a targets summary, then each benchmark's tables."""
     loaded = {name: _load(directory, name) for name, _, _ in SECTIONS}
@@ -94,6 +108,7 @@ def figures(directory: Path) -> str:
         for t in (data or {}).get("targets", []):
             issue = t.get("issue", default_issue)
             digits = 2 if isinstance(t["measured"], float) and t["measured"] < 100 else 0
+            digits = _digits_showing_miss(t, digits)
             targets.append(
                 [f"#{issue}", t["name"], t["target"], fmt(t["measured"], digits), _met(t["met"])]
             )

@@ -302,3 +302,17 @@ def test_targeting_targets_are_ratios_to_the_code_before_the_feature():
     assert got == {0.95: True, 0.6: False}
     # an older JSON without round trips still renders
     assert "| head+rules+caps | 100 | 0.600 |" in targeting.markdown(result)
+
+
+def test_report_shows_a_missed_goal_with_the_digits_that_show_the_miss():
+    """5.005 against "<= 5" is shown as 5.005, not 5.00 (which reads as met)."""
+    missed = {"target": "<= 5", "measured": 5.005, "met": False}
+    assert report._digits_showing_miss(missed, 2) == 3
+    assert report._digits_showing_miss({**missed, "measured": 5.2}, 2) == 2
+    assert report._digits_showing_miss({**missed, "met": True, "measured": 4.999}, 2) == 2
+    assert (
+        report._digits_showing_miss(
+            {"target": ">= 150,000", "measured": 149_999.6, "met": False}, 0
+        )
+        == 1
+    )
