@@ -199,6 +199,10 @@ def _write_rules_bundle(source: Path, target: Path, *, caps: bool) -> None:
     from scoring.campaigns import Campaign
 
     bundle = copy.copy(load_current(source))
+    # the same compiled trees as the source (write_bundle writes only artifacts it is given):
+    # without them the rules bundles would be served by LightGBM's C API and base by the
+    # compiled trees, and the comparison would measure that, not the rules
+    bundle.compiled, bundle.compiled_control = _compiled_artifacts(bundle)
     rules = {
         "conditions": ["total_spend >= 0 and days_since_last_purchase < 100000"],
         "start": "2000-01-01",
@@ -212,6 +216,30 @@ def _write_rules_bundle(source: Path, target: Path, *, caps: bool) -> None:
     bundle.manifest = {k: v for k, v in bundle.manifest.items() if k in ("config", "metrics")}
     bundle.manifest["pool"] = {"salt": "bench", "holdout_share": 0.02}
     write_bundle(bundle, target, version="rules")
+
+
+def _compiled_artifacts(bundle: Any) -> tuple[Any, Any]:
+    """The loaded bundle's compiled response and control models as training hands them to
+    write_bundle (None where the bundle has none)."""
+    import numpy as np
+
+    from scoring.bundle import COMPILED, COMPILED_CONTROL
+    from scoring.compiled_trees import CompiledArtifact
+
+    out = []
+    for key in (COMPILED, COMPILED_CONTROL):
+        entry = bundle.manifest.get(key)
+        if entry is None:
+            out.append(None)
+            continue
+        out.append(
+            CompiledArtifact(
+                object_code=(bundle.path / entry["file"]).read_bytes(),
+                platform=entry["platform"],
+                sample=np.load(bundle.path / entry["sample"]),
+            )
+        )
+    return out[0], out[1]
 
 
 def bodies(root: Path, n: int = 500) -> list[dict[str, Any]]:

@@ -316,3 +316,18 @@ def test_report_shows_a_missed_goal_with_the_digits_that_show_the_miss():
         )
         == 1
     )
+
+
+def test_targeting_rules_bundles_keep_the_compiled_trees(tiny_bundle_root, tmp_path):
+    """The rules bundles are served by the same path as the bundle they copy: compiled trees
+    where it has them (else the rules' cost would include LightGBM's C API against base's
+    compiled trees)."""
+    from bench.targeting import rules_bundles
+    from scoring.bundle import load_current
+
+    source = load_current(tiny_bundle_root)
+    assert source.compiled_status.compiled, source.compiled_status
+    for name, root in rules_bundles(tiny_bundle_root, tmp_path).items():
+        bundle = load_current(root)
+        assert bundle.compiled_status == source.compiled_status, name
+        assert all(c.holdout_share > 0 for c in bundle.campaigns), name
