@@ -12,6 +12,7 @@ is tested against; :mod:`scoring.single` the plain-Python path of a one-customer
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -194,6 +195,8 @@ class ScoringEngine:
         )
         #: seconds since the epoch; decides which campaigns are within their dates (UTC)
         self.clock = clock
+        self._day = dt.date.min
+        self._day_from = self._day_to = math.inf
         self.ranking = tables.ranking
         self._control_rules = {
             c.id: control_group_rule(share, tables.pool.holdout_share)
@@ -206,7 +209,16 @@ class ScoringEngine:
 
     def today(self) -> dt.date:
         """The UTC date by :attr:`clock` (campaign start/end dates are UTC days)."""
-        return dt.datetime.fromtimestamp(self.clock(), dt.UTC).date()
+        now = self.clock()
+        # the day's date is kept with the seconds it covers, so a request asks the clock only
+        # (a UTC day is 86,400 s of POSIX time); a millisecond from either end, or a clock
+        # that went back, takes datetime's own rounding as before
+        if self._day_from <= now < self._day_to:
+            return self._day
+        day = dt.datetime.fromtimestamp(now, dt.UTC).date()
+        start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()
+        self._day, self._day_from, self._day_to = day, start + 0.001, start + 86_399.999
+        return day
 
     # ---- building batches -----------------------------------------------------------------
     def _batch(self, raw: np.ndarray, codes: np.ndarray) -> CustomerBatch:

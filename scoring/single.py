@@ -80,6 +80,9 @@ class SingleCustomerScorer:
             self._condition_group[j] = groups[key]
         #: per segment, the campaigns its rules allow (before dates, channel and exclusions)
         self._allowed = [[j for j, ok in enumerate(row) if ok] for row in self._eligible]
+        #: per segment, the allowed campaigns within their dates on ``_active_day``: the answer
+        #: of the date and channel filter for a request with no channel and no exclusions
+        self._open = self._allowed
         self._values = tables.values.tolist()
         self._project = _projection(self._b, self._w)
         self._nearest = _nearest_centre(self._centers)
@@ -171,13 +174,14 @@ class SingleCustomerScorer:
         tables = self.tables
         vals = self.numeric(record)
         s, distance, atypical, membership, scores = self.assign(vals)
-        camps = tables.campaigns
         active = self._active_today() if tables.dated else self._active
-        chosen = self._allowed[s]
-        if tables.dated or channel is not None or exclude:
+        if channel is None and not exclude:
+            chosen = self._open[s]
+        else:
+            camps = tables.campaigns
             chosen = [
                 j
-                for j in chosen
+                for j in self._allowed[s]
                 if active[j] and camps[j].reaches(channel) and camps[j].id not in exclude
             ]
         if tables.conditional and chosen:
@@ -256,7 +260,9 @@ class SingleCustomerScorer:
         """Which campaigns are within their dates today (computed once a day)."""
         day = self.today()
         if day != self._active_day:
-            self._active = [c.active_on(day) for c in self.tables.campaigns]
+            active = [c.active_on(day) for c in self.tables.campaigns]
+            self._open = [[j for j in row if active[j]] for row in self._allowed]
+            self._active = active
             self._active_day = day
         return self._active
 

@@ -88,6 +88,22 @@ def test_campaigns_outside_their_dates_are_never_offered(tiny_bundle, demo_custo
     assert "running 2026-12-02 to 2026-12-02" in item["rules"]
 
 
+def test_the_day_follows_the_clock_across_midnight_and_back(tiny_bundle, demo_customers):
+    """The engine keeps today's date between requests; the clock still decides it, to the
+    microsecond at midnight, forwards and backwards, and so do the campaigns' dates."""
+    engine = _engine(tiny_bundle, win_back={"start": "2026-12-03", "end": "2026-12-03"})
+    midnight = dt.datetime(2026, 12, 3, tzinfo=dt.UTC).timestamp()
+    records = _records(demo_customers, n=40)
+    steps = [NOW, midnight - 1e-6, midnight - 0.0004, midnight, midnight + 86_399.9996]
+    steps += [midnight + 86_400, midnight - 1e-6, midnight + 0.5, NOW]
+    for now in steps:
+        engine.clock = lambda now=now: now
+        expected = dt.datetime.fromtimestamp(now, dt.UTC).date()
+        assert engine.today() == expected, now
+        offered = {c["campaign_id"] for a in _both(engine, records) for c in a["campaigns"]}
+        assert ("win_back" in offered) == (expected == dt.date(2026, 12, 3)), now
+
+
 def test_cost_is_subtracted_and_a_campaign_with_no_positive_gain_is_not_an_answer(
     tiny_bundle, demo_customers
 ):
