@@ -749,8 +749,29 @@ def apply_caps(
     ``top_k``, and add ``caps`` {status, capped, committed} to the answer (and a reason when
     nothing is left). ``prefetched``: counters sent for before scoring (read-only path)."""
     items = result["campaigns"]
-    candidates = _candidates(limits, campaign_index, items)
     cid = None if customer_id is None else str(customer_id)
+    if (
+        type(prefetched) is Verdict
+        and not prefetched.blocked
+        and not commit
+        and prefetched.customer_id == cid
+        and caps.client is not None
+    ):
+        # decided before scoring, nothing capped (the usual read-only answer of a customer not
+        # sent to this week): what check() would say, without its per-offer lists and objects
+        # (bench.targeting --callgrind: 1.526M -> 1.498M instructions a request, rules 1.456M)
+        kept = items if top_k is None else items[:top_k]
+        ok_rules = _by_campaign(limits, campaign_index)[1]
+        for item in kept:
+            text = ok_rules[item["campaign_id"]]
+            if text is not None:
+                item["rules"] = [*item.get("rules", ()), text]
+        result["campaigns"] = kept
+        result["caps"] = {"status": "ok", "capped": [], "committed": False}
+        if not kept and items and "reason" not in result:
+            result["reason"] = ALL_CAPPED
+        return
+    candidates = _candidates(limits, campaign_index, items)
     checked = caps.check(cid, candidates, commit=commit, top_k=top_k, prefetched=prefetched)
     allowed = checked.allowed
     if all(allowed):
@@ -818,20 +839,31 @@ def _candidates(
     return [(cid, by_id[cid]) for cid in [item["campaign_id"] for item in items]]
 
 
-#: (the served pool's limits, its campaign index, {campaign: CapLimits}): rebuilt when they change
-_BY_CAMPAIGN: tuple[Any, Any, dict[str, CapLimits]] = (None, None, {})
+#: (the served pool's limits, its campaign index, {campaign: CapLimits}, {campaign: its rule
+#: text when a read-only check admits it, None when uncapped}): rebuilt when they change
+_BY_CAMPAIGN: tuple[Any, Any, dict[str, CapLimits], dict[str, str | None]] = (None, None, {}, {})
+
+
+def _by_campaign(
+    limits: Sequence[tuple[int | None, int | None, int | None]], campaign_index: dict[str, int]
+) -> tuple[dict[str, CapLimits], dict[str, str | None]]:
+    """Each campaign's CapLimits and read-only "ok" rule text, built once per served pool."""
+    global _BY_CAMPAIGN
+    memo = _BY_CAMPAIGN
+    if memo[0] is not limits or memo[1] is not campaign_index:
+        by_id = {cid: _cap_limits(limits[i]) for cid, i in campaign_index.items()}
+        ok_rules = {
+            cid: _cap_rule(cap, "ok", False) if cap.any else None for cid, cap in by_id.items()
+        }
+        memo = _BY_CAMPAIGN = (limits, campaign_index, by_id, ok_rules)
+    return memo[2], memo[3]
 
 
 def _limits_by_campaign(
     limits: Sequence[tuple[int | None, int | None, int | None]], campaign_index: dict[str, int]
 ) -> dict[str, CapLimits]:
     """Each campaign's CapLimits, built once per served pool (not per offer and request)."""
-    global _BY_CAMPAIGN
-    memo = _BY_CAMPAIGN
-    if memo[0] is not limits or memo[1] is not campaign_index:
-        by_id = {cid: _cap_limits(limits[i]) for cid, i in campaign_index.items()}
-        memo = _BY_CAMPAIGN = (limits, campaign_index, by_id)
-    return memo[2]
+    return _by_campaign(limits, campaign_index)[0]
 
 
 @functools.lru_cache(maxsize=4096)

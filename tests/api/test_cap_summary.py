@@ -267,3 +267,43 @@ def test_the_summary_gives_the_answers_of_a_read(redis_url, redis_prefix, summar
                     pending.close()
     finally:
         caps.tracker.stop()
+
+
+def test_an_answer_decided_before_scoring_equals_a_plain_reads(redis_url, redis_prefix):
+    import copy
+
+    from api.caps import apply_caps, prefetch_caps
+
+    caps = _worker(redis_url, redis_prefix)
+    try:
+        limits = [(1, 3, None), (None, None, None), (None, 2, None), (0, None, None)]
+        index = {"a": 0, "free": 1, "b": 2, "zero": 3}
+        ids = list(index)
+        shared = ["segment rule"]
+        answer = {
+            "campaigns": [
+                {"campaign_id": "b", "rules": shared},
+                {"campaign_id": "free"},
+                {"campaign_id": "a", "rules": shared},
+            ]
+        }
+        for top_k in (None, 2, 1, 0):
+            pending = prefetch_caps(caps, ids[:3], limits[:3], "new-1")
+            assert isinstance(pending, Verdict) and pending.blocked == {}
+            fast, plain = copy.deepcopy(answer), copy.deepcopy(answer)
+            apply_caps(caps, limits, index, fast, "new-1", commit=False, top_k=top_k,
+                       prefetched=pending)  # fmt: skip
+            apply_caps(caps, limits, index, plain, "new-1", commit=False, top_k=top_k)
+            assert fast == plain, top_k
+            assert shared == ["segment rule"]  # the table's list is never changed
+        # a blocked campaign in the verdict: the general path, same answer as a plain read
+        pending = prefetch_caps(caps, ids, limits, "new-2")
+        assert isinstance(pending, Verdict) and pending.blocked == {"zero": "per_customer_day"}
+        blocked = {"campaigns": [{"campaign_id": "zero"}, {"campaign_id": "a"}]}
+        fast, plain = copy.deepcopy(blocked), copy.deepcopy(blocked)
+        apply_caps(caps, limits, index, fast, "new-2", commit=False, top_k=1, prefetched=pending)
+        apply_caps(caps, limits, index, plain, "new-2", commit=False, top_k=1)
+        assert fast == plain and fast["caps"]["capped"] == ["zero"]
+        assert [c["campaign_id"] for c in fast["campaigns"]] == ["a"]
+    finally:
+        caps.tracker.stop()
