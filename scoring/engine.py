@@ -389,7 +389,9 @@ class ScoringEngine:
         held = res.pop("_held")
         if explain:
             self._explain_one(record, res)
-        self._policy_fields(res, record.get("customer_id"), held, res.pop("_reason"))
+        self._policy_fields(
+            res, record.get("customer_id"), held, res.pop("_reason"), rules_stated=True
+        )
         return res
 
     def _explain_one(self, record: Mapping[str, Any], res: dict[str, Any]) -> None:
@@ -694,15 +696,23 @@ class ScoringEngine:
         return results
 
     def _policy_fields(
-        self, res: dict[str, Any], customer_id: Any, held: list[int], reason: str | None
+        self,
+        res: dict[str, Any],
+        customer_id: Any,
+        held: list[int],
+        reason: str | None,
+        *,
+        rules_stated: bool = False,
     ) -> None:
-        """The answer's ranking, control-group and empty-answer fields (both paths)."""
+        """The answer's ranking, control-group and empty-answer fields (both paths);
+        ``rules_stated``: the offers' ``rules`` name their control-group rule already (the
+        one-customer path takes its items from tables built with it)."""
         res["ranking"] = self.ranking
         res["held_out"] = [self.campaign_ids[j] for j in held]
         if self.tables.has_holdout:
             if customer_id is None:
                 res["holdout_note"] = NO_ID_NOTE
-            else:
+            elif not rules_stated:
                 # the offer passed its control-group draw: say so (another list: the table's
                 # rules are shared by every answer, and so is the extended one; answers replace
                 # an item's rules, never change them in place)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scoring.campaigns import rank_one
-from scoring.policy import choose
+from scoring.policy import choose, control_group_rule
 
 if TYPE_CHECKING:
     from scoring.propensity import PropensityModel
@@ -84,6 +84,21 @@ class SingleCustomerScorer:
         #: of the date and channel filter for a request with no channel and no exclusions
         self._open = self._allowed
         self._values = tables.values.tolist()
+        #: the answer items of an offer to a customer with an id: with the control-group rule
+        #: it passed already in ``rules`` (the engine adds it per answer on the batch path)
+        self._items_with_id = tables.items
+        if tables.has_holdout:
+            ctl = [control_group_rule(h, tables.pool.holdout_share) for h in tables.holdout_shares]
+            self._items_with_id = {
+                with_channel: tuple(
+                    tuple(
+                        item if rule is None else {**item, "rules": [*item["rules"], rule]}
+                        for item, rule in zip(row, ctl, strict=True)
+                    )
+                    for row in table
+                )
+                for with_channel, table in tables.items.items()
+            }
         self._project = _projection(self._b, self._w)
         self._nearest = _nearest_centre(self._centers)
 
@@ -169,7 +184,8 @@ class SingleCustomerScorer:
         """The batch path's ``recommend`` answer (without ``explain``) for one customer.
 
         The control-group fields are left to the engine: ``_held`` (campaign positions held
-        out) and ``_reason`` (why nothing is offered, or None) are popped by it.
+        out) and ``_reason`` (why nothing is offered, or None) are popped by it. An offer to a
+        customer with an id states its control-group rule in ``rules`` already.
         """
         tables = self.tables
         vals = self.numeric(record)
@@ -225,8 +241,9 @@ class SingleCustomerScorer:
                 for p, w, j in zip(probs, without, chosen, strict=True)
             ]
         positive = [r for r in rank_one(gains) if gains[r] > 0.0]
+        customer_id = record.get("customer_id")
         offers, held, reason = choose(
-            record.get("customer_id"),
+            customer_id,
             [chosen[r] for r in positive],
             len(chosen),
             self._campaign_ids,
@@ -236,7 +253,9 @@ class SingleCustomerScorer:
             top_k,
         )
         position = {j: r for r, j in enumerate(chosen)}
-        items = tables.items[channel is not None][s]
+        items = (tables.items if customer_id is None else self._items_with_id)[channel is not None][
+            s
+        ]
         ranked = []
         for j in offers:
             r = position[j]
