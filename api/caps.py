@@ -231,7 +231,9 @@ class Verdict(ReadCounts):
     counter this week (api/cap_summary.py) and the pool's campaign-wide counters are held."""
 
     def __init__(self, customer_id: str, blocked: dict[str, str]) -> None:
-        super().__init__({})
+        # ReadCounts.__init__ written out: one per read-only request
+        self._values: dict[str, int] = {}
+        self._error = None
         self.customer_id = customer_id
         #: {campaign: the cap that stops it} for the pool's capped campaigns (usually empty)
         self.blocked = blocked
@@ -490,6 +492,24 @@ class FrequencyCaps:
         pool = getattr(self.client, "connection_pool", None)
         if pool is None:
             return None
+        summary = self.summary
+        if summary is not None and customer_id is not None:
+            # the usual read-only request, a customer not sent to this week and the pool's
+            # verdict kept: _unseen and _unseen_verdict written out (their calls cost more than
+            # their checks; bench.targeting --callgrind)
+            period = self._period()  # first: a new day forgets the exhausted caps
+            bit = seen_bit(customer_id, summary.bits)
+            self._bit_memo = (customer_id, bit)
+            memo = self._verdict_memo
+            if (
+                memo is not None
+                and memo[0] is candidates
+                and memo[1] is period
+                and not self._exhausted
+                and memo[2] == self.tracker.epoch  # type: ignore[union-attr]
+                and not summary.has_bit(bit, period[1])
+            ):
+                return Verdict(customer_id, memo[3])
         unseen = self._unseen(customer_id)
         if unseen and not self._exhausted:
             blocked = self._unseen_verdict(candidates)
@@ -896,7 +916,10 @@ def prefetch_caps(
 ) -> Prefetch | None:
     """Send for the cap counters of every capped campaign of the pool for this customer (a
     read-only request, before it is scored); see :meth:`FrequencyCaps.prefetch`."""
-    candidates = caps.pool_candidates(campaign_ids, limits)
+    memo = caps._pool_memo  # pool_candidates' memo: asked once per request
+    candidates = memo[1] if memo is not None and memo[0] is limits else None
+    if candidates is None:
+        candidates = caps.pool_candidates(campaign_ids, limits)
     if not candidates:
         return None
     return caps.prefetch(None if customer_id is None else str(customer_id), candidates)
