@@ -205,18 +205,12 @@ class SingleCustomerScorer:
             for name, _ in self._categoricals:
                 values[name] = record.get(name)
             group, checks = self._condition_group, self._condition_checks
-            seen: dict[int, bool] = {}
-            kept = []
-            for j in chosen:
-                g = group.get(j)
-                if g is not None:
-                    ok = seen.get(g)
-                    if ok is None:
-                        ok = seen[g] = all(check(values) for check in checks[g])
-                    if not ok:
-                        continue
-                kept.append(j)
-            chosen = kept
+            # the condition groups the campaigns ask, in first-use order: each checked once,
+            # and when all hold (the usual answer) the list stands as it is
+            groups = dict.fromkeys(group[j] for j in chosen if j in group)
+            failed = {g for g in groups if not all(check(values) for check in checks[g])}
+            if failed:
+                chosen = [j for j in chosen if group.get(j) not in failed]
         layout = tables.layout
         row = layout.row(vals, self.codes(record), s, 0)
         slot = layout.campaign_slot
