@@ -35,6 +35,8 @@ import datetime as dt
 import hashlib
 import threading
 
+_blake2b = hashlib.blake2b
+
 #: default size of the bitmap, as a power of two (2**23 bits: 1 MB)
 SEEN_BITS = 23
 
@@ -46,8 +48,11 @@ def seen_key(prefix: str, bits: int, week: str) -> str:
 
 def seen_bit(customer_id: str, bits: int) -> int:
     """The customer's bit in a bitmap of ``2**bits`` bits (the same in every process)."""
-    digest = hashlib.blake2b(customer_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << bits) - 1)
+    try:
+        raw = customer_id.encode()  # the same bytes as below for any id without lone surrogates
+    except UnicodeEncodeError:
+        raw = customer_id.encode("utf-8", "surrogatepass")
+    return int.from_bytes(_blake2b(raw, digest_size=8).digest(), "little") & ((1 << bits) - 1)
 
 
 def week_days(week: str) -> frozenset[str]:

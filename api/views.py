@@ -28,7 +28,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from api import ServiceResponse
 from api.auth import HEADER, SCORING
 from api.batch_answer import encode_compact, encode_results
-from api.caps import Prefetch, ReadCounts, apply_caps, prefetch_caps, read_caps_batch
+from api.caps import Prefetch, ReadCounts, Verdict, apply_caps, prefetch_caps, read_caps_batch
 from api.errors import BadRequest, FeedbackDown, Unauthorized, UnsupportedMedia, envelope
 from api.extensions import Services, get_services
 from api.feedback import FeedbackUnavailable, holdout_events
@@ -528,7 +528,7 @@ def recommend() -> Response:
         if targeted:
             _target(services, loaded, result, customer_id, commit, top_k, prefetched)
     finally:
-        if prefetched is not None:
+        if prefetched is not None and type(prefetched) is not Verdict:  # a Verdict holds nothing
             prefetched.close()
     out = _answer(result, record, _stats_lookup(services, loaded), last_scored)
     out["model_version"] = loaded.version

@@ -307,3 +307,12 @@ def test_an_answer_decided_before_scoring_equals_a_plain_reads(redis_url, redis_
         assert [c["campaign_id"] for c in fast["campaigns"]] == ["a"]
     finally:
         caps.tracker.stop()
+
+
+def test_the_bit_of_an_id_with_a_lone_surrogate_hashes_its_surrogatepass_bytes():
+    import hashlib
+
+    for customer in ("plain", "cust-é-42", "x\udc80y"):
+        raw = customer.encode("utf-8", "surrogatepass")
+        digest = hashlib.blake2b(raw, digest_size=8).digest()
+        assert seen_bit(customer, 23) == int.from_bytes(digest, "little") & ((1 << 23) - 1)
