@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,11 +146,16 @@ def callgrind_server(
 
 
 def _send(port: int, path: str, body: bytes, n: int) -> None:
-    """``n`` requests one after another, reusing the connection while the server keeps it."""
+    """``n`` requests of one body one after another (see :func:`post_each`)."""
+    post_each(port, path, itertools.repeat(body, n))
+
+
+def post_each(port: int, path: str, bodies: Iterable[bytes]) -> None:
+    """POST each body one after another, reusing the connection while the server keeps it."""
     headers = {"Content-Type": "application/json", "X-API-Key": BENCH_API_KEY}
     conn = http.client.HTTPConnection(HOST, port, timeout=600)
     try:
-        for _ in range(n):
+        for body in bodies:
             conn.request("POST", path, body, headers)
             resp = conn.getresponse()
             resp.read()

@@ -676,26 +676,16 @@ def main_callgrind(args_in: list[str], argv: list[str]) -> int:
 
 def _send_distinct(port: int, reqs: list[dict], ids: str, start: int, n: int) -> None:
     """``n`` requests one after another, request ``i`` naming customer ``{ids}{i}``."""
-    import http.client
+    from bench.callgrind import post_each
 
-    from bench.common import BENCH_API_KEY
-    from bench.serving import HOST
-
-    headers = {"Content-Type": "application/json", "X-API-Key": BENCH_API_KEY}
-    conn = http.client.HTTPConnection(HOST, port, timeout=600)
-    try:
-        for i in range(start, start + n):
-            body = json.dumps({**reqs[i % len(reqs)], "customer_id": f"{ids}{i}"}).encode()
-            conn.request("POST", "/recommend", body, headers)
-            resp = conn.getresponse()
-            resp.read()
-            if resp.status != 200:
-                raise RuntimeError(f"/recommend answered {resp.status}")
-            if resp.will_close:
-                conn.close()
-                conn = http.client.HTTPConnection(HOST, port, timeout=600)
-    finally:
-        conn.close()
+    post_each(
+        port,
+        "/recommend",
+        (
+            json.dumps({**reqs[i % len(reqs)], "customer_id": f"{ids}{i}"}).encode()
+            for i in range(start, start + n)
+        ),
+    )
 
 
 def count_sends(url: str, prefix: str, root: Path, ids: list[str], share: float) -> int:

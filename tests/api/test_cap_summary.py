@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import redis
+from polling import until
 
 from api.cap_summary import SeenSummary, seen_bit, week_days
 from api.caps import CapLimits, FrequencyCaps, Prefetch, Verdict
@@ -20,22 +21,11 @@ def _caps(redis_url, prefix, **kwargs):
     return FrequencyCaps(redis.Redis.from_url(redis_url), prefix=prefix, **kwargs)
 
 
-def _until(condition, tries=500):
-    """Poll ``condition`` (messages are asynchronous) at most ``tries`` times."""
-    import time
-
-    for _ in range(tries):
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not reached")
-
-
 def _worker(redis_url, prefix, clock=lambda: DAY, **kwargs):
     """A worker's caps with the summary, subscribed and its week's bitmap loaded."""
     caps = _caps(redis_url, prefix, clock=clock, local_cache=True, summary=True, **kwargs)
     caps.tracker.ensure_started()
-    _until(lambda: caps.tracker.live and caps.summary.week is not None)
+    until(lambda: caps.tracker.live and caps.summary.week is not None)
     return caps
 
 
@@ -137,7 +127,7 @@ def test_a_commit_elsewhere_is_read_once_its_message_arrives(redis_url, redis_pr
         assert caps.check("c1", pool).allowed == [True]
         assert not caps.summary.may_have("c1", WEEK)
         assert other.check("c1", pool, commit=True).allowed == [True]
-        _until(lambda: caps.summary.may_have("c1", WEEK))
+        until(lambda: caps.summary.may_have("c1", WEEK))
         commands = Commands(caps)
         result = caps.check("c1", pool)
         assert result.allowed == [False] and result.reasons == ["per_customer_day"]
@@ -152,10 +142,10 @@ def test_a_commit_elsewhere_is_read_once_its_message_arrives(redis_url, redis_pr
         def capped(customer):
             return caps.check(customer, wide, prefetched=caps.prefetch(customer, wide)).reasons
 
-        _until(lambda: capped("x2") == ["daily_cap"])
+        until(lambda: capped("x2") == ["daily_cap"])
         # an operator writing a counter marks the customer too
         redis.Redis.from_url(redis_url).set(caps.keys("c2", "a")[1], 7)
-        _until(lambda: caps.summary.may_have("c2", WEEK))
+        until(lambda: caps.summary.may_have("c2", WEEK))
     finally:
         caps.tracker.stop()
 
@@ -194,8 +184,8 @@ def test_a_send_between_the_bitmap_read_and_its_install_arrives_as_a_message(
     caps.summary.load = late_send
     try:
         caps.tracker.ensure_started()
-        _until(lambda: caps.summary.week is not None)
-        _until(lambda: caps.summary.may_have("late", WEEK))
+        until(lambda: caps.summary.week is not None)
+        until(lambda: caps.summary.may_have("late", WEEK))
         assert caps.check("late", pool).allowed == [False]
     finally:
         caps.tracker.stop()
@@ -209,11 +199,11 @@ def test_losing_the_subscriber_turns_the_summary_off_until_reloaded(redis_url, r
         caps.check("c1", pool)
         assert commands.n == 0
         caps.tracker.kill_connection()
-        _until(lambda: caps.summary.week is None)
+        until(lambda: caps.summary.week is None)
         # meanwhile a send elsewhere would go unseen: every check reads
         caps.check("c1", pool)
         assert commands.n >= 1
-        _until(lambda: caps.summary.week == WEEK)
+        until(lambda: caps.summary.week == WEEK)
         caps.tracker.stop()
         assert caps.summary.week is None and caps._unseen("c1") is False
     finally:
@@ -229,7 +219,7 @@ def test_a_new_week_loads_its_own_bitmap(redis_url, redis_prefix):
         assert caps.summary.may_have("c1", WEEK)  # marked at once by this worker's own send
         now[0] += 7 * 86_400
         assert caps._unseen("fresh") is False  # not loaded yet: read
-        _until(lambda: caps.summary.week == "202550")
+        until(lambda: caps.summary.week == "202550")
         assert caps._unseen("c1") and caps._unseen("fresh")
         assert caps.check("c1", pool).allowed == [True]
     finally:
@@ -242,7 +232,7 @@ def test_the_summary_gives_the_answers_of_a_read(redis_url, redis_prefix, summar
     caps = _caps(redis_url, redis_prefix, clock=lambda: DAY, local_cache=True, summary=summary)
     plain = _caps(redis_url, redis_prefix, clock=lambda: DAY)
     caps.tracker.ensure_started()
-    _until(lambda: caps.tracker.live and (not summary or caps.summary.week is not None))
+    until(lambda: caps.tracker.live and (not summary or caps.summary.week is not None))
     try:
         pool = [
             ("a", CapLimits(per_customer_day=1)),
@@ -253,7 +243,7 @@ def test_the_summary_gives_the_answers_of_a_read(redis_url, redis_prefix, summar
             plain.check(f"c{c % 3}", pool, commit=True, top_k=1)
         customers = [f"c{c}" for c in range(6)]
         want = [plain.check(c, pool) for c in customers]
-        _until(lambda: [caps.check(c, pool) for c in customers] == want)
+        until(lambda: [caps.check(c, pool) for c in customers] == want)
         batch = caps.read_many([(c, pool) for c in customers])
         assert [caps.check(c, pool, prefetched=batch) for c in customers] == want
         for c, wanted in zip(customers, want, strict=True):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import time
 
 import pytest
 import redis
+from polling import until
 
 from api.caps import CLOSED, EXHAUSTED_SECONDS, OPEN, CapLimits, FrequencyCaps, Prefetch
 
@@ -189,17 +189,8 @@ def test_a_prefetch_against_a_dead_redis_fails_as_configured():
 def _live(caps):
     """Start the worker's invalidation subscriber and wait (bounded) until it is subscribed."""
     caps.tracker.ensure_started()
-    _until(lambda: caps.tracker.live)
+    until(lambda: caps.tracker.live)
     return caps
-
-
-def _until(condition, tries=500):
-    """Poll ``condition`` (an invalidation is asynchronous) at most ``tries`` times."""
-    for _ in range(tries):
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 def test_a_commit_elsewhere_reaches_a_held_read_by_invalidation(redis_url, redis_prefix):
@@ -214,7 +205,7 @@ def test_a_commit_elsewhere_reaches_a_held_read_by_invalidation(redis_url, redis
         assert not isinstance(caps.prefetch("c1", pool), Prefetch)  # held: nothing sent
         assert other.check("c1", pool[:1], commit=True).allowed == [True]
         # Redis tells this worker the counter changed; then the send shows, read afresh
-        _until(lambda: caps.tracker.get_all(held) is None)
+        until(lambda: caps.tracker.get_all(held) is None)
         pending = caps.prefetch("c1", pool)
         assert isinstance(pending, Prefetch)
         try:
@@ -238,7 +229,7 @@ def test_an_operator_del_lifts_a_cap_held_or_remembered(redis_url, redis_prefix)
         day = caps.keys("c1", "a")[0]
         b_day = caps.keys("c1", "b")[2]
         client.delete(day, b_day)  # an operator lifts both
-        _until(lambda: caps.check("c1", pool).allowed == [True, True])
+        until(lambda: caps.check("c1", pool).allowed == [True, True])
         assert b_day not in caps._exhausted
     finally:
         caps.tracker.stop()
@@ -269,8 +260,8 @@ def test_a_dropped_subscriber_connection_clears_and_reconnects(redis_url, redis_
         caps.check("c1", pool)
         before = caps.tracker.epoch
         caps.tracker.kill_connection()
-        _until(lambda: caps.tracker.epoch > before and len(caps.tracker) == 0)
-        _until(lambda: caps.tracker.live)  # subscribed again: values are held again
+        until(lambda: caps.tracker.epoch > before and len(caps.tracker) == 0)
+        until(lambda: caps.tracker.live)  # subscribed again: values are held again
         caps.check("c1", pool)
         assert caps.tracker.get_all(caps._read_keys("c1", pool)) is not None
     finally:
