@@ -492,24 +492,6 @@ class FrequencyCaps:
         pool = getattr(self.client, "connection_pool", None)
         if pool is None:
             return None
-        summary = self.summary
-        if summary is not None and customer_id is not None:
-            # the usual read-only request, a customer not sent to this week and the pool's
-            # verdict kept: _unseen and _unseen_verdict written out (their calls cost more than
-            # their checks; bench.targeting --callgrind)
-            period = self._period()  # first: a new day forgets the exhausted caps
-            bit = seen_bit(customer_id, summary.bits)
-            self._bit_memo = (customer_id, bit)
-            memo = self._verdict_memo
-            if (
-                memo is not None
-                and memo[0] is candidates
-                and memo[1] is period
-                and not self._exhausted
-                and memo[2] == self.tracker.epoch  # type: ignore[union-attr]
-                and not summary.has_bit(bit, period[1])
-            ):
-                return Verdict(customer_id, memo[3])
         unseen = self._unseen(customer_id)
         if unseen and not self._exhausted:
             blocked = self._unseen_verdict(candidates)
@@ -781,11 +763,7 @@ def apply_caps(
         # sent to this week): what check() would say, without its per-offer lists and objects
         # (bench.targeting --callgrind: 1.526M -> 1.498M instructions a request, rules 1.456M)
         kept = items if top_k is None else items[:top_k]
-        memo = _BY_CAMPAIGN  # _by_campaign's memo read here: once per request
-        if memo[0] is limits and memo[1] is campaign_index:
-            ok_rules = memo[3]
-        else:
-            ok_rules = _by_campaign(limits, campaign_index)[1]
+        ok_rules = _by_campaign(limits, campaign_index)[1]
         for item in kept:
             text = ok_rules[item["campaign_id"]]
             if text is not None:

@@ -37,7 +37,6 @@ NO_OFFER_REQUESTED = "top_k is 0"
 NO_ID_NOTE = "no customer_id: control groups do not apply"
 
 _SCALE = float(1 << 64)
-_GLOBAL_BYTES = GLOBAL_HOLDOUT.encode()
 
 
 def holdout_draw(customer_id: str, campaign_id: str, salt: str) -> float:
@@ -132,25 +131,16 @@ def choose(
     if customer_id is None:
         offers = list(ranked[:limit]) if limit > 0 else []
     else:
-        # CustomerDraws.draw written out in the loop (a method call per campaign cost more
-        # than its hashing); the same bytes hashed, so the same numbers to the bit
-        state = _keyed(salt).copy()
-        state.update(f"{customer_id!s}\x1f".encode())
-        if global_share > 0.0:
-            h = state.copy()
-            h.update(_GLOBAL_BYTES)
-            if int.from_bytes(h.digest(), "big") / _SCALE < global_share:
-                return [], list(ranked[:limit]), IN_GLOBAL_HOLDOUT
+        draws = CustomerDraws(str(customer_id), salt)
+        if global_share > 0.0 and draws.draw(GLOBAL_HOLDOUT) < global_share:
+            return [], list(ranked[:limit]), IN_GLOBAL_HOLDOUT
         for j in ranked:
             if len(offers) >= limit:
                 break
             share = holdout_shares[j]
-            if share > 0.0:
-                h = state.copy()
-                h.update(campaign_ids[j].encode())
-                if int.from_bytes(h.digest(), "big") / _SCALE < share:
-                    held.append(j)
-                    continue
+            if share > 0.0 and draws.draw(campaign_ids[j]) < share:
+                held.append(j)
+                continue
             offers.append(j)
     reason = None
     if not offers:
