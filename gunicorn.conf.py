@@ -31,7 +31,8 @@ Three behaviours differ from gunicorn's defaults, each to keep at least one work
   second. Here a worker past its request budget keeps serving and asks the master for a
   replacement (``api/fleet.py``); the master forks one extra worker, waits until it is ready and
   only then stops the old one gracefully. One replacement at a time, so every configured worker
-  slot always has a ready worker.
+  slot always has a ready worker. The replacement builds its app, and the old worker exits, at
+  idle priority (``api/priority.py``): neither takes the core from the worker serving on it.
 - **Slow clients cannot hold a thread.** The worker class (``api/worker.py``) reads each request
   whole in its event loop before a thread takes it.
 """
@@ -58,6 +59,7 @@ from gunicorn import glogging, util
 
 from api.fleet import Recycler, Roster, write_marker
 from api.memory import keep_freed_memory
+from api.priority import lower_process
 from api.settings import ServerSettings
 
 _server = ServerSettings.load()
@@ -373,8 +375,14 @@ def _marker_folder() -> str | None:
 
 
 def post_fork(server, worker) -> None:
-    """Take recycling over from gunicorn: keep its jittered budget, decide when to use it."""
+    """Take recycling over from gunicorn: keep its jittered budget, decide when to use it.
+
+    A worker forked by the recycler (to replace one that keeps serving until it is ready) builds
+    its app at idle priority (``api.worker.WholeRequestWorker.load_wsgi``).
+    """
     worker.log.pid = os.getpid()  # this worker's copy of the logger
+    recycler = getattr(server, "segsvc_recycler", None)
+    worker.segsvc_replacement = recycler is not None and recycler.old is not None
     budget = worker.max_requests
     worker.max_requests = sys.maxsize  # gunicorn's own check never fires
     worker.segsvc_budget = budget if budget < sys.maxsize else None
@@ -432,13 +440,19 @@ def _write_error_envelope(sock, status_int, reason, mesg) -> None:
 
 def worker_exit(server, worker) -> None:
     """In a worker whose run loop ended cleanly: leave now, without the interpreter's teardown
-    (``api.worker.WholeRequestWorker.init_process`` says why), log lines flushed first."""
+    (``api.worker.WholeRequestWorker.init_process`` says why), log lines flushed first.
+
+    The kernel still unmaps the worker's memory as it exits (~6 ms of CPU on the production-sized
+    bundle), on the core its replacement now serves from: that runs at idle priority
+    (api/priority.py), so it takes no time from the replacement's requests.
+    """
     if not getattr(worker, "segsvc_exit_fast", False):
         return  # a failed start or an abort: gunicorn's own exit, with its status
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+    lower_process()
     os._exit(0)
 
 

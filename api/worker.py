@@ -34,6 +34,7 @@ import contextlib
 import errno
 import re
 import selectors
+import threading
 import time
 from collections import deque
 from datetime import datetime
@@ -46,6 +47,8 @@ from gunicorn.http import message, wsgi
 from gunicorn.http.body import LengthReader
 from gunicorn.http.parser import RequestParser
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
+
+from api.priority import lower_thread
 
 #: longest request head read before handing over (gunicorn then answers 431/400 itself)
 HEAD_LIMIT = 64 * 1024
@@ -345,6 +348,48 @@ class WholeRequestWorker(ThreadWorker):
         remember_trusted_peers()
         super().init_process()
         self.segsvc_exit_fast = True
+
+    #: set by gunicorn.conf.py's ``post_fork`` in a worker forked to replace one that keeps
+    #: serving until this one is ready (recycling, a SIGHUP roll-out)
+    segsvc_replacement = False
+
+    def load_wsgi(self) -> None:
+        """gunicorn's app load; in a replacement, in a thread at idle priority (api/priority.py).
+
+        The worker it replaces serves from the same core meanwhile: at equal priority the app
+        build took the core from it in slices of up to 4 ms, each holding up every request in
+        flight. Nothing waits for a replacement (the master stops its predecessor once it is
+        ready), so its app is built while the serving worker waits. This thread only waits for
+        the build and then serves, at normal priority. While the build holds the interpreter
+        lock this thread cannot tell the master it is alive: a build starved for longer than
+        ``GUNICORN_TIMEOUT`` gets the replacement stopped, and the worker it was to replace
+        keeps serving (api/fleet.py tries again later).
+        """
+        if not self.segsvc_replacement:
+            super().load_wsgi()
+            return
+        failure: list[BaseException] = []
+        lowered: list[str | None] = []
+
+        def build() -> None:
+            lowered.append(lower_thread())
+            try:
+                super(WholeRequestWorker, self).load_wsgi()
+            except BaseException as exc:  # noqa: BLE001 -- raised again in the worker's thread
+                failure.append(exc)
+
+        builder = threading.Thread(target=build, name="replacement-start-up", daemon=True)
+        builder.start()
+        while builder.is_alive():
+            self.notify()
+            builder.join(0.5)
+        if failure:
+            raise failure[0]
+        self.log.info(
+            "replacement worker %s: app built at %s",
+            self.pid,
+            lowered[0] or "normal priority (lowering refused)",
+        )
 
     def run(self) -> None:
         """gthread's event loop; the app's batched metrics are written before the worker exits."""

@@ -156,6 +156,19 @@ def sighup_bad_current(
 _STOPPING = re.compile(r"replacement (\d+) is ready: stopping worker (\d+)")
 _RECYCLED = re.compile(r"recycled worker (\d+);")
 _FIRST_LOAD = re.compile(r"\[(\d+)\] \[INFO\] serving bundle \S+ \(previous: None\)")
+#: a replacement's app built at idle priority (api/worker.py ``load_wsgi``)
+_BUILT_LOW = re.compile(r"replacement worker \d+: app built at (SCHED_IDLE|nice 19)")
+
+
+def serve_at_normal_priority(pids: list[int]) -> bool:
+    """True when every thread of these workers runs at normal priority (none left lowered)."""
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            if os.sched_getscheduler(int(tid)) != os.SCHED_OTHER:
+                return False
+            if os.getpriority(os.PRIO_PROCESS, int(tid)) != 0:
+                return False
+    return True
 
 
 def recycling_order(log: str) -> tuple[int, bool]:
@@ -205,6 +218,7 @@ def recycling(
             time.sleep(0.5)
         answers = load.stop()
         seconds = time.monotonic() - t0
+        serving_normally = serve_at_normal_priority([w["pid"] for w in server.readyz()["workers"]])
         log = server.log()
     seen, ready_first = recycling_order(log)
     tally = summarize(answers)
@@ -220,6 +234,9 @@ def recycling(
         "checks": {
             "workers recycled": seen >= recycles,
             "every replacement ready before its worker stopped": ready_first,
+            "every replacement built its app at idle priority": len(_BUILT_LOW.findall(log))
+            >= seen,
+            "the workers serve at normal priority": serving_normally,
             "no request failed or lost": tally["failed"] == 0 and tally["lost"] == 0,
         },
     }
