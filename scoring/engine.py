@@ -48,6 +48,9 @@ EXPLAIN_TOP = 3
 #: customers per block in the vectorised stages: a block's intermediate arrays and model rows
 #: (block x campaigns x model columns doubles) fit in the CPU's cache
 BLOCK = 2048
+#: a customer's walk for every campaign at once (compiled trees' ``forest_campaigns``) costs
+#: about as much as this many of its pairs walked one by one, so a sparser mask walks pairs
+WALK_PAIRS = 2
 
 
 class ScoringError(Exception):
@@ -450,6 +453,10 @@ class ScoringEngine:
         if model.order_slot is not None and n > 1:
             column = batch.numeric[:, layout.numeric_index[model.order_slot]]
             order = walk_order(segment, column)
+        if model.campaigns_at_once(layout.campaign_slot, m) and (
+            mask is None or mask.sum() >= WALK_PAIRS * mask.any(axis=1).sum()
+        ):
+            return self._campaigns_at_once(model, batch, segment, mask, order, out)
         if mask is None or mask.all():
             # every pair: rows built by broadcasting, block by block, and predicted straight
             # into the answer (no pair index arrays; the rows stay in the CPU cache)
@@ -475,6 +482,37 @@ class ScoringEngine:
         for s in range(0, customer.shape[0], step):
             c, j = customer[s : s + step], campaign[s : s + step]
             out[c, j] = model.predict(self.model_rows(batch, segment, c, j))
+        return out
+
+    def _campaigns_at_once(
+        self,
+        model: PropensityModel,
+        batch: CustomerBatch,
+        segment: np.ndarray,
+        mask: np.ndarray | None,
+        order: np.ndarray | None,
+        out: np.ndarray,
+    ) -> np.ndarray:
+        """:meth:`propensities` through the compiled trees' one walk per customer for every
+        campaign (the same bits as a row per pair): one model row per customer, block by block.
+        With a ``mask``, the customers with at least one pair are walked, and the pairs outside
+        it left NaN."""
+        layout, n = self.tables.layout, len(batch)
+        customers = order
+        if mask is not None and not mask.all():
+            wanted = mask.any(axis=1)
+            customers = (np.arange(n) if order is None else order)[
+                wanted if order is None else wanted[order]
+            ]
+        count = n if customers is None else customers.shape[0]
+        for s in range(0, count, BLOCK):
+            e = min(count, s + BLOCK)
+            at = slice(s, e) if customers is None else customers[s:e]
+            # campaign column 0: forest_campaigns does not read it
+            rows = layout.dense_rows(batch.numeric[at], batch.codes[at], segment[at], 1)
+            out[at] = model.predict_campaigns(rows)
+        if mask is not None:
+            out[~mask] = np.nan
         return out
 
     def eligibility_mask(

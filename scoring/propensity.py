@@ -226,6 +226,41 @@ class PropensityModel:
             return self._single_rows(rows)
         return self._call(rows, _PREDICT_NORMAL, 1)
 
+    def campaigns_at_once(self, campaign_slot: int, campaigns: int) -> bool:
+        """Whether :meth:`predict_campaigns` scores rows whose model column ``campaign_slot``
+        holds the pool position of one of ``campaigns`` campaigns (the compiled trees' one-walk
+        entry, built for that column and pool size)."""
+        forest = self.compiled
+        return (
+            forest is not None
+            and forest.campaigns == campaigns > 0
+            and forest.campaign_slot == campaign_slot
+        )
+
+    def predict_campaigns(self, rows: np.ndarray) -> np.ndarray:
+        """(n, campaigns) probabilities of customer rows (n, n_features) with each campaign, in
+        one walk of the trees per customer (see :meth:`campaigns_at_once`); split across
+        ``threads`` like :meth:`predict`. The same bits as :meth:`predict` of the n x campaigns
+        rows."""
+        forest = self.compiled
+        n = rows.shape[0]
+        if self._threads == 1 or n * forest.campaigns < 10_000:
+            return forest.predict_campaigns(rows)
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        out = np.empty((n, forest.campaigns), dtype=np.float64)
+        bounds = np.linspace(0, n, self._threads + 1).astype(int).tolist()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self._threads)
+        done = self._pool.map(
+            lambda k: forest.predict_campaigns(
+                rows[bounds[k] : bounds[k + 1]], out[bounds[k] : bounds[k + 1]]
+            ),
+            range(self._threads),
+        )
+        for _ in done:
+            pass
+        return out
+
     def _compiled_predict(self, rows: np.ndarray) -> np.ndarray:
         """Compiled trees over ``rows``, split across ``threads`` (the native code drops the GIL)."""
         n = rows.shape[0]

@@ -194,6 +194,12 @@ def build_bundle(
         },
     )
     if compiled and booster is not None:
-        bundle.compiled = compile_model(booster.model_to_string(), check_sample(rows, seed))
+        # as training does: the campaign column and the pool's size, for the one-walk entry
+        bundle.compiled = compile_model(
+            booster.model_to_string(),
+            check_sample(rows, seed),
+            campaign_slot=schema.response_layout().campaign_slot,
+            campaigns=m,
+        )
     write_bundle(bundle, root, version=version)
     return bundle

@@ -58,6 +58,10 @@ class ResponseModel:
     metrics: dict[str, Any]
     #: held-out rows (and copies with gaps) the compiled trees must reproduce
     check_rows: np.ndarray | None = None
+    #: the model column of the campaign and the pool's size: the compiled trees then also score
+    #: a customer for every campaign in one walk (scoring/tree_codegen.py)
+    campaign_slot: int | None = None
+    campaigns: int = 0
 
 
 def compile_response_model(
@@ -71,20 +75,36 @@ def compile_response_model(
     """
     if response is None:
         return None
-    return compile_booster(response.booster, response.check_rows, config, "response model")
+    return compile_booster(
+        response.booster,
+        response.check_rows,
+        config,
+        "response model",
+        campaign_slot=response.campaign_slot,
+        campaigns=response.campaigns,
+    )
 
 
 def compile_booster(
-    booster: lgb.Booster, check_rows: np.ndarray | None, config: ResponseModelConfig, what: str
+    booster: lgb.Booster,
+    check_rows: np.ndarray | None,
+    config: ResponseModelConfig,
+    what: str,
+    *,
+    campaign_slot: int | None = None,
+    campaigns: int = 0,
 ) -> CompiledArtifact | None:
     """``booster`` compiled for this machine with its check sample ``check_rows``, or None
     (compiling disabled, or the compiler missing or failing: ``what`` is then served through
-    LightGBM and the log says so). The response and the control model both come through here."""
+    LightGBM and the log says so). The response and the control model both come through here;
+    ``campaign_slot`` and ``campaigns`` as in ``compiled_trees.compile_model``."""
     if not config.compile:
         return None
     rows = check_rows if check_rows is not None else np.empty((0, 0))
     try:
-        artifact = compiled_trees.compile_model(booster.model_to_string(), rows)
+        artifact = compiled_trees.compile_model(
+            booster.model_to_string(), rows, campaign_slot=campaign_slot, campaigns=campaigns
+        )
     except Exception as exc:  # noqa: BLE001 -- an optional speed-up must not fail training
         log.warning("%s not compiled (%s); it will be served through LightGBM", what, exc)
         return None
@@ -461,4 +481,10 @@ def fit_response_model(
         "n/a" if metrics["auc"] is None else f"{metrics['auc']:.3f}",
         metrics["log_loss"],
     )
-    return ResponseModel(trimmed, metrics, compiled_trees.check_sample(X_valid, config.seed))
+    return ResponseModel(
+        trimmed,
+        metrics,
+        compiled_trees.check_sample(X_valid, config.seed),
+        campaign_slot=layout.campaign_slot,
+        campaigns=len(prepared.campaigns),
+    )

@@ -1742,4 +1742,7 @@ def _fit_response_on_dask(client, config, schema, campaigns, assigned, k, timing
     from scoring import compiled_trees
 
     check = compiled_trees.check_sample(Xv, rm.seed)
-    return ResponseModel(trimmed, metrics, check), rates, None, warnings
+    response = ResponseModel(
+        trimmed, metrics, check, campaign_slot=layout.campaign_slot, campaigns=len(pool)
+    )
+    return response, rates, None, warnings
