@@ -65,6 +65,7 @@ OPTIONAL_MODULES = {
     "training/engines/dask_transactions.py": "requirements-dask.txt",
     # the tree compiler (lleaves) runs in its own environment, .venv-compile
     "scoring/compiled_trees.py": "requirements-compile.txt",
+    "scoring/tree_codegen.py": "requirements-compile.txt",
 }
 
 
