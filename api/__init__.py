@@ -6,6 +6,7 @@ import logging
 import time
 import tomllib
 from collections.abc import Callable
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ APP_MODULES = (
     "api.model",
     "api.online",
     "api.routes",
+    "api.warm",
 )
 
 
@@ -83,7 +85,7 @@ def import_modules() -> None:
 
 
 def create_app(config: dict[str, Any] | None = None) -> ServiceFlask:
-    """Build the service: settings, logging, metrics, cache, feature store, bundle, endpoints, errors.
+    """Build the service: settings, logging, metrics, cache, feature store, endpoints, errors, bundle.
 
     ``config`` overrides environment variables by name (values checked like the environment)
     and may inject ``REDIS_CLIENT`` (any object with redis-py's get/set/ping).
@@ -102,6 +104,7 @@ def create_app(config: dict[str, Any] | None = None) -> ServiceFlask:
     from api.model import ModelState
     from api.online import FeatureStore
     from api.routes import active_routes, register_routes
+    from api.warm import warm_up
 
     config = dict(config or {})
     injected = {k: config.pop(k) for k in INJECTED if k in config}
@@ -132,7 +135,6 @@ def create_app(config: dict[str, Any] | None = None) -> ServiceFlask:
         memo_seconds=settings.PROFILE_MEMO_SECONDS,
     )
     model = ModelState(settings, metrics)
-    model.start()
     routes = active_routes(settings)
 
     app.extensions[EXTENSION] = Services(
@@ -163,6 +165,8 @@ def create_app(config: dict[str, Any] | None = None) -> ServiceFlask:
     register_error_handlers(app)
     app.observe = metrics.observe_request
     _trust_proxies(app, settings.TRUSTED_PROXY_HOPS)
+    # last, with the app whole: the bundle, warmed up before the worker says it is ready
+    model.start(warm_up=partial(warm_up, app))
     return app
 
 

@@ -215,23 +215,31 @@ class ModelState:
         return follower is not None and follower.is_alive()
 
     # ---- start-up --------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, warm_up: Callable[[LoadedModel], None] | None = None) -> None:
         """Load the bundle the marker names (a restarted worker) or the settings select.
 
-        A failure leaves the service alive but not ready; it is retried while serving.
+        ``warm_up`` is called with the loaded bundle before this worker says it is ready
+        (``create_app`` passes :func:`api.warm.warm_up`). A failure leaves the service alive but
+        not ready; it is retried while serving.
         """
         marker = self._read_marker()
         if marker is not None:
             try:
-                self._swap(self._load(_marker_folder(marker)), initial=True)
-                return
+                loaded = self._load(_marker_folder(marker))
             except BundleError as exc:
                 self._fail(f"marker names a bundle that cannot be loaded: {exc}")
+            else:
+                if warm_up is not None:
+                    warm_up(loaded)
+                self._swap(loaded, initial=True)
+                return
         try:
             loaded = self._load(self.settings.MODEL_VERSION)
         except BundleError as exc:
             self._fail(str(exc))
             return
+        if warm_up is not None:
+            warm_up(loaded)
         self._swap(loaded, initial=True)
         if self._marker is not None and marker is None:
             self._write_marker(loaded, exclusive=True)

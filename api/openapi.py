@@ -81,7 +81,7 @@ class Examples:
     def of(cls, loaded: LoadedModel) -> Examples:
         """The examples of ``loaded`` (its feature schema and its engine's answers)."""
         schema = loaded.engine.schema
-        customer = _example_customer(loaded)
+        customer = example_customer(loaded)
         required = [spec.name for spec in schema.inputs if spec.required]
         invalid = (required or schema.input_names)[0]
         second = {k: v for k, v in customer.items() if k != invalid} | {"customer_id": "c-43"}
@@ -92,7 +92,8 @@ class Examples:
         return {self.invalid_field: [message]}
 
 
-def _example_customer(loaded: LoadedModel) -> dict[str, Any]:
+def example_customer(loaded: LoadedModel) -> dict[str, Any]:
+    """A valid customer of ``loaded``'s schema (training medians, first category of each)."""
     feature_schema = loaded.engine.schema
     out: dict[str, Any] = {"customer_id": "c-42"}
     for spec in feature_schema.inputs:
