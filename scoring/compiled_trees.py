@@ -270,8 +270,12 @@ class CompiledForest:
         #: (-1 and 0 without it)
         self.campaign_slot = slot if grouped is not None else -1
         self.campaigns = 0
-        #: the campaign values ``forest_campaigns`` scores (0.0, 1.0, ...)
+        #: the campaign values ``forest_campaigns`` scores (0.0, 1.0, ...), as a set, a list and
+        #: their positions in its output; a zeroed output buffer to copy
         self._codes: frozenset[float] = frozenset()
+        self._all: list[float] = []
+        self._position: dict[float, int] = {}
+        self._zeros = array.array("d")
 
     @classmethod
     def load(
@@ -307,12 +311,15 @@ class CompiledForest:
         if not (0 <= slot < self.n_features and campaigns > 0):
             raise ValueError(f"campaign column {slot} of {self.n_features}, {campaigns} campaigns")
         self._grouped, self.campaign_slot, self.campaigns = entry, slot, campaigns
-        self._codes = frozenset(float(j) for j in range(campaigns))
+        self._all = [float(j) for j in range(campaigns)]
+        self._codes = frozenset(self._all)
+        self._position = {v: j for j, v in enumerate(self._all)}
+        self._zeros = array.array("d", bytes(8 * campaigns))
 
     def drop_grouped(self) -> None:
         """Serve every row through ``forest_root`` (``forest_campaigns`` failed its check)."""
         self._grouped, self.campaign_slot, self.campaigns = None, -1, 0
-        self._codes = frozenset()
+        self._codes, self._all, self._position = frozenset(), [], {}
 
     def predict_campaigns(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(n, campaigns) probabilities of each customer row of (n, n_features) ``rows`` with
@@ -376,12 +383,17 @@ class CompiledForest:
             raise ValueError(f"row has {len(row)} values, the model {width}")
         if not 0 <= slot < width:
             raise ValueError(f"slot {slot} is outside the model's {width} columns")
-        if slot == self.campaign_slot and self._codes.issuperset(values):
+        every = slot == self.campaign_slot and values == self._all
+        if every or (slot == self.campaign_slot and self._codes.issuperset(values)):
             flat = array.array("d", row)
-            # a buffer per call: the entry releases the GIL while it writes
-            wide = array.array("d", bytes(8 * self.campaigns))
+            # a buffer per call (the entry releases the GIL while it writes), copied from a
+            # prebuilt one: a third of the time of building it from bytes
+            wide = self._zeros * 1
             self._grouped(flat.buffer_info()[0], wide.buffer_info()[0], 0, 1)
-            return [wide[int(v)] for v in values]
+            if every:  # every campaign, in pool order
+                return wide.tolist()
+            probabilities, at = wide.tolist(), self._position
+            return [probabilities[at[v]] for v in values]
         flat = array.array("d", row) * n
         for i, v in enumerate(values):
             flat[i * width + slot] = v
