@@ -379,7 +379,7 @@ def _recommend_columns(
             tables = loaded.columns.compact.tables(lambda s: {}, np.empty(0, np.intp), False)
             head = version + tables + b',"results":'
         body = head + results + b"}"
-    return Response(body, status=200, content_type=JSON)
+    return ServiceResponse(body, status=200, content_type=JSON)
 
 
 def _targeting_options(engine: Any, options: dict[str, Any]) -> tuple[bool, int | None, bool]:

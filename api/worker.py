@@ -19,7 +19,8 @@ buffer. With more threads the pool is used as gunicorn's gthread does.
 
 A response's head goes out in the same ``sendall`` as the first piece of its body
 (:class:`OneWriteResponse`): gunicorn writes them apart, two system calls and two TCP segments on
-loopback per small JSON answer, each waking the client.
+loopback per small JSON answer, each waking the client. A large body goes in the same system call
+as its head (``sendmsg`` of both buffers) instead of being joined to it first.
 
 Written here rather than taken from a library: the usual answers (a buffering proxy in front,
 an event-loop worker such as gevent) either add a second program to ``make run`` and the
@@ -44,8 +45,9 @@ from typing import Any
 from gunicorn import util
 from gunicorn.config import Config
 from gunicorn.http import message, wsgi
-from gunicorn.http.body import LengthReader
+from gunicorn.http.body import Body, LengthReader
 from gunicorn.http.parser import RequestParser
+from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 from api.priority import lower_thread
@@ -53,10 +55,18 @@ from api.priority import lower_thread
 #: longest request head read before handing over (gunicorn then answers 431/400 itself)
 HEAD_LIMIT = 64 * 1024
 _HEAD_END = b"\r\n\r\n"
-_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\S*)[ \t]*$", re.I | re.M)
+#: (a header line ends in CR LF: ``$`` of re.M stops before the LF)
+_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\S*)[ \t]*\r?$", re.I | re.M)
 _CHUNKED = re.compile(rb"^transfer-encoding[ \t]*:.*chunked", re.I | re.M)
 _EXPECT = re.compile(rb"\r\nexpect[ \t]*:[ \t]*100-continue[ \t]*(?=\r\n)", re.I)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: a body at least this long is sent beside its head (``sendmsg``) rather than joined to it: the
+#: join copies the whole body once more (a 2.7 MB batch answer), while for a small answer it is
+#: cheaper than the buffer list
+JOIN_LIMIT = 64 * 1024
+#: a request at least this long is handed to the parser in pieces (:class:`HeldUnreader`) and its
+#: body read in one step (:class:`WholeBody`): below it, gunicorn's copies cost less than the steps
+HOLD_LIMIT = 64 * 1024
 
 
 def request_complete(buf: bytes | bytearray, body_limit: int) -> bool:
@@ -73,14 +83,114 @@ def request_complete(buf: bytes | bytearray, body_limit: int) -> bool:
     start = end + len(_HEAD_END)
     if _CHUNKED.search(head):
         return _chunked_complete(buf, start, body_limit)
-    match = _CONTENT_LENGTH.search(head)
-    if match is None:
-        return True
-    try:
-        length = int(match.group(1))
-    except ValueError:
+    length = _body_length(head)
+    if length is None:
         return True
     return length < 0 or length > body_limit or len(buf) - start >= length
+
+
+def _body_length(head: bytes) -> int | None:
+    """The Content-Length a request head states (None: none, or not a number)."""
+    match = _CONTENT_LENGTH.search(head)
+    if match is None:
+        return None
+    try:
+        return int(match.group(1))
+    except ValueError:
+        return None
+
+
+def split_request(buf: bytes | bytearray) -> tuple[bytes, ...]:
+    """A whole request's bytes as pieces a parser reads one after another: the head, the body of
+    the length the head states, and what follows it (a pipelined request), each copied once.
+
+    Any split of the bytes serves gunicorn's parser alike (it reads pieces as it reads a socket's
+    chunks): one without a head end, or whose head states no plain length, is one piece.
+    """
+    end = buf.find(_HEAD_END)
+    view = memoryview(buf)
+    if end < 0:
+        return (bytes(view),)
+    start = end + len(_HEAD_END)
+    head = bytes(view[:start])
+    length = None if _CHUNKED.search(head) else _body_length(head)
+    if length is None or length < 0 or len(buf) - start < length:
+        return (head, bytes(view[start:]))
+    return (head, bytes(view[start : start + length]), bytes(view[start + length :]))
+
+
+class HeldUnreader(SocketUnreader):
+    """gunicorn's socket unreader, serving the pieces of a request read whole before the socket.
+
+    gunicorn's unreader keeps what it holds in a ``BytesIO``: a request given back to it with
+    ``unread`` is copied in, copied out for the parser, the body copied back in and out again,
+    then into the body's own buffer (about a dozen copies of a 318 KB batch body, bench/RESULTS.md).
+    Here the pieces (:func:`split_request`) are handed out as they are: the parser reads the
+    head, the body reader asks for exactly the body. Anything given back goes in front of them;
+    once they are used up, gunicorn's own reads (its buffer, then the socket) take over.
+    """
+
+    held: list[bytes]
+
+    def hold(self, pieces: tuple[bytes, ...]) -> None:
+        """Serve ``pieces`` (in order, empty ones skipped) before anything else."""
+        self.held = [p for p in reversed(pieces) if p]  # the next piece last: pop() is cheap
+
+    def read(self, size: int | None = None, read_ahead: int | None = None) -> bytes:
+        """gunicorn's ``read``, taking from the held pieces first."""
+        held = self.held
+        if not held or size == 0 or (size is not None and type(size) is not int):
+            return super().read(size, read_ahead)
+        if size is None or size < 0:
+            return held.pop()  # buffered data: gunicorn returns what it holds, up to a chunk
+        parts = []
+        want = size
+        while held and want:
+            piece = held.pop()
+            if len(piece) > want:
+                held.append(piece[want:])
+                piece = piece[:want]
+            parts.append(piece)
+            want -= len(piece)
+        if want:
+            more = super().read(want, None if read_ahead is None else read_ahead - size + want)
+            parts.append(more)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def unread(self, data: bytes) -> None:
+        """Give ``data`` back: it is read next."""
+        if data:
+            self.held.append(bytes(data))
+
+    def take_buffered(self) -> bytes:
+        """Everything held and buffered, without touching the socket."""
+        held = b"".join(reversed(self.held))
+        self.held = []
+        return held + super().take_buffered()
+
+    def holds(self) -> bool:
+        """Whether any bytes are held or buffered (read from the socket, not yet parsed)."""
+        return bool(self.held) or bool(self.buf.getvalue())
+
+
+class WholeBody(Body):
+    """gunicorn's request body, reading the rest of a body of known length in one step.
+
+    gunicorn's ``read()`` gathers the body in a ``BytesIO`` (a copy in, a copy out) in steps of
+    at most 1 MiB; asking the length reader for the whole rest at once returns the same bytes,
+    for a held body (:class:`HeldUnreader`) without copying it.
+    """
+
+    def read(self, size: int | None = None) -> bytes:
+        """gunicorn's ``read``; the whole rest of a Content-Length body read at once."""
+        reader = self.reader
+        if (
+            (size is None or (type(size) is int and size < 0))
+            and type(reader) is LengthReader
+            and self.buf.tell() == 0
+        ):
+            return self._read_reader(reader.length) if reader.length else b""
+        return super().read(size)
 
 
 def _chunked_complete(buf: bytes | bytearray, pos: int, body_limit: int) -> bool:
@@ -198,10 +308,22 @@ def remember_trusted_peers() -> None:
     message._ip_in_allow_list = ip_in_allow_list
 
 
+def send_two(sock: Any, head: bytes, data: bytes) -> None:
+    """``sock.sendall(head + data)`` without joining them: one ``sendmsg`` of both buffers, and
+    ``sendall`` for whatever it left (a blocking send stops early only on a signal)."""
+    sent = sock.sendmsg([head, data])
+    if sent < len(head):
+        sock.sendall(memoryview(head)[sent:])
+        sent = len(head)
+    if sent - len(head) < len(data):
+        sock.sendall(memoryview(data)[sent - len(head) :])
+
+
 class OneWriteResponse(wsgi.Response):
     """gunicorn's HTTP/1 response, holding the head back until the body's first bytes.
 
-    The head is then sent with them in one ``sendall``. Held until ``close`` when there is no
+    The head is then sent with them in one ``sendall`` (one ``sendmsg`` of the two buffers for a
+    body of :data:`JOIN_LIMIT` or more). Held until ``close`` when there is no
     body (HEAD, 204, an empty answer); sent at once, as gunicorn does, before ``sendfile`` and
     for chunked bodies.
     """
@@ -246,7 +368,10 @@ class OneWriteResponse(wsgi.Response):
             super()._emit_body(data)
             return
         self._head = None
-        self.sock.sendall(head + data)
+        if len(data) < JOIN_LIMIT:
+            self.sock.sendall(head + data)
+        else:
+            send_two(self.sock, head, data)
 
     def sendfile(self, respiter: Any) -> bool:
         """gunicorn's sendfile; the head is written before the file, as gunicorn does."""
@@ -507,7 +632,8 @@ class WholeRequestWorker(ThreadWorker):
             return
         try:
             if fs.result():
-                if conn.parser.unreader.buf.getvalue():
+                unreader = conn.parser.unreader
+                if unreader.holds() if type(unreader) is HeldUnreader else unreader.buf.getvalue():
                     # a body read pulled in the next request's bytes: they are not on the socket
                     self.enqueue_req(conn)
                     return
@@ -535,7 +661,9 @@ class WholeRequestWorker(ThreadWorker):
             self._hand_over(conn)
 
     def _hand_over(self, conn: TConn) -> None:
-        conn.segsvc_pending = bytes(conn.segsvc_buf)
+        buf = conn.segsvc_buf
+        # a small request is given to gunicorn's unreader as it is (cheaper than the pieces)
+        conn.segsvc_pending = bytes(buf) if len(buf) < HOLD_LIMIT else split_request(buf)
         conn.segsvc_buf = bytearray()
         conn.segsvc_whole = True
         conn.data_ready = True
@@ -549,10 +677,20 @@ class WholeRequestWorker(ThreadWorker):
             # blocking again for the handler: conn.init() sets it on a new connection, gthread's
             # handle() on every request
             conn.init()
-            if type(conn.parser) is RequestParser:
-                conn.parser.__class__ = BodyAwareParser
-            if conn.parser is not None and pending:
-                conn.parser.unreader.unread(pending)
+            parser = conn.parser
+            if type(parser) is RequestParser:
+                parser.__class__ = BodyAwareParser
+            if parser is not None:
+                unreader = parser.unreader
+                if type(pending) is bytes:
+                    unreader.unread(pending)
+                else:
+                    if type(unreader) is SocketUnreader and not unreader.buf.getvalue():
+                        unreader.__class__ = HeldUnreader
+                    if type(unreader) is HeldUnreader:
+                        unreader.hold(pending)
+                    else:
+                        unreader.unread(b"".join(pending))
         return super().handle(conn)
 
     def handle_request(self, req: Any, conn: TConn) -> bool:
@@ -581,6 +719,13 @@ class WholeRequestWorker(ThreadWorker):
             ):
                 resp.force_close()
 
+            body = req.body
+            if (
+                type(body) is Body
+                and type(body.reader) is LengthReader
+                and body.reader.length >= HOLD_LIMIT
+            ):
+                body.__class__ = WholeBody  # a large body is read in one step (see there)
             respiter = self.wsgi(environ, resp.start_response)
             try:
                 if isinstance(respiter, environ["wsgi.file_wrapper"]):

@@ -21,6 +21,8 @@ HEAD = b"POST /predict-segment HTTP/1.1\r\nHost: x\r\n"
         (HEAD + b"\r\n", True),  # no body
         (HEAD + b"Content-Length: 4\r\n\r\n{}", False),
         (HEAD + b"content-length:4\r\n\r\n{}{}", True),
+        (HEAD + b"Content-Length: 4\r\nX-Next: 1\r\n\r\n{}", False),  # not the last header
+        (HEAD + b"Content-Length: 4 \r\nX-Next: 1\r\n\r\n{}{}", True),
         (HEAD + b"Content-Length: 99999999\r\n\r\n", True),  # over the limit: refused at once
         (HEAD + b"Content-Length: x\r\n\r\n", True),  # malformed: refused at once
         (HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n", False),
