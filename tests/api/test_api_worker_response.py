@@ -117,3 +117,35 @@ def test_settled_config_reads_every_setting_as_gunicorns_config_does():
     assert settled.is_ssl == cfg.is_ssl
     settled.set("keepalive", 9)
     assert settled.keepalive == 9 and settled.settings["keepalive"].get() == 9
+
+
+class _ShortSock(_Sock):
+    """``sendmsg`` sends at most ``limit`` bytes (as a send a signal interrupted does)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.messages = 0
+
+    def sendmsg(self, buffers) -> int:
+        self.messages += 1
+        data = b"".join(bytes(b) for b in buffers)[: self.limit]
+        self.writes.append(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("limit", [0, 10, 200, 10**9])
+def test_a_large_body_goes_beside_its_head_as_gunicorn_sends_it(limit):
+    from api.worker import JOIN_LIMIT
+
+    body = bytes(range(256)) * (JOIN_LIMIT // 256 + 3)
+    case = ("POST", "200 OK", [("Content-Length", str(len(body)))], [body])
+    sock = _ShortSock(limit)
+    resp = OneWriteResponse(_Req(), sock, Config())
+    resp.start_response(*case[1:3])
+    resp.write(body)
+    resp.close()
+    assert b"".join(sock.writes) == b"".join(_answer(wsgi.Response, *case))
+    assert sock.messages == 1  # one system call when nothing interrupts it
+    if limit >= len(body):
+        assert len(sock.writes) == 1

@@ -187,6 +187,24 @@ def test_scoring_through_gunicorn(server, demo_request):
     assert status == 200 and doc["openapi"].startswith("3.")
 
 
+def test_a_large_batch_through_gunicorn_equals_small_ones(server, demo_request):
+    """A request and an answer over 64 KB take the worker's large-body steps (the request handed
+    to the parser in pieces, the answer sent beside its head): the same results as small ones."""
+    customers = [
+        {**demo_request, "customer_id": f"c-{i}", "total_spend": 100.0 + i} for i in range(600)
+    ]
+    raw = json.dumps({"customers": customers}).encode()
+    assert len(raw) > 64 * 1024
+    status, big = server.call("/recommend", raw=raw)
+    assert status == 200 and len(json.dumps(big)) > 64 * 1024
+    small = []
+    for start in range(0, len(customers), 50):
+        status, part = server.call("/recommend", {"customers": customers[start : start + 50]})
+        assert status == 200
+        small += part["results"]
+    assert big["results"] == small
+
+
 def test_metrics_add_up_across_workers(server, demo_request):
     for _ in range(20):
         assert server.call("/predict-segment", demo_request)[0] == 200
