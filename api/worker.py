@@ -50,7 +50,7 @@ from gunicorn.http.parser import RequestParser
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
-from api.priority import lower_thread
+from api.priority import lower_thread, yielding
 
 #: longest request head read before handing over (gunicorn then answers 431/400 itself)
 HEAD_LIMIT = 64 * 1024
@@ -484,8 +484,9 @@ class WholeRequestWorker(ThreadWorker):
         The worker it replaces serves from the same core meanwhile: at equal priority the app
         build took the core from it in slices of up to 4 ms, each holding up every request in
         flight. Nothing waits for a replacement (the master stops its predecessor once it is
-        ready), so its app is built while the serving worker waits. This thread only waits for
-        the build and then serves, at normal priority. While the build holds the interpreter
+        ready), so its app is built while the serving worker waits, handing the core back every
+        ~0.5 ms of work (``api.priority.yielding``). This thread only waits for the build and
+        then serves, at normal priority. While the build holds the interpreter
         lock this thread cannot tell the master it is alive: a build starved for longer than
         ``GUNICORN_TIMEOUT`` gets the replacement stopped, and the worker it was to replace
         keeps serving (api/fleet.py tries again later).
@@ -499,7 +500,8 @@ class WholeRequestWorker(ThreadWorker):
         def build() -> None:
             lowered.append(lower_thread())
             try:
-                super(WholeRequestWorker, self).load_wsgi()
+                with yielding():
+                    super(WholeRequestWorker, self).load_wsgi()
             except BaseException as exc:  # noqa: BLE001 -- raised again in the worker's thread
                 failure.append(exc)
 

@@ -51,3 +51,24 @@ def test_a_process_on_its_way_out_lowers_every_thread():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.split() == ["True", "True"], done.stderr
+
+
+def test_yielding_offers_the_core_every_so_many_calls_in_this_thread_only(monkeypatch):
+    offers: list[int] = []
+    monkeypatch.setattr(os, "sched_yield", lambda: offers.append(threading.get_native_id()))
+
+    def work() -> None:
+        for _ in range(100):
+            abs(-1)  # a call and its return: two events
+
+    previous = sys.getprofile()
+    with priority.yielding(every=10):
+        work()
+        other = threading.Thread(target=work)  # another thread: not offered
+        other.start()
+        other.join()
+    assert len(offers) >= 200 // 10 and set(offers) == {threading.get_native_id()}
+    assert sys.getprofile() is previous  # the hook is gone
+    count = len(offers)
+    work()
+    assert len(offers) == count
