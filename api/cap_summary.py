@@ -35,7 +35,9 @@ import datetime as dt
 import hashlib
 import threading
 
-_blake2b = hashlib.blake2b
+#: BLAKE2b with an 8-byte digest, nothing hashed: each bit continues a copy (building a hash
+#: object parses its keyword parameters; a copy does not: callgrind 7.0k -> ~4.5k instructions)
+_EMPTY = hashlib.blake2b(digest_size=8)
 
 #: default size of the bitmap, as a power of two (2**23 bits: 1 MB)
 SEEN_BITS = 23
@@ -52,7 +54,9 @@ def seen_bit(customer_id: str, bits: int) -> int:
         raw = customer_id.encode()  # the same bytes as below for any id without lone surrogates
     except UnicodeEncodeError:
         raw = customer_id.encode("utf-8", "surrogatepass")
-    return int.from_bytes(_blake2b(raw, digest_size=8).digest(), "little") & ((1 << bits) - 1)
+    h = _EMPTY.copy()
+    h.update(raw)
+    return int.from_bytes(h.digest(), "little") & ((1 << bits) - 1)
 
 
 def week_days(week: str) -> frozenset[str]:

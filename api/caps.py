@@ -41,7 +41,9 @@ kernel's loopback socket work. So the read path does as little of it as it can:
   once subscribed, then marked by every invalidation naming a per-customer counter). A clear
   bit means the customer's per-customer counters are all 0: only the campaign-wide ``daily_cap``
   counters are needed, and they are held, so the prefetch decides the check before scoring
-  (:class:`Verdict`; the pool's verdict for such customers is kept until the next invalidation).
+  (:class:`Verdict`; the pool's plan for such customers, its verdict and the day and week it
+  holds for, is kept until the next invalidation or the day's end, so a request asks only
+  the customer's bit).
   A set bit (a send this week, or another customer's bit) reads as before. Without the
   subscriber, or before the week's bitmap is loaded, every customer is read. Measured
   (bench.targeting, 2026-12-06): holding a read customer's ~21 values costs ~8 µs per read
@@ -64,6 +66,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import operator
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -226,17 +229,29 @@ class ReadCounts:
         """Nothing is held."""
 
 
-class Verdict(ReadCounts):
+class Verdict(tuple):
     """A read-only check decided before scoring with no read: the customer has no per-customer
-    counter this week (api/cap_summary.py) and the pool's campaign-wide counters are held."""
+    counter this week (api/cap_summary.py) and the pool's campaign-wide counters are held.
 
-    def __init__(self, customer_id: str, blocked: dict[str, str]) -> None:
-        # ReadCounts.__init__ written out: one per read-only request
-        self._values: dict[str, int] = {}
-        self._error = None
-        self.customer_id = customer_id
-        #: {campaign: the cap that stops it} for the pool's capped campaigns (usually empty)
-        self.blocked = blocked
+    ``Verdict((customer_id, blocked))``. A tuple, built by tuple's own constructor: one is made
+    per read-only request, and a Python ``__init__`` cost as much as the rest of the decision
+    (callgrind, bench/RESULTS.md). It answers :meth:`counts`/:meth:`close` as :class:`ReadCounts`
+    does (nothing read, nothing held).
+    """
+
+    __slots__ = ()
+
+    #: the customer it was decided for
+    customer_id = property(operator.itemgetter(0))
+    #: {campaign: the cap that stops it} for the pool's capped campaigns (usually empty)
+    blocked = property(operator.itemgetter(1))
+
+    def counts(self) -> dict[str, int]:
+        """No counter was read (a check of another customer reads what it needs)."""
+        return {}
+
+    def close(self) -> None:
+        """Nothing is held."""
 
 
 class Prefetch:
@@ -335,8 +350,9 @@ class FrequencyCaps:
                 week=lambda: self._period()[1],
             )
         self._script: Any = None  # registered on first use (a test double may lack scripts)
-        self._period_ordinal = -1
-        self._period_labels = ("", "")
+        #: (today's day number since the epoch, (day label, week label)): one attribute, so a
+        #: reader never pairs one day's number with another's labels
+        self._period_state: tuple[int, tuple[str, str]] = (-1, ("", ""))
         #: campaign-day key -> (count seen at or over a daily cap, when seen); today's keys only
         self._exhausted: dict[str, tuple[int, float]] = {}
         #: (the served pool's limits, its capped campaigns): rebuilt when the bundle changes
@@ -345,8 +361,10 @@ class FrequencyCaps:
         self._key_memo: tuple[Any, tuple[str, str], dict[str, tuple[str, str, str]]] | None = None
         #: (period labels, {campaign: the customer-free parts of its keys}); see _keys_in
         self._key_parts: tuple[Any, dict[str, tuple[str, str, str, str]]] = (None, {})
-        #: (pool candidates, period, tracker epoch, {campaign: reason}): _unseen_verdict's memo
-        self._verdict_memo: tuple[Any, Any, int, dict[str, str]] | None = None
+        #: (pool candidates, tracker epoch, first and last+1 second of the day, week label,
+        #: {campaign: reason}): what _unseen_plan decided for every customer not sent to this
+        #: week, and while it holds (see prefetch)
+        self._plan: tuple[Any, int, float, float, str, dict[str, str]] | None = None
         #: (customer, their bit in the seen-customers bitmap) of the last customer asked about
         self._bit_memo: tuple[str | None, int] = (None, 0)
 
@@ -354,14 +372,14 @@ class FrequencyCaps:
         """Today's day and ISO-week labels (UTC), recomputed once a day."""
         now = self.clock()
         ordinal = int(now // 86_400)
-        if ordinal != self._period_ordinal:
+        state = self._period_state
+        if ordinal != state[0]:
             moment = dt.datetime.fromtimestamp(now, dt.UTC)
             year, week, _ = moment.isocalendar()
-            self._period_labels = (moment.strftime("%Y%m%d"), f"{year}{week:02d}")
-            self._period_ordinal = ordinal
+            state = self._period_state = (ordinal, (moment.strftime("%Y%m%d"), f"{year}{week:02d}"))
             # yesterday's exhausted caps name yesterday's keys: never read again
             self._exhausted = {}
-        return self._period_labels
+        return state[1]
 
     def _known_exhausted(self, day_key: str, limit: int | None) -> bool:
         """True when ``day_key`` was seen at or over ``limit`` in the last EXHAUSTED_SECONDS."""
@@ -399,11 +417,15 @@ class FrequencyCaps:
         summary = self.summary
         if summary is None or customer_id is None:
             return False
-        # asked twice a request (prefetch, check): the bit of the last customer is kept
+        return not summary.has_bit(self._bit(customer_id), self._period()[1])
+
+    def _bit(self, customer_id: str) -> int:
+        """The customer's bit in the seen-customers bitmap (needs the summary); asked twice a
+        request (prefetch, check), so the last customer's is kept."""
         memo = self._bit_memo
         if memo[0] != customer_id:
-            memo = self._bit_memo = (customer_id, seen_bit(customer_id, summary.bits))
-        return not summary.has_bit(memo[1], self._period()[1])
+            memo = self._bit_memo = (customer_id, seen_bit(customer_id, self.summary.bits))  # type: ignore[union-attr]
+        return memo[1]
 
     def _mget(self, keys: list[str]) -> dict[str, int]:
         """Read ``keys`` and hold the reply when no change raced the read."""
@@ -484,19 +506,31 @@ class FrequencyCaps:
 
     def prefetch(
         self, customer_id: str | None, candidates: Sequence[tuple[str, CapLimits]]
-    ) -> Prefetch | None:
+    ) -> Prefetch | ReadCounts | Verdict | None:
         """Send the ``MGET`` a read-only check of ``candidates`` (the pool's capped campaigns)
-        will need, without waiting for the reply; None when nothing needs reading, there are
+        will need, without waiting for the reply (a :class:`Verdict` when no read is needed, a
+        :class:`ReadCounts` when every counter is held); None when nothing needs reading, there are
         more than PREFETCH_MAX_KEYS counters, the client cannot split send from receive (a test
         double), or sending failed (the check then reads, and fails, as it would have)."""
         pool = getattr(self.client, "connection_pool", None)
         if pool is None:
             return None
+        summary = self.summary
+        if summary is not None and customer_id is not None and not self._exhausted:
+            # the usual read-only request: a customer not sent to this week, decided from the
+            # pool's plan (one per pool, tracker epoch and day: the per-campaign work and the
+            # day's labels are not redone per request)
+            plan = self._plan
+            if (
+                plan is None
+                or plan[0] is not candidates
+                or plan[1] != self.tracker.epoch  # type: ignore[union-attr]
+                or not plan[2] <= self.clock() < plan[3]
+            ):
+                plan = self._unseen_plan(candidates)
+            if plan is not None and not summary.has_bit(self._bit(customer_id), plan[4]):
+                return Verdict((customer_id, plan[5]))
         unseen = self._unseen(customer_id)
-        if unseen and not self._exhausted:
-            blocked = self._unseen_verdict(candidates)
-            if blocked is not None:
-                return Verdict(customer_id, blocked)  # type: ignore[arg-type]
         keys = self._read_keys(customer_id, candidates, unseen)
         if not keys:
             return None
@@ -520,19 +554,21 @@ class FrequencyCaps:
         hold = None if tracker is None else functools.partial(tracker.hold, mark)
         return Prefetch(pool, connection, keys, hold)
 
-    def _unseen_verdict(self, candidates: Sequence[tuple[str, CapLimits]]) -> dict[str, str] | None:
-        """{campaign: why capped} of the pool's ``candidates`` for any customer with no
-        per-customer counter this week, from held campaign-wide counters (None: not all held).
-        Kept until an invalidation (the tracker's epoch) or the day changes, so such requests
-        skip the per-campaign work; only used while no daily cap is remembered exhausted."""
+    def _unseen_plan(
+        self, candidates: Sequence[tuple[str, CapLimits]]
+    ) -> tuple[Any, int, float, float, str, dict[str, str]] | None:
+        """The pool's plan for any customer with no per-customer counter this week: {campaign:
+        why capped} of ``candidates`` from held campaign-wide counters, with what it holds for
+        (tracker epoch, the day's seconds, the week's label); None when not all are held.
+        :meth:`prefetch` keeps it until an invalidation (the epoch) or the day changes, and
+        uses it only while no daily cap is remembered exhausted."""
         tracker = self.tracker
         if tracker is None:
             return None
-        epoch = tracker.epoch  # before reading: a change after it makes the memo stale at once
-        period = self._period()
-        memo = self._verdict_memo
-        if memo is not None and memo[0] is candidates and memo[1] is period and memo[2] == epoch:
-            return memo[3]
+        epoch = tracker.epoch  # before reading: a change after it makes the plan stale at once
+        self._period()
+        ordinal, (_, week) = self._period_state
+        day = ordinal * 86_400.0
         held = tracker.get_all(self._read_keys(None, candidates, True))
         if held is None:
             return None
@@ -540,8 +576,8 @@ class FrequencyCaps:
         if missing:
             return None
         blocked = {cid: r for (cid, _), r in zip(candidates, reasons, strict=True) if r is not None}
-        self._verdict_memo = (candidates, period, epoch, blocked)
-        return blocked
+        plan = self._plan = (candidates, epoch, day, day + 86_400.0, week, blocked)
+        return plan
 
     def _key_table(self, customer_id: str | None) -> dict[str, tuple[str, str, str]]:
         """This customer's counter keys by campaign, filled as asked: kept for the last customer
@@ -598,7 +634,7 @@ class FrequencyCaps:
         *,
         commit: bool = False,
         top_k: int | None = None,
-        prefetched: Prefetch | ReadCounts | None = None,
+        prefetched: Prefetch | ReadCounts | Verdict | None = None,
     ) -> CapResult:
         """Caps of ``candidates`` ((campaign id, limits), best first) for one customer.
 
@@ -745,7 +781,7 @@ def apply_caps(
     *,
     commit: bool,
     top_k: int | None,
-    prefetched: Prefetch | ReadCounts | None = None,
+    prefetched: Prefetch | ReadCounts | Verdict | None = None,
 ) -> None:
     """Keep the answer's offers that pass their caps (counting them with ``commit``), at most
     ``top_k``, and add ``caps`` {status, capped, committed} to the answer (and a reason when
@@ -895,7 +931,7 @@ def prefetch_caps(
     campaign_ids: Sequence[str],
     limits: Sequence[tuple[int | None, int | None, int | None]],
     customer_id: object,
-) -> Prefetch | None:
+) -> Prefetch | ReadCounts | Verdict | None:
     """Send for the cap counters of every capped campaign of the pool for this customer (a
     read-only request, before it is scored); see :meth:`FrequencyCaps.prefetch`."""
     memo = caps._pool_memo  # pool_candidates' memo: asked once per request

@@ -401,7 +401,7 @@ def _target(
     customer_id: Any,
     commit: bool,
     top_k: int | None,
-    prefetched: Prefetch | ReadCounts | None = None,
+    prefetched: Prefetch | ReadCounts | Verdict | None = None,
 ) -> None:
     """Frequency caps on one answer and, for a committed send, its hold-out records."""
     tables = loaded.engine.tables

@@ -306,3 +306,43 @@ def test_the_bit_of_an_id_with_a_lone_surrogate_hashes_its_surrogatepass_bytes()
         raw = customer.encode("utf-8", "surrogatepass")
         digest = hashlib.blake2b(raw, digest_size=8).digest()
         assert seen_bit(customer, 23) == int.from_bytes(digest, "little") & ((1 << 23) - 1)
+
+
+def test_the_pools_plan_is_kept_for_its_day_and_epoch_only(redis_url, redis_prefix):
+    # prefetch decides a customer not sent to this week from the pool's plan, built once per
+    # pool, tracker epoch and UTC day: a new day (or a clock set back), a change in Redis and
+    # another pool each build it again, and a new week's day waits for that week's bitmap
+    now = [DAY + 3_600]
+    caps = _worker(redis_url, redis_prefix, clock=lambda: now[0])
+    other = _caps(redis_url, redis_prefix, clock=lambda: DAY)
+    try:
+        pool = [("a", CapLimits(per_customer_day=1, daily_cap=5))]
+        caps.check("x0", pool)  # the campaign-wide counter read and held
+        pending = caps.prefetch("new-1", pool)
+        assert isinstance(pending, Verdict) and pending.customer_id == "new-1"
+        plan = caps._plan
+        assert plan[0] is pool and plan[2:5] == (DAY, DAY + 86_400, WEEK)
+        assert caps.prefetch("new-2", pool).blocked == {} and caps._plan is plan
+        now[0] = DAY + 86_400 + 60  # the next day, the same ISO week: its own daily counter
+        pending = caps.prefetch("new-3", pool)
+        assert isinstance(pending, Prefetch)  # not held yet: read
+        pending.close()
+        caps.check("x2", pool)  # read and held
+        assert isinstance(caps.prefetch("new-3", pool), Verdict)
+        assert caps._plan is not plan and caps._plan[2:5] == (DAY + 86_400, DAY + 2 * 86_400, WEEK)
+        now[0] = DAY + 60  # the clock set back a day
+        assert isinstance(caps.prefetch("new-4", pool), Verdict) and caps._plan[2] == DAY
+        plan = caps._plan
+        other.check("someone", pool, commit=True)  # another worker's send: a message here
+        until(lambda: caps.tracker.epoch != plan[1])
+        caps.check("x1", pool)  # the daily counter read again and held (1 of 5)
+        assert isinstance(caps.prefetch("new-5", pool), Verdict)
+        assert caps._plan is not plan and caps._plan[1] == caps.tracker.epoch
+        other_pool = [("b", CapLimits(per_customer_week=2))]
+        assert caps.prefetch("new-6", other_pool).blocked == {} and caps._plan[0] is other_pool
+        now[0] = DAY + 7 * 86_400  # a new week: its bitmap is not loaded at once
+        commands = Commands(caps)
+        assert not isinstance(caps.prefetch("new-7", other_pool), Verdict)
+        assert commands.n >= 1
+    finally:
+        caps.tracker.stop()
