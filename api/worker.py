@@ -467,12 +467,17 @@ class WholeRequestWorker(ThreadWorker):
         production-sized bundle (bench/RESULTS.md), on the core whose connections the
         replacement has just taken over. gunicorn.conf.py's ``worker_exit`` skips it with
         ``os._exit`` once gunicorn has logged the exit; the metrics are written by then
-        (:meth:`run`) and the log handlers are flushed there.
+        (:meth:`run`) and the log handlers are flushed there. A replacement settles its
+        configuration in its idle-priority start-up instead (:meth:`load_wsgi`).
         """
-        self.cfg = SettledConfig(self.cfg)
-        remember_trusted_peers()
+        if not self.segsvc_replacement:
+            self._settle()
         super().init_process()
         self.segsvc_exit_fast = True
+
+    def _settle(self) -> None:
+        self.cfg = SettledConfig(self.cfg)
+        remember_trusted_peers()
 
     #: set by gunicorn.conf.py's ``post_fork`` in a worker forked to replace one that keeps
     #: serving until this one is ready (recycling, a SIGHUP roll-out)
@@ -501,6 +506,8 @@ class WholeRequestWorker(ThreadWorker):
             lowered.append(lower_thread())
             try:
                 with yielding():
+                    # settled here (~0.7 ms): until now gunicorn's start-up read the plain Config
+                    self._settle()
                     super(WholeRequestWorker, self).load_wsgi()
             except BaseException as exc:  # noqa: BLE001 -- raised again in the worker's thread
                 failure.append(exc)
