@@ -31,6 +31,7 @@ import numpy as np
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from api.errors import validation_messages
+from api.struct_fields import FieldReader
 from scoring.bundle import CURRENT
 from scoring.engine import ScoringEngine
 from scoring.features import FeatureSchema
@@ -442,12 +443,15 @@ class RequestSchemas:
         self._id_and_options = frozenset([CUSTOMER_ID, *OPTION_NAMES])
         self._n_campaigns = len(engine.campaigns)
         self._channels = frozenset(engine.channels)
-        self._batch_decoder = _batch_decoder(
+        self._batch_decoder, customer_type = _batch_decoder(
             self._numeric, self._categorical, max_batch_items, self._n_campaigns
         )
         self._batch_getters = [
             (attrgetter(f"n{j}"), required) for j, (_, required, *_) in enumerate(self._numeric)
         ]
+        self._batch_fields = FieldReader(
+            customer_type, [f"n{j}" for j in range(len(self._numeric))]
+        )
 
     # ---- fast checks --------------------------------------------------------------------------
     def customer_ok(self, record: Any, allowed: frozenset[str] | None = None) -> bool:
@@ -695,17 +699,19 @@ class RequestSchemas:
             return None
         customers = decoded.customers
         n = len(customers)
-        # a required input is never None here: straight into an array, no list in between
-        columns = [
-            np.fromiter(map(get, customers), dtype=np.float64, count=n)
-            if required
-            else np.array(list(map(get, customers)), dtype=np.float64)
-            for get, required in self._batch_getters
-        ]
-        if self._ratios and not self._ratios_ok(columns).all():
+        raw = self._batch_fields.read(customers)
+        if raw is None:  # api/struct_fields.py could not read them: gathered here instead
+            # a required input is never None here: straight into an array, no list in between
+            columns = [
+                np.fromiter(map(get, customers), dtype=np.float64, count=n)
+                if required
+                else np.array(list(map(get, customers)), dtype=np.float64)
+                for get, required in self._batch_getters
+            ]
+            raw = np.column_stack(columns) if columns else np.empty((n, 0))
+        if self._ratios and not self._ratios_ok(list(raw.T)).all():
             return None
         cats = [list(map(attrgetter(f"c{j}"), customers)) for j in range(len(self._categorical))]
-        raw = np.column_stack(columns) if columns else np.empty((n, 0))
         ids = list(map(attrgetter("customer_id"), customers))
         return CheckedBatch(raw, cats, ids, list(range(n)), {}), options
 
@@ -715,8 +721,9 @@ def _batch_decoder(
     categorical: list[tuple[str, bool]],
     max_items: int,
     n_campaigns: int,
-) -> msgspec.json.Decoder:
-    """msgspec's decoder of a batch /recommend body whose items all pass the compiled checks.
+) -> tuple[msgspec.json.Decoder, type]:
+    """msgspec's decoder of a batch /recommend body whose items all pass the compiled checks,
+    and the struct type it decodes each customer into.
 
     Each rule is the compiled check's (and so marshmallow's): known keys only; numbers within
     their bounds (a JSON integer counts, a boolean or string does not); text within its length;
@@ -768,7 +775,7 @@ def _batch_decoder(
         ],
         forbid_unknown_fields=True,
     )
-    return msgspec.json.Decoder(batch)
+    return msgspec.json.Decoder(batch), customer
 
 
 def _column(records: list[dict[str, Any]], name: str) -> list[Any]:
