@@ -5,7 +5,10 @@ A campaign may carry conditions such as ``"total_spend >= 1000"`` or
 (:func:`parse`), checks every feature it names against the bundle's schema, and stores the tree
 in ``campaigns.json``; serving evaluates the tree, one customer at a time in plain Python
 (:meth:`Condition.holds`) or a whole batch with numpy (:meth:`Condition.mask`). Nothing is ever
-passed to ``eval``.
+passed to ``eval``. The one-customer path checks a campaign's conditions with one function
+generated from their trees (:func:`compile_all`): its source holds only positions, operators
+from the grammar's fixed set and names it makes up; every number, text and feature name enters
+as a default argument, never as source text.
 
 Grammar: comparisons ``feature OP number`` (or ``number OP feature``; chains such as
 ``0.2 <= discount_usage < 0.8``) with OP one of ``< <= > >= == !=``; ``feature == "text"``,
@@ -254,6 +257,61 @@ def compile_tree(node: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], bool]
         return bool(apply(float(v), target))
 
     return number
+
+
+def compile_all(
+    conditions: Sequence[Condition], numeric: Sequence[str], categorical: Sequence[str]
+) -> Callable[[Sequence[float], Mapping[str, Any]], bool]:
+    """All of ``conditions`` as one function ``f(values, record)``: ``values`` the customer's
+    numeric features as floats in ``numeric``'s order (imputed inputs, then derived), ``record``
+    the request, read for the ``categorical`` features. Its answer is that of every
+    :meth:`Condition.holds` on ``{numeric name: value}`` updated with ``{categorical name:
+    record.get(name)}``, without building that dict or calling a closure per comparison (the
+    one-customer path checks a request's conditions this way: callgrind, bench/RESULTS.md)."""
+    at = {name: i for i, name in enumerate(numeric)}
+    for name in categorical:
+        at.pop(name, None)  # the record's value replaces a numeric one of the same name
+    texts = set(categorical)
+    defaults: dict[str, Any] = {}
+    parts = [_source(c.tree, at, texts, defaults) for c in conditions]
+    body = " and ".join(parts) if parts else "True"
+    args = ", ".join(["values", "record", *(f"{k}={k}" for k in defaults)])
+    source = f"def conditions({args}):\n    return {body}\n"
+    namespace: dict[str, Any] = dict(defaults)
+    # our own text: positions, the grammar's operators and names made up here (see _source)
+    exec(compile(source, "<scoring.conditions compile_all>", "exec"), namespace)
+    return namespace["conditions"]
+
+
+def _source(
+    node: Mapping[str, Any], at: Mapping[str, int], texts: set[str], defaults: dict[str, Any]
+) -> str:
+    """The expression of one tree node for :func:`compile_all` (operands as default args)."""
+    op = node.get("op")
+    if op in ("and", "or"):
+        return "(" + f" {op} ".join(_source(a, at, texts, defaults) for a in node["args"]) + ")"
+    if op == "not":
+        return f"(not {_source(node['args'][0], at, texts, defaults)})"
+    cmp, target, name = node["cmp"], node["value"], node["feature"]
+    if cmp != "in" and cmp not in _APPLY:  # a tree from a file: only the grammar's operators
+        raise ConditionError(f"operator {cmp!r} is not allowed in a condition")
+    value = f"c{len(defaults)}"
+    defaults[value] = target
+    if name in at:
+        # a float (never None): missing only when NaN
+        present, number = f"(x := values[{at[name]}]) == x", "x"
+    elif name in texts:
+        key = f"c{len(defaults)}"
+        defaults[key] = name
+        present = f"(x := record.get({key})) is not None and not (isinstance(x, float) and x != x)"
+        number = "float(x)"
+    else:
+        return "False"  # not a feature of this customer: a comparison with a missing value
+    if cmp == "in":
+        return f"({present} and str(x) in {value})"
+    if isinstance(target, str):
+        return f"({present} and str(x) {cmp} {value})"
+    return f"({present} and {number} {cmp} {value})"
 
 
 def _mask(node: Mapping[str, Any], columns: Mapping[str, np.ndarray], n: int) -> np.ndarray:

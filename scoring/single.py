@@ -18,12 +18,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from scoring.campaigns import rank_one
+from scoring.conditions import compile_all
 from scoring.policy import choose, control_group_rule
 
 if TYPE_CHECKING:
@@ -67,22 +68,26 @@ class SingleCustomerScorer:
         ]
         self._eligible = [row.tolist() for row in tables.eligible]
         # campaigns with the same conditions share one check per request (pools often repeat a
-        # condition across campaigns); each group's conditions are compiled closures
+        # condition across campaigns); each group's conditions are one generated function of
+        # (numeric values, record) (scoring.conditions.compile_all)
         groups: dict[str, int] = {}
         self._condition_group: dict[int, int] = {}
-        self._condition_checks: list[tuple[Callable[[Mapping[str, Any]], bool], ...]] = []
+        self._condition_checks: list[Callable[[Sequence[float], Mapping[str, Any]], bool]] = []
+        categorical = [name for name, _ in self._categoricals]
         for j in tables.conditional:
             conds = tables.campaigns[j].parsed_conditions
             key = json.dumps([c.tree for c in conds], sort_keys=True)
             if key not in groups:
                 groups[key] = len(self._condition_checks)
-                self._condition_checks.append(tuple(c.holds for c in conds))
+                self._condition_checks.append(compile_all(conds, self._numeric_names, categorical))
             self._condition_group[j] = groups[key]
         #: per segment, the campaigns its rules allow (before dates, channel and exclusions)
         self._allowed = [[j for j, ok in enumerate(row) if ok] for row in self._eligible]
-        #: per segment, the allowed campaigns within their dates on ``_active_day``: the answer
-        #: of the date and channel filter for a request with no channel and no exclusions
-        self._open = self._allowed
+        #: per segment, the allowed campaigns within their dates on ``_active_day`` (the answer
+        #: of the date and channel filter for a request with no channel and no exclusions) and
+        #: the condition groups they ask, in first-use order: one attribute, so a reader never
+        #: pairs one day's campaigns with another's groups
+        self._open = self._opened(self._allowed)
         self._values = tables.values.tolist()
         #: the answer items of an offer to a customer with an id: with the control-group rule
         #: it passed already in ``rules`` (the engine adds it per answer on the batch path)
@@ -191,8 +196,9 @@ class SingleCustomerScorer:
         vals = self.numeric(record)
         s, distance, atypical, membership, scores = self.assign(vals)
         active = self._active_today() if tables.dated else self._active
+        asked = None
         if channel is None and not exclude:
-            chosen = self._open[s]
+            chosen, asked = self._open[s]
         else:
             camps = tables.campaigns
             chosen = [
@@ -201,14 +207,12 @@ class SingleCustomerScorer:
                 if active[j] and camps[j].reaches(channel) and camps[j].id not in exclude
             ]
         if tables.conditional and chosen:
-            values = dict(zip(self._numeric_names, vals, strict=True))
-            for name, _ in self._categoricals:
-                values[name] = record.get(name)
             group, checks = self._condition_group, self._condition_checks
             # the condition groups the campaigns ask, in first-use order: each checked once,
             # and when all hold (the usual answer) the list stands as it is
-            groups = dict.fromkeys(group[j] for j in chosen if j in group)
-            failed = {g for g in groups if not all(check(values) for check in checks[g])}
+            if asked is None:
+                asked = self._asked(chosen)
+            failed = {g for g in asked if not checks[g](vals, record)}
             if failed:
                 chosen = [j for j in chosen if group.get(j) not in failed]
         layout = tables.layout
@@ -269,12 +273,21 @@ class SingleCustomerScorer:
         res["_reason"] = reason
         return res
 
+    def _asked(self, chosen: Sequence[int]) -> tuple[int, ...]:
+        """The condition groups ``chosen`` campaigns ask, in first-use order."""
+        group = self._condition_group
+        return tuple(dict.fromkeys(group[j] for j in chosen if j in group))
+
+    def _opened(self, rows: list[list[int]]) -> list[tuple[list[int], tuple[int, ...]]]:
+        """Per segment, its open campaigns ``rows[s]`` with the condition groups they ask."""
+        return [(row, self._asked(row)) for row in rows]
+
     def _active_today(self) -> list[bool]:
         """Which campaigns are within their dates today (computed once a day)."""
         day = self.today()
         if day != self._active_day:
             active = [c.active_on(day) for c in self.tables.campaigns]
-            self._open = [[j for j in row if active[j]] for row in self._allowed]
+            self._open = self._opened([[j for j in row if active[j]] for row in self._allowed])
             self._active = active
             self._active_day = day
         return self._active
