@@ -50,6 +50,8 @@ from typing import Any
 
 import numpy as np
 
+from scoring.tree_codegen import ENTRY, GROUPED_ENTRY
+
 log = logging.getLogger(__name__)
 
 #: bundle file names of the compiled response model and its check sample
@@ -62,10 +64,6 @@ CONTROL_SAMPLE_FILE = "control_model_check.npy"
 TOLERANCE = 1e-9
 #: rows of the check sample taken from the held-out data (each also copied with gaps)
 SAMPLE_ROWS = 256
-#: the entry point lleaves compiles (and its calling convention, from lleaves 1.x)
-ENTRY = "forest_root"
-#: the entry point that scores one customer row for every campaign (scoring/tree_codegen.py)
-GROUPED_ENTRY = "forest_campaigns"
 ABI = "lleaves-1"
 #: the interpreter of the compiler's environment (default: .venv-compile beside the project)
 COMPILER_ENV = "TREE_COMPILER_PYTHON"

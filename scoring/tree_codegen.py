@@ -26,7 +26,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from scoring.compiled_trees import ENTRY, GROUPED_ENTRY
+#: the entry point lleaves compiles (and its calling convention, from lleaves 1.x); defined here,
+#: not in scoring.compiled_trees, so that module can import these without an import circle
+ENTRY = "forest_root"
+#: the entry point that scores one customer row for every campaign
+GROUPED_ENTRY = "forest_campaigns"
 
 #: lleaves' tree block size (its default); the grouped entry must use the same blocks
 FBLOCKSIZE = 34
