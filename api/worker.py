@@ -538,8 +538,9 @@ class WholeRequestWorker(ThreadWorker):
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         """gthread's wait for events, writing the batched metrics first when nothing is waiting.
 
-        So a scrape of any worker sees every request answered before it, unless the workers
-        were busy without a break (then at most a second's worth is still pending).
+        So a scrape of any worker sees every request answered before it, give or take the
+        moment between an answer's send and this write (and at most a second's worth while the
+        workers are busy without a break).
         """
         metrics = self._metrics
         if metrics is not None and metrics.any_pending():
