@@ -211,12 +211,13 @@ def test_metrics_add_up_across_workers(server, demo_request):
 
     def counted() -> float:
         _, text = server.call("/metrics", key=None)
-        line = next(
+        lines = [
             x
             for x in text.splitlines()
             if x.startswith('segsvc_http_requests_total{endpoint="/predict-segment"')
             and 'status="200"' in x
-        ), None)
+        ]
+        line = lines[0] if lines else None
         return float(line.rsplit(" ", 1)[1]) if line else 0.0
 
     # a worker writes its counts when it is next idle, after its answer is sent: a scrape that
