@@ -369,12 +369,22 @@ def write_results(name: str, payload: dict[str, Any], directory: Path = RESULTS_
     return path
 
 
+#: what each size flag means, for ``--help`` (every benchmark reads no flag as ``--quick``)
+MODE_HELP = {
+    "smoke": "tiny sizes: only checks that the benchmark runs (what the tests use)",
+    "quick": "smaller sizes and shorter runs (the default)",
+    "full": "the sizes the issues name",
+}
+
+
 def mode_parser(doc: str, modes: Sequence[str]) -> argparse.ArgumentParser:
     """An argument parser whose size flags (``--smoke``, ``--quick``, ``--full``) exclude each other."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     size = ap.add_mutually_exclusive_group()
     for mode in modes:
-        size.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode)
+        size.add_argument(
+            f"--{mode}", dest="mode", action="store_const", const=mode, help=MODE_HELP.get(mode)
+        )
     return ap
 
 

@@ -287,6 +287,21 @@ def measure(
     return {k: float(v) for k, v in json.loads(out.strip().splitlines()[-1]).items()}
 
 
+#: the modes main() dispatches on, for --help
+MODES_HELP = {
+    "--server": "the same scenarios through gunicorn, one server per scenario "
+    "(bench/results/targeting_server.json)",
+    "--callgrind": "instructions per request of the scenarios in one gunicorn worker under "
+    "valgrind (bench/results/targeting_callgrind.json)",
+}
+MODES_EPILOG = """modes:
+  python -m bench.targeting [--rounds 5] [--seconds 2]      in process (targeting.json)
+  python -m bench.targeting --server [--rounds 3] [--seconds 5] [--pool 20000]
+  python -m bench.targeting --callgrind [--requests 300] [--model-root DIR]
+  python -m bench.targeting --server --help                 that mode's flags
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison and publish bench/results/targeting.json and its table (with
     ``--server``: bench/results/targeting_server.json, see :func:`main_server`)."""
@@ -295,7 +310,17 @@ def main(argv: list[str] | None = None) -> int:
         return main_server([a for a in argv if a != "--server"], argv)
     if "--callgrind" in argv:
         return main_callgrind([a for a in argv if a != "--callgrind"], argv)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0]
+        + " In process (api.create_app + the Flask test client), the default mode.",
+        epilog=MODES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # the other modes are picked by the flag alone, before this parser runs (above); listed here
+    # so that --help names them
+    modes = ap.add_argument_group("other modes (each has its own flags: add --help)")
+    modes.add_argument("--server", action="store_true", help=MODES_HELP["--server"])
+    modes.add_argument("--callgrind", action="store_true", help=MODES_HELP["--callgrind"])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--customers", type=int, default=20_000)

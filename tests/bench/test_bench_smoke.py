@@ -331,3 +331,16 @@ def test_targeting_rules_bundles_keep_the_compiled_trees(tiny_bundle_root, tmp_p
         bundle = load_current(root)
         assert bundle.compiled_status == source.compiled_status, name
         assert all(c.holdout_share > 0 for c in bundle.campaigns), name
+
+
+def test_targeting_help_names_every_mode(capsys):
+    # --server and --callgrind are picked before the default mode's parser runs: its --help
+    # must still name them
+    from bench import targeting
+
+    with pytest.raises(SystemExit) as stop:
+        targeting.main(["--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    for mode in targeting.MODES_HELP:
+        assert mode in text
