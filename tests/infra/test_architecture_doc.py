@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "architecture.md"
 #: the packages whose every module the document must name
-PACKAGES = ("scoring", "api", "training")
+PACKAGES = ("scoring", "api", "training", "stream")
 #: a module path as the document writes it: `api/routes.py`, `training/engines/dask.py`
 NAMED = re.compile(r"`((?:scoring|api|training|stream|bench)/[\w/]+\.py)`")
 
