@@ -2,8 +2,9 @@
 
 Environment (parsed and checked by ``api.settings.ServerSettings``): BIND (or HOST/PORT, default
 127.0.0.1:8000), WEB_CONCURRENCY (workers, 2), GUNICORN_THREADS (1), GUNICORN_TIMEOUT (30),
-GUNICORN_GRACEFUL_TIMEOUT (20), GUNICORN_MAX_REQUESTS (20000, plus up to 10% jitter),
-PROMETHEUS_MULTIPROC_DIR, RELOAD_MARKER, WORKER_ROSTER, LOG_LEVEL.
+GUNICORN_GRACEFUL_TIMEOUT (20), GUNICORN_READ_TIMEOUT (10), GUNICORN_MAX_REQUESTS (20000, plus
+up to 10% jitter), MALLOC_KEEP_MB (32), PROMETHEUS_MULTIPROC_DIR, RELOAD_MARKER, WORKER_ROSTER,
+LOG_LEVEL; OMP_NUM_THREADS (see below).
 
 The master loads and verifies the bundle once before forking (``api.model.preload``) and
 workers inherit it, so a worker that replaces another (recycling, a crash) answers at once
