@@ -48,7 +48,10 @@ once per round in an order reversed every other round, medians of per-round rati
 - ``commit``: ``"commit": true`` (one atomic Lua script a request), over ids of its own, so the
   sends it counts never give the other scenarios' customers counters;
 - ``base-repeat`` and ``rules+caps-repeat``: ``base`` and ``rules+caps`` cycling through the
-  first ``--repeat-pool`` customers only (default 2,000): customers who come back.
+  first ``--repeat-pool`` customers only (default 2,000): customers who come back;
+- ``mixed``: ``rules+caps`` traffic of which 1 request in :data:`MIXED_COMMIT_EVERY` (20) sends
+  (``"commit": true``), over ids of its own: each send changes its campaigns' daily counters
+  (every worker reads them again) and marks its customer seen this week (reported, not a goal).
 
 The requests cycle through ``--pool`` customers (default 20,000), one body per customer, and
 each run of a scenario (warm-ups included) goes on in the pool where its last run stopped
@@ -475,12 +478,15 @@ SERVER_SCENARIOS: dict[str, tuple[str, dict[str, str], bool]] = {
     "commit": ("caps", {}, True),
     "base-repeat": ("response", {}, False),
     "rules+caps-repeat": ("caps", {}, False),
+    "mixed": ("caps", {}, False),
 }
+#: in ``mixed``, every this-many-th request commits (the others only read)
+MIXED_COMMIT_EVERY = 20
 #: the scenarios that cycle through --repeat-pool customers (who come back) only
 REPEAT_SCENARIOS = ("base-repeat", "rules+caps-repeat")
 #: scenarios over customer ids of their own (label -> id prefix), so that the sends the commit
 #: scenario counts, and those counted before the run, give no other scenario's customer counters
-OWN_IDS = {"commit": "commit-", "rules+caps-counted": "counted-"}
+OWN_IDS = {"commit": "commit-", "rules+caps-counted": "counted-", "mixed": "mixed-"}
 #: issue 9's criteria through the server: scenario -> what it is, against ``base``
 SERVER_TARGETS = {
     "rules": "/recommend through gunicorn (1 worker) with rules + control groups, "
@@ -535,20 +541,6 @@ def main_server(args_in: list[str], argv: list[str]) -> int:
             roots = prepare(scratch, base, args.customers, uplift=False)
         reqs = bodies(roots["response"], args.pool)
 
-        def pool_of(label: str, c: bool) -> tuple[bytes, ...]:
-            chosen = reqs[: args.repeat_pool] if label in REPEAT_SCENARIOS else reqs
-            ids = OWN_IDS.get(label)
-            return tuple(
-                json.dumps(
-                    {
-                        **b,
-                        **({"customer_id": f"{ids}{i}"} if ids else {}),
-                        **({"commit": True} if c else {}),
-                    }
-                ).encode()
-                for i, b in enumerate(chosen)
-            )
-
         counted = count_sends(
             args.redis_url,
             prefix,
@@ -556,7 +548,9 @@ def main_server(args_in: list[str], argv: list[str]) -> int:
             [f"{OWN_IDS['rules+caps-counted']}{i}" for i in range(len(reqs))],
             args.counted_share,
         )
-        pools = {label: pool_of(label, c) for label, (_, _, c) in SERVER_SCENARIOS.items()}
+        pools = {
+            label: scenario_bodies(label, reqs, args.repeat_pool) for label in SERVER_SCENARIOS
+        }
 
         scenarios = [
             serving.Scenario(
@@ -604,6 +598,27 @@ def main_server(args_in: list[str], argv: list[str]) -> int:
     }
     publish("targeting_server", result, server_markdown(result), args.results)
     return 0
+
+
+def scenario_bodies(label: str, reqs: list[dict], repeat_pool: int) -> tuple[bytes, ...]:
+    """The request bodies a server-mode scenario cycles through (see the module doc)."""
+    chosen = reqs[:repeat_pool] if label in REPEAT_SCENARIOS else reqs
+    ids = OWN_IDS.get(label)
+    commit = SERVER_SCENARIOS[label][2]
+    return tuple(
+        json.dumps(
+            {
+                **b,
+                **({"customer_id": f"{ids}{i}"} if ids else {}),
+                **(
+                    {"commit": True}
+                    if commit or (label == "mixed" and i % MIXED_COMMIT_EVERY == 0)
+                    else {}
+                ),
+            }
+        ).encode()
+        for i, b in enumerate(chosen)
+    )
 
 
 #: --callgrind's scenarios: label -> (bundle, environment, customer id prefix)

@@ -344,3 +344,19 @@ def test_targeting_help_names_every_mode(capsys):
     text = capsys.readouterr().out
     for mode in targeting.MODES_HELP:
         assert mode in text
+
+
+def test_targeting_mixed_scenario_commits_one_request_in_twenty_over_its_own_ids():
+    from bench import targeting
+
+    reqs = [{"customer_id": f"bench-{i}", "total_spend": 1.0} for i in range(100)]
+    mixed = [json.loads(b) for b in targeting.scenario_bodies("mixed", reqs, 10)]
+    assert len(mixed) == 100
+    assert [i for i, b in enumerate(mixed) if b.get("commit")] == list(range(0, 100, 20))
+    assert all(b["customer_id"] == f"mixed-{i}" for i, b in enumerate(mixed))
+    # the others keep theirs: base names the pool's ids, commit always commits, repeat is short
+    assert [json.loads(b)["customer_id"] for b in targeting.scenario_bodies("base", reqs, 10)] == [
+        r["customer_id"] for r in reqs
+    ]
+    assert all(json.loads(b)["commit"] for b in targeting.scenario_bodies("commit", reqs, 10))
+    assert len(targeting.scenario_bodies("rules+caps-repeat", reqs, 10)) == 10
