@@ -122,6 +122,36 @@ def test_recycling_smoke(tiny_bundle_root, tmp_path):
     assert rows["steady"]["events_per_run"] == [0]
 
 
+def test_recycle_cost_smoke(tiny_bundle_root):
+    """Each step of a forked worker's life is reported (in a child process: the benchmark
+    preloads the bundle as the master does, which must not leak into other tests)."""
+    import subprocess
+    import sys
+
+    args = ["--model-root", str(tiny_bundle_root), "--trials", "1", "--requests", "20"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.recycle_cost", *args],
+        cwd=common.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    steps = [
+        line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| ")
+    ]
+    assert steps[2:] == [
+        "fork (the master)",
+        "child until create_app",
+        "create_app (warm-up included)",
+        "request 1",
+        "requests 2-10",
+        "requests 11-20",
+        "exit (os._exit)",
+    ]
+
+
 @pytest.mark.slow
 def test_batch_scoring_smoke(tiny_bundle_root, tmp_path):
     args = ["--smoke", "--customers", "500", "--model-root", str(tiny_bundle_root)]
