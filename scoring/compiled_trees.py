@@ -460,6 +460,15 @@ def _check_grouped(forest: CompiledForest, sample: np.ndarray, booster: Any) -> 
     return f"one walk for {m} campaigns"
 
 
+USAGE = f"""usage: python -m scoring.compiled_trees compile MODEL.txt OUT.o [SLOT CAMPAIGNS]
+
+Compile a LightGBM model file to a native object (run in the compiler's environment,
+.venv-compile; training calls this). SLOT CAMPAIGNS: the campaign's column in the model's rows
+and the pool's size; given, the object also holds {GROUPED_ENTRY} (one walk per customer for
+every campaign). {COMPILER_CPU_ENV}: the CPU to compile for (unset or host: this machine).
+Prints the platform record (JSON) on its last line."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m scoring.compiled_trees compile MODEL.txt OUT.o [SLOT CAMPAIGNS]``, in the
     compiler's environment (SLOT: the campaign's model column, CAMPAIGNS: the pool's size).
@@ -467,11 +476,11 @@ def main(argv: list[str] | None = None) -> int:
     Prints the platform record (JSON) on its last line of output.
     """
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
     if len(args) not in (3, 5) or args[0] != "compile":
-        print(
-            "usage: python -m scoring.compiled_trees compile MODEL.txt OUT.o [SLOT CAMPAIGNS]",
-            file=sys.stderr,
-        )
+        print(USAGE, file=sys.stderr)
         return 2
     grouped = (int(args[3]), int(args[4])) if len(args) == 5 else (None, 0)
     print(json.dumps(_compile_here(Path(args[1]), Path(args[2]), *grouped)))

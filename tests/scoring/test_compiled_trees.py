@@ -311,3 +311,13 @@ def test_walk_order_leaves_every_probability_where_it_was(
     np.testing.assert_array_equal(engine.propensities(batch, segment, mask), masked)
     # LightGBM's own predictor keeps customers as given
     assert propensity.PropensityModel(model.booster, order_slots=numeric).order_slot is None
+
+
+def test_the_compiler_command_explains_itself(capsys):
+    from scoring import compiled_trees
+
+    assert compiled_trees.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "SLOT CAMPAIGNS" in text and compiled_trees.COMPILER_CPU_ENV in text
+    assert compiled_trees.main(["compile", "only-one-path"]) == 2
+    assert "usage:" in capsys.readouterr().err
