@@ -383,7 +383,7 @@ def post_fork(server, worker) -> None:
     """
     worker.log.pid = os.getpid()  # this worker's copy of the logger
     recycler = getattr(server, "segsvc_recycler", None)
-    worker.segsvc_replacement = recycler is not None and recycler.old is not None
+    worker.segsvc_replacement = bool(getattr(recycler, "spawning", False))
     budget = worker.max_requests
     worker.max_requests = sys.maxsize  # gunicorn's own check never fires
     worker.segsvc_budget = budget if budget < sys.maxsize else None

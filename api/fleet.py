@@ -152,6 +152,8 @@ class Recycler:
         self.not_before = 0.0
         #: workers to replace whether or not they asked (a roll-out: :meth:`replace`)
         self.queued: set[int] = set()
+        #: True while this recycler forks a replacement (see :meth:`_begin`)
+        self.spawning = False
 
     def replace(self, pids: Any) -> None:
         """Replace these workers too, one at a time (after a SIGHUP roll-out: their successors
@@ -180,7 +182,13 @@ class Recycler:
             self.before_spawn()
         server.num_workers += 1
         self.old, self.started, self.retiring = old, now, False
-        self.new = server.spawn_worker()  # in the child this never returns
+        # True in the child's copy: gunicorn.conf.py's post_fork tells a replacement from a
+        # worker gunicorn starts itself (a crash's) by it
+        self.spawning = True
+        try:
+            self.new = server.spawn_worker()  # in the child this never returns
+        finally:
+            self.spawning = False
         server.log.info(
             "worker %s reached its request budget: started %s, which replaces it once ready",
             old,

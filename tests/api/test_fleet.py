@@ -42,7 +42,13 @@ class _Arbiter:
     log: _Log = field(default_factory=_Log)
     next_pid: int = 1000
 
+    #: what the recycler's ``spawning`` said at each fork (the child's copy of it)
+    spawned_as_replacement: list[bool] = field(default_factory=list)
+    recycler: object = None
+
     def spawn_worker(self) -> int:
+        if self.recycler is not None:
+            self.spawned_as_replacement.append(self.recycler.spawning)
         self.next_pid += 1
         self.WORKERS[self.next_pid] = _Worker(age=self.next_pid)
         return self.next_pid
@@ -195,3 +201,17 @@ def test_a_roll_out_replaces_every_worker_one_at_a_time(tmp_path):
     assert replaced == [30, 31] and server.num_workers == 2
     recycler.step(server)
     assert len(server.WORKERS) == 2 and recycler.old is None  # nobody left to replace
+
+
+def test_only_the_recyclers_own_forks_are_replacements(tmp_path):
+    """A fork the recycler makes sees ``spawning`` (post_fork starts it at idle priority); one
+    gunicorn makes itself (after a crash), even in the middle of a replacement, does not."""
+    roster = Roster(tmp_path)
+    server = _Arbiter(num_workers=1, WORKERS={7: _Worker(age=1)})
+    recycler = server.recycler = Recycler(roster)
+    _ready(roster, 7)
+    roster.request_retirement(7)
+    recycler.step(server)
+    assert server.spawned_as_replacement == [True] and not recycler.spawning
+    server.spawn_worker()  # gunicorn replacing a crashed worker meanwhile
+    assert server.spawned_as_replacement == [True, False]
