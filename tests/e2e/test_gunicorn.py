@@ -61,8 +61,11 @@ class Server:
 
     def serving(self) -> dict[str, set[str]]:
         """Model version -> pids of the live workers serving it (from /metrics)."""
-        _, text = self.call("/metrics", key=None)
+        status, text = self.call("/metrics", key=None)
         out: dict[str, set[str]] = {}
+        if status != 200 or not isinstance(text, str):
+            # a JSON error while the server starts (seen once under load): nothing serving yet
+            return out
         for line in text.splitlines():
             if line.startswith("segsvc_bundle_loaded{") and line.endswith(" 1.0"):
                 labels = dict(
@@ -210,7 +213,9 @@ def test_metrics_add_up_across_workers(server, demo_request):
         assert server.call("/predict-segment", demo_request)[0] == 200
 
     def counted() -> float:
-        _, text = server.call("/metrics", key=None)
+        status, text = server.call("/metrics", key=None)
+        if status != 200 or not isinstance(text, str):
+            return 0.0
         lines = [
             x
             for x in text.splitlines()
