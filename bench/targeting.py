@@ -72,8 +72,8 @@ Results go to bench/results/targeting_server.json; its two ratios are issue 9's 
 
 **Instructions per request** (``--callgrind``): requests/s on a shared machine move with the
 load; the instructions a worker executes do not. The server-mode scenarios (``base``, ``rules``,
-``rules+caps``, ``rules+caps-counted``, ``rules+caps-no-summary``, ``rules+caps-every-read``)
-each run in one gunicorn worker under ``valgrind --tool=callgrind`` (bench/callgrind.py), with
+``rules+caps``, ``rules+caps-counted``, ``rules+caps-no-summary``, ``rules+caps-every-read``,
+``mixed``: its every 20th request commits) each run in one gunicorn worker under ``valgrind --tool=callgrind`` (bench/callgrind.py), with
 one distinct customer per request; ``base / scenario`` estimates the ratio of requests/s where no
 Redis round trip is made (kernel time, Redis's CPU and waiting are not counted, so scenarios
 that read Redis look cheaper than they are):
@@ -94,6 +94,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -629,6 +630,7 @@ CALLGRIND_SCENARIOS: dict[str, tuple[str, dict[str, str], str]] = {
     "rules+caps-counted": ("caps", {}, "counted-"),
     "rules+caps-no-summary": ("caps", {"CAPS_SUMMARY": "0"}, "cold-"),
     "rules+caps-every-read": ("caps", {"CAPS_LOCAL_CACHE": "0"}, "cold-"),
+    "mixed": ("caps", {}, "mixed-"),
 }
 
 
@@ -677,12 +679,13 @@ def main_callgrind(args_in: list[str], argv: list[str]) -> int:
                     port,
                     worker,
                 ):
-                    _send_distinct(port, reqs, ids, 0, 100)
+                    every = MIXED_COMMIT_EVERY if label == "mixed" else 0
+                    _send_distinct(port, reqs, ids, 0, 100, every)
                     time.sleep(1.5)  # the cap subscriber connects and loads the week's bitmap
                     callgrind._control("--instr=on", str(worker))
-                    _send_distinct(port, reqs, ids, 100, 30)
+                    _send_distinct(port, reqs, ids, 100, 30, every)
                     callgrind._control("--zero", str(worker))
-                    _send_distinct(port, reqs, ids, 130, n)
+                    _send_distinct(port, reqs, ids, 130, n, every)
                     callgrind._control("--dump", str(worker))
                     callgrind._control("--instr=off", str(worker))
                     dump = max(dumps.glob(f"callgrind.out.{worker}.*"), key=os.path.getmtime)
@@ -714,18 +717,25 @@ def main_callgrind(args_in: list[str], argv: list[str]) -> int:
     return 0
 
 
-def _send_distinct(port: int, reqs: list[dict], ids: str, start: int, n: int) -> None:
-    """``n`` requests one after another, request ``i`` naming customer ``{ids}{i}``."""
+def _send_distinct(
+    port: int, reqs: list[dict], ids: str, start: int, n: int, commit_every: int = 0
+) -> None:
+    """``n`` requests one after another, request ``i`` naming customer ``{ids}{i}`` (and, with
+    ``commit_every``, committing when ``i`` is a multiple of it)."""
     from bench.callgrind import post_each
 
-    post_each(
-        port,
-        "/recommend",
-        (
-            json.dumps({**reqs[i % len(reqs)], "customer_id": f"{ids}{i}"}).encode()
-            for i in range(start, start + n)
-        ),
-    )
+    post_each(port, "/recommend", distinct_bodies(reqs, ids, start, n, commit_every))
+
+
+def distinct_bodies(
+    reqs: list[dict], ids: str, start: int, n: int, commit_every: int = 0
+) -> Iterator[bytes]:
+    """The bodies :func:`_send_distinct` posts."""
+    for i in range(start, start + n):
+        body = {**reqs[i % len(reqs)], "customer_id": f"{ids}{i}"}
+        if commit_every and i % commit_every == 0:
+            body["commit"] = True
+        yield json.dumps(body).encode()
 
 
 def count_sends(url: str, prefix: str, root: Path, ids: list[str], share: float) -> int:
