@@ -75,12 +75,12 @@ from typing import Any
 import redis
 
 from api.cap_summary import SEEN_BITS, SeenSummary, seen_bit, seen_key
+from api.cap_tracking import CapTracker
 
 try:  # redis-py's C reply parser's package (requirements.txt) also packs commands in C
     from hiredis import pack_command as _pack_command
 except ImportError:  # pragma: no cover - exercised only where hiredis is missing
     _pack_command = None
-from api.cap_tracking import CapTracker
 
 log = logging.getLogger(__name__)
 
