@@ -3,8 +3,8 @@
 Environment (parsed and checked by ``api.settings.ServerSettings``): BIND (or HOST/PORT, default
 127.0.0.1:8000), WEB_CONCURRENCY (workers, 2), GUNICORN_THREADS (1), GUNICORN_TIMEOUT (30),
 GUNICORN_GRACEFUL_TIMEOUT (20), GUNICORN_READ_TIMEOUT (10), GUNICORN_MAX_REQUESTS (20000, plus
-up to 10% jitter), MALLOC_KEEP_MB (32), PROMETHEUS_MULTIPROC_DIR, RELOAD_MARKER, WORKER_ROSTER,
-LOG_LEVEL; OMP_NUM_THREADS (see below).
+up to 10% jitter), MALLOC_KEEP_MB (32), RECYCLE_AT_IDLE_PRIORITY (0), PROMETHEUS_MULTIPROC_DIR,
+RELOAD_MARKER, WORKER_ROSTER, LOG_LEVEL; OMP_NUM_THREADS (see below).
 
 The master loads and verifies the bundle once before forking (``api.model.preload``) and
 workers inherit it, so a worker that replaces another (recycling, a crash) answers at once
@@ -32,8 +32,9 @@ Three behaviours differ from gunicorn's defaults, each to keep at least one work
   second. Here a worker past its request budget keeps serving and asks the master for a
   replacement (``api/fleet.py``); the master forks one extra worker, waits until it is ready and
   only then stops the old one gracefully. One replacement at a time, so every configured worker
-  slot always has a ready worker. The replacement builds its app, and the old worker exits, at
-  idle priority (``api/priority.py``): neither takes the core from the worker serving on it.
+  slot always has a ready worker. The old worker exits at idle priority, and with
+  ``RECYCLE_AT_IDLE_PRIORITY`` the replacement builds its app at idle priority too
+  (``api/priority.py``).
 - **Slow clients cannot hold a thread.** The worker class (``api/worker.py``) reads each request
   whole in its event loop before a thread takes it.
 """
@@ -378,12 +379,15 @@ def _marker_folder() -> str | None:
 def post_fork(server, worker) -> None:
     """Take recycling over from gunicorn: keep its jittered budget, decide when to use it.
 
-    A worker forked by the recycler (to replace one that keeps serving until it is ready) builds
-    its app at idle priority (``api.worker.WholeRequestWorker.load_wsgi``).
+    With ``RECYCLE_AT_IDLE_PRIORITY``, a worker forked by the recycler (to replace one that keeps
+    serving until it is ready) builds its app at idle priority
+    (``api.worker.WholeRequestWorker.load_wsgi``).
     """
     worker.log.pid = os.getpid()  # this worker's copy of the logger
     recycler = getattr(server, "segsvc_recycler", None)
-    worker.segsvc_replacement = bool(getattr(recycler, "spawning", False))
+    worker.segsvc_replacement = _server.RECYCLE_AT_IDLE_PRIORITY and bool(
+        getattr(recycler, "spawning", False)
+    )
     budget = worker.max_requests
     worker.max_requests = sys.maxsize  # gunicorn's own check never fires
     worker.segsvc_budget = budget if budget < sys.maxsize else None

@@ -346,6 +346,9 @@ class ServerSettings(_FromEnvironment):
     LOG_LEVEL: str = field(default="INFO", metadata=_meta(_log_level))
     #: freed memory each process keeps for reuse, in MB (api/memory.py); 0: glibc's defaults
     MALLOC_KEEP_MB: int = field(default=32, metadata=_meta(_int(0, 4096)))
+    #: a replacement worker builds its app at idle priority (api/priority.py): meant for a
+    #: serving core with idle time; on a saturated core it only stretches the start
+    RECYCLE_AT_IDLE_PRIORITY: bool = field(default=False, metadata=_meta(_bool))
 
     @property
     def bind(self) -> str:

@@ -490,11 +490,12 @@ class WholeRequestWorker(ThreadWorker):
         build took the core from it in slices of up to 4 ms, each holding up every request in
         flight. Nothing waits for a replacement (the master stops its predecessor once it is
         ready), so its app is built while the serving worker waits, handing the core back every
-        ~0.5 ms of work (``api.priority.yielding``). This thread only waits for the build and
-        then serves, at normal priority. While the build holds the interpreter
-        lock this thread cannot tell the master it is alive: a build starved for longer than
-        ``GUNICORN_TIMEOUT`` gets the replacement stopped, and the worker it was to replace
-        keeps serving (api/fleet.py tries again later).
+        ~0.5 ms of work (``api.priority.yielding``). This thread only waits for the build,
+        asleep (it would otherwise wake every 5 ms for the interpreter lock the build holds, at
+        normal priority: 21 ms of the serving core over a 7-s build, measured), and then serves,
+        at normal priority. The build itself tells the master the worker is alive as it goes: a
+        build starved for longer than ``GUNICORN_TIMEOUT`` gets the replacement stopped, and the
+        worker it was to replace keeps serving (api/fleet.py tries again later).
         """
         if not self.segsvc_replacement:
             super().load_wsgi()
@@ -505,7 +506,7 @@ class WholeRequestWorker(ThreadWorker):
         def build() -> None:
             lowered.append(lower_thread())
             try:
-                with yielding():
+                with yielding(on_offer=self.notify):
                     # settled here (~0.7 ms): until now gunicorn's start-up read the plain Config
                     self._settle()
                     super(WholeRequestWorker, self).load_wsgi()
@@ -514,9 +515,7 @@ class WholeRequestWorker(ThreadWorker):
 
         builder = threading.Thread(target=build, name="replacement-start-up", daemon=True)
         builder.start()
-        while builder.is_alive():
-            self.notify()
-            builder.join(0.5)
+        builder.join()
         if failure:
             raise failure[0]
         self.log.info(

@@ -33,9 +33,11 @@ def test_recycling_never_leaves_no_worker(tiny_bundle_root):
 
 def test_a_single_worker_recycles_without_a_failed_or_lost_request(tiny_bundle_root):
     """(issue 12) One worker, 8 clients: its replacement is ready before it leaves, so no
-    request is refused, reset, timed out or answered with an error through the recycles."""
+    request is refused, reset, timed out or answered with an error through the recycles; with
+    RECYCLE_AT_IDLE_PRIORITY each replacement builds its app at idle priority and then serves
+    at normal priority."""
     result = scenarios.recycling(
-        tiny_bundle_root, recycles=2, max_requests=300, workers=1, clients=8
+        tiny_bundle_root, recycles=2, max_requests=300, workers=1, clients=8, idle_start=True
     )
     assert result["sent"] > 600, result  # the budget was really used up, twice
     assert not _failed(result), result
