@@ -8,28 +8,11 @@ import json
 import lightgbm as lgb
 import numpy as np
 import pytest
-from bundle_builder import build_bundle
 
 from scoring import compiled_trees, propensity
 from scoring.bundle import COMPILED, MANIFEST, BundleError, load_current
 from scoring.compiled_trees import TOLERANCE, check_sample, compile_model, platform_mismatch
 from scoring.engine import ScoringEngine
-
-
-@pytest.fixture(scope="module")
-def compiled_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("compiled")
-    build_bundle(root, n=2000, seed=3, version="v-compiled", compiled=True)
-    return root
-
-
-@pytest.fixture
-def compiled_copy(compiled_root, tmp_path):
-    """A writable copy of the compiled bundle root, for tests that tamper with it."""
-    import shutil
-
-    shutil.copytree(compiled_root, tmp_path / "root", symlinks=True)
-    return tmp_path / "root"
 
 
 def _rewrite_manifest(root, edit):

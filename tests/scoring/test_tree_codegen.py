@@ -9,7 +9,7 @@ import json
 import lightgbm as lgb
 import numpy as np
 import pytest
-from bundle_builder import CAMPAIGNS, build_bundle
+from bundle_builder import CAMPAIGNS
 
 from scoring import compiled_trees, propensity
 from scoring import engine as engine_module
@@ -18,23 +18,8 @@ from scoring.compiled_trees import TOLERANCE, CompiledForest, check_sample, comp
 from scoring.engine import ScoringEngine
 
 
-@pytest.fixture(scope="module")
-def walk_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("walk")
-    build_bundle(root, n=2000, seed=5, version="v-walk", compiled=True)
-    return root
-
-
-@pytest.fixture
-def walk_copy(walk_root, tmp_path):
-    import shutil
-
-    shutil.copytree(walk_root, tmp_path / "root", symlinks=True)
-    return tmp_path / "root"
-
-
 def _edit_platform(root, edit):
-    path = root / "v-walk" / MANIFEST
+    path = root / "v-compiled" / MANIFEST
     manifest = json.loads(path.read_text())
     edit(manifest[COMPILED]["platform"])
     path.write_text(json.dumps(manifest))
@@ -55,8 +40,8 @@ def _customer_rows(engine, frame):
     return batch, segment, rows
 
 
-def test_one_walk_gives_forest_roots_bits_for_every_campaign(walk_root, demo_customers):
-    bundle = load_current(walk_root)
+def test_one_walk_gives_forest_roots_bits_for_every_campaign(compiled_root, demo_customers):
+    bundle = load_current(compiled_root)
     forest = bundle.compiled_forest
     engine = ScoringEngine(bundle)
     slot, m = engine.tables.layout.campaign_slot, len(CAMPAIGNS)
@@ -81,16 +66,16 @@ def test_one_walk_gives_forest_roots_bits_for_every_campaign(walk_root, demo_cus
 
 @pytest.mark.parametrize("major", [False, True])
 def test_propensities_are_the_same_bits_with_or_without_the_one_walk(
-    walk_root, demo_customers, monkeypatch, major
+    compiled_root, demo_customers, monkeypatch, major
 ):
     """Every pair, a dense mask and a sparse one (walked pair by pair), with and without the
     walk order, in small blocks: the same bits as serving every row through forest_root."""
     if major:
         monkeypatch.setattr(propensity, "CAMPAIGN_MAJOR_TREES", 1)
     monkeypatch.setattr(engine_module, "BLOCK", 7)
-    one_walk = ScoringEngine(load_current(walk_root))
+    one_walk = ScoringEngine(load_current(compiled_root))
     assert one_walk.model.campaigns_at_once(one_walk.tables.layout.campaign_slot, len(CAMPAIGNS))
-    plain_bundle = load_current(walk_root)
+    plain_bundle = load_current(compiled_root)
     plain_bundle.compiled_forest.drop_grouped()
     plain = ScoringEngine(plain_bundle)
     assert not plain.model.campaigns_at_once(plain.tables.layout.campaign_slot, len(CAMPAIGNS))
@@ -114,8 +99,8 @@ def test_propensities_are_the_same_bits_with_or_without_the_one_walk(
     )
 
 
-def test_single_customer_variants_take_the_one_walk(walk_root):
-    bundle = load_current(walk_root)
+def test_single_customer_variants_take_the_one_walk(compiled_root):
+    bundle = load_current(compiled_root)
     forest = bundle.compiled_forest
     slot, width = forest.campaign_slot, forest.n_features
     calls = []
@@ -129,23 +114,17 @@ def test_single_customer_variants_take_the_one_walk(walk_root):
     row = [float(v) for v in range(width)]
     row[1] = float("nan")
     for codes in ([3.0, 0.0, 2.0], [1.0], [0.0, 1.0, 2.0, 3.0]):
-        variants = []
-        for v in codes:
-            r = list(row)
-            r[slot] = v
-            variants.append(r)
         before = len(calls)
-        assert forest.predict_variants(row, slot, codes) == forest.predict_rows(variants)
+        assert forest.predict_variants(row, slot, codes) == forest.predict_rows(
+            _variants(row, slot, codes)
+        )
         assert len(calls) == before + 1
     # a value that is not one of its campaigns, or another column: the rows one by one
     for other_slot, codes in ((slot, [1.0, 4.0]), (slot, [0.5]), (0, [1.0, 2.0])):
-        variants = []
-        for v in codes:
-            r = list(row)
-            r[other_slot] = v
-            variants.append(r)
         before = len(calls)
-        assert forest.predict_variants(row, other_slot, codes) == forest.predict_rows(variants)
+        assert forest.predict_variants(row, other_slot, codes) == forest.predict_rows(
+            _variants(row, other_slot, codes)
+        )
         assert len(calls) == before
     assert forest.predict_variants(row, slot, []) == []
 
@@ -188,10 +167,10 @@ def test_a_numerical_campaign_column_is_decided_as_lleaves_does(tmp_path, params
     np.testing.assert_allclose(got, model.predict(wide), rtol=0, atol=TOLERANCE)
 
 
-def test_one_walk_that_differs_from_forest_root_is_not_used(walk_copy, demo_customers):
+def test_one_walk_that_differs_from_forest_root_is_not_used(compiled_copy, demo_customers):
     # the record names another column: the check at load sees other numbers and drops it
-    _edit_platform(walk_copy, lambda p: p["grouped"].update(campaign_slot=0))
-    bundle = load_current(walk_copy)
+    _edit_platform(compiled_copy, lambda p: p["grouped"].update(campaign_slot=0))
+    bundle = load_current(compiled_copy)
     assert bundle.compiled_forest is not None and bundle.compiled_forest.campaigns == 0
     assert "forest_campaigns not used: it differs" in bundle.compiled_status.reason
     engine = ScoringEngine(bundle)
@@ -204,14 +183,19 @@ def test_one_walk_that_differs_from_forest_root_is_not_used(walk_copy, demo_cust
     )
 
 
-def test_artifact_without_the_one_walk_serves_through_forest_root(walk_copy):
+def test_artifact_without_the_one_walk_serves_through_forest_root(compiled_copy):
     # an artifact built before forest_campaigns existed: its record has no "grouped"
-    _edit_platform(walk_copy, lambda p: p.pop("grouped"))
-    bundle = load_current(walk_copy)
+    _edit_platform(compiled_copy, lambda p: p.pop("grouped"))
+    bundle = load_current(compiled_copy)
     assert bundle.compiled_forest is not None and bundle.compiled_forest.campaigns == 0
     assert "one walk" not in bundle.compiled_status.reason
     with pytest.raises(RuntimeError, match="no campaign-grouped entry"):
         bundle.compiled_forest.predict_campaigns(np.zeros((1, bundle.compiled_forest.n_features)))
-    path = walk_copy / "v-walk" / compiled_trees.OBJECT_FILE
+    path = compiled_copy / "v-compiled" / compiled_trees.OBJECT_FILE
     loaded = CompiledForest.load(path, bundle.compiled_forest.n_features, None)
     assert loaded.campaigns == 0
+
+
+def _variants(row, slot, codes):
+    """``row`` once per value in ``codes``, that value in column ``slot``."""
+    return [[*row[:slot], v, *row[slot + 1 :]] for v in codes]
