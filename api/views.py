@@ -318,7 +318,7 @@ def _plain_batch(services: Services, loaded: LoadedModel, raw: bytes) -> Respons
         return None
     checked, options = decoded
     compact = options.pop(ANSWER, "full") == "compact"
-    _, _, targeted = _targeting_options(loaded.engine, options)
+    _, _, targeted = targeting_options(loaded.engine, options)
     if not columns_apply(loaded, options, targeted):
         return None
     # what the rate limits count (api.limits.request_cost): the items, and explain (never here)
@@ -382,7 +382,7 @@ def _recommend_columns(
     return ServiceResponse(body, status=200, content_type=JSON)
 
 
-def _targeting_options(engine: Any, options: dict[str, Any]) -> tuple[bool, int | None, bool]:
+def targeting_options(engine: Any, options: dict[str, Any]) -> tuple[bool, int | None, bool]:
     """Take ``commit`` (and, when caps apply, ``top_k``) out of the ranking options.
 
     With frequency caps or a commit, the engine ranks every campaign worth offering and the
@@ -477,7 +477,7 @@ def recommend() -> Response:
         batch = schemas.load_batch(body, recommend=True)
         options = dict(batch.options)
         compact = options.pop(ANSWER, "full") == "compact"
-        commit, top_k, targeted = _targeting_options(engine, options)
+        commit, top_k, targeted = targeting_options(engine, options)
         if columns_apply(loaded, options, targeted):
             checked = schemas.check_batch(batch.customers)
             if not _names_stored(services, loaded, batch.customers, checked.errors):
@@ -515,7 +515,7 @@ def recommend() -> Response:
     else:
         record, options = schemas.load_recommend(body)
     options = dict(options)
-    commit, top_k, targeted = _targeting_options(engine, options)
+    commit, top_k, targeted = targeting_options(engine, options)
     customer_id = record.get(CUSTOMER_ID)
     # a read-only cap check: ask Redis now, read the answer after scoring (api/caps.py)
     prefetched = (

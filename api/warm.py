@@ -21,7 +21,7 @@ from typing import Any
 
 from api.model import LoadedModel
 from api.openapi import example_customer
-from api.views import _targeting_options, json_response
+from api.views import json_response, targeting_options
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def _score(loaded: LoadedModel) -> None:
     if engine.has_response_model:
         record, options = schemas.load_recommend(customer)
         options = dict(options)
-        _targeting_options(engine, options)
+        targeting_options(engine, options)
         json_response(engine.recommend_one(record, **options))
 
 
